@@ -1,0 +1,4 @@
+//! shardgate engine: signed BLAKE3 dataset releases, and everything that
+//! serves and checks them.
+
+pub mod release;

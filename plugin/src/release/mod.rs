@@ -1,0 +1,6 @@
+//! The release format: chunk tables, the signed manifest, packing and verifying.
+//!
+//! Owns everything that decides whether a byte is the published byte. It does
+//! no network I/O of its own (publishing goes through [`crate::btfs`]).
+
+pub mod chunk;
