@@ -29,10 +29,11 @@ dev_node_jsipfs() {
     node "$DEV_NODE_CLI" "$@"
 }
 
-# True if PID is alive and is a node process running the js-ipfs CLI.
+# True if PID is alive and looks like the js-ipfs daemon (it retitles itself
+# to "ipfs", so /proc/PID/cmdline holds "ipfs" rather than the node command).
 dev_node_pid_is_ours() {
   local pid="$1"
   [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
   [ -r "/proc/$pid/cmdline" ] || return 0
-  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q 'ipfs/src/cli.js'
+  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q 'ipfs'
 }

@@ -4,3 +4,11 @@
 //! no network I/O of its own (publishing goes through [`crate::btfs`]).
 
 pub mod chunk;
+pub mod envelope;
+pub mod keys;
+pub mod layout;
+pub mod manifest;
+pub mod pack;
+pub mod placement;
+pub mod publish;
+pub mod verify;

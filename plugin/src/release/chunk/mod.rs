@@ -17,7 +17,9 @@
 
 use std::ops::Range;
 
-use blake3::hazmat::{ChainingValue, HasherExt, Mode, merge_subtrees_non_root, merge_subtrees_root};
+use blake3::hazmat::{
+    ChainingValue, HasherExt, Mode, merge_subtrees_non_root, merge_subtrees_root,
+};
 
 /// BLAKE3's own chunk length: the smallest chunk size a table may use.
 pub const MIN_CHUNK_SIZE: u64 = 1024;
@@ -46,8 +48,14 @@ pub enum ChunkError {
     TableVersion(u8),
     #[error("chunk table header (byte offset {offset}): {what}")]
     TableHeader { offset: u64, what: String },
-    #[error("chunk table length {len} does not match {entries} entries (expected {expected} bytes)")]
-    TableLength { len: u64, entries: u64, expected: u64 },
+    #[error(
+        "chunk table length {len} does not match {entries} entries (expected {expected} bytes)"
+    )]
+    TableLength {
+        len: u64,
+        entries: u64,
+        expected: u64,
+    },
     #[error("chunk table does not rebuild the file's root hash")]
     RootMismatch,
 }
@@ -152,7 +160,10 @@ impl ChunkTable {
     fn split(&self, lo: u64, hi: u64, len: u64) -> (ChainingValue, ChainingValue) {
         let left_len = blake3::hazmat::left_subtree_len(len);
         let mid = lo + left_len / self.layout.chunk_size;
-        (self.subtree(lo, mid, left_len), self.subtree(mid, hi, len - left_len))
+        (
+            self.subtree(lo, mid, left_len),
+            self.subtree(mid, hi, len - left_len),
+        )
     }
 
     fn subtree(&self, lo: u64, hi: u64, len: u64) -> ChainingValue {
@@ -165,7 +176,11 @@ impl ChunkTable {
 
     /// Checks the table against the file's root hash from the manifest.
     pub fn check_root(&self, root: &blake3::Hash) -> Result<(), ChunkError> {
-        if &self.root() == root { Ok(()) } else { Err(ChunkError::RootMismatch) }
+        if &self.root() == root {
+            Ok(())
+        } else {
+            Err(ChunkError::RootMismatch)
+        }
     }
 
     /// Whether `data` is exactly chunk `index` of the file.
@@ -206,29 +221,45 @@ impl ChunkTable {
         }
         let shift = bytes[5];
         if shift >= 64 {
-            return Err(ChunkError::TableHeader { offset: 5, what: format!("chunk size 2^{shift}") });
+            return Err(ChunkError::TableHeader {
+                offset: 5,
+                what: format!("chunk size 2^{shift}"),
+            });
         }
         if bytes[6] != 0 || bytes[7] != 0 {
-            return Err(ChunkError::TableHeader { offset: 6, what: "reserved bytes are not zero".into() });
+            return Err(ChunkError::TableHeader {
+                offset: 6,
+                what: "reserved bytes are not zero".into(),
+            });
         }
         let chunk_size = 1u64 << shift;
         let size = u64::from_le_bytes(fixed8(&bytes[8..16]));
         let entries = u64::from_le_bytes(fixed8(&bytes[16..24]));
-        let layout = ChunkLayout::new(size, chunk_size)
-            .map_err(|e| ChunkError::TableHeader { offset: 5, what: e.to_string() })?;
+        let layout = ChunkLayout::new(size, chunk_size).map_err(|e| ChunkError::TableHeader {
+            offset: 5,
+            what: e.to_string(),
+        })?;
         if entries != layout.chunk_count() || entries < 2 {
             return Err(ChunkError::TableHeader {
                 offset: 16,
                 what: format!(
                     "{entries} entries, but a {size}-byte file in {chunk_size}-byte chunks has {}{}",
                     layout.chunk_count(),
-                    if layout.has_table() { "" } else { " and no table" }
+                    if layout.has_table() {
+                        ""
+                    } else {
+                        " and no table"
+                    }
                 ),
             });
         }
         let expected = layout.table_len();
         if len != expected {
-            return Err(ChunkError::TableLength { len, entries, expected });
+            return Err(ChunkError::TableLength {
+                len,
+                entries,
+                expected,
+            });
         }
         let cvs = bytes[TABLE_HEADER_LEN as usize..]
             .chunks_exact(CV_LEN as usize)
@@ -239,6 +270,11 @@ impl ChunkTable {
             })
             .collect();
         Ok(Self { layout, cvs })
+    }
+
+    /// Entry index holding byte `offset` of the encoded table (`offset >= TABLE_HEADER_LEN`).
+    pub fn entry_index(offset: u64) -> u64 {
+        offset.saturating_sub(TABLE_HEADER_LEN) / CV_LEN
     }
 
     /// Byte offset of entry `index` within the encoded table.
@@ -284,7 +320,13 @@ pub struct ChunkHasher {
 impl ChunkHasher {
     pub fn new(chunk_size: u64) -> Result<Self, ChunkError> {
         check_chunk_size(chunk_size)?;
-        Ok(Self { chunk_size, current: blake3::Hasher::new(), in_current: 0, total: 0, cvs: Vec::new() })
+        Ok(Self {
+            chunk_size,
+            current: blake3::Hasher::new(),
+            in_current: 0,
+            total: 0,
+            cvs: Vec::new(),
+        })
     }
 
     pub fn update(&mut self, mut data: &[u8]) {
@@ -308,12 +350,26 @@ impl ChunkHasher {
 
     pub fn finish(mut self) -> FileDigest {
         if self.cvs.is_empty() {
-            return FileDigest { size: self.total, root: self.current.finalize(), table: None };
+            return FileDigest {
+                size: self.total,
+                root: self.current.finalize(),
+                table: None,
+            };
         }
         self.cvs.push(self.current.finalize_non_root());
-        let layout = ChunkLayout { size: self.total, chunk_size: self.chunk_size };
-        let table = ChunkTable { layout, cvs: self.cvs };
-        FileDigest { size: self.total, root: table.root(), table: Some(table) }
+        let layout = ChunkLayout {
+            size: self.total,
+            chunk_size: self.chunk_size,
+        };
+        let table = ChunkTable {
+            layout,
+            cvs: self.cvs,
+        };
+        FileDigest {
+            size: self.total,
+            root: table.root(),
+            table: Some(table),
+        }
     }
 }
 
@@ -341,7 +397,12 @@ pub fn verify_chunk(
 ) -> bool {
     match table {
         Some(t) => t.layout() == *layout && t.verify_chunk(index, data),
-        None => !layout.has_table() && index == 0 && data.len() as u64 == layout.size() && &blake3::hash(data) == root,
+        None => {
+            !layout.has_table()
+                && index == 0
+                && data.len() as u64 == layout.size()
+                && &blake3::hash(data) == root
+        }
     }
 }
 
@@ -352,8 +413,15 @@ pub enum TableCheckError {
     Hash { expected: String, actual: String },
     #[error(transparent)]
     Decode(#[from] ChunkError),
-    #[error("chunk table describes a {table_size}-byte file in {table_chunk}-byte chunks; manifest says {size} bytes in {chunk}-byte chunks")]
-    Layout { table_size: u64, table_chunk: u64, size: u64, chunk: u64 },
+    #[error(
+        "chunk table describes a {table_size}-byte file in {table_chunk}-byte chunks; manifest says {size} bytes in {chunk}-byte chunks"
+    )]
+    Layout {
+        table_size: u64,
+        table_chunk: u64,
+        size: u64,
+        chunk: u64,
+    },
 }
 
 /// Opens a table as the gateway and `verify` do: its own hash against the
@@ -367,7 +435,10 @@ pub fn open_table(
 ) -> Result<ChunkTable, TableCheckError> {
     let actual = blake3::hash(bytes);
     if &actual != table_hash {
-        return Err(TableCheckError::Hash { expected: table_hash.to_hex().to_string(), actual: actual.to_hex().to_string() });
+        return Err(TableCheckError::Hash {
+            expected: table_hash.to_hex().to_string(),
+            actual: actual.to_hex().to_string(),
+        });
     }
     let table = ChunkTable::decode(bytes)?;
     if table.layout() != layout {

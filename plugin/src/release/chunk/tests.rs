@@ -3,7 +3,9 @@ use proptest::prelude::*;
 use super::*;
 
 fn data(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 8) as u8).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 8) as u8)
+        .collect()
 }
 
 fn digest(bytes: &[u8], chunk: u64) -> FileDigest {
@@ -141,7 +143,11 @@ fn every_bit_of_a_small_file_and_table_is_checked() {
         for bit in 0..8 {
             let mut f = bytes.clone();
             f[at] ^= 1 << bit;
-            assert_eq!(bad_chunks(&table, &f), vec![at as u64 / chunk], "byte {at} bit {bit}");
+            assert_eq!(
+                bad_chunks(&table, &f),
+                vec![at as u64 / chunk],
+                "byte {at} bit {bit}"
+            );
         }
     }
     let encoded = table.encode();
@@ -152,7 +158,10 @@ fn every_bit_of_a_small_file_and_table_is_checked() {
             f[at] ^= 1 << bit;
             let fh = blake3::hash(&f);
             assert!(open_table(&f, &h, table.layout(), &d.root).is_err());
-            assert!(open_table(&f, &fh, table.layout(), &d.root).is_err(), "table byte {at} bit {bit}");
+            assert!(
+                open_table(&f, &fh, table.layout(), &d.root).is_err(),
+                "table byte {at} bit {bit}"
+            );
         }
     }
 }
@@ -166,13 +175,22 @@ fn chunk_geometry() {
     assert_eq!(l.chunks_covering(4095..4097), 0..2);
     assert_eq!(l.chunks_covering(9000..10_000), 2..3);
     assert_eq!(ChunkLayout::new(0, 4096).unwrap().chunk_count(), 1);
-    assert_eq!(ChunkLayout::new(1, 1000).unwrap_err(), ChunkError::BadChunkSize(1000));
-    assert_eq!(ChunkLayout::new(1, 512).unwrap_err(), ChunkError::BadChunkSize(512));
+    assert_eq!(
+        ChunkLayout::new(1, 1000).unwrap_err(),
+        ChunkError::BadChunkSize(1000)
+    );
+    assert_eq!(
+        ChunkLayout::new(1, 512).unwrap_err(),
+        ChunkError::BadChunkSize(512)
+    );
 }
 
 #[test]
 fn decode_rejects_garbage_with_reasons() {
-    assert!(matches!(ChunkTable::decode(b"short"), Err(ChunkError::TableTooShort { .. })));
+    assert!(matches!(
+        ChunkTable::decode(b"short"),
+        Err(ChunkError::TableTooShort { .. })
+    ));
     let mut bad = vec![0u8; 64];
     bad[..4].copy_from_slice(b"XXXX");
     assert_eq!(ChunkTable::decode(&bad), Err(ChunkError::TableMagic));

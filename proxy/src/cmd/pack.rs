@@ -1,0 +1,112 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use shardgate::release::envelope::Envelope;
+use shardgate::release::keys::PublisherKey;
+use shardgate::release::manifest::parse_version;
+use shardgate::release::pack::{PackFormat, PackOptions, pack, parent_ref};
+
+use super::{ConfigError, parse_size};
+use crate::progress::Bar;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    /// Group files by sample key into tar shards readable by the webdataset package.
+    Webdataset,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Directory to pack.
+    dir: PathBuf,
+    /// Dataset name (a-z 0-9 . _ -).
+    #[arg(long)]
+    name: String,
+    /// Semantic version, such as 1.4.2.
+    #[arg(long)]
+    version: String,
+    /// Publisher private key (from `shardgate keygen`).
+    #[arg(long)]
+    key: PathBuf,
+    /// Output release directory (absent or empty).
+    #[arg(long)]
+    out: PathBuf,
+    /// Envelope metadata (license, modality, ...), TOML.
+    #[arg(long)]
+    meta: Option<PathBuf>,
+    /// The parent release's manifest.json.
+    #[arg(long)]
+    parent: Option<PathBuf>,
+    /// Chunk size, a power of two from 1KiB to 64MiB.
+    #[arg(long, default_value = "256KiB", value_parser = parse_size)]
+    chunk_size: u64,
+    /// Repackage the files (default: every file as it is).
+    #[arg(long, value_enum)]
+    format: Option<Format>,
+    /// Largest tar shard with --format webdataset.
+    #[arg(long, default_value = "512MiB", value_parser = parse_size)]
+    shard_size: u64,
+}
+
+pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let version = parse_version(&a.version).map_err(ConfigError)?;
+    let key = PublisherKey::load(&a.key)?;
+    let envelope = match &a.meta {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("{}", p.display()))?;
+            Envelope::from_toml(&text).with_context(|| format!("{}", p.display()))?
+        }
+        None => Envelope::default(),
+    };
+    let parent = a.parent.as_deref().map(parent_ref).transpose()?;
+    let created_at = created_at()?;
+    let format = match a.format {
+        None => PackFormat::Files,
+        Some(Format::Webdataset) => PackFormat::WebDataset {
+            shard_size: a.shard_size,
+        },
+    };
+    let opts = PackOptions {
+        dir: a.dir,
+        name: a.name,
+        version,
+        out: a.out.clone(),
+        envelope,
+        parent,
+        chunk_size: a.chunk_size,
+        format,
+        created_at,
+    };
+    let outcome = pack(&opts, &key, &Bar::new())?;
+    let m = &outcome.manifest.manifest;
+    if outcome.unchanged {
+        eprintln!(
+            "{} already holds this exact release; nothing written",
+            a.out.display()
+        );
+    }
+    eprintln!(
+        "packed {}@{}: {} files, {} bytes into {}",
+        m.name,
+        m.version,
+        m.files.len(),
+        m.total_bytes,
+        a.out.display()
+    );
+    println!("{}", outcome.manifest.id);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `SOURCE_DATE_EPOCH` makes packs reproducible; otherwise now, to the second.
+fn created_at() -> anyhow::Result<jiff::Timestamp> {
+    let secs = match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) => v
+            .trim()
+            .parse::<i64>()
+            .map_err(|_| ConfigError(format!("SOURCE_DATE_EPOCH={v:?} is not whole seconds")))?,
+        Err(_) => jiff::Timestamp::now().as_second(),
+    };
+    Ok(jiff::Timestamp::from_second(secs)
+        .map_err(|e| ConfigError(format!("SOURCE_DATE_EPOCH: {e}")))?)
+}

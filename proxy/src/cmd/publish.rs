@@ -1,0 +1,51 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use shardgate::btfs::{DEFAULT_API_PREFIX, NodeClient, NodeConfig};
+use shardgate::release::layout::ReleaseDir;
+use shardgate::release::publish::publish;
+
+use crate::progress::Bar;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Release directory (from `shardgate pack`).
+    release: PathBuf,
+    /// The node's API base URL, such as http://127.0.0.1:5001.
+    #[arg(long)]
+    node: String,
+    /// API path prefix: /api/v1 for BTFS, /api/v0 for IPFS nodes.
+    #[arg(long, default_value = DEFAULT_API_PREFIX)]
+    api_prefix: String,
+    /// Node API token (BTFS token auth), sent as ?token=.
+    #[arg(long, env = "SHARDGATE_NODE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let node = NodeClient::new(
+        NodeConfig {
+            url: a.node,
+            api_prefix: a.api_prefix,
+            token: a.token,
+        },
+        Duration::from_secs(10),
+    )?;
+    let dir = ReleaseDir::from_arg(&a.release);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let outcome = rt.block_on(publish(&dir, &node, &Bar::new()))?;
+    eprintln!(
+        "published {}@{}: {} blobs added ({} bytes), {} already on the node; wrote {}",
+        outcome.placement.name,
+        outcome.placement.version,
+        outcome.added,
+        outcome.bytes_added,
+        outcome.already_present,
+        dir.placement().display()
+    );
+    println!("{}", outcome.placement.manifest_cid.unwrap_or_default());
+    Ok(ExitCode::SUCCESS)
+}
