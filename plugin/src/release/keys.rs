@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey, spki::der::pem::LineEnding};
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 
 const PREFIX: &str = "ed25519:";
 
@@ -28,9 +28,10 @@ pub enum KeyError {
     Random(String),
 }
 
-/// A trusted or signing publisher's public key.
-#[derive(Clone, PartialEq, Eq)]
-pub struct PublicKey(VerifyingKey);
+/// A trusted or signing publisher's public key (32 bytes, checked to be a
+/// valid curve point when parsed).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct PublicKey([u8; 32]);
 
 impl std::fmt::Debug for PublicKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -40,7 +41,7 @@ impl std::fmt::Debug for PublicKey {
 
 impl std::fmt::Display for PublicKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{PREFIX}{}", B64.encode(self.0.as_bytes()))
+        write!(f, "{PREFIX}{}", B64.encode(self.0))
     }
 }
 
@@ -57,9 +58,8 @@ impl std::str::FromStr for PublicKey {
             .ok_or_else(|| bad("missing `ed25519:` prefix"))?;
         let raw = B64.decode(b64).map_err(|e| bad(&e.to_string()))?;
         let bytes: [u8; 32] = raw.try_into().map_err(|_| bad("not 32 bytes"))?;
-        VerifyingKey::from_bytes(&bytes)
-            .map(PublicKey)
-            .map_err(|e| bad(&e.to_string()))
+        VerifyingKey::from_bytes(&bytes).map_err(|e| bad(&e.to_string()))?;
+        Ok(PublicKey(bytes))
     }
 }
 
@@ -78,9 +78,10 @@ impl PublicKey {
     }
 
     pub fn verify(&self, message: &[u8], signature: &[u8; 64]) -> bool {
-        self.0
-            .verify(message, &Signature::from_bytes(signature))
-            .is_ok()
+        VerifyingKey::from_bytes(&self.0).is_ok_and(|k| {
+            k.verify_strict(message, &Signature::from_bytes(signature))
+                .is_ok()
+        })
     }
 }
 
@@ -149,7 +150,7 @@ impl PublisherKey {
     }
 
     pub fn public(&self) -> PublicKey {
-        PublicKey(self.0.verifying_key())
+        PublicKey(self.0.verifying_key().to_bytes())
     }
 
     pub fn sign(&self, message: &[u8]) -> [u8; 64] {

@@ -107,7 +107,8 @@ fn a_valid_but_resigned_manifest_is_a_different_signer() {
 fn structure_errors_name_the_field() {
     let key = PublisherKey::generate().unwrap();
     let good = sample(&key).manifest;
-    let cases: Vec<(Box<dyn Fn(&mut Manifest)>, &str)> = vec![
+    type Edit = Box<dyn Fn(&mut Manifest)>;
+    let cases: Vec<(Edit, &str)> = vec![
         (Box::new(|m| m.name = "Bad Name".into()), "name"),
         (
             Box::new(|m| m.files[0].path = "../etc/passwd".into()),

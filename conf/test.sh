@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine: installs what the tests need
+# (Debian packages, the dev node, a Python venv with the real data loaders),
+# starts one dev node for the run, then runs lint, Rust and Python tests.
+#
+#   bash conf/test.sh            everything
+#   SKIP_LINT=1 bash conf/test.sh   skip fmt/clippy
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+step() { printf '\n==> %s\n' "$*"; }
+
+# Debian packages: b3sum (reference hashes), curl and aria2 (real clients),
+# python3-venv. Installed only when missing.
+need=()
+command -v b3sum >/dev/null || need+=(b3sum)
+command -v curl >/dev/null || need+=(curl)
+command -v aria2c >/dev/null || need+=(aria2)
+command -v mkfifo >/dev/null || need+=(coreutils)
+python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
+if [ "${#need[@]}" -gt 0 ]; then
+  step "apt-get install ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+step "dev node (conf/dev-node)"
+bash conf/dev-node/install.sh
+node_state="$(mktemp -d)"
+cleanup() { bash conf/dev-node/stop.sh "$node_state" >/dev/null 2>&1 || true; rm -rf "$node_state"; }
+trap cleanup EXIT
+bash conf/dev-node/start.sh "$node_state"
+set -a
+# shellcheck disable=SC1091
+. "$node_state/env"
+set +a
+
+step "python venv (real loaders)"
+venv="${SHARDGATE_VENV:-$root/.venv}"
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+"$venv/bin/pip" install -q --disable-pip-version-check -r proxy/tests/clients/requirements.txt
+
+if [ -z "${SKIP_LINT:-}" ]; then
+  step "cargo fmt --check"
+  cargo fmt --all -- --check
+  step "cargo clippy"
+  cargo clippy --workspace --all-targets --quiet -- -D warnings
+fi
+
+step "cargo test"
+cargo test --workspace
+
+step "cargo build (binary for client tests)"
+cargo build -p shardgate-proxy --quiet
+export SHARDGATE_BIN="$root/target/debug/shardgate"
+
+step "python client tests"
+"$venv/bin/python" -m pytest -q proxy/tests/clients
