@@ -2,5 +2,15 @@
 //! serves and checks them.
 
 pub mod btfs;
+pub mod config;
+pub mod fetch;
+pub mod gateway;
+pub mod http;
+pub mod metrics;
+pub mod origin;
 pub mod progress;
+pub mod registry;
 pub mod release;
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing;
+pub mod tier;

@@ -1,9 +1,11 @@
 //! Command-line interface: one module per command.
 
+mod demo;
 mod inspect;
 mod keygen;
 mod pack;
 mod publish;
+mod serve;
 mod verify;
 
 use std::process::ExitCode;
@@ -33,6 +35,10 @@ pub enum Command {
     Verify(verify::Args),
     /// Add a release to a BTFS node and write placement.json.
     Publish(publish::Args),
+    /// Run the verifying range gateway.
+    Serve(serve::Args),
+    /// Generate, pack and serve a small dataset on 127.0.0.1, and print lines to try.
+    Demo(demo::Args),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -42,6 +48,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Inspect(a) => inspect::run(a),
         Command::Verify(a) => verify::run(a),
         Command::Publish(a) => publish::run(a),
+        Command::Serve(a) => serve::run(a),
+        Command::Demo(a) => demo::run(a),
     }
 }
 

@@ -1,0 +1,413 @@
+//! Gateway configuration: one serde tree, `deny_unknown_fields` everywhere,
+//! documented defaults, and [`Config::validate`] with errors naming the key.
+//!
+//! Owns parsing and checking only; nothing here opens sockets or files other
+//! than reading the config text itself.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::release::chunk::DEFAULT_CHUNK_SIZE;
+use crate::release::keys::PublicKey;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config is not valid: {0}")]
+    Parse(String),
+    #[error("config key `{key}`: {why}")]
+    Invalid { key: String, why: String },
+}
+
+fn invalid(key: impl Into<String>, why: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        why: why.into(),
+    }
+}
+
+/// A byte size written as a number or a string such as `"256MiB"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct ByteSize(pub u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(ByteSize(n)),
+            Raw::S(s) => s
+                .trim()
+                .parse::<bytesize::ByteSize>()
+                .map(|b| ByteSize(b.as_u64()))
+                .map_err(|e| {
+                    serde::de::Error::custom(format!("{s:?} is not a size like \"256MiB\": {e}"))
+                }),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Publisher keys whose manifests are served: `ed25519:...` or a `.pub` file path.
+    #[serde(default)]
+    pub trust: TrustConfig,
+    /// Releases to serve.
+    #[serde(default)]
+    pub releases: Vec<ReleaseSource>,
+    /// Where bytes come from, tried in order.
+    #[serde(default)]
+    pub origins: Vec<OriginConfig>,
+    #[serde(default)]
+    pub fetch: FetchConfig,
+    #[serde(default)]
+    pub hot_tier: HotTierConfig,
+    #[serde(default)]
+    pub metadata: MetadataConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address of the HTTP listener.
+    pub listen: SocketAddr,
+    /// TLS for the HTTP listener; plain HTTP when absent.
+    pub tls: Option<TlsConfig>,
+    /// Connections served at once; further connections wait in the accept queue.
+    pub max_connections: usize,
+    /// Largest request head (request line plus headers), in bytes.
+    pub max_header_bytes: usize,
+    /// Time a client has to send a complete request head. An idle HTTP/1.1
+    /// keep-alive connection waiting for its next request is closed after it too.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A client that takes no bytes for this long is disconnected (slow reader).
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+    /// On SIGTERM, in-flight responses get this long to finish.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Most ranges honoured in one multi-range request.
+    pub max_ranges: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8088)),
+            tls: None,
+            max_connections: 4096,
+            max_header_bytes: 16 * 1024,
+            header_read_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(30),
+            max_ranges: 64,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrustConfig {
+    pub keys: Vec<String>,
+}
+
+/// A release to serve: its manifest and (for BTFS origins) its placement,
+/// each a local path or `cid:<CID>` fetched from a `btfs-api` origin.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseSource {
+    pub manifest: String,
+    #[serde(default)]
+    pub placement: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum OriginConfig {
+    /// A BTFS node's RPC API: `POST {url}{api_prefix}/cat?arg=CID&offset=O&length=L`.
+    BtfsApi {
+        #[serde(default)]
+        name: Option<String>,
+        url: String,
+        #[serde(default = "default_api_prefix")]
+        api_prefix: String,
+        #[serde(default)]
+        token: Option<String>,
+    },
+    /// A BTFS HTTP gateway: `GET {url}{path_prefix}/CID` with `Range`.
+    BtfsGateway {
+        #[serde(default)]
+        name: Option<String>,
+        url: String,
+        #[serde(default = "default_path_prefix")]
+        path_prefix: String,
+    },
+    /// Local release directories written by `shardgate pack`: `path` is one
+    /// release directory or a directory of them.
+    Dir {
+        #[serde(default)]
+        name: Option<String>,
+        path: PathBuf,
+    },
+}
+
+fn default_api_prefix() -> String {
+    crate::btfs::DEFAULT_API_PREFIX.into()
+}
+
+fn default_path_prefix() -> String {
+    "/btfs".into()
+}
+
+impl OriginConfig {
+    /// The origin's name in metrics and logs.
+    pub fn name(&self, index: usize) -> String {
+        let (given, kind) = match self {
+            OriginConfig::BtfsApi { name, .. } => (name, "btfs-api"),
+            OriginConfig::BtfsGateway { name, .. } => (name, "btfs-gateway"),
+            OriginConfig::Dir { name, .. } => (name, "dir"),
+        };
+        given.clone().unwrap_or_else(|| format!("{kind}-{index}"))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FetchConfig {
+    /// Bytes asked of an origin in one request (whole chunks), so cold sequential reads run at origin speed.
+    pub span: ByteSize,
+    /// Chunks fetched ahead of a sequential reader.
+    pub readahead_chunks: u32,
+    /// Bulk origin requests in flight at once, across all clients.
+    pub max_concurrent_fetches: usize,
+    /// Verify chunks fetched from origins. Only for benchmarks: off means unverified bytes may be served.
+    pub verify: bool,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Time from sending a request to the origin's first body byte.
+    #[serde(with = "humantime_serde")]
+    pub first_byte_timeout: Duration,
+    /// Longest pause between body bytes before the origin is abandoned.
+    #[serde(with = "humantime_serde")]
+    pub stall_timeout: Duration,
+}
+
+impl Default for FetchConfig {
+    fn default() -> Self {
+        Self {
+            span: ByteSize(4 * 1024 * 1024),
+            readahead_chunks: 16,
+            max_concurrent_fetches: 64,
+            verify: true,
+            connect_timeout: Duration::from_secs(3),
+            first_byte_timeout: Duration::from_secs(15),
+            stall_timeout: Duration::from_secs(15),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HotTierConfig {
+    /// Bytes of verified chunks kept in memory.
+    pub capacity: ByteSize,
+}
+
+impl Default for HotTierConfig {
+    fn default() -> Self {
+        Self {
+            capacity: ByteSize(1024 * 1024 * 1024),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetadataConfig {
+    /// Bytes of chunk tables and manifests cached.
+    pub cache_capacity: ByteSize,
+    /// Origin requests for metadata in flight at once (their own lane, never behind bulk fetches).
+    pub max_concurrent_fetches: usize,
+}
+
+impl Default for MetadataConfig {
+    fn default() -> Self {
+        Self {
+            cache_capacity: ByteSize(256 * 1024 * 1024),
+            max_concurrent_fetches: 16,
+        }
+    }
+}
+
+impl Config {
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let de = toml::Deserializer::parse(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            invalid(key, e.into_inner().message().to_string())
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Reads a config file; relative paths in it are resolved against its directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let mut cfg = Self::from_toml(&text)?;
+        if let Some(base) = path.parent() {
+            cfg.resolve_paths(base);
+        }
+        Ok(cfg)
+    }
+
+    /// Makes relative file paths relative to `base` (the config file's directory).
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        let fix_str = |s: &mut String| {
+            if !s.starts_with("cid:") && Path::new(s.as_str()).is_relative() {
+                *s = base.join(s.as_str()).display().to_string();
+            }
+        };
+        if let Some(tls) = &mut self.server.tls {
+            fix(&mut tls.cert);
+            fix(&mut tls.key);
+        }
+        for k in &mut self.trust.keys {
+            if !k.starts_with("ed25519:") {
+                fix_str(k);
+            }
+        }
+        for r in &mut self.releases {
+            fix_str(&mut r.manifest);
+            if let Some(p) = &mut r.placement {
+                fix_str(p);
+            }
+        }
+        for o in &mut self.origins {
+            if let OriginConfig::Dir { path, .. } = o {
+                fix(path);
+            }
+        }
+    }
+
+    /// Checks values serde cannot: ranges, cross-field rules.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let s = &self.server;
+        if s.max_connections == 0 {
+            return Err(invalid("server.max_connections", "must be at least 1"));
+        }
+        if s.max_header_bytes < 1024 {
+            return Err(invalid("server.max_header_bytes", "must be at least 1024"));
+        }
+        if s.max_ranges == 0 {
+            return Err(invalid("server.max_ranges", "must be at least 1"));
+        }
+        for (i, k) in self.trust.keys.iter().enumerate() {
+            if k.starts_with("ed25519:") {
+                k.parse::<PublicKey>()
+                    .map_err(|e| invalid(format!("trust.keys[{i}]"), e.to_string()))?;
+            }
+        }
+        let f = &self.fetch;
+        if f.span.0 < DEFAULT_CHUNK_SIZE.min(64 * 1024) || f.span.0 > 256 * 1024 * 1024 {
+            return Err(invalid("fetch.span", "must be between 64KiB and 256MiB"));
+        }
+        if f.max_concurrent_fetches == 0 {
+            return Err(invalid(
+                "fetch.max_concurrent_fetches",
+                "must be at least 1",
+            ));
+        }
+        if self.metadata.max_concurrent_fetches == 0 {
+            return Err(invalid(
+                "metadata.max_concurrent_fetches",
+                "must be at least 1",
+            ));
+        }
+        for (i, o) in self.origins.iter().enumerate() {
+            match o {
+                OriginConfig::BtfsApi {
+                    url, api_prefix, ..
+                } => {
+                    check_url(url).map_err(|w| invalid(format!("origins[{i}].url"), w))?;
+                    if !api_prefix.starts_with('/') {
+                        return Err(invalid(
+                            format!("origins[{i}].api_prefix"),
+                            "must start with /",
+                        ));
+                    }
+                }
+                OriginConfig::BtfsGateway {
+                    url, path_prefix, ..
+                } => {
+                    check_url(url).map_err(|w| invalid(format!("origins[{i}].url"), w))?;
+                    if !path_prefix.starts_with('/') {
+                        return Err(invalid(
+                            format!("origins[{i}].path_prefix"),
+                            "must start with /",
+                        ));
+                    }
+                }
+                OriginConfig::Dir { .. } => {}
+            }
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, o) in self.origins.iter().enumerate() {
+            if !names.insert(o.name(i)) {
+                return Err(invalid(
+                    format!("origins[{i}].name"),
+                    format!("{:?} is used twice", o.name(i)),
+                ));
+            }
+        }
+        for (i, r) in self.releases.iter().enumerate() {
+            if r.manifest.is_empty() {
+                return Err(invalid(format!("releases[{i}].manifest"), "is empty"));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_url(url: &str) -> Result<(), String> {
+    let u = reqwest::Url::parse(url).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    if u.scheme() != "http" && u.scheme() != "https" {
+        return Err(format!("{url:?} must be http or https"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,565 @@
+//! The verifying fetcher: turns "chunk `i` of file `F`" into verified bytes,
+//! from the hot tier or from origins.
+//!
+//! - Chunk tables are fetched on their own lane (their own concurrency
+//!   limit and cache), checked against their own hash and the file's root.
+//! - Misses fetch a *span* of chunks in one origin request. Concurrent misses
+//!   for the same chunk share one fetch (single flight).
+//! - Each chunk is verified against the table before it is handed to anyone
+//!   or inserted into the hot tier. A chunk that fails moves the span to the
+//!   next origin; the bad origin is counted and logged with CID and offset.
+//!
+//! Invariant: nothing leaves this module unverified (unless the operator
+//! turned verification off for benchmarking).
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use tokio::sync::{Semaphore, watch};
+
+use crate::config::FetchConfig;
+use crate::metrics::Metrics;
+use crate::origin::{BlobRef, Origin};
+use crate::registry::FileRef;
+use crate::release::chunk::{ChunkLayout, ChunkTable, chunk_cv, open_table};
+use crate::release::manifest::Blake3;
+use crate::tier::{ChunkKey, HotTier};
+
+/// Why verified bytes could not be had.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FetchError {
+    #[error("chunk {chunk} of {file}: every origin failed ({detail})")]
+    AllOriginsFailed {
+        file: Blake3,
+        chunk: u64,
+        detail: String,
+    },
+    #[error("chunk table of {file}: every origin failed ({detail})")]
+    Table { file: Blake3, detail: String },
+    #[error("no origin is configured")]
+    NoOrigin,
+    #[error("fetch of chunk {chunk} of {file} was abandoned")]
+    Abandoned { file: Blake3, chunk: u64 },
+    #[error("chunk {chunk} is past the end of {file}")]
+    OutOfRange { file: Blake3, chunk: u64 },
+}
+
+/// Where a chunk came from, for metering and `X-Shardgate-Cache`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Hot,
+    Origin,
+}
+
+/// What the fetcher needs to know about a file.
+#[derive(Debug, Clone)]
+pub struct FileSpec {
+    pub blake3: Blake3,
+    pub layout: ChunkLayout,
+    pub table: Option<Blake3>,
+    pub cid: Option<String>,
+    pub table_cid: Option<String>,
+}
+
+impl FileSpec {
+    pub fn from_ref(f: &FileRef) -> Option<Self> {
+        let e = f.entry();
+        Some(Self {
+            blake3: e.blake3,
+            layout: e.layout().ok()?,
+            table: e.chunk_table,
+            cid: f.release.cid_of(&e.blake3).map(str::to_string),
+            table_cid: e
+                .chunk_table
+                .and_then(|t| f.release.cid_of(&t).map(str::to_string)),
+        })
+    }
+}
+
+type ChunkResult = Result<Bytes, FetchError>;
+type Slot = watch::Receiver<Option<ChunkResult>>;
+
+pub struct Fetcher {
+    origins: ArcSwap<Vec<Origin>>,
+    hot: HotTier,
+    tables: moka::future::Cache<Blake3, Arc<ChunkTable>>,
+    inflight: Mutex<HashMap<ChunkKey, Slot>>,
+    bulk: Semaphore,
+    meta: Semaphore,
+    cfg: FetchConfig,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Fetcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fetcher").field("hot", &self.hot).finish()
+    }
+}
+
+/// Removes a span's in-flight slots when its task ends, however it ends.
+struct SpanGuard<'a> {
+    fetcher: &'a Fetcher,
+    file: Blake3,
+    chunks: Range<u64>,
+}
+
+impl Drop for SpanGuard<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.fetcher.inflight.lock() {
+            for index in self.chunks.clone() {
+                map.remove(&ChunkKey {
+                    file: self.file,
+                    index,
+                });
+            }
+        }
+    }
+}
+
+impl Fetcher {
+    pub fn new(
+        origins: Vec<Origin>,
+        hot: HotTier,
+        cfg: FetchConfig,
+        table_cache_bytes: u64,
+        meta_concurrency: usize,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        let tables = moka::future::Cache::builder()
+            .max_capacity(table_cache_bytes)
+            .weigher(|_k: &Blake3, t: &Arc<ChunkTable>| {
+                u32::try_from(t.entries().len() * 32 + 64).unwrap_or(u32::MAX)
+            })
+            .build();
+        Arc::new(Self {
+            origins: ArcSwap::from_pointee(origins),
+            hot,
+            tables,
+            inflight: Mutex::new(HashMap::new()),
+            bulk: Semaphore::new(cfg.max_concurrent_fetches),
+            meta: Semaphore::new(meta_concurrency),
+            cfg,
+            metrics,
+        })
+    }
+
+    pub fn hot(&self) -> &HotTier {
+        &self.hot
+    }
+
+    pub fn origins(&self) -> Arc<Vec<Origin>> {
+        self.origins.load_full()
+    }
+
+    /// Replaces the origins (config reload). In-flight fetches finish on the old ones.
+    pub fn set_origins(&self, origins: Vec<Origin>) {
+        self.origins.store(Arc::new(origins));
+    }
+
+    pub fn span_chunks(&self, chunk_size: u64) -> u64 {
+        (self.cfg.span.0 / chunk_size).max(1)
+    }
+
+    pub fn readahead_chunks(&self) -> u64 {
+        u64::from(self.cfg.readahead_chunks)
+    }
+
+    /// Whether every, some or none of the chunks are in the hot tier.
+    pub fn cached(&self, file: &FileSpec, chunks: Range<u64>) -> (u64, u64) {
+        let total = chunks.end - chunks.start;
+        let hot = chunks
+            .filter(|&i| {
+                self.hot.contains(&ChunkKey {
+                    file: file.blake3,
+                    index: i,
+                })
+            })
+            .count() as u64;
+        (hot, total)
+    }
+
+    /// The verified chunk table of a multi-chunk file.
+    pub async fn table(&self, file: &FileSpec) -> Result<Option<Arc<ChunkTable>>, FetchError> {
+        let Some(table_hash) = file.table else {
+            return Ok(None);
+        };
+        let result = self
+            .tables
+            .try_get_with(table_hash, async {
+                let _lane = self
+                    .meta
+                    .acquire()
+                    .await
+                    .map_err(|_| FetchError::NoOrigin)?;
+                self.fetch_table(file, table_hash).await.map(Arc::new)
+            })
+            .await;
+        result.map(Some).map_err(|e| (*e).clone())
+    }
+
+    async fn fetch_table(
+        &self,
+        file: &FileSpec,
+        table_hash: Blake3,
+    ) -> Result<ChunkTable, FetchError> {
+        let len = file.layout.table_len();
+        let blob = BlobRef {
+            blake3: table_hash,
+            cid: file.table_cid.as_deref(),
+            size: len,
+        };
+        let origins = self.origins();
+        if origins.is_empty() {
+            return Err(FetchError::NoOrigin);
+        }
+        let mut detail = Vec::new();
+        for origin in origins.iter() {
+            let label = Metrics::origin(origin.name());
+            self.metrics.origin_requests.get_or_create(&label).inc();
+            let bytes = match read_all(origin, blob, 0..len).await {
+                Ok(b) => b,
+                Err(e) => {
+                    self.metrics.origin_errors.get_or_create(&label).inc();
+                    detail.push(e);
+                    continue;
+                }
+            };
+            self.metrics.origin_bytes.get_or_create(&label).inc_by(len);
+            match open_table(&bytes, &table_hash.hash(), file.layout, &file.blake3.hash()) {
+                Ok(t) => return Ok(t),
+                Err(e) => {
+                    self.metrics.verify_failures.get_or_create(&label).inc();
+                    tracing::warn!(origin = origin.name(), cid = ?file.table_cid, table = %table_hash, error = %e,
+                        "origin returned a bad chunk table");
+                    detail.push(format!("{}: {e}", origin.name()));
+                }
+            }
+        }
+        Err(FetchError::Table {
+            file: file.blake3,
+            detail: detail.join("; "),
+        })
+    }
+
+    /// Verified chunk `index`, from the hot tier or an origin. Chunks up to
+    /// `window_end` (exclusive) may be fetched in the same origin request.
+    pub async fn chunk(
+        self: &Arc<Self>,
+        file: &Arc<FileSpec>,
+        index: u64,
+        window_end: u64,
+    ) -> Result<(Bytes, Source), FetchError> {
+        let count = file.layout.chunk_count();
+        if index >= count {
+            return Err(FetchError::OutOfRange {
+                file: file.blake3,
+                chunk: index,
+            });
+        }
+        let key = ChunkKey {
+            file: file.blake3,
+            index,
+        };
+        if let Some(b) = self.hot.get(&key) {
+            self.metrics.hot_hits.inc();
+            return Ok((b, Source::Hot));
+        }
+        self.metrics.hot_misses.inc();
+        let mut slot = match self.slot_or_start(file, index, window_end.min(count)) {
+            Ok(slot) => slot,
+            Err(hit) => return Ok((hit, Source::Hot)),
+        };
+        let result = match slot.wait_for(Option::is_some).await {
+            Ok(v) => v.clone().unwrap_or(Err(FetchError::Abandoned {
+                file: file.blake3,
+                chunk: index,
+            })),
+            Err(_) => Err(FetchError::Abandoned {
+                file: file.blake3,
+                chunk: index,
+            }),
+        };
+        result.map(|b| (b, Source::Origin))
+    }
+
+    /// Starts fetching chunks `from..to` that are neither hot nor in flight.
+    pub fn prefetch(self: &Arc<Self>, file: &Arc<FileSpec>, from: u64, to: u64) {
+        let to = to.min(file.layout.chunk_count());
+        let mut i = from;
+        while i < to {
+            let key = ChunkKey {
+                file: file.blake3,
+                index: i,
+            };
+            if self.hot.contains(&key) || self.inflight.lock().is_ok_and(|m| m.contains_key(&key)) {
+                i += 1;
+                continue;
+            }
+            let _ = self.slot_or_start(file, i, to);
+            i += self.span_chunks(file.layout.chunk_size());
+        }
+    }
+
+    /// Joins the in-flight fetch of `index`, or starts a span fetch at it.
+    /// `Err` carries a chunk that turned out to be hot after all.
+    fn slot_or_start(
+        self: &Arc<Self>,
+        file: &Arc<FileSpec>,
+        index: u64,
+        limit: u64,
+    ) -> Result<Slot, Bytes> {
+        let key = ChunkKey {
+            file: file.blake3,
+            index,
+        };
+        let Ok(mut map) = self.inflight.lock() else {
+            // A poisoned map only happens after a panic elsewhere; fetch alone.
+            let (tx, rx) = watch::channel(None);
+            self.spawn_span(file.clone(), index..index + 1, vec![tx]);
+            return Ok(rx);
+        };
+        if let Some(slot) = map.get(&key) {
+            return Ok(slot.clone());
+        }
+        // Delivered between our hot-tier miss and taking the lock.
+        if let Some(b) = self.hot.get(&key) {
+            return Err(b);
+        }
+        let max_end =
+            (index + self.span_chunks(file.layout.chunk_size())).min(limit.max(index + 1));
+        let mut senders = Vec::new();
+        let mut end = index;
+        let mut mine = None;
+        while end < max_end {
+            let k = ChunkKey {
+                file: file.blake3,
+                index: end,
+            };
+            if end > index && (map.contains_key(&k) || self.hot.contains(&k)) {
+                break;
+            }
+            let (tx, rx) = watch::channel(None);
+            if end == index {
+                mine = Some(rx.clone());
+            }
+            map.insert(k, rx);
+            senders.push(tx);
+            end += 1;
+        }
+        drop(map);
+        self.spawn_span(file.clone(), index..end, senders);
+        mine.ok_or(Bytes::new())
+    }
+
+    fn spawn_span(
+        self: &Arc<Self>,
+        file: Arc<FileSpec>,
+        chunks: Range<u64>,
+        senders: Vec<watch::Sender<Option<ChunkResult>>>,
+    ) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let _guard = SpanGuard {
+                fetcher: &this,
+                file: file.blake3,
+                chunks: chunks.clone(),
+            };
+            this.run_span(&file, chunks, senders).await;
+        });
+    }
+
+    async fn run_span(
+        &self,
+        file: &FileSpec,
+        chunks: Range<u64>,
+        senders: Vec<watch::Sender<Option<ChunkResult>>>,
+    ) {
+        let fail_rest = |from: u64, err: FetchError| {
+            for i in from..chunks.end {
+                let e = match &err {
+                    FetchError::AllOriginsFailed { file, detail, .. } => {
+                        FetchError::AllOriginsFailed {
+                            file: *file,
+                            chunk: i,
+                            detail: detail.clone(),
+                        }
+                    }
+                    other => other.clone(),
+                };
+                let _ = senders[(i - chunks.start) as usize].send(Some(Err(e)));
+            }
+        };
+        let Ok(_permit) = self.bulk.acquire().await else {
+            fail_rest(chunks.start, FetchError::NoOrigin);
+            return;
+        };
+        let table = if self.cfg.verify {
+            match self.table(file).await {
+                Ok(t) => t,
+                Err(e) => {
+                    fail_rest(chunks.start, e);
+                    return;
+                }
+            }
+        } else {
+            None
+        };
+        let origins = self.origins();
+        if origins.is_empty() {
+            fail_rest(chunks.start, FetchError::NoOrigin);
+            return;
+        }
+        let layout = file.layout;
+        let blob = BlobRef {
+            blake3: file.blake3,
+            cid: file.cid.as_deref(),
+            size: layout.size(),
+        };
+        let mut next = chunks.start;
+        let mut detail = Vec::new();
+        for origin in origins.iter() {
+            if next == chunks.end {
+                break;
+            }
+            let label = Metrics::origin(origin.name());
+            let bytes = layout.chunk_range(next).start..layout.chunk_range(chunks.end - 1).end;
+            let offset = bytes.start;
+            self.metrics.origin_requests.get_or_create(&label).inc();
+            let started = Instant::now();
+            let mut stream = match origin.read(blob, bytes).await {
+                Ok(s) => s,
+                Err(e) => {
+                    self.metrics.origin_errors.get_or_create(&label).inc();
+                    tracing::debug!(origin = origin.name(), error = %e, "origin read failed");
+                    detail.push(e.to_string());
+                    continue;
+                }
+            };
+            let mut first = true;
+            let mut buf = BytesMut::new();
+            'stream: while let Some(item) = stream.next().await {
+                let mut piece = match item {
+                    Ok(p) => p,
+                    Err(e) => {
+                        self.metrics.origin_errors.get_or_create(&label).inc();
+                        tracing::warn!(origin = origin.name(), cid = ?file.cid, offset = layout.chunk_range(next).start, error = %e, "origin stream failed");
+                        detail.push(e.to_string());
+                        break 'stream;
+                    }
+                };
+                if first {
+                    first = false;
+                    self.metrics
+                        .origin_first_byte_seconds
+                        .get_or_create(&label)
+                        .observe(started.elapsed().as_secs_f64());
+                }
+                self.metrics
+                    .origin_bytes
+                    .get_or_create(&label)
+                    .inc_by(piece.len() as u64);
+                while !piece.is_empty() {
+                    let r = layout.chunk_range(next);
+                    let need = (r.end - r.start) as usize - buf.len();
+                    let chunk = if buf.is_empty() && piece.len() >= need {
+                        piece.split_to(need)
+                    } else {
+                        let take = need.min(piece.len());
+                        buf.extend_from_slice(&piece.split_to(take));
+                        if buf.len() < (r.end - r.start) as usize {
+                            continue;
+                        }
+                        buf.split().freeze()
+                    };
+                    if !self.check(file, table.as_deref(), next, &chunk) {
+                        self.metrics.verify_failures.get_or_create(&label).inc();
+                        tracing::warn!(origin = origin.name(), cid = ?file.cid, file = %file.blake3, chunk = next,
+                            offset = r.start, "origin returned bytes that fail verification; trying the next origin");
+                        detail.push(format!(
+                            "{}: chunk {next} at offset {} failed verification",
+                            origin.name(),
+                            r.start
+                        ));
+                        break 'stream;
+                    }
+                    self.hot.insert_verified(
+                        ChunkKey {
+                            file: file.blake3,
+                            index: next,
+                        },
+                        chunk.clone(),
+                    );
+                    let _ = senders[(next - chunks.start) as usize].send(Some(Ok(chunk)));
+                    next += 1;
+                    if next == chunks.end {
+                        break 'stream;
+                    }
+                }
+            }
+            let _ = offset;
+        }
+        if next < chunks.end {
+            let detail = if detail.is_empty() {
+                "no origin could serve it".into()
+            } else {
+                detail.join("; ")
+            };
+            tracing::warn!(file = %file.blake3, chunk = next, %detail, "chunk unavailable from every origin");
+            fail_rest(
+                next,
+                FetchError::AllOriginsFailed {
+                    file: file.blake3,
+                    chunk: next,
+                    detail,
+                },
+            );
+        }
+    }
+
+    /// Whether `data` is chunk `index` of the file.
+    fn check(&self, file: &FileSpec, table: Option<&ChunkTable>, index: u64, data: &[u8]) -> bool {
+        if !self.cfg.verify {
+            return true;
+        }
+        let ok = match table {
+            Some(t) => {
+                let r = file.layout.chunk_range(index);
+                data.len() as u64 == r.end - r.start
+                    && t.entries()
+                        .get(index as usize)
+                        .is_some_and(|cv| &chunk_cv(r.start, data) == cv)
+            }
+            None => {
+                !file.layout.has_table()
+                    && index == 0
+                    && data.len() as u64 == file.layout.size()
+                    && blake3::hash(data) == file.blake3.hash()
+            }
+        };
+        if ok {
+            self.metrics.chunks_verified.inc();
+        }
+        ok
+    }
+}
+
+async fn read_all(
+    origin: &Origin,
+    blob: BlobRef<'_>,
+    range: Range<u64>,
+) -> Result<Vec<u8>, String> {
+    let mut s = origin
+        .read(blob, range.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::with_capacity((range.end - range.start) as usize);
+    while let Some(piece) = s.next().await {
+        out.extend_from_slice(&piece.map_err(|e| e.to_string())?);
+    }
+    Ok(out)
+}

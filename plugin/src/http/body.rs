@@ -1,0 +1,155 @@
+//! Response bodies: in-memory bytes, or a stream of verified chunks.
+//!
+//! A chunked body pulls each chunk from the fetcher (hot tier or a verified
+//! origin fetch), slices it to the requested range, and yields it. A fetch
+//! failure after the headers went out becomes a body error, which makes
+//! hyper abort the response: HTTP/1.1 closes the connection short of
+//! Content-Length, HTTP/2 resets the stream. A cut body is never passed off
+//! as a whole one.
+
+use std::collections::VecDeque;
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::Stream;
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::Frame;
+
+use crate::fetch::{FetchError, Fetcher, FileSpec, Source};
+use crate::metrics::{Metrics, ReasonLabel, SourceLabel};
+
+/// The error that aborts a response mid-body.
+#[derive(Debug, thiserror::Error)]
+#[error("response aborted: {0}")]
+pub struct BodyError(pub String);
+
+pub type Body = BoxBody<Bytes, BodyError>;
+
+pub fn empty() -> Body {
+    full(Bytes::new())
+}
+
+pub fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
+
+/// One piece of a body plan: literal bytes (multipart heads and tail) or a
+/// byte range of the file.
+#[derive(Debug, Clone)]
+pub enum Piece {
+    Literal(Bytes),
+    Range(Range<u64>),
+}
+
+/// A chunk fetched before the headers were sent, to be used first.
+pub type Primed = Option<(u64, Bytes, Source)>;
+
+struct ChunkedState {
+    fetcher: Arc<Fetcher>,
+    file: Arc<FileSpec>,
+    pieces: VecDeque<Piece>,
+    /// Chunks to keep in flight ahead of the reader.
+    lookahead: u64,
+    /// The last chunk (exclusive) the whole request needs.
+    end_chunk: u64,
+    primed: Primed,
+    metrics: Arc<Metrics>,
+}
+
+/// A body that streams verified chunks of `file` for `pieces`.
+pub fn chunked(
+    fetcher: Arc<Fetcher>,
+    file: Arc<FileSpec>,
+    pieces: Vec<Piece>,
+    lookahead: u64,
+    primed: Primed,
+    metrics: Arc<Metrics>,
+) -> Body {
+    let end_chunk = pieces
+        .iter()
+        .filter_map(|p| match p {
+            Piece::Range(r) => Some(file.layout.chunks_covering(r.clone()).end),
+            Piece::Literal(_) => None,
+        })
+        .max()
+        .unwrap_or(0);
+    let state = ChunkedState {
+        fetcher,
+        file,
+        pieces: pieces.into(),
+        lookahead,
+        end_chunk,
+        primed,
+        metrics,
+    };
+    BodyExt::boxed(StreamBody::new(stream(state)))
+}
+
+fn stream(state: ChunkedState) -> impl Stream<Item = Result<Frame<Bytes>, BodyError>> + Send {
+    futures_util::stream::unfold(Some(state), |state| async move {
+        let mut st = state?;
+        let piece = st.pieces.pop_front()?;
+        match piece {
+            Piece::Literal(b) => Some((Ok(Frame::data(b)), Some(st))),
+            Piece::Range(r) => {
+                let cs = st.file.layout.chunk_size();
+                let index = r.start / cs;
+                let chunk_start = index * cs;
+                let got = match st.primed.take() {
+                    Some((i, b, s)) if i == index => Ok((b, s)),
+                    _ => st.fetcher.chunk(&st.file, index, st.end_chunk).await,
+                };
+                let (chunk, source) = match got {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let reason = match e {
+                            FetchError::AllOriginsFailed { .. } | FetchError::Table { .. } => {
+                                "integrity_or_origin"
+                            }
+                            _ => "fetch",
+                        };
+                        st.metrics
+                            .aborted
+                            .get_or_create(&ReasonLabel { reason })
+                            .inc();
+                        tracing::warn!(error = %e, "aborting response mid-body");
+                        return Some((Err(BodyError(e.to_string())), None));
+                    }
+                };
+                st.fetcher.prefetch(
+                    &st.file,
+                    index + 1,
+                    (index + 1 + st.lookahead).min(st.end_chunk),
+                );
+                let from = (r.start - chunk_start) as usize;
+                let to = ((r.end.min(chunk_start + chunk.len() as u64)) - chunk_start) as usize;
+                if to <= from || to > chunk.len() {
+                    return Some((
+                        Err(BodyError(format!(
+                            "chunk {index} is shorter than the manifest says"
+                        ))),
+                        None,
+                    ));
+                }
+                let slice = chunk.slice(from..to);
+                let consumed = chunk_start + to as u64;
+                if consumed < r.end {
+                    st.pieces.push_front(Piece::Range(consumed..r.end));
+                }
+                let label = SourceLabel {
+                    source: if source == Source::Hot {
+                        "hot"
+                    } else {
+                        "origin"
+                    },
+                };
+                st.metrics
+                    .served_bytes
+                    .get_or_create(&label)
+                    .inc_by(slice.len() as u64);
+                Some((Ok(Frame::data(slice)), Some(st)))
+            }
+        }
+    })
+}

@@ -1,0 +1,584 @@
+//! Request handling: routing, RFC 9110 range and conditional logic, and
+//! the response headers every loader relies on.
+//!
+//! Phases of a file request: resolve the release and file (404), apply
+//! conditionals (304, If-Range), plan the ranges (200/206/416), fetch the
+//! first chunk (502 if no origin can supply verified bytes), send headers,
+//! then stream the remaining verified chunks.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+
+use super::body::{self, Body, Piece};
+use super::range::{self, MultipartPlan, RangeRequest};
+use crate::fetch::{FileSpec, Source};
+use crate::gateway::Gateway;
+use crate::metrics::RequestLabel;
+use crate::registry::FileRef;
+use crate::release::manifest::{Blake3, check_path};
+
+const IMMUTABLE: &str = "public, max-age=31536000, immutable";
+static X_CACHE: HeaderName = HeaderName::from_static("x-shardgate-cache");
+
+/// Serves one request. Never fails: every problem is an HTTP answer.
+pub async fn handle<B>(gw: Arc<Gateway>, req: Request<B>) -> Result<Response<Body>, Infallible> {
+    let started = Instant::now();
+    let (route, resp) = route(&gw, &req, started).await;
+    gw.metrics()
+        .requests
+        .get_or_create(&RequestLabel {
+            route,
+            status: resp.status().as_u16(),
+        })
+        .inc();
+    Ok(resp)
+}
+
+fn error(status: StatusCode, message: impl std::fmt::Display) -> Response<Body> {
+    let body =
+        serde_json::json!({ "error": message.to_string(), "status": status.as_u16() }).to_string();
+    let mut r = Response::new(body::full(body));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn json(status: StatusCode, v: &serde_json::Value) -> Response<Body> {
+    let mut r = Response::new(body::full(serde_json::to_vec_pretty(v).unwrap_or_default()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
+}
+
+fn text(status: StatusCode, s: impl Into<Bytes>, content_type: &'static str) -> Response<Body> {
+    let mut r = Response::new(body::full(s));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// Percent-decodes one path segment; `None` if it is not UTF-8.
+fn decode(seg: &str) -> Option<String> {
+    percent_decode(seg.as_bytes())
+}
+
+fn percent_decode(s: &[u8]) -> Option<String> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        if s[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            let v = u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
+            out.push(v);
+            i += 3;
+        } else {
+            out.push(s[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+async fn route<B>(
+    gw: &Arc<Gateway>,
+    req: &Request<B>,
+    started: Instant,
+) -> (&'static str, Response<Body>) {
+    let path = req.uri().path();
+    let method = req.method();
+    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let get_or_head = method == Method::GET || method == Method::HEAD;
+    match segs.as_slice() {
+        ["healthz"] => (
+            "healthz",
+            text(StatusCode::OK, "ok\n", "text/plain; charset=utf-8"),
+        ),
+        ["readyz"] => {
+            if gw.ready() {
+                (
+                    "readyz",
+                    text(StatusCode::OK, "ready\n", "text/plain; charset=utf-8"),
+                )
+            } else {
+                (
+                    "readyz",
+                    text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "not ready: no origin answers yet\n",
+                        "text/plain; charset=utf-8",
+                    ),
+                )
+            }
+        }
+        ["metrics"] => {
+            gw.metrics()
+                .hot_bytes
+                .set(gw.fetcher().hot().weighted_bytes());
+            (
+                "metrics",
+                text(
+                    StatusCode::OK,
+                    gw.metrics().render(),
+                    "text/plain; version=0.0.4; charset=utf-8",
+                ),
+            )
+        }
+        _ if !get_or_head => {
+            let mut r = error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{method} is not allowed here"),
+            );
+            r.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            ("other", r)
+        }
+        ["v1", "datasets"] | ["v1", "datasets", ""] => ("list", list_datasets(gw)),
+        ["v1", "datasets", name] => ("list", describe_dataset(gw, name)),
+        ["v1", "datasets", name, version, "manifest"] => {
+            ("manifest", manifest(gw, req, name, version))
+        }
+        ["v1", "datasets", name, version, "files", rest @ ..] if !rest.is_empty() => {
+            let Some(file_path) = rest
+                .iter()
+                .map(|s| decode(s))
+                .collect::<Option<Vec<_>>>()
+                .map(|v| v.join("/"))
+            else {
+                return (
+                    "file",
+                    error(StatusCode::BAD_REQUEST, "path is not valid UTF-8"),
+                );
+            };
+            if let Err(why) = check_path(&file_path) {
+                return ("file", error(StatusCode::BAD_REQUEST, why));
+            }
+            let Ok(v) = semver::Version::parse(version) else {
+                return (
+                    "file",
+                    error(
+                        StatusCode::NOT_FOUND,
+                        format!("{version:?} is not a version of {name}"),
+                    ),
+                );
+            };
+            match gw.registry().snapshot().file(name, &v, &file_path) {
+                Some(f) => ("file", serve_file(gw, req, &f, started).await),
+                None => (
+                    "file",
+                    error(
+                        StatusCode::NOT_FOUND,
+                        format!("{name}@{version} has no file {file_path:?}"),
+                    ),
+                ),
+            }
+        }
+        ["v1", "blobs", hash] => {
+            let Ok(h) = hash.parse::<Blake3>() else {
+                return (
+                    "blob",
+                    error(
+                        StatusCode::BAD_REQUEST,
+                        format!("{hash:?} is not a BLAKE3 hash (64 lowercase hex digits)"),
+                    ),
+                );
+            };
+            match gw.registry().snapshot().blob(&h) {
+                Some(f) => ("blob", serve_file(gw, req, &f, started).await),
+                None => (
+                    "blob",
+                    error(
+                        StatusCode::NOT_FOUND,
+                        format!("no served release holds blob {hash}"),
+                    ),
+                ),
+            }
+        }
+        _ => (
+            "other",
+            error(StatusCode::NOT_FOUND, format!("no route for {path}")),
+        ),
+    }
+}
+
+fn list_datasets(gw: &Gateway) -> Response<Body> {
+    let catalog = gw.registry().snapshot();
+    let datasets: Vec<serde_json::Value> = catalog
+        .names()
+        .map(|(name, versions)| {
+            serde_json::json!({
+                "name": name,
+                "versions": versions.keys().map(ToString::to_string).collect::<Vec<_>>(),
+                "latest": versions.keys().next_back().map(ToString::to_string),
+            })
+        })
+        .collect();
+    json(StatusCode::OK, &serde_json::json!({ "datasets": datasets }))
+}
+
+fn describe_dataset(gw: &Gateway, name: &str) -> Response<Body> {
+    let catalog = gw.registry().snapshot();
+    let Some(versions) = catalog.versions(name) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no dataset named {name:?} is served"),
+        );
+    };
+    let versions: Vec<serde_json::Value> = versions
+        .values()
+        .map(|r| {
+            let m = &r.signed.manifest;
+            serde_json::json!({
+                "version": m.version.to_string(),
+                "release_id": r.signed.id.to_hex(),
+                "signer": r.signed.signer.to_string(),
+                "created_at": m.created_at.to_string(),
+                "files": m.files.len(),
+                "total_bytes": m.total_bytes,
+                "records": m.records,
+                "manifest_url": format!("/v1/datasets/{}/{}/manifest", m.name, m.version),
+                "envelope": m.envelope,
+            })
+        })
+        .collect();
+    json(
+        StatusCode::OK,
+        &serde_json::json!({ "name": name, "versions": versions }),
+    )
+}
+
+fn manifest<B>(gw: &Gateway, req: &Request<B>, name: &str, version: &str) -> Response<Body> {
+    let Ok(v) = semver::Version::parse(version) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("{version:?} is not a version of {name}"),
+        );
+    };
+    let catalog = gw.registry().snapshot();
+    let Some(release) = catalog.release(name, &v) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("{name}@{version} is not served"),
+        );
+    };
+    let etag = format!("\"{}\"", release.signed.id);
+    let bytes = Bytes::from(release.signed.bytes.clone());
+    respond_in_memory(gw, req, bytes, &etag, "application/json")
+}
+
+/// Common headers of every representation response.
+fn representation_headers(h: &mut HeaderMap, etag: &str, content_type: &str) {
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if let Ok(v) = HeaderValue::from_str(etag) {
+        h.insert(header::ETAG, v);
+    }
+    let ct = if content_type.to_ascii_lowercase().starts_with("text/html") {
+        "application/octet-stream"
+    } else {
+        content_type
+    };
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_str(ct).unwrap_or(HeaderValue::from_static("application/octet-stream")),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(IMMUTABLE));
+}
+
+/// What a GET or HEAD of a representation of `len` bytes will send.
+enum Plan {
+    NotModified,
+    Unsatisfiable,
+    TooManyRanges(String),
+    Send {
+        status: StatusCode,
+        pieces: Vec<Piece>,
+        content_length: u64,
+        content_range: Option<String>,
+        multipart_type: Option<String>,
+    },
+}
+
+fn plan<B>(req: &Request<B>, len: u64, etag: &str, content_type: &str, max_ranges: usize) -> Plan {
+    let h = req.headers();
+    if let Some(inm) = h.get(header::IF_NONE_MATCH) {
+        if range::if_none_match_matches(inm.as_bytes(), etag) {
+            return Plan::NotModified;
+        }
+    }
+    let range_header = h.get(header::RANGE).filter(|_| {
+        h.get(header::IF_RANGE)
+            .is_none_or(|ir| range::if_range_matches(ir.as_bytes(), etag))
+    });
+    let request = match range_header {
+        None => RangeRequest::Full,
+        Some(v) => match range::parse_range(v.as_bytes(), len, max_ranges) {
+            Ok(r) => r,
+            Err(e) => return Plan::TooManyRanges(e.to_string()),
+        },
+    };
+    match request {
+        RangeRequest::Full => Plan::Send {
+            status: StatusCode::OK,
+            pieces: if len > 0 {
+                vec![Piece::Range(0..len)]
+            } else {
+                vec![]
+            },
+            content_length: len,
+            content_range: None,
+            multipart_type: None,
+        },
+        RangeRequest::Single(r) => Plan::Send {
+            status: StatusCode::PARTIAL_CONTENT,
+            content_length: r.end - r.start,
+            content_range: Some(range::content_range(&r, len)),
+            pieces: vec![Piece::Range(r)],
+            multipart_type: None,
+        },
+        RangeRequest::Multi(ranges) => {
+            let boundary = format!(
+                "shardgate-{}",
+                &etag.trim_matches('"')[..16.min(etag.len().saturating_sub(2))]
+            );
+            let mp = MultipartPlan::new(&ranges, len, content_type, boundary);
+            let mut pieces = Vec::with_capacity(mp.parts.len() * 2 + 1);
+            for p in &mp.parts {
+                pieces.push(Piece::Literal(p.head.clone()));
+                pieces.push(Piece::Range(p.range.clone()));
+            }
+            pieces.push(Piece::Literal(mp.tail()));
+            Plan::Send {
+                status: StatusCode::PARTIAL_CONTENT,
+                content_length: mp.content_length,
+                content_range: None,
+                multipart_type: Some(mp.content_type()),
+                pieces,
+            }
+        }
+        RangeRequest::Unsatisfiable => Plan::Unsatisfiable,
+    }
+}
+
+/// Builds the head of a planned response. `Err` is the early answer.
+fn head_for(
+    plan: Plan,
+    len: u64,
+    etag: &str,
+    content_type: &str,
+) -> Result<(Response<()>, Vec<Piece>), Response<Body>> {
+    let mut r = Response::new(());
+    representation_headers(r.headers_mut(), etag, content_type);
+    match plan {
+        Plan::NotModified => {
+            let mut resp = Response::new(body::empty());
+            *resp.status_mut() = StatusCode::NOT_MODIFIED;
+            let h = resp.headers_mut();
+            if let Ok(v) = HeaderValue::from_str(etag) {
+                h.insert(header::ETAG, v);
+            }
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static(IMMUTABLE));
+            h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+            Err(resp)
+        }
+        Plan::Unsatisfiable | Plan::TooManyRanges(_) => {
+            let msg = match plan {
+                Plan::TooManyRanges(m) => m,
+                _ => format!("no requested range is within the {len} bytes of this file"),
+            };
+            let mut resp = error(StatusCode::RANGE_NOT_SATISFIABLE, msg);
+            let h = resp.headers_mut();
+            h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+            if let Ok(v) = HeaderValue::from_str(&range::unsatisfied_content_range(len)) {
+                h.insert(header::CONTENT_RANGE, v);
+            }
+            if let Ok(v) = HeaderValue::from_str(etag) {
+                h.insert(header::ETAG, v);
+            }
+            Err(resp)
+        }
+        Plan::Send {
+            status,
+            pieces,
+            content_length,
+            content_range,
+            multipart_type,
+        } => {
+            *r.status_mut() = status;
+            let h = r.headers_mut();
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(content_length));
+            if let Some(cr) = content_range.and_then(|c| HeaderValue::from_str(&c).ok()) {
+                h.insert(header::CONTENT_RANGE, cr);
+            }
+            if let Some(mt) = multipart_type.and_then(|c| HeaderValue::from_str(&c).ok()) {
+                h.insert(header::CONTENT_TYPE, mt);
+            }
+            Ok((r, pieces))
+        }
+    }
+}
+
+fn respond_in_memory<B>(
+    gw: &Gateway,
+    req: &Request<B>,
+    bytes: Bytes,
+    etag: &str,
+    content_type: &str,
+) -> Response<Body> {
+    let len = bytes.len() as u64;
+    let p = plan(req, len, etag, content_type, gw.config().server.max_ranges);
+    let (head, pieces) = match head_for(p, len, etag, content_type) {
+        Ok(x) => x,
+        Err(early) => return early,
+    };
+    let (parts, ()) = head.into_parts();
+    if req.method() == Method::HEAD {
+        return Response::from_parts(parts, body::empty());
+    }
+    let mut out = Vec::with_capacity(
+        pieces
+            .iter()
+            .map(|p| match p {
+                Piece::Literal(b) => b.len(),
+                Piece::Range(r) => (r.end - r.start) as usize,
+            })
+            .sum(),
+    );
+    for p in pieces {
+        match p {
+            Piece::Literal(b) => out.extend_from_slice(&b),
+            Piece::Range(r) => out.extend_from_slice(&bytes[r.start as usize..r.end as usize]),
+        }
+    }
+    Response::from_parts(parts, body::full(out))
+}
+
+async fn serve_file<B>(
+    gw: &Arc<Gateway>,
+    req: &Request<B>,
+    f: &FileRef,
+    started: Instant,
+) -> Response<Body> {
+    let entry = f.entry();
+    let Some(spec) = FileSpec::from_ref(f) else {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "file has an invalid chunk layout",
+        );
+    };
+    let spec = Arc::new(spec);
+    let etag = format!("\"{}\"", entry.blake3);
+    let len = entry.size;
+    let p = plan(
+        req,
+        len,
+        &etag,
+        &entry.media_type,
+        gw.config().server.max_ranges,
+    );
+    let (head, pieces) = match head_for(p, len, &etag, &entry.media_type) {
+        Ok(x) => x,
+        Err(early) => return early,
+    };
+    let (mut parts, ()) = head.into_parts();
+    let fetcher = gw.fetcher().clone();
+
+    // Which chunks the response needs, and how many are hot already.
+    let covering: Vec<std::ops::Range<u64>> = pieces
+        .iter()
+        .filter_map(|p| match p {
+            Piece::Range(r) => Some(spec.layout.chunks_covering(r.clone())),
+            Piece::Literal(_) => None,
+        })
+        .collect();
+    let (hot, total) = covering.iter().fold((0, 0), |(h, t), c| {
+        let (a, b) = fetcher.cached(&spec, c.clone());
+        (h + a, t + b)
+    });
+    let cache = if total == 0 || hot == total {
+        "hit"
+    } else if hot == 0 {
+        "miss"
+    } else {
+        "partial"
+    };
+    parts
+        .headers
+        .insert(X_CACHE.clone(), HeaderValue::from_static(cache));
+
+    if req.method() == Method::HEAD || pieces.is_empty() {
+        add_timing(&mut parts.headers, started, None);
+        return Response::from_parts(parts, body::empty());
+    }
+
+    // The first chunk is fetched before the headers go out, so a file that no
+    // origin can supply gets a clean 502 instead of a cut body.
+    let first_range = pieces.iter().find_map(|p| match p {
+        Piece::Range(r) => Some(r.clone()),
+        Piece::Literal(_) => None,
+    });
+    let mut primed = None;
+    let end_chunk = covering.iter().map(|c| c.end).max().unwrap_or(0);
+    if let Some(r) = first_range {
+        let index = r.start / spec.layout.chunk_size();
+        let t0 = Instant::now();
+        match fetcher.chunk(&spec, index, end_chunk).await {
+            Ok((b, s)) => {
+                add_timing(&mut parts.headers, started, Some((s, t0.elapsed())));
+                primed = Some((index, b, s));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, file = %entry.blake3, "no verified bytes for the first chunk");
+                return error(
+                    StatusCode::BAD_GATEWAY,
+                    format!("no origin could supply verified bytes: {e}"),
+                );
+            }
+        }
+    }
+    let whole_tail = pieces
+        .iter()
+        .any(|p| matches!(p, Piece::Range(r) if r.end == len));
+    let span = fetcher.span_chunks(spec.layout.chunk_size());
+    let lookahead = if whole_tail {
+        fetcher.readahead_chunks().max(span)
+    } else {
+        span
+    };
+    let body = body::chunked(
+        fetcher,
+        spec,
+        pieces,
+        lookahead,
+        primed,
+        gw.metrics().clone(),
+    );
+    Response::from_parts(parts, body)
+}
+
+fn add_timing(h: &mut HeaderMap, started: Instant, first: Option<(Source, std::time::Duration)>) {
+    let mut v = format!("total;dur={:.3}", started.elapsed().as_secs_f64() * 1000.0);
+    if let Some((s, d)) = first {
+        let name = if s == Source::Hot { "hot" } else { "origin" };
+        v = format!("{name};dur={:.3}, {v}", d.as_secs_f64() * 1000.0);
+    }
+    if let Ok(v) = HeaderValue::from_str(&v) {
+        h.insert(HeaderName::from_static("server-timing"), v);
+    }
+}

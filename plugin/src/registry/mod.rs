@@ -1,0 +1,266 @@
+//! The registry of served releases: which manifests are trusted and loaded,
+//! and how a name, version and path (or a BLAKE3) resolve to a file.
+//!
+//! A [`Catalog`] is immutable; the registry swaps in a new one atomically on
+//! reload (and, later, on publish), so readers never lock. Nothing here
+//! fetches file bytes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use crate::config::ReleaseSource;
+use crate::origin::Origin;
+use crate::release::keys::PublicKey;
+use crate::release::layout::ReleaseDir;
+use crate::release::manifest::{Blake3, FileEntry, SignedManifest};
+use crate::release::placement::Placement;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{what}: {why}")]
+    Source { what: String, why: String },
+    #[error("release {name}@{version} (id {id}): {why}")]
+    Refused {
+        name: String,
+        version: String,
+        id: String,
+        why: String,
+    },
+}
+
+/// One served release.
+#[derive(Debug)]
+pub struct Release {
+    pub signed: SignedManifest,
+    pub placement: Option<Placement>,
+}
+
+impl Release {
+    pub fn name(&self) -> &str {
+        &self.signed.manifest.name
+    }
+
+    pub fn version(&self) -> &semver::Version {
+        &self.signed.manifest.version
+    }
+
+    pub fn cid_of(&self, hash: &Blake3) -> Option<&str> {
+        self.placement.as_ref().and_then(|p| p.cid_of(hash))
+    }
+}
+
+/// A file of a served release, with what the fetcher needs to find and check it.
+#[derive(Debug, Clone)]
+pub struct FileRef {
+    pub release: Arc<Release>,
+    pub index: usize,
+}
+
+impl FileRef {
+    pub fn entry(&self) -> &FileEntry {
+        &self.release.signed.manifest.files[self.index]
+    }
+}
+
+/// An immutable snapshot of what is served.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    releases: BTreeMap<String, BTreeMap<semver::Version, Arc<Release>>>,
+    by_blake3: HashMap<Blake3, FileRef>,
+}
+
+impl Catalog {
+    pub fn insert(&mut self, release: Release) -> Result<(), LoadError> {
+        let release = Arc::new(release);
+        let versions = self.releases.entry(release.name().to_string()).or_default();
+        if let Some(existing) = versions.get(release.version()) {
+            if existing.signed.id != release.signed.id {
+                return Err(LoadError::Refused {
+                    name: release.name().into(),
+                    version: release.version().to_string(),
+                    id: release.signed.id.to_hex(),
+                    why: format!(
+                        "a different release with this name and version is already served (id {})",
+                        existing.signed.id
+                    ),
+                });
+            }
+            return Ok(());
+        }
+        versions.insert(release.version().clone(), release.clone());
+        for (i, f) in release.signed.manifest.files.iter().enumerate() {
+            self.by_blake3.entry(f.blake3).or_insert_with(|| FileRef {
+                release: release.clone(),
+                index: i,
+            });
+        }
+        Ok(())
+    }
+
+    pub fn release(&self, name: &str, version: &semver::Version) -> Option<&Arc<Release>> {
+        self.releases.get(name).and_then(|v| v.get(version))
+    }
+
+    pub fn versions(&self, name: &str) -> Option<&BTreeMap<semver::Version, Arc<Release>>> {
+        self.releases.get(name)
+    }
+
+    pub fn names(
+        &self,
+    ) -> impl Iterator<Item = (&String, &BTreeMap<semver::Version, Arc<Release>>)> {
+        self.releases.iter()
+    }
+
+    pub fn file(&self, name: &str, version: &semver::Version, path: &str) -> Option<FileRef> {
+        let release = self.release(name, version)?;
+        let index = release
+            .signed
+            .manifest
+            .files
+            .binary_search_by(|f| f.path.as_str().cmp(path))
+            .ok()?;
+        Some(FileRef {
+            release: release.clone(),
+            index,
+        })
+    }
+
+    pub fn blob(&self, hash: &Blake3) -> Option<FileRef> {
+        self.by_blake3.get(hash).cloned()
+    }
+
+    pub fn release_count(&self) -> usize {
+        self.releases.values().map(BTreeMap::len).sum()
+    }
+}
+
+/// The live catalog, swapped atomically.
+#[derive(Debug, Default)]
+pub struct Registry {
+    current: ArcSwap<Catalog>,
+}
+
+impl Registry {
+    pub fn snapshot(&self) -> Arc<Catalog> {
+        self.current.load_full()
+    }
+
+    pub fn replace(&self, catalog: Catalog) {
+        self.current.store(Arc::new(catalog));
+    }
+}
+
+/// Reads a manifest or placement given as a path or `cid:<CID>`.
+async fn read_source(spec: &str, origins: &[Origin]) -> Result<Vec<u8>, String> {
+    if let Some(cid) = spec.strip_prefix("cid:") {
+        let mut last = "no btfs-api origin is configured to fetch it from".to_string();
+        for node in origins.iter().filter_map(Origin::node) {
+            // Metadata is small; 16 MiB bounds a hostile answer.
+            match fetch_small(node, cid).await {
+                Ok(b) => return Ok(b),
+                Err(e) => last = e,
+            }
+        }
+        return Err(last);
+    }
+    tokio::fs::read(spec).await.map_err(|e| e.to_string())
+}
+
+async fn fetch_small(node: &crate::btfs::NodeClient, cid: &str) -> Result<Vec<u8>, String> {
+    const LIMIT: u64 = 16 * 1024 * 1024;
+    let resp = node
+        .cat(cid, 0, LIMIT, Duration::from_secs(30))
+        .await
+        .map_err(|e| e.to_string())?;
+    let body = resp.bytes().await.map_err(|e| e.to_string())?;
+    if body.len() as u64 >= LIMIT {
+        return Err(format!("{cid} is larger than {LIMIT} bytes"));
+    }
+    Ok(body.to_vec())
+}
+
+/// Loads every configured release. Releases that fail are left out and
+/// reported; the rest are served.
+pub async fn load(
+    sources: &[ReleaseSource],
+    trusted: &[PublicKey],
+    origins: &[Origin],
+) -> (Catalog, Vec<LoadError>) {
+    let mut catalog = Catalog::default();
+    let mut errors = Vec::new();
+    for src in sources {
+        match load_one(src, trusted, origins).await {
+            Ok(release) => {
+                if let Err(e) = catalog.insert(release) {
+                    errors.push(e);
+                }
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    (catalog, errors)
+}
+
+async fn load_one(
+    src: &ReleaseSource,
+    trusted: &[PublicKey],
+    origins: &[Origin],
+) -> Result<Release, LoadError> {
+    let what = format!("release {}", src.manifest);
+    let bytes = read_source(&src.manifest, origins)
+        .await
+        .map_err(|why| LoadError::Source {
+            what: what.clone(),
+            why,
+        })?;
+    let signed = SignedManifest::parse(&bytes).map_err(|e| LoadError::Source {
+        what: what.clone(),
+        why: e.to_string(),
+    })?;
+    let refused = |why: String| LoadError::Refused {
+        name: signed.manifest.name.clone(),
+        version: signed.manifest.version.to_string(),
+        id: signed.id.to_hex(),
+        why,
+    };
+    signed
+        .check_trust(trusted)
+        .map_err(|e| refused(e.to_string()))?;
+    let placement = match &src.placement {
+        Some(spec) => {
+            let b = read_source(spec, origins)
+                .await
+                .map_err(|why| refused(format!("placement {spec}: {why}")))?;
+            let p = Placement::parse(&b).map_err(refused)?;
+            if p.manifest_blake3 != signed.id {
+                return Err(refused(format!(
+                    "placement {spec} is for release {}, not this one",
+                    p.manifest_blake3
+                )));
+            }
+            Some(p)
+        }
+        None => {
+            // A local release directory may hold its placement beside the manifest.
+            let local = (!src.manifest.starts_with("cid:"))
+                .then(|| ReleaseDir::from_arg(std::path::Path::new(&src.manifest)).placement())
+                .and_then(|p| std::fs::read(p).ok())
+                .and_then(|b| Placement::parse(&b).ok())
+                .filter(|p| p.manifest_blake3 == signed.id);
+            local
+        }
+    };
+    if !src.manifest.starts_with("cid:") {
+        let dir = ReleaseDir::from_arg(std::path::Path::new(&src.manifest));
+        // A release given by local path is servable by every `dir` origin.
+        for index in origins.iter().filter_map(Origin::dir_index) {
+            if index.path_of(&signed.id).is_none() {
+                index.add_release(&dir);
+            }
+        }
+    }
+    Ok(Release { signed, placement })
+}

@@ -1,0 +1,66 @@
+//! The hot tier: verified chunks in memory, weighted by bytes.
+//!
+//! Only verified chunks are ever inserted (the fetcher verifies before it
+//! inserts), so a hit is served without hashing again. Owns eviction; knows
+//! nothing of origins or HTTP.
+
+use bytes::Bytes;
+
+use crate::release::manifest::Blake3;
+
+/// A chunk of a file, named by the file's hash and the chunk's index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ChunkKey {
+    pub file: Blake3,
+    pub index: u64,
+}
+
+#[derive(Clone)]
+pub struct HotTier {
+    cache: moka::sync::Cache<ChunkKey, Bytes>,
+}
+
+impl std::fmt::Debug for HotTier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HotTier")
+            .field("bytes", &self.cache.weighted_size())
+            .finish()
+    }
+}
+
+impl HotTier {
+    pub fn new(capacity_bytes: u64) -> Self {
+        let cache = moka::sync::Cache::builder()
+            .max_capacity(capacity_bytes)
+            .weigher(|_k: &ChunkKey, v: &Bytes| u32::try_from(v.len()).unwrap_or(u32::MAX))
+            .support_invalidation_closures()
+            .build();
+        Self { cache }
+    }
+
+    pub fn get(&self, key: &ChunkKey) -> Option<Bytes> {
+        self.cache.get(key)
+    }
+
+    pub fn contains(&self, key: &ChunkKey) -> bool {
+        self.cache.contains_key(key)
+    }
+
+    /// Inserts a chunk that has been verified.
+    pub fn insert_verified(&self, key: ChunkKey, chunk: Bytes) {
+        self.cache.insert(key, chunk);
+    }
+
+    /// Drops every chunk of a file.
+    pub fn purge_file(&self, file: Blake3) -> Result<(), String> {
+        self.cache
+            .invalidate_entries_if(move |k, _| k.file == file)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    pub fn weighted_bytes(&self) -> u64 {
+        self.cache.run_pending_tasks();
+        self.cache.weighted_size()
+    }
+}

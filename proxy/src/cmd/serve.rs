@@ -1,0 +1,138 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use shardgate::config::{ByteSize, Config};
+use shardgate::gateway::Gateway;
+use shardgate::http::server;
+
+use super::{ConfigError, parse_size};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Config file (TOML).
+    #[arg(long, short, default_value = "conf/shardgate.toml")]
+    config: PathBuf,
+    /// Override `server.listen`.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Override `hot_tier.capacity`.
+    #[arg(long, value_parser = parse_size)]
+    hot_tier_capacity: Option<u64>,
+    /// Worker threads (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+pub fn load_config(a: &Args) -> anyhow::Result<Config> {
+    let mut cfg = Config::load(&a.config).map_err(|e| ConfigError(e.to_string()))?;
+    apply_overrides(&mut cfg, a);
+    cfg.validate().map_err(|e| ConfigError(e.to_string()))?;
+    Ok(cfg)
+}
+
+fn apply_overrides(cfg: &mut Config, a: &Args) {
+    if let Some(l) = a.listen {
+        cfg.server.listen = l;
+    }
+    if let Some(c) = a.hot_tier_capacity {
+        cfg.hot_tier.capacity = ByteSize(c);
+    }
+}
+
+pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let cfg = load_config(&a)?;
+    let rt = runtime(a.threads)?;
+    rt.block_on(async move {
+        let reload = {
+            let path = a.config.clone();
+            move || {
+                let mut cfg = Config::load(&path)?;
+                apply_overrides(&mut cfg, &a);
+                Ok::<_, shardgate::config::ConfigError>(cfg)
+            }
+        };
+        run_gateway(cfg, reload, None).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn runtime(threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Some(t) = threads {
+        b.worker_threads(t.max(1));
+    }
+    Ok(b.enable_all().thread_name("shardgate").build()?)
+}
+
+/// Starts the gateway and serves until SIGTERM or SIGINT; SIGHUP reloads.
+/// `on_ready` gets the bound address once the listener is up.
+pub async fn run_gateway(
+    cfg: Config,
+    reload: impl Fn() -> Result<Config, shardgate::config::ConfigError> + Send + Sync + 'static,
+    on_ready: Option<Box<dyn FnOnce(SocketAddr) + Send>>,
+) -> anyhow::Result<()> {
+    let tls = cfg
+        .server
+        .tls
+        .as_ref()
+        .map(server::tls_acceptor)
+        .transpose()
+        .map_err(|e| ConfigError(e.to_string()))?;
+    let gw = Gateway::start(cfg.clone())
+        .await
+        .map_err(|e| ConfigError(e.to_string()))?;
+    gw.spawn_prober(Duration::from_secs(5));
+    let listener = server::bind(&cfg.server).await?;
+    let addr = listener.local_addr().context("listener address")?;
+    tracing::info!(%addr, tls = tls.is_some(), "shardgate listening");
+    if let Some(f) = on_ready {
+        f(addr);
+    }
+    spawn_reloader(gw.clone(), reload);
+    server::serve(gw, listener, tls, cfg.server.clone(), shutdown_signal()).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn spawn_reloader(
+    gw: Arc<Gateway>,
+    reload: impl Fn() -> Result<Config, shardgate::config::ConfigError> + Send + Sync + 'static,
+) {
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            let outcome = match reload() {
+                Ok(cfg) => gw.reload(cfg).await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match outcome {
+                Ok(()) => tracing::info!("config reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "config reload refused; keeping the running config")
+                }
+            }
+        }
+    });
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = term => tracing::info!("SIGTERM: draining"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
+    }
+}
