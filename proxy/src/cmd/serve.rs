@@ -89,8 +89,12 @@ pub async fn run_gateway(
     let listener = server::bind(&cfg.server).await?;
     let addr = listener.local_addr().context("listener address")?;
     tracing::info!(%addr, tls = tls.is_some(), "shardgate listening");
-    if let Some(f) = on_ready {
-        f(addr);
+    match on_ready {
+        Some(f) => f(addr),
+        None => {
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            println!("shardgate listening on {scheme}://{addr}");
+        }
     }
     spawn_reloader(gw.clone(), reload);
     server::serve(gw, listener, tls, cfg.server.clone(), shutdown_signal()).await;

