@@ -376,13 +376,13 @@ fn plan<B>(req: &Request<B>, len: u64, etag: &str, content_type: &str, max_range
     }
 }
 
-/// Builds the head of a planned response. `Err` is the early answer.
-fn head_for(
-    plan: Plan,
-    len: u64,
-    etag: &str,
-    content_type: &str,
-) -> Result<(Response<()>, Vec<Piece>), Response<Body>> {
+/// The head of a planned response, or a complete early answer (304, 416).
+enum Head {
+    Early(Response<Body>),
+    Send(Response<()>, Vec<Piece>),
+}
+
+fn head_for(plan: Plan, len: u64, etag: &str, content_type: &str) -> Head {
     let mut r = Response::new(());
     representation_headers(r.headers_mut(), etag, content_type);
     match plan {
@@ -395,7 +395,7 @@ fn head_for(
             }
             h.insert(header::CACHE_CONTROL, HeaderValue::from_static(IMMUTABLE));
             h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-            Err(resp)
+            Head::Early(resp)
         }
         Plan::Unsatisfiable | Plan::TooManyRanges(_) => {
             let msg = match plan {
@@ -411,7 +411,7 @@ fn head_for(
             if let Ok(v) = HeaderValue::from_str(etag) {
                 h.insert(header::ETAG, v);
             }
-            Err(resp)
+            Head::Early(resp)
         }
         Plan::Send {
             status,
@@ -429,7 +429,7 @@ fn head_for(
             if let Some(mt) = multipart_type.and_then(|c| HeaderValue::from_str(&c).ok()) {
                 h.insert(header::CONTENT_TYPE, mt);
             }
-            Ok((r, pieces))
+            Head::Send(r, pieces)
         }
     }
 }
@@ -444,8 +444,8 @@ fn respond_in_memory<B>(
     let len = bytes.len() as u64;
     let p = plan(req, len, etag, content_type, gw.config().server.max_ranges);
     let (head, pieces) = match head_for(p, len, etag, content_type) {
-        Ok(x) => x,
-        Err(early) => return early,
+        Head::Send(h, p) => (h, p),
+        Head::Early(early) => return early,
     };
     let (parts, ()) = head.into_parts();
     if req.method() == Method::HEAD {
@@ -493,8 +493,8 @@ async fn serve_file<B>(
         gw.config().server.max_ranges,
     );
     let (head, pieces) = match head_for(p, len, &etag, &entry.media_type) {
-        Ok(x) => x,
-        Err(early) => return early,
+        Head::Send(h, p) => (h, p),
+        Head::Early(early) => return early,
     };
     let (mut parts, ()) = head.into_parts();
     let fetcher = gw.fetcher().clone();

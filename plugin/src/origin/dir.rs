@@ -9,7 +9,6 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
-use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
@@ -103,7 +102,7 @@ impl DirIndex {
         let name = path.display().to_string();
         let stream =
             tokio_util::io::ReaderStream::with_capacity(reader, READ_PIECE).map(move |r| {
-                r.map(Bytes::from).map_err(|e| super::OriginError {
+                r.map_err(|e| super::OriginError {
                     origin: "dir".into(),
                     kind: OriginErrorKind::Io(format!("{name}: {e}")),
                 })

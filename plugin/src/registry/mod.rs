@@ -245,12 +245,11 @@ async fn load_one(
         }
         None => {
             // A local release directory may hold its placement beside the manifest.
-            let local = (!src.manifest.starts_with("cid:"))
+            (!src.manifest.starts_with("cid:"))
                 .then(|| ReleaseDir::from_arg(std::path::Path::new(&src.manifest)).placement())
                 .and_then(|p| std::fs::read(p).ok())
                 .and_then(|b| Placement::parse(&b).ok())
-                .filter(|p| p.manifest_blake3 == signed.id);
-            local
+                .filter(|p| p.manifest_blake3 == signed.id)
         }
     };
     if !src.manifest.starts_with("cid:") {

@@ -41,7 +41,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     rt.block_on(run_gateway(
         cfg,
         move || Config::load(&config_path),
-        Some(Box::new(move |addr| print_try_lines(addr))),
+        Some(Box::new(print_try_lines)),
     ))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -156,7 +156,7 @@ pub fn if_none_match_matches(header: &[u8], etag: &str) -> bool {
         let Some((opaque, after)) = split_entity_tag(rest) else {
             return false;
         };
-        matched |= opaque == ours || opaque.len() == 2;
+        matched |= opaque == ours;
         rest = skip_while(after, is_ows);
         match rest.first() {
             None => return matched,
