@@ -21,11 +21,7 @@ fn dataset() -> Vec<(&'static str, Vec<u8>)> {
 }
 
 /// Reads a response fully; `Err` if the body was cut short or reset.
-async fn fetch(
-    client: &reqwest::Client,
-    url: &str,
-    range: Option<(u64, u64)>,
-) -> (u16, Result<Vec<u8>, String>) {
+async fn fetch(client: &reqwest::Client, url: &str, range: Option<(u64, u64)>) -> (u16, Result<Vec<u8>, String>) {
     let mut req = client.get(url);
     if let Some((a, b)) = range {
         req = req.header("Range", format!("bytes={a}-{b}"));
@@ -35,13 +31,7 @@ async fn fetch(
         Err(e) => return (0, Err(e.to_string())),
     };
     let status = resp.status().as_u16();
-    (
-        status,
-        resp.bytes()
-            .await
-            .map(|b| b.to_vec())
-            .map_err(|e| e.to_string()),
-    )
+    (status, resp.bytes().await.map(|b| b.to_vec()).map_err(|e| e.to_string()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -60,25 +50,17 @@ async fn across_many_injected_faults_no_corrupt_byte_reaches_a_client() {
         Fault::CorruptRandom,
         Fault::CorruptAt(70_000),
         Fault::TruncateAfter(100_000),
-        Fault::StallAfter {
-            bytes: 50_000,
-            dur: Duration::from_secs(2),
-        },
+        Fault::StallAfter { bytes: 50_000, dur: Duration::from_secs(2) },
         Fault::Status(500),
     ];
     let (mut ok, mut failed, mut corrupt) = (0u32, 0u32, 0u32);
     let mut rng = 7u64;
     for round in 0..120u64 {
         // The first origin is always faulty; the second is faulty a third of the time.
-        m1.set_fault(
-            None,
-            Some(faults[(round % faults.len() as u64) as usize].clone()),
-        );
+        m1.set_fault(None, Some(faults[(round % faults.len() as u64) as usize].clone()));
         m2.set_fault(None, (round % 3 == 0).then_some(Fault::CorruptRandom));
         let (path, src) = &rel.files.iter().nth((round % 4) as usize).unwrap();
-        rng = rng
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         let len = src.len() as u64;
         let a = (rng >> 33) % len;
         let b = (a + (rng >> 40) % 400_000).min(len - 1);
@@ -98,18 +80,9 @@ async fn across_many_injected_faults_no_corrupt_byte_reaches_a_client() {
     }
     m1.set_fault(None, None);
     m2.set_fault(None, None);
-    assert_eq!(
-        corrupt, 0,
-        "a client received bytes that differ from the release"
-    );
-    assert!(
-        ok >= 60,
-        "too few complete answers: ok={ok} failed={failed}"
-    );
-    assert!(
-        g.metric("shardgate_chunk_verify_failures_total") > 0.0,
-        "faults were injected but none was caught"
-    );
+    assert_eq!(corrupt, 0, "a client received bytes that differ from the release");
+    assert!(ok >= 60, "too few complete answers: ok={ok} failed={failed}");
+    assert!(g.metric("shardgate_chunk_verify_failures_total") > 0.0, "faults were injected but none was caught");
     // Rounds where the second origin was clean must have succeeded (failover works).
     assert!(ok > 0);
     g.shutdown().await;
@@ -131,28 +104,11 @@ async fn a_failing_or_corrupt_origin_fails_over_to_the_next() {
 
     m1.set_fault(None, Some(Fault::CorruptAt(1_500_000)));
     let before = g.metric("shardgate_chunk_verify_failures_total");
-    let (s, body) = fetch(
-        &client,
-        &rel.url(&g.base, "a/big.bin"),
-        Some((1_400_000, 1_599_999)),
-    )
-    .await;
-    assert_eq!(
-        (s, body.unwrap()),
-        (206, src[1_400_000..1_600_000].to_vec())
-    );
-    assert!(
-        g.metric("shardgate_chunk_verify_failures_total") > before,
-        "corruption not counted"
-    );
+    let (s, body) = fetch(&client, &rel.url(&g.base, "a/big.bin"), Some((1_400_000, 1_599_999))).await;
+    assert_eq!((s, body.unwrap()), (206, src[1_400_000..1_600_000].to_vec()));
+    assert!(g.metric("shardgate_chunk_verify_failures_total") > before, "corruption not counted");
 
-    m1.set_fault(
-        None,
-        Some(Fault::StallAfter {
-            bytes: 10_000,
-            dur: Duration::from_secs(5),
-        }),
-    );
+    m1.set_fault(None, Some(Fault::StallAfter { bytes: 10_000, dur: Duration::from_secs(5) }));
     let (s, body) = fetch(&client, &rel.url(&g.base, "b/mid.bin"), None).await;
     assert_eq!((s, body.unwrap()), (200, rel.files["b/mid.bin"].clone()));
     g.shutdown().await;
@@ -164,11 +120,7 @@ async fn when_every_origin_fails_before_headers_the_answer_is_502() {
     let m1 = MockOrigin::start(rel.blobs.clone()).await;
     let g = Served::start(config_for(&rel, &[&m1])).await;
     m1.set_fault(None, Some(Fault::CorruptAt(10)));
-    let resp = client()
-        .get(rel.url(&g.base, "a/big.bin"))
-        .send()
-        .await
-        .unwrap();
+    let resp = client().get(rel.url(&g.base, "a/big.bin")).send().await.unwrap();
     assert_eq!(resp.status().as_u16(), 502);
     let text = resp.text().await.unwrap();
     assert!(text.contains("verified"), "{text}");
@@ -184,25 +136,10 @@ async fn mid_stream_failure_aborts(http2: bool) {
     let g = Served::start(cfg).await;
     // Chunk 10 (offset 655360..720896) is corrupt on the only origin.
     m1.set_fault(None, Some(Fault::CorruptAt(700_000)));
-    let client = if http2 {
-        reqwest::Client::builder()
-            .no_proxy()
-            .http2_prior_knowledge()
-            .build()
-            .unwrap()
-    } else {
-        client()
-    };
-    let resp = client
-        .get(rel.url(&g.base, "a/big.bin"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        resp.status().as_u16(),
-        200,
-        "headers go out once the first chunk is verified"
-    );
+    let client =
+        if http2 { reqwest::Client::builder().no_proxy().http2_prior_knowledge().build().unwrap() } else { client() };
+    let resp = client.get(rel.url(&g.base, "a/big.bin")).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200, "headers go out once the first chunk is verified");
     assert_eq!(resp.content_length(), Some(2_000_000));
     let mut got = Vec::new();
     let mut resp = resp;
@@ -213,21 +150,10 @@ async fn mid_stream_failure_aborts(http2: bool) {
             Err(e) => break Err(e),
         }
     };
-    assert!(
-        outcome.is_err(),
-        "a cut body must be an error to the client, not a clean end"
-    );
+    assert!(outcome.is_err(), "a cut body must be an error to the client, not a clean end");
     let src = &rel.files["a/big.bin"];
-    assert!(
-        got.len() <= 655_360,
-        "bytes of the corrupt chunk were sent: {}",
-        got.len()
-    );
-    assert_eq!(
-        &got[..],
-        &src[..got.len()],
-        "every byte sent is the published byte"
-    );
+    assert!(got.len() <= 655_360, "bytes of the corrupt chunk were sent: {}", got.len());
+    assert_eq!(&got[..], &src[..got.len()], "every byte sent is the published byte");
     assert!(g.metric("shardgate_responses_aborted_total") >= 1.0);
     g.shutdown().await;
 }
@@ -274,10 +200,7 @@ async fn concurrent_cold_readers_cause_one_origin_request_per_chunk() {
             }
         }
     }
-    assert!(
-        per_chunk.iter().all(|&n| n == 1),
-        "origin requests per chunk: {per_chunk:?}"
-    );
+    assert!(per_chunk.iter().all(|&n| n == 1), "origin requests per chunk: {per_chunk:?}");
     g.shutdown().await;
 }
 
@@ -287,19 +210,10 @@ async fn a_bad_chunk_table_from_one_origin_is_taken_from_the_next() {
     let m1 = MockOrigin::start(rel.blobs.clone()).await;
     let m2 = MockOrigin::start(rel.blobs.clone()).await;
     let g = Served::start(config_for(&rel, &[&m1, &m2])).await;
-    let table = rel
-        .signed
-        .manifest
-        .file("a/big.bin")
-        .unwrap()
-        .chunk_table
-        .unwrap();
+    let table = rel.signed.manifest.file("a/big.bin").unwrap().chunk_table.unwrap();
     m1.set_fault(Some(&cid_for(&table)), Some(Fault::CorruptAt(40)));
     let (s, body) = fetch(&client(), &rel.url(&g.base, "a/big.bin"), Some((5, 5000))).await;
-    assert_eq!(
-        (s, body.unwrap()),
-        (206, rel.files["a/big.bin"][5..=5000].to_vec())
-    );
+    assert_eq!((s, body.unwrap()), (206, rel.files["a/big.bin"][5..=5000].to_vec()));
     assert!(m2.requests_for(&cid_for(&table)) >= 1);
     assert!(g.metric("shardgate_chunk_verify_failures_total") >= 1.0);
     g.shutdown().await;
@@ -315,17 +229,9 @@ async fn hot_tier_hits_do_not_touch_the_origin() {
     assert_eq!(r1.headers()["x-shardgate-cache"], "miss");
     assert_eq!(r1.bytes().await.unwrap().to_vec(), rel.files["b/mid.bin"]);
     let before = m1.requests();
-    let r2 = client()
-        .get(&url)
-        .header("Range", "bytes=1000-2000")
-        .send()
-        .await
-        .unwrap();
+    let r2 = client().get(&url).header("Range", "bytes=1000-2000").send().await.unwrap();
     assert_eq!(r2.headers()["x-shardgate-cache"], "hit");
-    assert_eq!(
-        r2.bytes().await.unwrap().to_vec(),
-        rel.files["b/mid.bin"][1000..=2000].to_vec()
-    );
+    assert_eq!(r2.bytes().await.unwrap().to_vec(), rel.files["b/mid.bin"][1000..=2000].to_vec());
     assert_eq!(m1.requests(), before, "a hot read went to the origin");
     g.shutdown().await;
 }

@@ -11,9 +11,7 @@ pub struct Bar {
 
 impl Bar {
     pub fn new() -> Self {
-        Self {
-            bar: Mutex::new(None),
-        }
+        Self { bar: Mutex::new(None) }
     }
 }
 
@@ -21,11 +19,9 @@ impl Progress for Bar {
     fn begin(&self, label: &str, total: u64) {
         let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr_with_hz(8));
         bar.set_style(
-            ProgressStyle::with_template(
-                "{prefix:>8} [{bar:32}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+            ProgressStyle::with_template("{prefix:>8} [{bar:32}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
         );
         bar.set_prefix(label.to_string());
         if let Ok(mut b) = self.bar.lock() {

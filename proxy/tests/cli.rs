@@ -47,10 +47,7 @@ fn pack_writes_files_b3sum_agrees_and_verify_passes() {
     for f in files {
         let path = out.join("files").join(f["path"].as_str().unwrap());
         assert_eq!(b3sum(&path), f["blake3"].as_str().unwrap(), "{path:?}");
-        assert_eq!(
-            std::fs::metadata(&path).unwrap().len(),
-            f["size"].as_u64().unwrap()
-        );
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), f["size"].as_u64().unwrap());
         if let Some(t) = f["chunk_table"].as_str() {
             assert_eq!(b3sum(&out.join(format!("tables/{t}.sgct"))), t);
         }
@@ -59,10 +56,7 @@ fn pack_writes_files_b3sum_agrees_and_verify_passes() {
     assert_eq!(m["records"]["jsonl_lines"], 1000);
     assert_eq!(m["envelope"]["owner_team"], "vision");
     let stdout = ok(&["inspect", "out"], t.path());
-    assert!(
-        stdout.contains(&b3sum(&out.join("manifest.json"))),
-        "{stdout}"
-    );
+    assert!(stdout.contains(&b3sum(&out.join("manifest.json"))), "{stdout}");
     assert!(stdout.contains("CC-BY-4.0"));
     let stdout = ok(&["verify", "out", "--trust", "key.pub"], t.path());
     assert!(stdout.starts_with("OK toy@1.0.0"), "{stdout}");
@@ -76,27 +70,15 @@ fn verify_locates_a_flipped_byte_in_a_file() {
     assert_eq!(o.status.code(), Some(1));
     let stdout = String::from_utf8_lossy(&o.stdout);
     // 200000 lies in 64 KiB chunk 3: bytes 196608..262144.
-    assert!(
-        stdout.contains("FAIL files/part1/blob5.bin: bytes 196608..262144 (offset 196608)"),
-        "{stdout}"
-    );
-    assert_eq!(
-        stdout.lines().filter(|l| l.starts_with("FAIL")).count(),
-        1,
-        "{stdout}"
-    );
+    assert!(stdout.contains("FAIL files/part1/blob5.bin: bytes 196608..262144 (offset 196608)"), "{stdout}");
+    assert_eq!(stdout.lines().filter(|l| l.starts_with("FAIL")).count(), 1, "{stdout}");
 }
 
 #[test]
 fn verify_locates_a_flipped_byte_in_a_table() {
     let (t, out) = packed();
     let m = manifest(&out);
-    let f = m["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["path"] == "part1/blob5.bin")
-        .unwrap();
+    let f = m["files"].as_array().unwrap().iter().find(|f| f["path"] == "part1/blob5.bin").unwrap();
     let table = f["chunk_table"].as_str().unwrap();
     // Entry 2 of the table starts at 24 + 2 * 32.
     flip_byte(&out.join(format!("tables/{table}.sgct")), 24 + 2 * 32 + 5);
@@ -104,9 +86,7 @@ fn verify_locates_a_flipped_byte_in_a_table() {
     assert_eq!(o.status.code(), Some(1));
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(
-        stdout.contains(&format!(
-            "FAIL tables/{table}.sgct: bytes 93..94 (offset 93): entry 2 damaged"
-        )),
+        stdout.contains(&format!("FAIL tables/{table}.sgct: bytes 93..94 (offset 93): entry 2 damaged")),
         "{stdout}"
     );
 }
@@ -116,11 +96,7 @@ fn verify_refuses_a_manifest_with_one_changed_character() {
     let (t, out) = packed();
     let text = std::fs::read_to_string(out.join("manifest.json")).unwrap();
     // Change the size of one file by one digit and, separately, a character of the license.
-    for (from, to) in [
-        ("\"size\": 300000", "\"size\": 300001"),
-        ("CC-BY-4.0", "CC-BY-4.1"),
-        ("\"toy\"", "\"toz\""),
-    ] {
+    for (from, to) in [("\"size\": 300000", "\"size\": 300001"), ("CC-BY-4.0", "CC-BY-4.1"), ("\"toy\"", "\"toz\"")] {
         assert!(text.contains(from));
         std::fs::write(out.join("manifest.json"), text.replacen(from, to, 1)).unwrap();
         let o = run(&["verify", "out", "--trust", "key.pub"], t.path());
@@ -139,120 +115,35 @@ fn verify_refuses_a_manifest_with_one_changed_character() {
 fn bad_input_gets_one_clear_line() {
     let (t, _out) = packed();
     let d = t.path();
-    let base = [
-        "pack",
-        "src",
-        "--name",
-        "toy",
-        "--version",
-        "1.0.0",
-        "--key",
-        "key",
-        "--out",
-        "o2",
-    ];
+    let base = ["pack", "src", "--name", "toy", "--version", "1.0.0", "--key", "key", "--out", "o2"];
     fails(
-        &[
-            "pack",
-            "missing",
-            "--name",
-            "toy",
-            "--version",
-            "1.0.0",
-            "--key",
-            "key",
-            "--out",
-            "o2",
-        ],
+        &["pack", "missing", "--name", "toy", "--version", "1.0.0", "--key", "key", "--out", "o2"],
         d,
         "missing: no such directory",
     );
     fails(
-        &[
-            "pack",
-            "src",
-            "--name",
-            "toy",
-            "--version",
-            "1.0",
-            "--key",
-            "key",
-            "--out",
-            "o2",
-        ],
+        &["pack", "src", "--name", "toy", "--version", "1.0", "--key", "key", "--out", "o2"],
         d,
         "not a semantic version",
     );
     fails(
-        &[
-            "pack",
-            "src",
-            "--name",
-            "Toy!",
-            "--version",
-            "1.0.0",
-            "--key",
-            "key",
-            "--out",
-            "o2",
-        ],
+        &["pack", "src", "--name", "Toy!", "--version", "1.0.0", "--key", "key", "--out", "o2"],
         d,
         "not a dataset name",
     );
     fails(
-        &[
-            "pack",
-            "src",
-            "--name",
-            "toy",
-            "--version",
-            "1.0.0",
-            "--key",
-            "key.pub",
-            "--out",
-            "o2",
-        ],
+        &["pack", "src", "--name", "toy", "--version", "1.0.0", "--key", "key.pub", "--out", "o2"],
         d,
         "not an ed25519 private key",
     );
-    fails(
-        &[
-            "pack",
-            "src",
-            "--name",
-            "toy",
-            "--version",
-            "1.0.0",
-            "--key",
-            "nokey",
-            "--out",
-            "o2",
-        ],
-        d,
-        "nokey",
-    );
+    fails(&["pack", "src", "--name", "toy", "--version", "1.0.0", "--key", "nokey", "--out", "o2"], d, "nokey");
     std::fs::write(d.join("bad.toml"), "license = [1]\n").unwrap();
-    fails(
-        &[&base[..], &["--meta", "bad.toml"]].concat(),
-        d,
-        "key `license`",
-    );
+    fails(&[&base[..], &["--meta", "bad.toml"]].concat(), d, "key `license`");
     std::fs::write(d.join("bad2.toml"), "license = \n").unwrap();
-    fails(
-        &[&base[..], &["--meta", "bad2.toml"]].concat(),
-        d,
-        "not valid TOML",
-    );
-    fails(
-        &[&base[..], &["--chunk-size", "1000"]].concat(),
-        d,
-        "chunk size 1000",
-    );
+    fails(&[&base[..], &["--meta", "bad2.toml"]].concat(), d, "not valid TOML");
+    fails(&[&base[..], &["--chunk-size", "1000"]].concat(), d, "chunk size 1000");
     // A special file cannot be packed; nothing is written.
-    let status = std::process::Command::new("mkfifo")
-        .arg(d.join("src/pipe"))
-        .status()
-        .unwrap();
+    let status = std::process::Command::new("mkfifo").arg(d.join("src/pipe")).status().unwrap();
     assert!(status.success());
     fails(&base, d, "not a regular file");
     std::fs::remove_file(d.join("src/pipe")).unwrap();
@@ -261,17 +152,9 @@ fn bad_input_gets_one_clear_line() {
     let uid = std::process::Command::new("id").arg("-u").output().unwrap();
     if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(
-            d.join("src/train.jsonl"),
-            std::fs::Permissions::from_mode(0o000),
-        )
-        .unwrap();
+        std::fs::set_permissions(d.join("src/train.jsonl"), std::fs::Permissions::from_mode(0o000)).unwrap();
         fails(&base, d, "train.jsonl");
-        std::fs::set_permissions(
-            d.join("src/train.jsonl"),
-            std::fs::Permissions::from_mode(0o644),
-        )
-        .unwrap();
+        std::fs::set_permissions(d.join("src/train.jsonl"), std::fs::Permissions::from_mode(0o644)).unwrap();
     }
     // No staging leftovers after failures.
     let leftovers: Vec<_> = std::fs::read_dir(d)
@@ -289,34 +172,12 @@ fn out_holding_a_different_release_is_refused_and_kept() {
     let before = std::fs::read(out.join("manifest.json")).unwrap();
     std::fs::write(d.join("src/new.bin"), b"more").unwrap();
     fails(
-        &[
-            "pack",
-            "src",
-            "--name",
-            "toy",
-            "--version",
-            "1.0.0",
-            "--key",
-            "key",
-            "--out",
-            "out",
-        ],
+        &["pack", "src", "--name", "toy", "--version", "1.0.0", "--key", "key", "--out", "out"],
         d,
         "already holds release toy@1.0.0",
     );
     fails(
-        &[
-            "pack",
-            "src",
-            "--name",
-            "other",
-            "--version",
-            "2.0.0",
-            "--key",
-            "key",
-            "--out",
-            "out",
-        ],
+        &["pack", "src", "--name", "other", "--version", "2.0.0", "--key", "key", "--out", "out"],
         d,
         "already holds release toy@1.0.0",
     );
@@ -326,18 +187,7 @@ fn out_holding_a_different_release_is_refused_and_kept() {
     std::fs::create_dir(d.join("busy")).unwrap();
     std::fs::write(d.join("busy/keep.txt"), b"mine").unwrap();
     fails(
-        &[
-            "pack",
-            "src",
-            "--name",
-            "toy",
-            "--version",
-            "1.0.0",
-            "--key",
-            "key",
-            "--out",
-            "busy",
-        ],
+        &["pack", "src", "--name", "toy", "--version", "1.0.0", "--key", "key", "--out", "busy"],
         d,
         "not an empty directory",
     );
@@ -351,18 +201,7 @@ fn reproducible_with_source_date_epoch() {
     keygen(t.path());
     let pack = |out: &str| {
         let o = std::process::Command::new(bin())
-            .args([
-                "pack",
-                "src",
-                "--name",
-                "toy",
-                "--version",
-                "1.0.0",
-                "--key",
-                "key",
-                "--out",
-                out,
-            ])
+            .args(["pack", "src", "--name", "toy", "--version", "1.0.0", "--key", "key", "--out", out])
             .env("SOURCE_DATE_EPOCH", "1700000000")
             .current_dir(t.path())
             .output()
@@ -383,20 +222,8 @@ fn keygen_never_overwrites() {
     let pubkey = ok(&["keygen", "--out", "k"], t.path());
     assert!(pubkey.starts_with("ed25519:"));
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(
-        std::fs::metadata(t.path().join("k"))
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o777,
-        0o600
-    );
-    assert_eq!(
-        std::fs::read_to_string(t.path().join("k.pub"))
-            .unwrap()
-            .trim(),
-        pubkey.trim()
-    );
+    assert_eq!(std::fs::metadata(t.path().join("k")).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::fs::read_to_string(t.path().join("k.pub")).unwrap().trim(), pubkey.trim());
     fails(&["keygen", "--out", "k"], t.path(), "refusing to overwrite");
 }
 

@@ -18,25 +18,13 @@ pub enum NodeError {
     #[error("node {url}: {source}")]
     Http { url: String, source: reqwest::Error },
     #[error("node {url} answered {status}: {body}")]
-    Status {
-        url: String,
-        status: u16,
-        body: String,
-    },
+    Status { url: String, status: u16, body: String },
     #[error("node {url}: unexpected answer: {why}")]
     Protocol { url: String, why: String },
     #[error("{path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    Io { path: String, source: std::io::Error },
     #[error("node {url}: {what} was cut short: got {got} of {want} bytes")]
-    Short {
-        url: String,
-        what: String,
-        got: u64,
-        want: u64,
-    },
+    Short { url: String, what: String, got: u64, want: u64 },
 }
 
 impl NodeError {
@@ -96,10 +84,7 @@ impl NodeClient {
             .tcp_nodelay(true)
             .no_proxy()
             .build()
-            .map_err(|source| NodeError::Http {
-                url: config.url.clone(),
-                source,
-            })?;
+            .map_err(|source| NodeError::Http { url: config.url.clone(), source })?;
         Ok(Self { config, http })
     }
 
@@ -108,20 +93,14 @@ impl NodeClient {
     }
 
     /// Full URL of an API command, with the token when configured.
-    pub fn command_url(
-        &self,
-        command: &str,
-        args: &[(&str, &str)],
-    ) -> Result<reqwest::Url, NodeError> {
+    pub fn command_url(&self, command: &str, args: &[(&str, &str)]) -> Result<reqwest::Url, NodeError> {
         let base = format!(
             "{}{}/{command}",
             self.config.url.trim_end_matches('/'),
             self.config.api_prefix.trim_end_matches('/')
         );
-        let mut url = reqwest::Url::parse(&base).map_err(|e| NodeError::Protocol {
-            url: base.clone(),
-            why: format!("bad node URL: {e}"),
-        })?;
+        let mut url = reqwest::Url::parse(&base)
+            .map_err(|e| NodeError::Protocol { url: base.clone(), why: format!("bad node URL: {e}") })?;
         {
             let mut q = url.query_pairs_mut();
             for (k, v) in args {
@@ -136,18 +115,10 @@ impl NodeClient {
 
     /// URL with the token removed, for messages and logs.
     fn shown(&self, command: &str) -> String {
-        format!(
-            "{}{}/{command}",
-            self.config.url.trim_end_matches('/'),
-            self.config.api_prefix
-        )
+        format!("{}{}/{command}", self.config.url.trim_end_matches('/'), self.config.api_prefix)
     }
 
-    async fn check(
-        &self,
-        command: &str,
-        resp: reqwest::Response,
-    ) -> Result<reqwest::Response, NodeError> {
+    async fn check(&self, command: &str, resp: reqwest::Response) -> Result<reqwest::Response, NodeError> {
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);
@@ -173,30 +144,22 @@ impl NodeClient {
         name: &str,
         on_bytes: &(dyn Fn(u64) + Sync),
     ) -> Result<(String, blake3::Hash), NodeError> {
-        let io = |source| NodeError::Io {
-            path: path.display().to_string(),
-            source,
-        };
+        let io = |source| NodeError::Io { path: path.display().to_string(), source };
         let file = tokio::fs::File::open(path).await.map_err(io)?;
         let len = file.metadata().await.map_err(io)?.len();
         let hasher = std::sync::Arc::new(std::sync::Mutex::new(blake3::Hasher::new()));
         let h2 = hasher.clone();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
-        let stream =
-            tokio_util::io::ReaderStream::with_capacity(file, 1 << 20).inspect_ok(move |chunk| {
-                if let Ok(mut h) = h2.lock() {
-                    h.update(chunk);
-                }
-                let _ = tx.send(chunk.len() as u64);
-            });
-        let part =
-            reqwest::multipart::Part::stream_with_length(reqwest::Body::wrap_stream(stream), len)
-                .file_name(name.to_string())
-                .mime_str("application/octet-stream")
-                .map_err(|source| NodeError::Http {
-                    url: self.shown("add"),
-                    source,
-                })?;
+        let stream = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20).inspect_ok(move |chunk| {
+            if let Ok(mut h) = h2.lock() {
+                h.update(chunk);
+            }
+            let _ = tx.send(chunk.len() as u64);
+        });
+        let part = reqwest::multipart::Part::stream_with_length(reqwest::Body::wrap_stream(stream), len)
+            .file_name(name.to_string())
+            .mime_str("application/octet-stream")
+            .map_err(|source| NodeError::Http { url: self.shown("add"), source })?;
         let form = reqwest::multipart::Form::new().part("file", part);
         let url = self.command_url(
             "add",
@@ -219,43 +182,24 @@ impl NodeClient {
         while let Ok(n) = rx.try_recv() {
             on_bytes(n);
         }
-        let resp = resp.map_err(|source| NodeError::Http {
-            url: self.shown("add"),
-            source,
-        })?;
+        let resp = resp.map_err(|source| NodeError::Http { url: self.shown("add"), source })?;
         let resp = self.check("add", resp).await?;
-        let body = resp.text().await.map_err(|source| NodeError::Http {
-            url: self.shown("add"),
-            source,
-        })?;
+        let body = resp.text().await.map_err(|source| NodeError::Http { url: self.shown("add"), source })?;
         let cid = body
             .lines()
             .filter_map(|l| serde_json::from_str::<AddLine>(l).ok())
             .filter_map(|l| l.hash)
             .next_back()
-            .ok_or_else(|| NodeError::Protocol {
-                url: self.shown("add"),
-                why: format!("no Hash in {body:?}"),
-            })?;
-        let sent = hasher
-            .lock()
-            .map(|h| h.finalize())
-            .unwrap_or_else(|p| p.into_inner().finalize());
+            .ok_or_else(|| NodeError::Protocol { url: self.shown("add"), why: format!("no Hash in {body:?}") })?;
+        let sent = hasher.lock().map(|h| h.finalize()).unwrap_or_else(|p| p.into_inner().finalize());
         Ok((cid, sent))
     }
 
     /// Whether the node holds a recursive pin for `cid`.
     pub async fn is_pinned(&self, cid: &str) -> Result<bool, NodeError> {
         let url = self.command_url("pin/ls", &[("arg", cid), ("type", "recursive")])?;
-        let resp = self
-            .http
-            .post(url)
-            .send()
-            .await
-            .map_err(|source| NodeError::Http {
-                url: self.shown("pin/ls"),
-                source,
-            })?;
+        let resp =
+            self.http.post(url).send().await.map_err(|source| NodeError::Http { url: self.shown("pin/ls"), source })?;
         let status = resp.status();
         let body = resp.text().await.unwrap_or_default();
         if status.is_success() {
@@ -282,24 +226,9 @@ impl NodeClient {
     ) -> Result<reqwest::Response, NodeError> {
         let (o, l) = (offset.to_string(), length.to_string());
         let t = format!("{}ms", timeout.as_millis().max(1));
-        let url = self.command_url(
-            "cat",
-            &[
-                ("arg", cid),
-                ("offset", &o),
-                ("length", &l),
-                ("timeout", &t),
-            ],
-        )?;
-        let resp = self
-            .http
-            .post(url)
-            .send()
-            .await
-            .map_err(|source| NodeError::Http {
-                url: self.shown("cat"),
-                source,
-            })?;
+        let url = self.command_url("cat", &[("arg", cid), ("offset", &o), ("length", &l), ("timeout", &t)])?;
+        let resp =
+            self.http.post(url).send().await.map_err(|source| NodeError::Http { url: self.shown("cat"), source })?;
         self.check("cat", resp).await
     }
 
@@ -315,10 +244,7 @@ impl NodeClient {
             return Ok(bytes::Bytes::new());
         }
         let resp = self.cat(cid, offset, length, timeout).await?;
-        let body = resp.bytes().await.map_err(|source| NodeError::Http {
-            url: self.shown("cat"),
-            source,
-        })?;
+        let body = resp.bytes().await.map_err(|source| NodeError::Http { url: self.shown("cat"), source })?;
         if body.len() as u64 != length {
             return Err(NodeError::Short {
                 url: self.shown("cat"),

@@ -16,10 +16,7 @@ use crate::release::keys::PublicKey;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("config is not valid: {0}")]
     Parse(String),
     #[error("config key `{key}`: {why}")]
@@ -27,10 +24,7 @@ pub enum ConfigError {
 }
 
 fn invalid(key: impl Into<String>, why: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key: key.into(),
-        why: why.into(),
-    }
+    ConfigError::Invalid { key: key.into(), why: why.into() }
 }
 
 /// A byte size written as a number or a string such as `"256MiB"`.
@@ -52,9 +46,7 @@ impl<'de> Deserialize<'de> for ByteSize {
                 .trim()
                 .parse::<bytesize::ByteSize>()
                 .map(|b| ByteSize(b.as_u64()))
-                .map_err(|e| {
-                    serde::de::Error::custom(format!("{s:?} is not a size like \"256MiB\": {e}"))
-                }),
+                .map_err(|e| serde::de::Error::custom(format!("{s:?} is not a size like \"256MiB\": {e}"))),
         }
     }
 }
@@ -240,9 +232,7 @@ pub struct HotTierConfig {
 
 impl Default for HotTierConfig {
     fn default() -> Self {
-        Self {
-            capacity: ByteSize(1024 * 1024 * 1024),
-        }
+        Self { capacity: ByteSize(1024 * 1024 * 1024) }
     }
 }
 
@@ -257,10 +247,7 @@ pub struct MetadataConfig {
 
 impl Default for MetadataConfig {
     fn default() -> Self {
-        Self {
-            cache_capacity: ByteSize(256 * 1024 * 1024),
-            max_concurrent_fetches: 16,
-        }
+        Self { cache_capacity: ByteSize(256 * 1024 * 1024), max_concurrent_fetches: 16 }
     }
 }
 
@@ -277,10 +264,7 @@ impl Config {
 
     /// Reads a config file; relative paths in it are resolved against its directory.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.into(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
         let mut cfg = Self::from_toml(&text)?;
         if let Some(base) = path.parent() {
             cfg.resolve_paths(base);
@@ -336,8 +320,7 @@ impl Config {
         }
         for (i, k) in self.trust.keys.iter().enumerate() {
             if k.starts_with("ed25519:") {
-                k.parse::<PublicKey>()
-                    .map_err(|e| invalid(format!("trust.keys[{i}]"), e.to_string()))?;
+                k.parse::<PublicKey>().map_err(|e| invalid(format!("trust.keys[{i}]"), e.to_string()))?;
             }
         }
         let f = &self.fetch;
@@ -345,39 +328,23 @@ impl Config {
             return Err(invalid("fetch.span", "must be between 64KiB and 256MiB"));
         }
         if f.max_concurrent_fetches == 0 {
-            return Err(invalid(
-                "fetch.max_concurrent_fetches",
-                "must be at least 1",
-            ));
+            return Err(invalid("fetch.max_concurrent_fetches", "must be at least 1"));
         }
         if self.metadata.max_concurrent_fetches == 0 {
-            return Err(invalid(
-                "metadata.max_concurrent_fetches",
-                "must be at least 1",
-            ));
+            return Err(invalid("metadata.max_concurrent_fetches", "must be at least 1"));
         }
         for (i, o) in self.origins.iter().enumerate() {
             match o {
-                OriginConfig::BtfsApi {
-                    url, api_prefix, ..
-                } => {
+                OriginConfig::BtfsApi { url, api_prefix, .. } => {
                     check_url(url).map_err(|w| invalid(format!("origins[{i}].url"), w))?;
                     if !api_prefix.starts_with('/') {
-                        return Err(invalid(
-                            format!("origins[{i}].api_prefix"),
-                            "must start with /",
-                        ));
+                        return Err(invalid(format!("origins[{i}].api_prefix"), "must start with /"));
                     }
                 }
-                OriginConfig::BtfsGateway {
-                    url, path_prefix, ..
-                } => {
+                OriginConfig::BtfsGateway { url, path_prefix, .. } => {
                     check_url(url).map_err(|w| invalid(format!("origins[{i}].url"), w))?;
                     if !path_prefix.starts_with('/') {
-                        return Err(invalid(
-                            format!("origins[{i}].path_prefix"),
-                            "must start with /",
-                        ));
+                        return Err(invalid(format!("origins[{i}].path_prefix"), "must start with /"));
                     }
                 }
                 OriginConfig::Dir { .. } => {}
@@ -386,10 +353,7 @@ impl Config {
         let mut names = std::collections::BTreeSet::new();
         for (i, o) in self.origins.iter().enumerate() {
             if !names.insert(o.name(i)) {
-                return Err(invalid(
-                    format!("origins[{i}].name"),
-                    format!("{:?} is used twice", o.name(i)),
-                ));
+                return Err(invalid(format!("origins[{i}].name"), format!("{:?} is used twice", o.name(i))));
             }
         }
         for (i, r) in self.releases.iter().enumerate() {

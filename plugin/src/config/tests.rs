@@ -37,17 +37,11 @@ fn errors_name_the_key() {
         ("[server]\nbogus = 1", "bogus"),
         ("[hot_tier]\ncapacity = \"lots\"", "hot_tier.capacity"),
         ("[[origins]]\nkind = \"ftp\"\nurl = \"x\"", "origins"),
-        (
-            "[[origins]]\nkind = \"btfs-api\"\nurl = \"not a url\"",
-            "origins[0].url",
-        ),
+        ("[[origins]]\nkind = \"btfs-api\"\nurl = \"not a url\"", "origins[0].url"),
         ("[fetch]\nspan = \"1KiB\"", "fetch.span"),
         ("[trust]\nkeys = [\"ed25519:AAAA\"]", "trust.keys[0]"),
         ("[server]\nmax_connections = 0", "server.max_connections"),
-        (
-            "[server]\nheader_read_timeout = \"soon\"",
-            "server.header_read_timeout",
-        ),
+        ("[server]\nheader_read_timeout = \"soon\"", "server.header_read_timeout"),
     ];
     for (text, key) in cases {
         let err = Config::from_toml(text).unwrap_err().to_string();
@@ -62,9 +56,7 @@ fn every_shipped_config_parses() {
     let mut seen = 0;
     for entry in std::fs::read_dir(&conf).unwrap() {
         let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "toml")
-            && path.file_name().is_some_and(|n| n != "pricing.toml")
-        {
+        if path.extension().is_some_and(|e| e == "toml") && path.file_name().is_some_and(|n| n != "pricing.toml") {
             Config::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             seen += 1;
         }

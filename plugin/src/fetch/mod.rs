@@ -34,11 +34,7 @@ use crate::tier::{ChunkKey, HotTier};
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum FetchError {
     #[error("chunk {chunk} of {file}: every origin failed ({detail})")]
-    AllOriginsFailed {
-        file: Blake3,
-        chunk: u64,
-        detail: String,
-    },
+    AllOriginsFailed { file: Blake3, chunk: u64, detail: String },
     #[error("chunk table of {file}: every origin failed ({detail})")]
     Table { file: Blake3, detail: String },
     #[error("no origin is configured")]
@@ -74,9 +70,7 @@ impl FileSpec {
             layout: e.layout().ok()?,
             table: e.chunk_table,
             cid: f.release.cid_of(&e.blake3).map(str::to_string),
-            table_cid: e
-                .chunk_table
-                .and_then(|t| f.release.cid_of(&t).map(str::to_string)),
+            table_cid: e.chunk_table.and_then(|t| f.release.cid_of(&t).map(str::to_string)),
         })
     }
 }
@@ -112,10 +106,7 @@ impl Drop for SpanGuard<'_> {
     fn drop(&mut self) {
         if let Ok(mut map) = self.fetcher.inflight.lock() {
             for index in self.chunks.clone() {
-                map.remove(&ChunkKey {
-                    file: self.file,
-                    index,
-                });
+                map.remove(&ChunkKey { file: self.file, index });
             }
         }
     }
@@ -132,9 +123,7 @@ impl Fetcher {
     ) -> Arc<Self> {
         let tables = moka::future::Cache::builder()
             .max_capacity(table_cache_bytes)
-            .weigher(|_k: &Blake3, t: &Arc<ChunkTable>| {
-                u32::try_from(t.entries().len() * 32 + 64).unwrap_or(u32::MAX)
-            })
+            .weigher(|_k: &Blake3, t: &Arc<ChunkTable>| u32::try_from(t.entries().len() * 32 + 64).unwrap_or(u32::MAX))
             .build();
         Arc::new(Self {
             origins: ArcSwap::from_pointee(origins),
@@ -172,14 +161,7 @@ impl Fetcher {
     /// Whether every, some or none of the chunks are in the hot tier.
     pub fn cached(&self, file: &FileSpec, chunks: Range<u64>) -> (u64, u64) {
         let total = chunks.end - chunks.start;
-        let hot = chunks
-            .filter(|&i| {
-                self.hot.contains(&ChunkKey {
-                    file: file.blake3,
-                    index: i,
-                })
-            })
-            .count() as u64;
+        let hot = chunks.filter(|&i| self.hot.contains(&ChunkKey { file: file.blake3, index: i })).count() as u64;
         (hot, total)
     }
 
@@ -191,28 +173,16 @@ impl Fetcher {
         let result = self
             .tables
             .try_get_with(table_hash, async {
-                let _lane = self
-                    .meta
-                    .acquire()
-                    .await
-                    .map_err(|_| FetchError::NoOrigin)?;
+                let _lane = self.meta.acquire().await.map_err(|_| FetchError::NoOrigin)?;
                 self.fetch_table(file, table_hash).await.map(Arc::new)
             })
             .await;
         result.map(Some).map_err(|e| (*e).clone())
     }
 
-    async fn fetch_table(
-        &self,
-        file: &FileSpec,
-        table_hash: Blake3,
-    ) -> Result<ChunkTable, FetchError> {
+    async fn fetch_table(&self, file: &FileSpec, table_hash: Blake3) -> Result<ChunkTable, FetchError> {
         let len = file.layout.table_len();
-        let blob = BlobRef {
-            blake3: table_hash,
-            cid: file.table_cid.as_deref(),
-            size: len,
-        };
+        let blob = BlobRef { blake3: table_hash, cid: file.table_cid.as_deref(), size: len };
         let origins = self.origins();
         if origins.is_empty() {
             return Err(FetchError::NoOrigin);
@@ -240,10 +210,7 @@ impl Fetcher {
                 }
             }
         }
-        Err(FetchError::Table {
-            file: file.blake3,
-            detail: detail.join("; "),
-        })
+        Err(FetchError::Table { file: file.blake3, detail: detail.join("; ") })
     }
 
     /// Verified chunk `index`, from the hot tier or an origin. Chunks up to
@@ -256,15 +223,9 @@ impl Fetcher {
     ) -> Result<(Bytes, Source), FetchError> {
         let count = file.layout.chunk_count();
         if index >= count {
-            return Err(FetchError::OutOfRange {
-                file: file.blake3,
-                chunk: index,
-            });
+            return Err(FetchError::OutOfRange { file: file.blake3, chunk: index });
         }
-        let key = ChunkKey {
-            file: file.blake3,
-            index,
-        };
+        let key = ChunkKey { file: file.blake3, index };
         if let Some(b) = self.hot.get(&key) {
             self.metrics.hot_hits.inc();
             return Ok((b, Source::Hot));
@@ -275,14 +236,8 @@ impl Fetcher {
             Err(hit) => return Ok((hit, Source::Hot)),
         };
         let result = match slot.wait_for(Option::is_some).await {
-            Ok(v) => v.clone().unwrap_or(Err(FetchError::Abandoned {
-                file: file.blake3,
-                chunk: index,
-            })),
-            Err(_) => Err(FetchError::Abandoned {
-                file: file.blake3,
-                chunk: index,
-            }),
+            Ok(v) => v.clone().unwrap_or(Err(FetchError::Abandoned { file: file.blake3, chunk: index })),
+            Err(_) => Err(FetchError::Abandoned { file: file.blake3, chunk: index }),
         };
         result.map(|b| (b, Source::Origin))
     }
@@ -292,10 +247,7 @@ impl Fetcher {
         let to = to.min(file.layout.chunk_count());
         let mut i = from;
         while i < to {
-            let key = ChunkKey {
-                file: file.blake3,
-                index: i,
-            };
+            let key = ChunkKey { file: file.blake3, index: i };
             if self.hot.contains(&key) || self.inflight.lock().is_ok_and(|m| m.contains_key(&key)) {
                 i += 1;
                 continue;
@@ -307,16 +259,8 @@ impl Fetcher {
 
     /// Joins the in-flight fetch of `index`, or starts a span fetch at it.
     /// `Err` carries a chunk that turned out to be hot after all.
-    fn slot_or_start(
-        self: &Arc<Self>,
-        file: &Arc<FileSpec>,
-        index: u64,
-        limit: u64,
-    ) -> Result<Slot, Bytes> {
-        let key = ChunkKey {
-            file: file.blake3,
-            index,
-        };
+    fn slot_or_start(self: &Arc<Self>, file: &Arc<FileSpec>, index: u64, limit: u64) -> Result<Slot, Bytes> {
+        let key = ChunkKey { file: file.blake3, index };
         let Ok(mut map) = self.inflight.lock() else {
             // A poisoned map only happens after a panic elsewhere; fetch alone.
             let (tx, rx) = watch::channel(None);
@@ -330,16 +274,12 @@ impl Fetcher {
         if let Some(b) = self.hot.get(&key) {
             return Err(b);
         }
-        let max_end =
-            (index + self.span_chunks(file.layout.chunk_size())).min(limit.max(index + 1));
+        let max_end = (index + self.span_chunks(file.layout.chunk_size())).min(limit.max(index + 1));
         let mut senders = Vec::new();
         let mut end = index;
         let mut mine = None;
         while end < max_end {
-            let k = ChunkKey {
-                file: file.blake3,
-                index: end,
-            };
+            let k = ChunkKey { file: file.blake3, index: end };
             if end > index && (map.contains_key(&k) || self.hot.contains(&k)) {
                 break;
             }
@@ -364,30 +304,17 @@ impl Fetcher {
     ) {
         let this = self.clone();
         tokio::spawn(async move {
-            let _guard = SpanGuard {
-                fetcher: &this,
-                file: file.blake3,
-                chunks: chunks.clone(),
-            };
+            let _guard = SpanGuard { fetcher: &this, file: file.blake3, chunks: chunks.clone() };
             this.run_span(&file, chunks, senders).await;
         });
     }
 
-    async fn run_span(
-        &self,
-        file: &FileSpec,
-        chunks: Range<u64>,
-        senders: Vec<watch::Sender<Option<ChunkResult>>>,
-    ) {
+    async fn run_span(&self, file: &FileSpec, chunks: Range<u64>, senders: Vec<watch::Sender<Option<ChunkResult>>>) {
         let fail_rest = |from: u64, err: FetchError| {
             for i in from..chunks.end {
                 let e = match &err {
                     FetchError::AllOriginsFailed { file, detail, .. } => {
-                        FetchError::AllOriginsFailed {
-                            file: *file,
-                            chunk: i,
-                            detail: detail.clone(),
-                        }
+                        FetchError::AllOriginsFailed { file: *file, chunk: i, detail: detail.clone() }
                     }
                     other => other.clone(),
                 };
@@ -415,11 +342,7 @@ impl Fetcher {
             return;
         }
         let layout = file.layout;
-        let blob = BlobRef {
-            blake3: file.blake3,
-            cid: file.cid.as_deref(),
-            size: layout.size(),
-        };
+        let blob = BlobRef { blake3: file.blake3, cid: file.cid.as_deref(), size: layout.size() };
         let mut next = chunks.start;
         let mut detail = Vec::new();
         for origin in origins.iter() {
@@ -459,10 +382,7 @@ impl Fetcher {
                         .get_or_create(&label)
                         .observe(started.elapsed().as_secs_f64());
                 }
-                self.metrics
-                    .origin_bytes
-                    .get_or_create(&label)
-                    .inc_by(piece.len() as u64);
+                self.metrics.origin_bytes.get_or_create(&label).inc_by(piece.len() as u64);
                 while !piece.is_empty() {
                     let r = layout.chunk_range(next);
                     let need = (r.end - r.start) as usize - buf.len();
@@ -487,13 +407,7 @@ impl Fetcher {
                         ));
                         break 'stream;
                     }
-                    self.hot.insert_verified(
-                        ChunkKey {
-                            file: file.blake3,
-                            index: next,
-                        },
-                        chunk.clone(),
-                    );
+                    self.hot.insert_verified(ChunkKey { file: file.blake3, index: next }, chunk.clone());
                     let _ = senders[(next - chunks.start) as usize].send(Some(Ok(chunk)));
                     next += 1;
                     if next == chunks.end {
@@ -504,20 +418,9 @@ impl Fetcher {
             let _ = offset;
         }
         if next < chunks.end {
-            let detail = if detail.is_empty() {
-                "no origin could serve it".into()
-            } else {
-                detail.join("; ")
-            };
+            let detail = if detail.is_empty() { "no origin could serve it".into() } else { detail.join("; ") };
             tracing::warn!(file = %file.blake3, chunk = next, %detail, "chunk unavailable from every origin");
-            fail_rest(
-                next,
-                FetchError::AllOriginsFailed {
-                    file: file.blake3,
-                    chunk: next,
-                    detail,
-                },
-            );
+            fail_rest(next, FetchError::AllOriginsFailed { file: file.blake3, chunk: next, detail });
         }
     }
 
@@ -530,9 +433,7 @@ impl Fetcher {
             Some(t) => {
                 let r = file.layout.chunk_range(index);
                 data.len() as u64 == r.end - r.start
-                    && t.entries()
-                        .get(index as usize)
-                        .is_some_and(|cv| &chunk_cv(r.start, data) == cv)
+                    && t.entries().get(index as usize).is_some_and(|cv| &chunk_cv(r.start, data) == cv)
             }
             None => {
                 !file.layout.has_table()
@@ -548,15 +449,8 @@ impl Fetcher {
     }
 }
 
-async fn read_all(
-    origin: &Origin,
-    blob: BlobRef<'_>,
-    range: Range<u64>,
-) -> Result<Vec<u8>, String> {
-    let mut s = origin
-        .read(blob, range.clone())
-        .await
-        .map_err(|e| e.to_string())?;
+async fn read_all(origin: &Origin, blob: BlobRef<'_>, range: Range<u64>) -> Result<Vec<u8>, String> {
+    let mut s = origin.read(blob, range.clone()).await.map_err(|e| e.to_string())?;
     let mut out = Vec::with_capacity((range.end - range.start) as usize);
     while let Some(piece) = s.next().await {
         out.extend_from_slice(&piece.map_err(|e| e.to_string())?);

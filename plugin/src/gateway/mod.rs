@@ -45,12 +45,7 @@ fn trusted_keys(cfg: &Config) -> Result<Vec<PublicKey>, GatewayError> {
     cfg.trust
         .keys
         .iter()
-        .map(|k| {
-            PublicKey::load(k).map_err(|e| GatewayError::Trust {
-                spec: k.clone(),
-                why: e.to_string(),
-            })
-        })
+        .map(|k| PublicKey::load(k).map_err(|e| GatewayError::Trust { spec: k.clone(), why: e.to_string() }))
         .collect()
 }
 
@@ -115,10 +110,7 @@ impl Gateway {
         }
         .await;
         let outcome = if result.is_ok() { "ok" } else { "refused" };
-        self.metrics
-            .reloads
-            .get_or_create(&ReasonLabel { reason: outcome })
-            .inc();
+        self.metrics.reloads.get_or_create(&ReasonLabel { reason: outcome }).inc();
         result
     }
 

@@ -74,15 +74,7 @@ pub fn chunked(
         })
         .max()
         .unwrap_or(0);
-    let state = ChunkedState {
-        fetcher,
-        file,
-        pieces: pieces.into(),
-        lookahead,
-        end_chunk,
-        primed,
-        metrics,
-    };
+    let state = ChunkedState { fetcher, file, pieces: pieces.into(), lookahead, end_chunk, primed, metrics };
     BodyExt::boxed(StreamBody::new(stream(state)))
 }
 
@@ -104,50 +96,27 @@ fn stream(state: ChunkedState) -> impl Stream<Item = Result<Frame<Bytes>, BodyEr
                     Ok(c) => c,
                     Err(e) => {
                         let reason = match e {
-                            FetchError::AllOriginsFailed { .. } | FetchError::Table { .. } => {
-                                "integrity_or_origin"
-                            }
+                            FetchError::AllOriginsFailed { .. } | FetchError::Table { .. } => "integrity_or_origin",
                             _ => "fetch",
                         };
-                        st.metrics
-                            .aborted
-                            .get_or_create(&ReasonLabel { reason })
-                            .inc();
+                        st.metrics.aborted.get_or_create(&ReasonLabel { reason }).inc();
                         tracing::warn!(error = %e, "aborting response mid-body");
                         return Some((Err(BodyError(e.to_string())), None));
                     }
                 };
-                st.fetcher.prefetch(
-                    &st.file,
-                    index + 1,
-                    (index + 1 + st.lookahead).min(st.end_chunk),
-                );
+                st.fetcher.prefetch(&st.file, index + 1, (index + 1 + st.lookahead).min(st.end_chunk));
                 let from = (r.start - chunk_start) as usize;
                 let to = ((r.end.min(chunk_start + chunk.len() as u64)) - chunk_start) as usize;
                 if to <= from || to > chunk.len() {
-                    return Some((
-                        Err(BodyError(format!(
-                            "chunk {index} is shorter than the manifest says"
-                        ))),
-                        None,
-                    ));
+                    return Some((Err(BodyError(format!("chunk {index} is shorter than the manifest says"))), None));
                 }
                 let slice = chunk.slice(from..to);
                 let consumed = chunk_start + to as u64;
                 if consumed < r.end {
                     st.pieces.push_front(Piece::Range(consumed..r.end));
                 }
-                let label = SourceLabel {
-                    source: if source == Source::Hot {
-                        "hot"
-                    } else {
-                        "origin"
-                    },
-                };
-                st.metrics
-                    .served_bytes
-                    .get_or_create(&label)
-                    .inc_by(slice.len() as u64);
+                let label = SourceLabel { source: if source == Source::Hot { "hot" } else { "origin" } };
+                st.metrics.served_bytes.get_or_create(&label).inc_by(slice.len() as u64);
                 Some((Ok(Frame::data(slice)), Some(st)))
             }
         }

@@ -6,5 +6,6 @@
 
 pub mod body;
 pub mod range;
+pub mod route;
 pub mod server;
 pub mod service;

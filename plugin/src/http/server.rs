@@ -21,10 +21,7 @@ use crate::gateway::Gateway;
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("listen on {addr}: {source}")]
-    Bind {
-        addr: String,
-        source: std::io::Error,
-    },
+    Bind { addr: String, source: std::io::Error },
     #[error("TLS {path}: {why}")]
     Tls { path: String, why: String },
 }
@@ -34,10 +31,7 @@ pub fn tls_acceptor(cfg: &TlsConfig) -> Result<TlsAcceptor, ServerError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     crate::btfs::install_crypto_provider();
-    let err = |p: &Path, why: String| ServerError::Tls {
-        path: p.display().to_string(),
-        why,
-    };
+    let err = |p: &Path, why: String| ServerError::Tls { path: p.display().to_string(), why };
     let certs = CertificateDer::pem_file_iter(&cfg.cert)
         .map_err(|e| err(&cfg.cert, e.to_string()))?
         .collect::<Result<Vec<_>, _>>()
@@ -55,12 +49,7 @@ pub fn tls_acceptor(cfg: &TlsConfig) -> Result<TlsAcceptor, ServerError> {
 }
 
 pub async fn bind(cfg: &ServerConfig) -> Result<TcpListener, ServerError> {
-    TcpListener::bind(cfg.listen)
-        .await
-        .map_err(|source| ServerError::Bind {
-            addr: cfg.listen.to_string(),
-            source,
-        })
+    TcpListener::bind(cfg.listen).await.map_err(|source| ServerError::Bind { addr: cfg.listen.to_string(), source })
 }
 
 /// Serves until `shutdown` resolves, then stops accepting and lets in-flight
@@ -122,25 +111,15 @@ pub async fn serve(
             timed.set_write_timeout(Some(write_timeout));
             let timed = Box::pin(timed);
             let result = match tls {
-                None => {
-                    watcher
-                        .watch(builder.serve_connection(TokioIo::new(timed), svc))
-                        .await
-                }
-                Some(acceptor) => {
-                    match tokio::time::timeout(handshake_timeout, acceptor.accept(timed)).await {
-                        Ok(Ok(tls_stream)) => {
-                            watcher
-                                .watch(builder.serve_connection(TokioIo::new(tls_stream), svc))
-                                .await
-                        }
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            Ok(())
-                        }
-                        Err(_) => Ok(()),
+                None => watcher.watch(builder.serve_connection(TokioIo::new(timed), svc)).await,
+                Some(acceptor) => match tokio::time::timeout(handshake_timeout, acceptor.accept(timed)).await {
+                    Ok(Ok(tls_stream)) => watcher.watch(builder.serve_connection(TokioIo::new(tls_stream), svc)).await,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        Ok(())
                     }
-                }
+                    Err(_) => Ok(()),
+                },
             };
             if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
@@ -151,10 +130,7 @@ pub async fn serve(
     drop(listener);
     let grace = cfg.shutdown_grace;
     tracing::info!(?grace, "draining connections");
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
         tracing::warn!("shutdown grace period ended with responses still in flight");
     }
 }

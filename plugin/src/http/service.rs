@@ -16,11 +16,11 @@ use http::{Method, Request, Response, StatusCode};
 
 use super::body::{self, Body, Piece};
 use super::range::{self, MultipartPlan, RangeRequest};
+use super::route::{Route, parse_route};
 use crate::fetch::{FileSpec, Source};
 use crate::gateway::Gateway;
 use crate::metrics::RequestLabel;
 use crate::registry::FileRef;
-use crate::release::manifest::{Blake3, check_path};
 
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 static X_CACHE: HeaderName = HeaderName::from_static("x-shardgate-cache");
@@ -29,26 +29,16 @@ static X_CACHE: HeaderName = HeaderName::from_static("x-shardgate-cache");
 pub async fn handle<B>(gw: Arc<Gateway>, req: Request<B>) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
     let (route, resp) = route(&gw, &req, started).await;
-    gw.metrics()
-        .requests
-        .get_or_create(&RequestLabel {
-            route,
-            status: resp.status().as_u16(),
-        })
-        .inc();
+    gw.metrics().requests.get_or_create(&RequestLabel { route, status: resp.status().as_u16() }).inc();
     Ok(resp)
 }
 
 fn error(status: StatusCode, message: impl std::fmt::Display) -> Response<Body> {
-    let body =
-        serde_json::json!({ "error": message.to_string(), "status": status.as_u16() }).to_string();
+    let body = serde_json::json!({ "error": message.to_string(), "status": status.as_u16() }).to_string();
     let mut r = Response::new(body::full(body));
     *r.status_mut() = status;
     let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
 }
@@ -56,166 +46,59 @@ fn error(status: StatusCode, message: impl std::fmt::Display) -> Response<Body> 
 fn json(status: StatusCode, v: &serde_json::Value) -> Response<Body> {
     let mut r = Response::new(body::full(serde_json::to_vec_pretty(v).unwrap_or_default()));
     *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     r
 }
 
 fn text(status: StatusCode, s: impl Into<Bytes>, content_type: &'static str) -> Response<Body> {
     let mut r = Response::new(body::full(s));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
 }
 
-/// Percent-decodes one path segment; `None` if it is not UTF-8.
-fn decode(seg: &str) -> Option<String> {
-    percent_decode(seg.as_bytes())
-}
-
-fn percent_decode(s: &[u8]) -> Option<String> {
-    let mut out = Vec::with_capacity(s.len());
-    let mut i = 0;
-    while i < s.len() {
-        if s[i] == b'%' {
-            let hex = s.get(i + 1..i + 3)?;
-            let v = u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
-            out.push(v);
-            i += 3;
-        } else {
-            out.push(s[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
-async fn route<B>(
-    gw: &Arc<Gateway>,
-    req: &Request<B>,
-    started: Instant,
-) -> (&'static str, Response<Body>) {
-    let path = req.uri().path();
+async fn route<B>(gw: &Arc<Gateway>, req: &Request<B>, started: Instant) -> (&'static str, Response<Body>) {
+    let route = match parse_route(req.uri().path()) {
+        Ok(r) => r,
+        Err(e) => return ("other", error(StatusCode::BAD_REQUEST, e)),
+    };
+    let label = route.label();
     let method = req.method();
-    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let get_or_head = method == Method::GET || method == Method::HEAD;
-    match segs.as_slice() {
-        ["healthz"] => (
-            "healthz",
-            text(StatusCode::OK, "ok\n", "text/plain; charset=utf-8"),
-        ),
-        ["readyz"] => {
-            if gw.ready() {
-                (
-                    "readyz",
-                    text(StatusCode::OK, "ready\n", "text/plain; charset=utf-8"),
-                )
-            } else {
-                (
-                    "readyz",
-                    text(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "not ready: no origin answers yet\n",
-                        "text/plain; charset=utf-8",
-                    ),
-                )
-            }
+    let plain = "text/plain; charset=utf-8";
+    let resp = match route {
+        Route::Healthz => text(StatusCode::OK, "ok\n", plain),
+        Route::Readyz if gw.ready() => text(StatusCode::OK, "ready\n", plain),
+        Route::Readyz => text(StatusCode::SERVICE_UNAVAILABLE, "not ready: no origin answers yet\n", plain),
+        Route::Metrics => {
+            gw.metrics().hot_bytes.set(gw.fetcher().hot().weighted_bytes());
+            text(StatusCode::OK, gw.metrics().render(), "text/plain; version=0.0.4; charset=utf-8")
         }
-        ["metrics"] => {
-            gw.metrics()
-                .hot_bytes
-                .set(gw.fetcher().hot().weighted_bytes());
-            (
-                "metrics",
-                text(
-                    StatusCode::OK,
-                    gw.metrics().render(),
-                    "text/plain; version=0.0.4; charset=utf-8",
-                ),
-            )
+        _ if method != Method::GET && method != Method::HEAD => {
+            let mut r = error(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not allowed here"));
+            r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            r
         }
-        _ if !get_or_head => {
-            let mut r = error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                format!("{method} is not allowed here"),
-            );
-            r.headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-            ("other", r)
-        }
-        ["v1", "datasets"] | ["v1", "datasets", ""] => ("list", list_datasets(gw)),
-        ["v1", "datasets", name] => ("list", describe_dataset(gw, name)),
-        ["v1", "datasets", name, version, "manifest"] => {
-            ("manifest", manifest(gw, req, name, version))
-        }
-        ["v1", "datasets", name, version, "files", rest @ ..] if !rest.is_empty() => {
-            let Some(file_path) = rest
-                .iter()
-                .map(|s| decode(s))
-                .collect::<Option<Vec<_>>>()
-                .map(|v| v.join("/"))
-            else {
-                return (
-                    "file",
-                    error(StatusCode::BAD_REQUEST, "path is not valid UTF-8"),
-                );
-            };
-            if let Err(why) = check_path(&file_path) {
-                return ("file", error(StatusCode::BAD_REQUEST, why));
-            }
+        Route::ListDatasets => list_datasets(gw),
+        Route::Dataset { name } => describe_dataset(gw, name),
+        Route::Manifest { name, version } => manifest(gw, req, name, version),
+        Route::File { name, version, path } => {
             let Ok(v) = semver::Version::parse(version) else {
-                return (
-                    "file",
-                    error(
-                        StatusCode::NOT_FOUND,
-                        format!("{version:?} is not a version of {name}"),
-                    ),
-                );
+                return (label, error(StatusCode::NOT_FOUND, format!("{version:?} is not a version of {name}")));
             };
-            match gw.registry().snapshot().file(name, &v, &file_path) {
-                Some(f) => ("file", serve_file(gw, req, &f, started).await),
-                None => (
-                    "file",
-                    error(
-                        StatusCode::NOT_FOUND,
-                        format!("{name}@{version} has no file {file_path:?}"),
-                    ),
-                ),
+            match gw.registry().snapshot().file(name, &v, &path) {
+                Some(f) => serve_file(gw, req, &f, started).await,
+                None => error(StatusCode::NOT_FOUND, format!("{name}@{version} has no file {path:?}")),
             }
         }
-        ["v1", "blobs", hash] => {
-            let Ok(h) = hash.parse::<Blake3>() else {
-                return (
-                    "blob",
-                    error(
-                        StatusCode::BAD_REQUEST,
-                        format!("{hash:?} is not a BLAKE3 hash (64 lowercase hex digits)"),
-                    ),
-                );
-            };
-            match gw.registry().snapshot().blob(&h) {
-                Some(f) => ("blob", serve_file(gw, req, &f, started).await),
-                None => (
-                    "blob",
-                    error(
-                        StatusCode::NOT_FOUND,
-                        format!("no served release holds blob {hash}"),
-                    ),
-                ),
-            }
-        }
-        _ => (
-            "other",
-            error(StatusCode::NOT_FOUND, format!("no route for {path}")),
-        ),
-    }
+        Route::Blob { hash } => match gw.registry().snapshot().blob(&hash) {
+            Some(f) => serve_file(gw, req, &f, started).await,
+            None => error(StatusCode::NOT_FOUND, format!("no served release holds blob {hash}")),
+        },
+        Route::NotFound => error(StatusCode::NOT_FOUND, format!("no route for {}", req.uri().path())),
+    };
+    (label, resp)
 }
 
 fn list_datasets(gw: &Gateway) -> Response<Body> {
@@ -236,10 +119,7 @@ fn list_datasets(gw: &Gateway) -> Response<Body> {
 fn describe_dataset(gw: &Gateway, name: &str) -> Response<Body> {
     let catalog = gw.registry().snapshot();
     let Some(versions) = catalog.versions(name) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("no dataset named {name:?} is served"),
-        );
+        return error(StatusCode::NOT_FOUND, format!("no dataset named {name:?} is served"));
     };
     let versions: Vec<serde_json::Value> = versions
         .values()
@@ -258,25 +138,16 @@ fn describe_dataset(gw: &Gateway, name: &str) -> Response<Body> {
             })
         })
         .collect();
-    json(
-        StatusCode::OK,
-        &serde_json::json!({ "name": name, "versions": versions }),
-    )
+    json(StatusCode::OK, &serde_json::json!({ "name": name, "versions": versions }))
 }
 
 fn manifest<B>(gw: &Gateway, req: &Request<B>, name: &str, version: &str) -> Response<Body> {
     let Ok(v) = semver::Version::parse(version) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("{version:?} is not a version of {name}"),
-        );
+        return error(StatusCode::NOT_FOUND, format!("{version:?} is not a version of {name}"));
     };
     let catalog = gw.registry().snapshot();
     let Some(release) = catalog.release(name, &v) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("{name}@{version} is not served"),
-        );
+        return error(StatusCode::NOT_FOUND, format!("{name}@{version} is not served"));
     };
     let etag = format!("\"{}\"", release.signed.id);
     let bytes = Bytes::from(release.signed.bytes.clone());
@@ -322,10 +193,9 @@ fn plan<B>(req: &Request<B>, len: u64, etag: &str, content_type: &str, max_range
             return Plan::NotModified;
         }
     }
-    let range_header = h.get(header::RANGE).filter(|_| {
-        h.get(header::IF_RANGE)
-            .is_none_or(|ir| range::if_range_matches(ir.as_bytes(), etag))
-    });
+    let range_header = h
+        .get(header::RANGE)
+        .filter(|_| h.get(header::IF_RANGE).is_none_or(|ir| range::if_range_matches(ir.as_bytes(), etag)));
     let request = match range_header {
         None => RangeRequest::Full,
         Some(v) => match range::parse_range(v.as_bytes(), len, max_ranges) {
@@ -336,11 +206,7 @@ fn plan<B>(req: &Request<B>, len: u64, etag: &str, content_type: &str, max_range
     match request {
         RangeRequest::Full => Plan::Send {
             status: StatusCode::OK,
-            pieces: if len > 0 {
-                vec![Piece::Range(0..len)]
-            } else {
-                vec![]
-            },
+            pieces: if len > 0 { vec![Piece::Range(0..len)] } else { vec![] },
             content_length: len,
             content_range: None,
             multipart_type: None,
@@ -353,10 +219,7 @@ fn plan<B>(req: &Request<B>, len: u64, etag: &str, content_type: &str, max_range
             multipart_type: None,
         },
         RangeRequest::Multi(ranges) => {
-            let boundary = format!(
-                "shardgate-{}",
-                &etag.trim_matches('"')[..16.min(etag.len().saturating_sub(2))]
-            );
+            let boundary = format!("shardgate-{}", &etag.trim_matches('"')[..16.min(etag.len().saturating_sub(2))]);
             let mp = MultipartPlan::new(&ranges, len, content_type, boundary);
             let mut pieces = Vec::with_capacity(mp.parts.len() * 2 + 1);
             for p in &mp.parts {
@@ -413,13 +276,7 @@ fn head_for(plan: Plan, len: u64, etag: &str, content_type: &str) -> Head {
             }
             Head::Early(resp)
         }
-        Plan::Send {
-            status,
-            pieces,
-            content_length,
-            content_range,
-            multipart_type,
-        } => {
+        Plan::Send { status, pieces, content_length, content_range, multipart_type } => {
             *r.status_mut() = status;
             let h = r.headers_mut();
             h.insert(header::CONTENT_LENGTH, HeaderValue::from(content_length));
@@ -469,29 +326,15 @@ fn respond_in_memory<B>(
     Response::from_parts(parts, body::full(out))
 }
 
-async fn serve_file<B>(
-    gw: &Arc<Gateway>,
-    req: &Request<B>,
-    f: &FileRef,
-    started: Instant,
-) -> Response<Body> {
+async fn serve_file<B>(gw: &Arc<Gateway>, req: &Request<B>, f: &FileRef, started: Instant) -> Response<Body> {
     let entry = f.entry();
     let Some(spec) = FileSpec::from_ref(f) else {
-        return error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "file has an invalid chunk layout",
-        );
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "file has an invalid chunk layout");
     };
     let spec = Arc::new(spec);
     let etag = format!("\"{}\"", entry.blake3);
     let len = entry.size;
-    let p = plan(
-        req,
-        len,
-        &etag,
-        &entry.media_type,
-        gw.config().server.max_ranges,
-    );
+    let p = plan(req, len, &etag, &entry.media_type, gw.config().server.max_ranges);
     let (head, pieces) = match head_for(p, len, &etag, &entry.media_type) {
         Head::Send(h, p) => (h, p),
         Head::Early(early) => return early,
@@ -518,9 +361,7 @@ async fn serve_file<B>(
     } else {
         "partial"
     };
-    parts
-        .headers
-        .insert(X_CACHE.clone(), HeaderValue::from_static(cache));
+    parts.headers.insert(X_CACHE.clone(), HeaderValue::from_static(cache));
 
     if req.method() == Method::HEAD || pieces.is_empty() {
         add_timing(&mut parts.headers, started, None);
@@ -545,30 +386,14 @@ async fn serve_file<B>(
             }
             Err(e) => {
                 tracing::warn!(error = %e, file = %entry.blake3, "no verified bytes for the first chunk");
-                return error(
-                    StatusCode::BAD_GATEWAY,
-                    format!("no origin could supply verified bytes: {e}"),
-                );
+                return error(StatusCode::BAD_GATEWAY, format!("no origin could supply verified bytes: {e}"));
             }
         }
     }
-    let whole_tail = pieces
-        .iter()
-        .any(|p| matches!(p, Piece::Range(r) if r.end == len));
+    let whole_tail = pieces.iter().any(|p| matches!(p, Piece::Range(r) if r.end == len));
     let span = fetcher.span_chunks(spec.layout.chunk_size());
-    let lookahead = if whole_tail {
-        fetcher.readahead_chunks().max(span)
-    } else {
-        span
-    };
-    let body = body::chunked(
-        fetcher,
-        spec,
-        pieces,
-        lookahead,
-        primed,
-        gw.metrics().clone(),
-    );
+    let lookahead = if whole_tail { fetcher.readahead_chunks().max(span) } else { span };
+    let body = body::chunked(fetcher, spec, pieces, lookahead, primed, gw.metrics().clone());
     Response::from_parts(parts, body)
 }
 

@@ -89,11 +89,7 @@ impl Metrics {
             reloads: Family::default(),
             registry: Registry::default(),
         };
-        registry.register(
-            "chunks_verified",
-            "Chunks whose hash matched the chunk table",
-            m.chunks_verified.clone(),
-        );
+        registry.register("chunks_verified", "Chunks whose hash matched the chunk table", m.chunks_verified.clone());
         registry.register(
             "chunk_verify_failures",
             "Chunks from an origin that failed verification",
@@ -104,73 +100,27 @@ impl Metrics {
             "Origin requests that failed (connect, status, timeout, short body)",
             m.origin_errors.clone(),
         );
-        registry.register(
-            "origin_requests",
-            "Requests sent to origins",
-            m.origin_requests.clone(),
-        );
-        registry.register(
-            "origin_fetched_bytes",
-            "Bytes received from origins",
-            m.origin_bytes.clone(),
-        );
+        registry.register("origin_requests", "Requests sent to origins", m.origin_requests.clone());
+        registry.register("origin_fetched_bytes", "Bytes received from origins", m.origin_bytes.clone());
         registry.register(
             "origin_first_byte_seconds",
             "Time from sending an origin request to its first body bytes",
             m.origin_first_byte_seconds.clone(),
         );
-        registry.register(
-            "served_bytes",
-            "Verified body bytes written to clients, by source",
-            m.served_bytes.clone(),
-        );
-        registry.register(
-            "hot_tier_hits",
-            "Chunk lookups served by the hot tier",
-            m.hot_hits.clone(),
-        );
-        registry.register(
-            "hot_tier_misses",
-            "Chunk lookups that went to an origin",
-            m.hot_misses.clone(),
-        );
-        registry.register(
-            "hot_tier_bytes",
-            "Bytes held in the hot tier",
-            m.hot_bytes.clone(),
-        );
-        registry.register(
-            "http_requests",
-            "HTTP requests answered, by route and status",
-            m.requests.clone(),
-        );
-        registry.register(
-            "responses_aborted",
-            "Responses cut off after headers were sent",
-            m.aborted.clone(),
-        );
-        registry.register(
-            "open_connections",
-            "Client connections open",
-            m.connections.clone(),
-        );
-        registry.register(
-            "releases_served",
-            "Releases in the catalog",
-            m.releases.clone(),
-        );
-        registry.register(
-            "config_reloads",
-            "Config reloads by outcome",
-            m.reloads.clone(),
-        );
+        registry.register("served_bytes", "Verified body bytes written to clients, by source", m.served_bytes.clone());
+        registry.register("hot_tier_hits", "Chunk lookups served by the hot tier", m.hot_hits.clone());
+        registry.register("hot_tier_misses", "Chunk lookups that went to an origin", m.hot_misses.clone());
+        registry.register("hot_tier_bytes", "Bytes held in the hot tier", m.hot_bytes.clone());
+        registry.register("http_requests", "HTTP requests answered, by route and status", m.requests.clone());
+        registry.register("responses_aborted", "Responses cut off after headers were sent", m.aborted.clone());
+        registry.register("open_connections", "Client connections open", m.connections.clone());
+        registry.register("releases_served", "Releases in the catalog", m.releases.clone());
+        registry.register("config_reloads", "Config reloads by outcome", m.reloads.clone());
         Metrics { registry, ..m }
     }
 
     pub fn origin(name: &str) -> OriginLabel {
-        OriginLabel {
-            origin: name.to_string(),
-        }
+        OriginLabel { origin: name.to_string() }
     }
 
     /// The Prometheus text exposition.

@@ -28,10 +28,7 @@ impl DirIndex {
     /// Indexes `root`: a release directory, or a directory whose immediate
     /// subdirectories are releases. Unreadable manifests are skipped with a log line.
     pub fn scan(root: &Path) -> Self {
-        let index = Self {
-            root: root.to_path_buf(),
-            paths: RwLock::new(PathIndex::new()),
-        };
+        let index = Self { root: root.to_path_buf(), paths: RwLock::new(PathIndex::new()) };
         if root.join(crate::release::layout::MANIFEST).is_file() {
             index.add_release(&ReleaseDir::new(root));
         } else if let Ok(entries) = std::fs::read_dir(root) {
@@ -84,29 +81,21 @@ impl DirIndex {
         self.paths.read().ok().and_then(|p| p.get(hash).cloned())
     }
 
-    pub(super) async fn read(
-        &self,
-        hash: Blake3,
-        range: Range<u64>,
-    ) -> Result<ByteStream, OriginErrorKind> {
-        let path = self
-            .path_of(&hash)
-            .ok_or_else(|| OriginErrorKind::NotFound(hash.to_hex()))?;
-        let mut file = tokio::fs::File::open(&path)
-            .await
-            .map_err(|e| OriginErrorKind::Io(format!("{}: {e}", path.display())))?;
+    pub(super) async fn read(&self, hash: Blake3, range: Range<u64>) -> Result<ByteStream, OriginErrorKind> {
+        let path = self.path_of(&hash).ok_or_else(|| OriginErrorKind::NotFound(hash.to_hex()))?;
+        let mut file =
+            tokio::fs::File::open(&path).await.map_err(|e| OriginErrorKind::Io(format!("{}: {e}", path.display())))?;
         file.seek(std::io::SeekFrom::Start(range.start))
             .await
             .map_err(|e| OriginErrorKind::Io(format!("{}: {e}", path.display())))?;
         let reader = file.take(range.end - range.start);
         let name = path.display().to_string();
-        let stream =
-            tokio_util::io::ReaderStream::with_capacity(reader, READ_PIECE).map(move |r| {
-                r.map_err(|e| super::OriginError {
-                    origin: "dir".into(),
-                    kind: OriginErrorKind::Io(format!("{name}: {e}")),
-                })
-            });
+        let stream = tokio_util::io::ReaderStream::with_capacity(reader, READ_PIECE).map(move |r| {
+            r.map_err(|e| super::OriginError {
+                origin: "dir".into(),
+                kind: OriginErrorKind::Io(format!("{name}: {e}")),
+            })
+        });
         Ok(Box::pin(stream))
     }
 }

@@ -62,11 +62,7 @@ pub struct BlobRef<'a> {
 
 enum Kind {
     Api(NodeClient),
-    Gateway {
-        http: reqwest::Client,
-        url: String,
-        path_prefix: String,
-    },
+    Gateway { http: reqwest::Client, url: String, path_prefix: String },
     Dir(Arc<DirIndex>),
 }
 
@@ -87,30 +83,16 @@ impl std::fmt::Debug for Origin {
 impl Origin {
     pub fn new(index: usize, cfg: &OriginConfig, fetch: &FetchConfig) -> Result<Self, OriginError> {
         let name = cfg.name(index);
-        let err = |e: String| OriginError {
-            origin: name.clone(),
-            kind: OriginErrorKind::Connect(e),
-        };
+        let err = |e: String| OriginError { origin: name.clone(), kind: OriginErrorKind::Connect(e) };
         let kind = match cfg {
-            OriginConfig::BtfsApi {
-                url,
-                api_prefix,
-                token,
-                ..
-            } => Kind::Api(
+            OriginConfig::BtfsApi { url, api_prefix, token, .. } => Kind::Api(
                 NodeClient::new(
-                    NodeConfig {
-                        url: url.clone(),
-                        api_prefix: api_prefix.clone(),
-                        token: token.clone(),
-                    },
+                    NodeConfig { url: url.clone(), api_prefix: api_prefix.clone(), token: token.clone() },
                     fetch.connect_timeout,
                 )
                 .map_err(|e| err(e.to_string()))?,
             ),
-            OriginConfig::BtfsGateway {
-                url, path_prefix, ..
-            } => {
+            OriginConfig::BtfsGateway { url, path_prefix, .. } => {
                 crate::btfs::install_crypto_provider();
                 let http = reqwest::Client::builder()
                     .connect_timeout(fetch.connect_timeout)
@@ -118,20 +100,11 @@ impl Origin {
                     .no_proxy()
                     .build()
                     .map_err(|e| err(e.to_string()))?;
-                Kind::Gateway {
-                    http,
-                    url: url.trim_end_matches('/').to_string(),
-                    path_prefix: path_prefix.clone(),
-                }
+                Kind::Gateway { http, url: url.trim_end_matches('/').to_string(), path_prefix: path_prefix.clone() }
             }
             OriginConfig::Dir { path, .. } => Kind::Dir(Arc::new(DirIndex::scan(path))),
         };
-        Ok(Self {
-            name,
-            kind,
-            first_byte_timeout: fetch.first_byte_timeout,
-            stall_timeout: fetch.stall_timeout,
-        })
+        Ok(Self { name, kind, first_byte_timeout: fetch.first_byte_timeout, stall_timeout: fetch.stall_timeout })
     }
 
     pub fn name(&self) -> &str {
@@ -155,51 +128,30 @@ impl Origin {
     }
 
     fn error(&self, kind: OriginErrorKind) -> OriginError {
-        OriginError {
-            origin: self.name.clone(),
-            kind,
-        }
+        OriginError { origin: self.name.clone(), kind }
     }
 
     /// Starts reading `range` of a blob. The stream yields exactly
     /// `range.end - range.start` bytes or ends with an error.
-    pub async fn read(
-        &self,
-        blob: BlobRef<'_>,
-        range: Range<u64>,
-    ) -> Result<ByteStream, OriginError> {
+    pub async fn read(&self, blob: BlobRef<'_>, range: Range<u64>) -> Result<ByteStream, OriginError> {
         let want = range.end - range.start;
         let start = async {
             match &self.kind {
-                Kind::Dir(index) => index
-                    .read(blob.blake3, range.clone())
-                    .await
-                    .map_err(|k| self.error(k)),
+                Kind::Dir(index) => index.read(blob.blake3, range.clone()).await.map_err(|k| self.error(k)),
                 Kind::Api(node) => {
-                    let cid = blob.cid.ok_or_else(|| {
-                        self.error(OriginErrorKind::NotFound(blob.blake3.to_hex()))
+                    let cid = blob.cid.ok_or_else(|| self.error(OriginErrorKind::NotFound(blob.blake3.to_hex())))?;
+                    let resp = node.cat(cid, range.start, want, self.first_byte_timeout).await.map_err(|e| {
+                        self.error(match e {
+                            crate::btfs::NodeError::Status { status, body, .. } => {
+                                OriginErrorKind::Status { status, body }
+                            }
+                            other => OriginErrorKind::Connect(other.to_string()),
+                        })
                     })?;
-                    let resp = node
-                        .cat(cid, range.start, want, self.first_byte_timeout)
-                        .await
-                        .map_err(|e| {
-                            self.error(match e {
-                                crate::btfs::NodeError::Status { status, body, .. } => {
-                                    OriginErrorKind::Status { status, body }
-                                }
-                                other => OriginErrorKind::Connect(other.to_string()),
-                            })
-                        })?;
                     Ok(self.body_stream(resp))
                 }
-                Kind::Gateway {
-                    http,
-                    url,
-                    path_prefix,
-                } => {
-                    let cid = blob.cid.ok_or_else(|| {
-                        self.error(OriginErrorKind::NotFound(blob.blake3.to_hex()))
-                    })?;
+                Kind::Gateway { http, url, path_prefix } => {
+                    let cid = blob.cid.ok_or_else(|| self.error(OriginErrorKind::NotFound(blob.blake3.to_hex())))?;
                     let resp = http
                         .get(format!("{url}{path_prefix}/{cid}"))
                         .header("Range", format!("bytes={}-{}", range.start, range.end - 1))
@@ -210,21 +162,11 @@ impl Origin {
                     let status = resp.status().as_u16();
                     let whole = status == 200 && range.start == 0 && range.end == blob.size;
                     if status != 206 && !whole {
-                        let body = resp
-                            .text()
-                            .await
-                            .unwrap_or_default()
-                            .chars()
-                            .take(200)
-                            .collect();
+                        let body = resp.text().await.unwrap_or_default().chars().take(200).collect();
                         return Err(self.error(OriginErrorKind::Status { status, body }));
                     }
                     if status == 206 {
-                        let cr = resp
-                            .headers()
-                            .get("content-range")
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or("");
+                        let cr = resp.headers().get("content-range").and_then(|v| v.to_str().ok()).unwrap_or("");
                         let expect = format!("bytes {}-{}/", range.start, range.end - 1);
                         if !cr.starts_with(&expect) {
                             return Err(self.error(OriginErrorKind::Status {
@@ -239,23 +181,14 @@ impl Origin {
         };
         let stream = tokio::time::timeout(self.first_byte_timeout, start)
             .await
-            .map_err(|_| {
-                self.error(OriginErrorKind::FirstByteTimeout(self.first_byte_timeout))
-            })??;
-        Ok(exact_length(
-            stalling(stream, self.stall_timeout, self.name.clone()),
-            want,
-            self.name.clone(),
-        ))
+            .map_err(|_| self.error(OriginErrorKind::FirstByteTimeout(self.first_byte_timeout)))??;
+        Ok(exact_length(stalling(stream, self.stall_timeout, self.name.clone()), want, self.name.clone()))
     }
 
     fn body_stream(&self, resp: reqwest::Response) -> ByteStream {
         let name = self.name.clone();
         Box::pin(resp.bytes_stream().map(move |r| {
-            r.map_err(|e| OriginError {
-                origin: name.clone(),
-                kind: OriginErrorKind::Io(e.to_string()),
-            })
+            r.map_err(|e| OriginError { origin: name.clone(), kind: OriginErrorKind::Io(e.to_string()) })
         }))
     }
 
@@ -273,9 +206,7 @@ impl Origin {
                 Err(_) => false,
             },
             Kind::Gateway { http, url, .. } => {
-                tokio::time::timeout(Duration::from_secs(3), http.head(url).send())
-                    .await
-                    .is_ok_and(|r| r.is_ok())
+                tokio::time::timeout(Duration::from_secs(3), http.head(url).send()).await.is_ok_and(|r| r.is_ok())
             }
         }
     }
@@ -290,13 +221,7 @@ fn stalling(inner: ByteStream, stall: Duration, origin: String) -> ByteStream {
             match tokio::time::timeout(stall, s.next()).await {
                 Ok(Some(item)) => Some((item, Some(s))),
                 Ok(None) => None,
-                Err(_) => Some((
-                    Err(OriginError {
-                        origin,
-                        kind: OriginErrorKind::Stalled(stall),
-                    }),
-                    None,
-                )),
+                Err(_) => Some((Err(OriginError { origin, kind: OriginErrorKind::Stalled(stall) }), None)),
             }
         }
     }))
@@ -305,39 +230,30 @@ fn stalling(inner: ByteStream, stall: Duration, origin: String) -> ByteStream {
 /// Insists the stream yields exactly `want` bytes: a short body is an error,
 /// and bytes past `want` are an error rather than silently dropped.
 fn exact_length(inner: ByteStream, want: u64, origin: String) -> ByteStream {
-    Box::pin(futures_util::stream::unfold(
-        (Some(inner), 0u64),
-        move |(state, got)| {
-            let origin = origin.clone();
-            async move {
-                let mut s = state?;
-                match s.next().await {
-                    Some(Ok(b)) => {
-                        let got = got + b.len() as u64;
-                        if got > want {
-                            let e = OriginError {
-                                origin,
-                                kind: OriginErrorKind::Io(format!(
-                                    "sent more than the {want} bytes asked for"
-                                )),
-                            };
-                            return Some((Err(e), (None, got)));
-                        }
-                        Some((Ok(b), (Some(s), got)))
-                    }
-                    Some(Err(e)) => Some((Err(e), (None, got))),
-                    None if got < want => Some((
-                        Err(OriginError {
+    Box::pin(futures_util::stream::unfold((Some(inner), 0u64), move |(state, got)| {
+        let origin = origin.clone();
+        async move {
+            let mut s = state?;
+            match s.next().await {
+                Some(Ok(b)) => {
+                    let got = got + b.len() as u64;
+                    if got > want {
+                        let e = OriginError {
                             origin,
-                            kind: OriginErrorKind::Short { got, want },
-                        }),
-                        (None, got),
-                    )),
-                    None => None,
+                            kind: OriginErrorKind::Io(format!("sent more than the {want} bytes asked for")),
+                        };
+                        return Some((Err(e), (None, got)));
+                    }
+                    Some((Ok(b), (Some(s), got)))
                 }
+                Some(Err(e)) => Some((Err(e), (None, got))),
+                None if got < want => {
+                    Some((Err(OriginError { origin, kind: OriginErrorKind::Short { got, want } }), (None, got)))
+                }
+                None => None,
             }
-        },
-    ))
+        }
+    }))
 }
 
 /// The configured origins, in failover order.
@@ -345,10 +261,7 @@ pub type Origins = Arc<Vec<Origin>>;
 
 /// Builds every configured origin.
 pub fn build(cfgs: &[OriginConfig], fetch: &FetchConfig) -> Result<Vec<Origin>, OriginError> {
-    cfgs.iter()
-        .enumerate()
-        .map(|(i, c)| Origin::new(i, c, fetch))
-        .collect()
+    cfgs.iter().enumerate().map(|(i, c)| Origin::new(i, c, fetch)).collect()
 }
 
 /// Files a `dir` origin can serve, by BLAKE3.

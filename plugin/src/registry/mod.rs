@@ -23,12 +23,7 @@ pub enum LoadError {
     #[error("{what}: {why}")]
     Source { what: String, why: String },
     #[error("release {name}@{version} (id {id}): {why}")]
-    Refused {
-        name: String,
-        version: String,
-        id: String,
-        why: String,
-    },
+    Refused { name: String, version: String, id: String, why: String },
 }
 
 /// One served release.
@@ -92,10 +87,7 @@ impl Catalog {
         }
         versions.insert(release.version().clone(), release.clone());
         for (i, f) in release.signed.manifest.files.iter().enumerate() {
-            self.by_blake3.entry(f.blake3).or_insert_with(|| FileRef {
-                release: release.clone(),
-                index: i,
-            });
+            self.by_blake3.entry(f.blake3).or_insert_with(|| FileRef { release: release.clone(), index: i });
         }
         Ok(())
     }
@@ -108,24 +100,14 @@ impl Catalog {
         self.releases.get(name)
     }
 
-    pub fn names(
-        &self,
-    ) -> impl Iterator<Item = (&String, &BTreeMap<semver::Version, Arc<Release>>)> {
+    pub fn names(&self) -> impl Iterator<Item = (&String, &BTreeMap<semver::Version, Arc<Release>>)> {
         self.releases.iter()
     }
 
     pub fn file(&self, name: &str, version: &semver::Version, path: &str) -> Option<FileRef> {
         let release = self.release(name, version)?;
-        let index = release
-            .signed
-            .manifest
-            .files
-            .binary_search_by(|f| f.path.as_str().cmp(path))
-            .ok()?;
-        Some(FileRef {
-            release: release.clone(),
-            index,
-        })
+        let index = release.signed.manifest.files.binary_search_by(|f| f.path.as_str().cmp(path)).ok()?;
+        Some(FileRef { release: release.clone(), index })
     }
 
     pub fn blob(&self, hash: &Blake3) -> Option<FileRef> {
@@ -171,10 +153,7 @@ async fn read_source(spec: &str, origins: &[Origin]) -> Result<Vec<u8>, String> 
 
 async fn fetch_small(node: &crate::btfs::NodeClient, cid: &str) -> Result<Vec<u8>, String> {
     const LIMIT: u64 = 16 * 1024 * 1024;
-    let resp = node
-        .cat(cid, 0, LIMIT, Duration::from_secs(30))
-        .await
-        .map_err(|e| e.to_string())?;
+    let resp = node.cat(cid, 0, LIMIT, Duration::from_secs(30)).await.map_err(|e| e.to_string())?;
     let body = resp.bytes().await.map_err(|e| e.to_string())?;
     if body.len() as u64 >= LIMIT {
         return Err(format!("{cid} is larger than {LIMIT} bytes"));
@@ -184,11 +163,7 @@ async fn fetch_small(node: &crate::btfs::NodeClient, cid: &str) -> Result<Vec<u8
 
 /// Loads every configured release. Releases that fail are left out and
 /// reported; the rest are served.
-pub async fn load(
-    sources: &[ReleaseSource],
-    trusted: &[PublicKey],
-    origins: &[Origin],
-) -> (Catalog, Vec<LoadError>) {
+pub async fn load(sources: &[ReleaseSource], trusted: &[PublicKey], origins: &[Origin]) -> (Catalog, Vec<LoadError>) {
     let mut catalog = Catalog::default();
     let mut errors = Vec::new();
     for src in sources {
@@ -204,42 +179,25 @@ pub async fn load(
     (catalog, errors)
 }
 
-async fn load_one(
-    src: &ReleaseSource,
-    trusted: &[PublicKey],
-    origins: &[Origin],
-) -> Result<Release, LoadError> {
+async fn load_one(src: &ReleaseSource, trusted: &[PublicKey], origins: &[Origin]) -> Result<Release, LoadError> {
     let what = format!("release {}", src.manifest);
-    let bytes = read_source(&src.manifest, origins)
-        .await
-        .map_err(|why| LoadError::Source {
-            what: what.clone(),
-            why,
-        })?;
-    let signed = SignedManifest::parse(&bytes).map_err(|e| LoadError::Source {
-        what: what.clone(),
-        why: e.to_string(),
-    })?;
+    let bytes =
+        read_source(&src.manifest, origins).await.map_err(|why| LoadError::Source { what: what.clone(), why })?;
+    let signed =
+        SignedManifest::parse(&bytes).map_err(|e| LoadError::Source { what: what.clone(), why: e.to_string() })?;
     let refused = |why: String| LoadError::Refused {
         name: signed.manifest.name.clone(),
         version: signed.manifest.version.to_string(),
         id: signed.id.to_hex(),
         why,
     };
-    signed
-        .check_trust(trusted)
-        .map_err(|e| refused(e.to_string()))?;
+    signed.check_trust(trusted).map_err(|e| refused(e.to_string()))?;
     let placement = match &src.placement {
         Some(spec) => {
-            let b = read_source(spec, origins)
-                .await
-                .map_err(|why| refused(format!("placement {spec}: {why}")))?;
+            let b = read_source(spec, origins).await.map_err(|why| refused(format!("placement {spec}: {why}")))?;
             let p = Placement::parse(&b).map_err(refused)?;
             if p.manifest_blake3 != signed.id {
-                return Err(refused(format!(
-                    "placement {spec} is for release {}, not this one",
-                    p.manifest_blake3
-                )));
+                return Err(refused(format!("placement {spec} is for release {}, not this one", p.manifest_blake3)));
             }
             Some(p)
         }

@@ -105,8 +105,7 @@ pub struct GatewayHints {
 impl Envelope {
     /// Parses the publisher's `meta.toml`.
     pub fn from_toml(text: &str) -> Result<Self, MetaError> {
-        let table: toml::Table =
-            toml::from_str(text).map_err(|e| MetaError::Syntax(e.message().to_string()))?;
+        let table: toml::Table = toml::from_str(text).map_err(|e| MetaError::Syntax(e.message().to_string()))?;
         let mut json = serde_json::Map::new();
         for (k, v) in table {
             let value = toml_to_json(&v, &k)?;
@@ -115,10 +114,7 @@ impl Envelope {
         let de = Value::Object(json);
         serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
-            MetaError::Key {
-                key,
-                why: e.into_inner().to_string(),
-            }
+            MetaError::Key { key, why: e.into_inner().to_string() }
         })
     }
 
@@ -131,19 +127,14 @@ fn toml_to_json(v: &toml::Value, path: &str) -> Result<Value, MetaError> {
     Ok(match v {
         toml::Value::String(s) => Value::String(s.clone()),
         toml::Value::Integer(i) => Value::from(*i),
-        toml::Value::Float(f) => serde_json::Number::from_f64(*f)
-            .map(Value::Number)
-            .ok_or_else(|| MetaError::Key {
-                key: path.to_string(),
-                why: format!("{f} cannot be represented in the JSON manifest"),
-            })?,
+        toml::Value::Float(f) => serde_json::Number::from_f64(*f).map(Value::Number).ok_or_else(|| MetaError::Key {
+            key: path.to_string(),
+            why: format!("{f} cannot be represented in the JSON manifest"),
+        })?,
         toml::Value::Boolean(b) => Value::Bool(*b),
         toml::Value::Datetime(d) => Value::String(d.to_string()),
         toml::Value::Array(a) => Value::Array(
-            a.iter()
-                .enumerate()
-                .map(|(i, x)| toml_to_json(x, &format!("{path}[{i}]")))
-                .collect::<Result<_, _>>()?,
+            a.iter().enumerate().map(|(i, x)| toml_to_json(x, &format!("{path}[{i}]"))).collect::<Result<_, _>>()?,
         ),
         toml::Value::Table(t) => Value::Object(
             t.iter()
@@ -183,13 +174,9 @@ mod tests {
     fn wrong_type_names_the_key() {
         let err = Envelope::from_toml("license = 3").unwrap_err().to_string();
         assert!(err.contains("`license`"), "{err}");
-        let err = Envelope::from_toml("[preprocessing]\nsteps = \"one\"")
-            .unwrap_err()
-            .to_string();
+        let err = Envelope::from_toml("[preprocessing]\nsteps = \"one\"").unwrap_err().to_string();
         assert!(err.contains("preprocessing.steps"), "{err}");
-        let err = Envelope::from_toml("deprecation_date = \"soon\"")
-            .unwrap_err()
-            .to_string();
+        let err = Envelope::from_toml("deprecation_date = \"soon\"").unwrap_err().to_string();
         assert!(err.contains("deprecation_date"), "{err}");
         let err = Envelope::from_toml("x = nan").unwrap_err().to_string();
         assert!(err.contains("`x`"), "{err}");

@@ -14,10 +14,7 @@ const PREFIX: &str = "ed25519:";
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{0}: refusing to overwrite an existing key")]
     Exists(PathBuf),
     #[error("{path}: not an ed25519 private key in PKCS#8 PEM form ({why})")]
@@ -49,13 +46,8 @@ impl std::str::FromStr for PublicKey {
     type Err = KeyError;
     fn from_str(s: &str) -> Result<Self, KeyError> {
         let text = s.trim();
-        let bad = |why: &str| KeyError::BadPublic {
-            text: text.chars().take(80).collect(),
-            why: why.into(),
-        };
-        let b64 = text
-            .strip_prefix(PREFIX)
-            .ok_or_else(|| bad("missing `ed25519:` prefix"))?;
+        let bad = |why: &str| KeyError::BadPublic { text: text.chars().take(80).collect(), why: why.into() };
+        let b64 = text.strip_prefix(PREFIX).ok_or_else(|| bad("missing `ed25519:` prefix"))?;
         let raw = B64.decode(b64).map_err(|e| bad(&e.to_string()))?;
         let bytes: [u8; 32] = raw.try_into().map_err(|_| bad("not 32 bytes"))?;
         VerifyingKey::from_bytes(&bytes).map_err(|e| bad(&e.to_string()))?;
@@ -70,18 +62,13 @@ impl PublicKey {
             return spec.parse();
         }
         let path = Path::new(spec);
-        let text = std::fs::read_to_string(path).map_err(|source| KeyError::Io {
-            path: path.into(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|source| KeyError::Io { path: path.into(), source })?;
         text.parse()
     }
 
     pub fn verify(&self, message: &[u8], signature: &[u8; 64]) -> bool {
-        VerifyingKey::from_bytes(&self.0).is_ok_and(|k| {
-            k.verify_strict(message, &Signature::from_bytes(signature))
-                .is_ok()
-        })
+        VerifyingKey::from_bytes(&self.0)
+            .is_ok_and(|k| k.verify_strict(message, &Signature::from_bytes(signature)).is_ok())
     }
 }
 
@@ -102,16 +89,10 @@ impl PublisherKey {
     }
 
     pub fn load(path: &Path) -> Result<Self, KeyError> {
-        let text = std::fs::read_to_string(path).map_err(|source| KeyError::Io {
-            path: path.into(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|source| KeyError::Io { path: path.into(), source })?;
         SigningKey::from_pkcs8_pem(&text)
             .map(Self)
-            .map_err(|e| KeyError::BadPrivate {
-                path: path.into(),
-                why: e.to_string(),
-            })
+            .map_err(|e| KeyError::BadPrivate { path: path.into(), why: e.to_string() })
     }
 
     /// Writes the private key (mode 0600, never overwriting) and `PATH.pub`.
@@ -125,14 +106,8 @@ impl PublisherKey {
         let pem = self
             .0
             .to_pkcs8_pem(LineEnding::LF)
-            .map_err(|e| KeyError::BadPrivate {
-                path: path.into(),
-                why: e.to_string(),
-            })?;
-        let io = |source| KeyError::Io {
-            path: path.into(),
-            source,
-        };
+            .map_err(|e| KeyError::BadPrivate { path: path.into(), why: e.to_string() })?;
+        let io = |source| KeyError::Io { path: path.into(), source };
         let mut opts = std::fs::OpenOptions::new();
         opts.write(true).create_new(true);
         #[cfg(unix)]
@@ -140,12 +115,8 @@ impl PublisherKey {
         let mut f = opts.open(path).map_err(io)?;
         f.write_all(pem.as_bytes()).map_err(io)?;
         f.sync_all().map_err(io)?;
-        std::fs::write(&pub_path, format!("{}\n", self.public())).map_err(|source| {
-            KeyError::Io {
-                path: pub_path.clone(),
-                source,
-            }
-        })?;
+        std::fs::write(&pub_path, format!("{}\n", self.public()))
+            .map_err(|source| KeyError::Io { path: pub_path.clone(), source })?;
         Ok(pub_path)
     }
 

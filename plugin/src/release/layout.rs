@@ -57,8 +57,6 @@ impl ReleaseDir {
     }
 
     pub fn table(&self, hash: &Blake3) -> PathBuf {
-        self.root
-            .join(TABLES_DIR)
-            .join(format!("{hash}.{TABLE_EXT}"))
+        self.root.join(TABLES_DIR).join(format!("{hash}.{TABLE_EXT}"))
     }
 }

@@ -40,13 +40,7 @@ pub enum PackError {
     #[error(
         "{out}: already holds release {name}@{version} (id {existing}); refusing to replace it with a different release{new}"
     )]
-    OutHoldsRelease {
-        out: PathBuf,
-        name: String,
-        version: String,
-        existing: String,
-        new: String,
-    },
+    OutHoldsRelease { out: PathBuf, name: String, version: String, existing: String, new: String },
     #[error("{0}: exists and is not an empty directory or a release")]
     OutNotEmpty(PathBuf),
     #[error("{0}: the input directory is empty")]
@@ -56,10 +50,7 @@ pub enum PackError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> PackError + '_ {
-    move |source| PackError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| PackError::Io { path: path.to_path_buf(), source }
 }
 
 /// How input files become release files.
@@ -94,23 +85,15 @@ pub struct PackOutcome {
 /// Reads a parent release's manifest for `--parent`.
 pub fn parent_ref(manifest_path: &Path) -> Result<ParentRef, PackError> {
     let bytes = std::fs::read(manifest_path).map_err(io_err(manifest_path))?;
-    let parent = SignedManifest::parse(&bytes).map_err(|e| {
-        PackError::BadInput(format!("{}: parent manifest: {e}", manifest_path.display()))
-    })?;
-    Ok(ParentRef {
-        name: parent.manifest.name,
-        version: parent.manifest.version,
-        manifest_blake3: parent.id,
-    })
+    let parent = SignedManifest::parse(&bytes)
+        .map_err(|e| PackError::BadInput(format!("{}: parent manifest: {e}", manifest_path.display())))?;
+    Ok(ParentRef { name: parent.manifest.name, version: parent.manifest.version, manifest_blake3: parent.id })
 }
 
 /// Media type recorded for a file; never `text/html`, which makes HTTP
 /// clients such as fsspec scrape the body for links.
 pub fn media_type_for(path: &str) -> String {
-    let ext = path
-        .rsplit_once('.')
-        .map(|(_, e)| e.to_ascii_lowercase())
-        .unwrap_or_default();
+    let ext = path.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default();
     let known = match ext.as_str() {
         "tar" => Some("application/x-tar"),
         "parquet" => Some("application/vnd.apache.parquet"),
@@ -123,14 +106,8 @@ pub fn media_type_for(path: &str) -> String {
     if let Some(k) = known {
         return k.to_string();
     }
-    let guess = mime_guess::from_path(path)
-        .first_raw()
-        .unwrap_or("application/octet-stream");
-    if guess.starts_with("text/html") {
-        "text/plain; charset=utf-8".into()
-    } else {
-        guess.to_string()
-    }
+    let guess = mime_guess::from_path(path).first_raw().unwrap_or("application/octet-stream");
+    if guess.starts_with("text/html") { "text/plain; charset=utf-8".into() } else { guess.to_string() }
 }
 
 struct InputFile {
@@ -148,12 +125,7 @@ fn walk(dir: &Path) -> Result<Vec<InputFile>, PackError> {
     for entry in walkdir::WalkDir::new(dir).follow_links(false).min_depth(1) {
         let entry = entry.map_err(|e| {
             let path = e.path().unwrap_or(dir).to_path_buf();
-            PackError::Io {
-                path,
-                source: e
-                    .into_io_error()
-                    .unwrap_or_else(|| io::Error::other("walk failed")),
-            }
+            PackError::Io { path, source: e.into_io_error().unwrap_or_else(|| io::Error::other("walk failed")) }
         })?;
         let ft = entry.file_type();
         if ft.is_dir() {
@@ -168,26 +140,12 @@ fn walk(dir: &Path) -> Result<Vec<InputFile>, PackError> {
         let rel_path = entry.path().strip_prefix(dir).unwrap_or(entry.path());
         let mut parts = Vec::new();
         for c in rel_path.components() {
-            parts.push(
-                c.as_os_str()
-                    .to_str()
-                    .ok_or_else(|| PackError::NotUtf8(entry.path().to_path_buf()))?,
-            );
+            parts.push(c.as_os_str().to_str().ok_or_else(|| PackError::NotUtf8(entry.path().to_path_buf()))?);
         }
         let rel = parts.join("/");
         check_path(&rel).map_err(PackError::BadInput)?;
-        let size = entry
-            .metadata()
-            .map_err(|e| PackError::Io {
-                path: entry.path().into(),
-                source: e.into(),
-            })?
-            .len();
-        files.push(InputFile {
-            rel,
-            abs: entry.path().to_path_buf(),
-            size,
-        });
+        let size = entry.metadata().map_err(|e| PackError::Io { path: entry.path().into(), source: e.into() })?.len();
+        files.push(InputFile { rel, abs: entry.path().to_path_buf(), size });
     }
     if files.is_empty() {
         return Err(PackError::Empty(dir.to_path_buf()));
@@ -215,10 +173,7 @@ fn inspect_out(out: &Path, name: &str, version: &semver::Version) -> Result<OutS
         Ok(bytes) => {
             let id = Blake3::of(&bytes).to_hex();
             let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-            let (n, ver) = (
-                v["name"].as_str().unwrap_or("?"),
-                v["version"].as_str().unwrap_or("?"),
-            );
+            let (n, ver) = (v["name"].as_str().unwrap_or("?"), v["version"].as_str().unwrap_or("?"));
             if n != name || ver != version.to_string() {
                 return Err(PackError::OutHoldsRelease {
                     out: out.into(),
@@ -232,11 +187,7 @@ fn inspect_out(out: &Path, name: &str, version: &semver::Version) -> Result<OutS
         }
         Err(_) => {
             let mut it = std::fs::read_dir(out).map_err(io_err(out))?;
-            if it.next().is_some() {
-                Err(PackError::OutNotEmpty(out.to_path_buf()))
-            } else {
-                Ok(OutState::EmptyDir)
-            }
+            if it.next().is_some() { Err(PackError::OutNotEmpty(out.to_path_buf())) } else { Ok(OutState::EmptyDir) }
         }
     }
 }
@@ -282,14 +233,10 @@ impl HashingWriter {
     }
 
     fn finish(self) -> Result<(FileDigest, Option<u64>), PackError> {
-        let file = self.file.into_inner().map_err(|e| PackError::Io {
-            path: self.path.clone(),
-            source: e.into_error(),
-        })?;
+        let file =
+            self.file.into_inner().map_err(|e| PackError::Io { path: self.path.clone(), source: e.into_error() })?;
         file.sync_data().map_err(io_err(&self.path))?;
-        let lines = self
-            .count_lines
-            .then(|| self.newlines + u64::from(self.last_byte.is_some_and(|b| b != b'\n')));
+        let lines = self.count_lines.then(|| self.newlines + u64::from(self.last_byte.is_some_and(|b| b != b'\n')));
         Ok((self.hasher.finish(), lines))
     }
 }
@@ -323,10 +270,7 @@ fn copy_from(src: &Path, w: &mut impl Write, progress: &dyn Progress) -> Result<
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(io_err(src)(e)),
         };
-        w.write_all(&buf[..n]).map_err(|e| PackError::Io {
-            path: src.to_path_buf(),
-            source: e,
-        })?;
+        w.write_all(&buf[..n]).map_err(|e| PackError::Io { path: src.to_path_buf(), source: e })?;
         progress.advance(n as u64);
         total += n as u64;
     }
@@ -381,11 +325,7 @@ fn sample_key(rel: &str) -> Result<(&str, &str), PackError> {
 }
 
 fn tar_member_len(name: &str, size: u64) -> u64 {
-    let long_name = if name.len() > 100 {
-        512 + (name.len() as u64 + 1).div_ceil(512) * 512
-    } else {
-        0
-    };
+    let long_name = if name.len() > 100 { 512 + (name.len() as u64 + 1).div_ceil(512) * 512 } else { 0 };
     512 + long_name + size.div_ceil(512) * 512
 }
 
@@ -404,14 +344,9 @@ fn pack_webdataset(
     }
     let mut out = Vec::new();
     let mut shard: Option<(tar::Builder<HashingWriter>, String, u64, u64)> = None;
-    let close = |s: (tar::Builder<HashingWriter>, String, u64, u64),
-                 out: &mut Vec<Packed>|
-     -> Result<(), PackError> {
+    let close = |s: (tar::Builder<HashingWriter>, String, u64, u64), out: &mut Vec<Packed>| -> Result<(), PackError> {
         let (builder, rel, _, count) = s;
-        let w = builder.into_inner().map_err(|e| PackError::Io {
-            path: rel.clone().into(),
-            source: e,
-        })?;
+        let w = builder.into_inner().map_err(|e| PackError::Io { path: rel.clone().into(), source: e })?;
         let (digest, _) = w.finish()?;
         out.push(finish_entry(rel, digest, chunk_size, Some(count)));
         Ok(())
@@ -420,9 +355,7 @@ fn pack_webdataset(
         let sample_len: u64 = members.iter().map(|m| tar_member_len(&m.rel, m.size)).sum();
         if let Some(s) = &shard {
             if s.2 + sample_len + 1024 > shard_size && s.3 > 0 {
-                let s = shard
-                    .take()
-                    .ok_or_else(|| PackError::BadInput("no shard".into()))?;
+                let s = shard.take().ok_or_else(|| PackError::BadInput("no shard".into()))?;
                 close(s, &mut out)?;
             }
         }
@@ -444,18 +377,10 @@ fn pack_webdataset(
             header.set_entry_type(tar::EntryType::Regular);
             let file = File::open(&m.abs).map_err(io_err(&m.abs))?;
             // The header promises `size` bytes: a file that changed size since the walk is an error, not a cut.
-            let mut reader = CountingReader {
-                inner: file.take(m.size),
-                n: 0,
-                progress,
-            };
-            s.0.append_data(&mut header, &m.rel, &mut reader)
-                .map_err(io_err(&m.abs))?;
+            let mut reader = CountingReader { inner: file.take(m.size), n: 0, progress };
+            s.0.append_data(&mut header, &m.rel, &mut reader).map_err(io_err(&m.abs))?;
             if reader.n != m.size {
-                return Err(PackError::BadInput(format!(
-                    "{}: file changed size while packing",
-                    m.abs.display()
-                )));
+                return Err(PackError::BadInput(format!("{}: file changed size while packing", m.abs.display())));
             }
         }
         s.2 += sample_len;
@@ -483,18 +408,12 @@ impl<R: Read> Read for CountingReader<'_, R> {
 }
 
 /// Packs `opts.dir` into a signed release at `opts.out`.
-pub fn pack(
-    opts: &PackOptions,
-    key: &PublisherKey,
-    progress: &dyn Progress,
-) -> Result<PackOutcome, PackError> {
+pub fn pack(opts: &PackOptions, key: &PublisherKey, progress: &dyn Progress) -> Result<PackOutcome, PackError> {
     check_name(&opts.name).map_err(PackError::BadInput)?;
     check_chunk_size(opts.chunk_size)?;
     if let PackFormat::WebDataset { shard_size } = opts.format {
         if shard_size < 64 * 1024 {
-            return Err(PackError::BadInput(format!(
-                "--shard-size {shard_size} is below 64 KiB"
-            )));
+            return Err(PackError::BadInput(format!("--shard-size {shard_size} is below 64 KiB")));
         }
     }
     let files = walk(&opts.dir)?;
@@ -503,18 +422,12 @@ pub fn pack(
     let out_abs = std::path::absolute(&opts.out).map_err(io_err(&opts.out))?;
     let parent = out_abs.parent().unwrap_or(Path::new("/")).to_path_buf();
     std::fs::create_dir_all(&parent).map_err(io_err(&parent))?;
-    let leaf = out_abs
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "release".into());
+    let leaf = out_abs.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "release".into());
     let mut nonce = [0u8; 6];
     let _ = getrandom::fill(&mut nonce);
     let staging_path = parent.join(format!(".{leaf}.partial-{}", hex::encode(nonce)));
     std::fs::create_dir(&staging_path).map_err(io_err(&staging_path))?;
-    let mut guard = Staging {
-        path: staging_path.clone(),
-        keep: false,
-    };
+    let mut guard = Staging { path: staging_path.clone(), keep: false };
     let staging = ReleaseDir::new(&staging_path);
     std::fs::create_dir_all(staging_path.join(FILES_DIR)).map_err(io_err(&staging_path))?;
     std::fs::create_dir_all(staging_path.join(TABLES_DIR)).map_err(io_err(&staging_path))?;
@@ -525,14 +438,7 @@ pub fn pack(
         PackFormat::Files => pack_files(&files, &staging, opts.chunk_size, progress)?,
         PackFormat::WebDataset { shard_size } => {
             let mtime = opts.created_at.as_second().max(0) as u64;
-            pack_webdataset(
-                &files,
-                &staging,
-                opts.chunk_size,
-                shard_size,
-                mtime,
-                progress,
-            )?
+            pack_webdataset(&files, &staging, opts.chunk_size, shard_size, mtime, progress)?
         }
     };
     progress.end();
@@ -567,9 +473,7 @@ pub fn pack(
         envelope: opts.envelope.clone(),
         signature: None,
     };
-    manifest
-        .validate()
-        .map_err(|e| PackError::BadInput(e.to_string()))?;
+    manifest.validate().map_err(|e| PackError::BadInput(e.to_string()))?;
     let signed = manifest.sign(key);
     let manifest_path = staging.manifest();
     write_synced(&manifest_path, &signed.bytes)?;
@@ -577,10 +481,7 @@ pub fn pack(
     match state {
         OutState::Release { id } => {
             if id == signed.id.to_hex() {
-                return Ok(PackOutcome {
-                    manifest: signed,
-                    unchanged: true,
-                });
+                return Ok(PackOutcome { manifest: signed, unchanged: true });
             }
             return Err(PackError::OutHoldsRelease {
                 out: opts.out.clone(),
@@ -598,10 +499,7 @@ pub fn pack(
     if let Ok(d) = File::open(&parent) {
         let _ = d.sync_all();
     }
-    Ok(PackOutcome {
-        manifest: signed,
-        unchanged: false,
-    })
+    Ok(PackOutcome { manifest: signed, unchanged: false })
 }
 
 /// Writes a file and syncs it to disk.
@@ -618,10 +516,7 @@ mod tests {
     #[test]
     fn media_types_are_never_html() {
         assert_eq!(media_type_for("a/b.tar"), "application/x-tar");
-        assert_eq!(
-            media_type_for("x.parquet"),
-            "application/vnd.apache.parquet"
-        );
+        assert_eq!(media_type_for("x.parquet"), "application/vnd.apache.parquet");
         assert_eq!(media_type_for("index.HTML"), "text/plain; charset=utf-8");
         assert_eq!(media_type_for("noext"), "application/octet-stream");
         assert_eq!(media_type_for("img.jpg"), "image/jpeg");

@@ -40,13 +40,9 @@ pub enum BlobKind {
 
 impl Placement {
     pub fn parse(bytes: &[u8]) -> Result<Self, String> {
-        let p: Placement =
-            serde_json::from_slice(bytes).map_err(|e| format!("placement.json: {e}"))?;
+        let p: Placement = serde_json::from_slice(bytes).map_err(|e| format!("placement.json: {e}"))?;
         if p.schema != PLACEMENT_SCHEMA {
-            return Err(format!(
-                "placement.json: schema {:?} is not {PLACEMENT_SCHEMA:?}",
-                p.schema
-            ));
+            return Err(format!("placement.json: schema {:?} is not {PLACEMENT_SCHEMA:?}", p.schema));
         }
         Ok(p)
     }

@@ -15,10 +15,7 @@ use crate::progress::Progress;
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{0}")]
     Manifest(String),
     #[error(transparent)]
@@ -26,11 +23,7 @@ pub enum PublishError {
     #[error(
         "{path}: sent bytes hash to {sent}, manifest says {expected}; the release directory is damaged (run `shardgate verify`)"
     )]
-    Mismatch {
-        path: String,
-        sent: Blake3,
-        expected: Blake3,
-    },
+    Mismatch { path: String, sent: Blake3, expected: Blake3 },
 }
 
 #[derive(Debug)]
@@ -56,10 +49,8 @@ pub async fn publish(
     progress: &dyn Progress,
 ) -> Result<PublishOutcome, PublishError> {
     let manifest_path = dir.manifest();
-    let bytes = std::fs::read(&manifest_path).map_err(|source| PublishError::Io {
-        path: manifest_path.clone(),
-        source,
-    })?;
+    let bytes =
+        std::fs::read(&manifest_path).map_err(|source| PublishError::Io { path: manifest_path.clone(), source })?;
     let signed = SignedManifest::parse(&bytes)
         .map_err(|e| PublishError::Manifest(format!("{}: {e}", manifest_path.display())))?;
     let m = &signed.manifest;
@@ -113,30 +104,17 @@ pub async fn publish(
                 continue;
             }
         }
-        let (cid, sent) = node
-            .add_file(&blob.path, &blob.name, &|n| progress.advance(n))
-            .await?;
+        let (cid, sent) = node.add_file(&blob.path, &blob.name, &|n| progress.advance(n)).await?;
         let sent = Blake3::from(sent);
         if sent != blob.hash {
-            return Err(PublishError::Mismatch {
-                path: blob.path.display().to_string(),
-                sent,
-                expected: blob.hash,
-            });
+            return Err(PublishError::Mismatch { path: blob.path.display().to_string(), sent, expected: blob.hash });
         }
         added += 1;
         bytes_added += blob.size;
         if blob.kind == BlobKind::Manifest {
             placement.manifest_cid = Some(cid.clone());
         }
-        placement.blobs.insert(
-            blob.hash,
-            BlobPlacement {
-                cid,
-                size: blob.size,
-                kind: blob.kind,
-            },
-        );
+        placement.blobs.insert(blob.hash, BlobPlacement { cid, size: blob.size, kind: blob.kind });
         write_synced(&placement_path, &placement.to_bytes()).map_err(|e| PublishError::Io {
             path: placement_path.clone(),
             source: std::io::Error::other(e.to_string()),
@@ -150,12 +128,7 @@ pub async fn publish(
         })?;
     }
     progress.end();
-    Ok(PublishOutcome {
-        placement,
-        added,
-        already_present,
-        bytes_added,
-    })
+    Ok(PublishOutcome { placement, added, already_present, bytes_added })
 }
 
 fn fresh(signed: &SignedManifest) -> Placement {

@@ -28,11 +28,7 @@ pub struct Failure {
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.bytes {
-            Some(r) => write!(
-                f,
-                "{}: bytes {}..{} (offset {}): {}",
-                self.file, r.start, r.end, r.start, self.what
-            ),
+            Some(r) => write!(f, "{}: bytes {}..{} (offset {}): {}", self.file, r.start, r.end, r.start, self.what),
             None => write!(f, "{}: {}", self.file, self.what),
         }
     }
@@ -53,25 +49,12 @@ impl VerifyReport {
 }
 
 /// Verifies a release directory against the trusted keys.
-pub fn verify_dir(
-    dir: &ReleaseDir,
-    trusted: &[PublicKey],
-    progress: &dyn Progress,
-) -> VerifyReport {
-    let mut report = VerifyReport {
-        manifest: None,
-        files_checked: 0,
-        bytes_checked: 0,
-        failures: Vec::new(),
-    };
+pub fn verify_dir(dir: &ReleaseDir, trusted: &[PublicKey], progress: &dyn Progress) -> VerifyReport {
+    let mut report = VerifyReport { manifest: None, files_checked: 0, bytes_checked: 0, failures: Vec::new() };
     let bytes = match std::fs::read(dir.manifest()) {
         Ok(b) => b,
         Err(e) => {
-            report.failures.push(Failure {
-                file: MANIFEST.into(),
-                bytes: None,
-                what: e.to_string(),
-            });
+            report.failures.push(Failure { file: MANIFEST.into(), bytes: None, what: e.to_string() });
             return report;
         }
     };
@@ -82,28 +65,18 @@ pub fn verify_dir(
                 ManifestError::NotCanonical { offset } => Some(*offset as u64..*offset as u64 + 1),
                 _ => None,
             };
-            report.failures.push(Failure {
-                file: MANIFEST.into(),
-                bytes,
-                what: e.to_string(),
-            });
+            report.failures.push(Failure { file: MANIFEST.into(), bytes, what: e.to_string() });
             return report;
         }
     };
     if let Err(e) = signed.check_trust(trusted) {
-        report.failures.push(Failure {
-            file: MANIFEST.into(),
-            bytes: None,
-            what: e.to_string(),
-        });
+        report.failures.push(Failure { file: MANIFEST.into(), bytes: None, what: e.to_string() });
     }
     let files = &signed.manifest.files;
     progress.begin("verify", signed.manifest.total_bytes);
     let next = AtomicUsize::new(0);
     let failures = Mutex::new(Vec::new());
-    let workers = std::thread::available_parallelism()
-        .map_or(2, |n| n.get())
-        .min(files.len().max(1));
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).min(files.len().max(1));
     std::thread::scope(|s| {
         for _ in 0..workers {
             s.spawn(|| {
@@ -112,10 +85,7 @@ pub fn verify_dir(
                     let Some(entry) = files.get(i) else { break };
                     let found = verify_file(dir, entry, progress);
                     if !found.is_empty() {
-                        failures
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .extend(found);
+                        failures.lock().unwrap_or_else(|p| p.into_inner()).extend(found);
                     }
                 }
             });
@@ -124,8 +94,7 @@ pub fn verify_dir(
     progress.end();
     let mut found = failures.into_inner().unwrap_or_else(|p| p.into_inner());
     found.sort_by(|a, b| {
-        (&a.file, a.bytes.as_ref().map(|r| r.start))
-            .cmp(&(&b.file, b.bytes.as_ref().map(|r| r.start)))
+        (&a.file, a.bytes.as_ref().map(|r| r.start)).cmp(&(&b.file, b.bytes.as_ref().map(|r| r.start)))
     });
     report.failures.extend(found);
     report.files_checked = files.len();
@@ -135,11 +104,7 @@ pub fn verify_dir(
 }
 
 /// Hashes a file chunk by chunk with bounded memory.
-fn hash_file(
-    path: &PathBuf,
-    chunk_size: u64,
-    progress: &dyn Progress,
-) -> io::Result<super::chunk::FileDigest> {
+fn hash_file(path: &PathBuf, chunk_size: u64, progress: &dyn Progress) -> io::Result<super::chunk::FileDigest> {
     let mut f = File::open(path)?;
     let mut h = ChunkHasher::new(chunk_size).map_err(io::Error::other)?;
     let mut buf = vec![0u8; 1 << 20];
@@ -158,11 +123,7 @@ fn hash_file(
 
 fn verify_file(dir: &ReleaseDir, entry: &FileEntry, progress: &dyn Progress) -> Vec<Failure> {
     let name = format!("files/{}", entry.path);
-    let fail = |bytes: Option<Range<u64>>, what: String| Failure {
-        file: name.clone(),
-        bytes,
-        what,
-    };
+    let fail = |bytes: Option<Range<u64>>, what: String| Failure { file: name.clone(), bytes, what };
     let mut out = Vec::new();
     let Ok(layout) = entry.layout() else {
         return vec![fail(None, "bad chunk size in manifest".into())];
@@ -174,10 +135,7 @@ fn verify_file(dir: &ReleaseDir, entry: &FileEntry, progress: &dyn Progress) -> 
     if digest.size != entry.size {
         out.push(fail(
             Some(digest.size.min(entry.size)..digest.size.max(entry.size)),
-            format!(
-                "size is {} bytes, manifest says {}",
-                digest.size, entry.size
-            ),
+            format!("size is {} bytes, manifest says {}", digest.size, entry.size),
         ));
     }
     let root = entry.blake3.hash();
@@ -185,10 +143,7 @@ fn verify_file(dir: &ReleaseDir, entry: &FileEntry, progress: &dyn Progress) -> 
 
     let Some(table_hash) = entry.chunk_table else {
         if !data_ok {
-            out.push(fail(
-                Some(0..entry.size),
-                format!("BLAKE3 is {}, manifest says {}", digest.root, entry.blake3),
-            ));
+            out.push(fail(Some(0..entry.size), format!("BLAKE3 is {}, manifest says {}", digest.root, entry.blake3)));
         }
         return out;
     };
@@ -197,11 +152,7 @@ fn verify_file(dir: &ReleaseDir, entry: &FileEntry, progress: &dyn Progress) -> 
     let table_bytes = match std::fs::read(&table_path) {
         Ok(b) => b,
         Err(e) => {
-            out.push(Failure {
-                file: table_name,
-                bytes: None,
-                what: format!("chunk table of {}: {e}", entry.path),
-            });
+            out.push(Failure { file: table_name, bytes: None, what: format!("chunk table of {}: {e}", entry.path) });
             return out;
         }
     };
@@ -210,21 +161,14 @@ fn verify_file(dir: &ReleaseDir, entry: &FileEntry, progress: &dyn Progress) -> 
             // The table is proven; every mismatching chunk is a data fault.
             let computed = digest.table.as_ref();
             for i in 0..layout.chunk_count() {
-                let good = computed.and_then(|c| c.entries().get(i as usize))
-                    == table.entries().get(i as usize);
+                let good = computed.and_then(|c| c.entries().get(i as usize)) == table.entries().get(i as usize);
                 if !good {
                     let r = layout.chunk_range(i);
-                    out.push(fail(
-                        Some(r),
-                        format!("chunk {i} does not match its chunk-table entry"),
-                    ));
+                    out.push(fail(Some(r), format!("chunk {i} does not match its chunk-table entry")));
                 }
             }
             if out.is_empty() && !data_ok {
-                out.push(fail(
-                    Some(0..entry.size),
-                    "file hash does not match the manifest".into(),
-                ));
+                out.push(fail(Some(0..entry.size), "file hash does not match the manifest".into()));
             }
         }
         Err(e) => {
@@ -233,13 +177,7 @@ fn verify_file(dir: &ReleaseDir, entry: &FileEntry, progress: &dyn Progress) -> 
                 bytes: None,
                 what: format!("chunk table of {}: {e}", entry.path),
             });
-            out.extend(locate_table_damage(
-                &table_bytes,
-                &table_name,
-                digest.table.as_ref(),
-                data_ok,
-                &e,
-            ));
+            out.extend(locate_table_damage(&table_bytes, &table_name, digest.table.as_ref(), data_ok, &e));
             if !data_ok {
                 out.push(fail(
                     Some(0..entry.size),

@@ -135,9 +135,7 @@ pub struct MockOrigin {
 
 impl std::fmt::Debug for MockOrigin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MockOrigin")
-            .field("addr", &self.addr)
-            .finish_non_exhaustive()
+        f.debug_struct("MockOrigin").field("addr", &self.addr).finish_non_exhaustive()
     }
 }
 
@@ -157,10 +155,7 @@ impl MockOrigin {
     }
 
     /// Like [`MockOrigin::start`] with another RPC prefix (`/api/v0` for IPFS).
-    pub async fn start_with_prefix(
-        api_prefix: &str,
-        blobs: impl IntoIterator<Item = (String, Bytes)>,
-    ) -> MockOrigin {
+    pub async fn start_with_prefix(api_prefix: &str, blobs: impl IntoIterator<Item = (String, Bytes)>) -> MockOrigin {
         Self::start_with_prefixes(api_prefix, DEFAULT_GATEWAY_PREFIX, blobs).await
     }
 
@@ -185,12 +180,8 @@ impl MockOrigin {
             log: Mutex::new(Vec::new()),
             corrupt_seq: AtomicU64::new(0),
         });
-        let listener = TcpListener::bind(("127.0.0.1", 0))
-            .await
-            .expect("mock origin: bind 127.0.0.1:0");
-        let addr = listener
-            .local_addr()
-            .expect("mock origin: local address of a bound listener");
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await.expect("mock origin: bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("mock origin: local address of a bound listener");
         let task = tokio::spawn(accept_loop(listener, state.clone()));
         MockOrigin { addr, state, task }
     }
@@ -221,13 +212,7 @@ impl MockOrigin {
         let mut faults = lock(&self.state.faults);
         match fault {
             Some(fault) => {
-                faults.insert(
-                    key,
-                    FaultSlot {
-                        fault,
-                        remaining: None,
-                    },
-                );
+                faults.insert(key, FaultSlot { fault, remaining: None });
             }
             None => {
                 faults.remove(&key);
@@ -242,13 +227,7 @@ impl MockOrigin {
         if times == 0 {
             faults.remove(&key);
         } else {
-            faults.insert(
-                key,
-                FaultSlot {
-                    fault,
-                    remaining: Some(times),
-                },
-            );
+            faults.insert(key, FaultSlot { fault, remaining: Some(times) });
         }
     }
 
@@ -277,11 +256,7 @@ impl MockOrigin {
 
 fn normalize_prefix(p: &str) -> String {
     let p = p.trim_end_matches('/');
-    if p.is_empty() || p.starts_with('/') {
-        p.to_string()
-    } else {
-        format!("/{p}")
-    }
+    if p.is_empty() || p.starts_with('/') { p.to_string() } else { format!("/{p}") }
 }
 
 async fn accept_loop(listener: TcpListener, state: Arc<State>) {
@@ -305,10 +280,7 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>) {
 async fn serve_connection(stream: TcpStream, state: Arc<State>) {
     let _ = stream.set_nodelay(true);
     let written = Arc::new(AtomicU64::new(0));
-    let io = TokioIo::new(CountingStream {
-        inner: stream,
-        written: written.clone(),
-    });
+    let io = TokioIo::new(CountingStream { inner: stream, written: written.clone() });
     let service = service_fn(move |req| handle(state.clone(), written.clone(), req));
     if let Err(e) = http1::Builder::new().serve_connection(io, service).await {
         tracing::debug!(error = %e, "mock origin: connection ended");
@@ -323,21 +295,13 @@ struct CountingStream {
 }
 
 impl AsyncRead for CountingStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for CountingStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = &r {
             self.written.fetch_add(*n as u64, Ordering::SeqCst);
@@ -371,14 +335,9 @@ impl AsyncWrite for CountingStream {
 }
 
 fn full(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
-    let mut resp = Response::new(
-        Full::new(body.into())
-            .map_err(|never| match never {})
-            .boxed(),
-    );
+    let mut resp = Response::new(Full::new(body.into()).map_err(|never| match never {}).boxed());
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     resp
 }
 
@@ -401,10 +360,7 @@ fn percent_decode(s: &str) -> String {
         match bytes[i] {
             b'+' => out.push(b' '),
             b'%' if i + 2 < bytes.len() => {
-                match std::str::from_utf8(&bytes[i + 1..i + 3])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                {
+                match std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()) {
                     Some(b) => {
                         out.push(b);
                         i += 2;
@@ -445,27 +401,14 @@ async fn handle(
         let cid = percent_decode(rest.trim_end_matches('/'));
         gateway(&state, written, &req, &cid).await
     } else {
-        full(
-            StatusCode::NOT_FOUND,
-            "text/plain; charset=utf-8",
-            "404 page not found\n",
-        )
+        full(StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "404 page not found\n")
     };
     Ok(resp)
 }
 
-async fn cat(
-    state: &Arc<State>,
-    written: Arc<AtomicU64>,
-    req: &Request<Incoming>,
-) -> Response<Body> {
+async fn cat(state: &Arc<State>, written: Arc<AtomicU64>, req: &Request<Incoming>) -> Response<Body> {
     let query = query_pairs(req.uri().query());
-    let param = |name: &str| {
-        query
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    };
+    let param = |name: &str| query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
     let cid = param("arg").unwrap_or("").to_string();
     let offset_param = param("offset").map(str::parse::<i64>);
     let length_param = param("length").map(str::parse::<i64>);
@@ -485,54 +428,30 @@ async fn cat(
     let token = lock(&state.token).clone();
     if let Some(token) = token {
         if param("token") != Some(token.as_str()) {
-            return json_error(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized: missing or invalid token",
-                0,
-            );
+            return json_error(StatusCode::UNAUTHORIZED, "unauthorized: missing or invalid token", 0);
         }
     }
     if cid.is_empty() {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            "argument \"ipfs-path\" is required",
-            1,
-        );
+        return json_error(StatusCode::BAD_REQUEST, "argument \"ipfs-path\" is required", 1);
     }
     let offset = match offset_param {
         None => 0,
         Some(Ok(o)) if o >= 0 => o as u64,
         Some(Ok(_)) => {
-            return json_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "cannot specify negative offset",
-                0,
-            );
+            return json_error(StatusCode::INTERNAL_SERVER_ERROR, "cannot specify negative offset", 0);
         }
         Some(Err(e)) => {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                &format!("error parsing offset: {e}"),
-                1,
-            );
+            return json_error(StatusCode::BAD_REQUEST, &format!("error parsing offset: {e}"), 1);
         }
     };
     let length = match length_param {
         None => None,
         Some(Ok(l)) if l >= 0 => Some(l as u64),
         Some(Ok(_)) => {
-            return json_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "cannot specify negative length",
-                0,
-            );
+            return json_error(StatusCode::INTERNAL_SERVER_ERROR, "cannot specify negative length", 0);
         }
         Some(Err(e)) => {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                &format!("error parsing length: {e}"),
-                1,
-            );
+            return json_error(StatusCode::BAD_REQUEST, &format!("error parsing length: {e}"), 1);
         }
     };
 
@@ -543,9 +462,7 @@ async fn cat(
     let Some(blob) = state.blob(&cid) else {
         return json_error(
             StatusCode::INTERNAL_SERVER_ERROR,
-            &format!(
-                "block was not found locally (offline): ipld: could not find {cid}: merkledag: not found"
-            ),
+            &format!("block was not found locally (offline): ipld: could not find {cid}: merkledag: not found"),
             0,
         );
     };
@@ -575,11 +492,7 @@ async fn early_fault(fault: Option<&Fault>) -> Option<Response<Body>> {
             tokio::time::sleep(*d).await;
             None
         }
-        Some(Fault::Status(code)) => Some(json_error(
-            status_of(*code),
-            &format!("injected fault: status {code}"),
-            0,
-        )),
+        Some(Fault::Status(code)) => Some(json_error(status_of(*code), &format!("injected fault: status {code}"), 0)),
         _ => None,
     }
 }
@@ -592,10 +505,7 @@ enum RangeReq {
 
 /// A single `bytes=` range; anything else is ignored (whole file).
 fn parse_range(value: Option<&HeaderValue>) -> RangeReq {
-    let Some(spec) = value
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().strip_prefix("bytes="))
-    else {
+    let Some(spec) = value.and_then(|v| v.to_str().ok()).and_then(|v| v.trim().strip_prefix("bytes=")) else {
         return RangeReq::None;
     };
     if spec.contains(',') {
@@ -620,12 +530,7 @@ fn parse_range(value: Option<&HeaderValue>) -> RangeReq {
     }
 }
 
-async fn gateway(
-    state: &Arc<State>,
-    written: Arc<AtomicU64>,
-    req: &Request<Incoming>,
-    cid: &str,
-) -> Response<Body> {
+async fn gateway(state: &Arc<State>, written: Arc<AtomicU64>, req: &Request<Incoming>, cid: &str) -> Response<Body> {
     let range = parse_range(req.headers().get(header::RANGE));
     let blob = state.blob(cid);
     let size = blob.as_ref().map_or(0, |b| b.len() as u64);
@@ -638,13 +543,8 @@ async fn gateway(
     state.record(cid, log_offset, log_length);
 
     if req.method() != Method::GET {
-        let mut resp = full(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "text/plain; charset=utf-8",
-            "405 method not allowed\n",
-        );
-        resp.headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("GET"));
+        let mut resp = full(StatusCode::METHOD_NOT_ALLOWED, "text/plain; charset=utf-8", "405 method not allowed\n");
+        resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET"));
         return resp;
     }
     let fault = state.take_fault(cid);
@@ -659,11 +559,7 @@ async fn gateway(
         );
     };
     let unsatisfiable = || {
-        let mut resp = full(
-            StatusCode::RANGE_NOT_SATISFIABLE,
-            "text/plain; charset=utf-8",
-            "invalid range\n",
-        );
+        let mut resp = full(StatusCode::RANGE_NOT_SATISFIABLE, "text/plain; charset=utf-8", "invalid range\n");
         if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
             resp.headers_mut().insert(header::CONTENT_RANGE, v);
         }
@@ -672,8 +568,7 @@ async fn gateway(
     let (start, end) = match range {
         RangeReq::None => {
             let mut resp = streamed(state, written, &blob, 0, size, fault);
-            resp.headers_mut()
-                .insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+            resp.headers_mut().insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
             return resp;
         }
         RangeReq::From(a, _) if a >= size => return unsatisfiable(),
@@ -742,10 +637,7 @@ fn streamed(
     let stream = futures_util::stream::unfold(sender, Sender::next);
     let mut resp = Response::new(BodyExt::boxed(StreamBody::new(stream)));
     let headers = resp.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     resp
 }
@@ -775,10 +667,8 @@ impl Sender {
             if self.pos >= at {
                 self.done = true;
                 self.wait_flushed().await;
-                let err = std::io::Error::new(
-                    std::io::ErrorKind::ConnectionAborted,
-                    "mock origin: injected truncation",
-                );
+                let err =
+                    std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "mock origin: injected truncation");
                 return Some((Err(err), self));
             }
         }
@@ -786,19 +676,14 @@ impl Sender {
             return None;
         }
         let mut end = (self.pos + MAX_FRAME).min(self.data.len());
-        for at in [self.truncate, self.stall.map(|(b, _)| b)]
-            .into_iter()
-            .flatten()
-        {
+        for at in [self.truncate, self.stall.map(|(b, _)| b)].into_iter().flatten() {
             if at > self.pos {
                 end = end.min(at);
             }
         }
         let frame = self.data.slice(self.pos..end);
         self.pos = end;
-        self.state
-            .bytes_sent
-            .fetch_add(frame.len() as u64, Ordering::SeqCst);
+        self.state.bytes_sent.fetch_add(frame.len() as u64, Ordering::SeqCst);
         Some((Ok(Frame::data(frame)), self))
     }
 
@@ -829,19 +714,12 @@ mod tests {
     const SIZE: usize = 300_000;
 
     fn content(n: usize, salt: u8) -> Bytes {
-        (0..n)
-            .map(|i| (i as u32).wrapping_mul(2_654_435_761).rotate_right(13) as u8 ^ salt)
-            .collect::<Vec<u8>>()
-            .into()
+        (0..n).map(|i| (i as u32).wrapping_mul(2_654_435_761).rotate_right(13) as u8 ^ salt).collect::<Vec<u8>>().into()
     }
 
     async fn origin() -> (MockOrigin, Bytes) {
         let blob = content(SIZE, 0);
-        let m = MockOrigin::start([
-            (CID.to_string(), blob.clone()),
-            (OTHER.to_string(), content(1000, 0x5a)),
-        ])
-        .await;
+        let m = MockOrigin::start([(CID.to_string(), blob.clone()), (OTHER.to_string(), content(1000, 0x5a))]).await;
         (m, blob)
     }
 
@@ -856,10 +734,7 @@ mod tests {
 
     impl Raw {
         fn header(&self, name: &str) -> Option<&str> {
-            self.headers
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.as_str())
+            self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
         }
         fn content_length(&self) -> Option<usize> {
             self.header("content-length").and_then(|v| v.parse().ok())
@@ -877,11 +752,7 @@ mod tests {
         let text = std::str::from_utf8(head).expect("ASCII head");
         let mut lines = text.split("\r\n");
         let status_line = lines.next().expect("status line");
-        let status = status_line
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .expect("status code");
+        let status = status_line.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status code");
         let headers = lines
             .filter_map(|l| l.split_once(':'))
             .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
@@ -925,16 +796,9 @@ mod tests {
             }
             let h = split_head(&buf).expect("complete response head");
             let (status, headers) = parse_head(&buf[..h]);
-            Raw {
-                status,
-                headers,
-                body: buf[h..].to_vec(),
-                read_error,
-            }
+            Raw { status, headers, body: buf[h..].to_vec(), read_error }
         };
-        tokio::time::timeout(Duration::from_secs(20), work)
-            .await
-            .expect("request timed out")
+        tokio::time::timeout(Duration::from_secs(20), work).await.expect("request timed out")
     }
 
     async fn raw(m: &MockOrigin, method: &str, target: &str) -> Raw {
@@ -971,12 +835,7 @@ mod tests {
             assert!(!r.read_error);
         }
         // Unknown parameters, and escapes, are fine.
-        let r = raw(
-            &m,
-            "POST",
-            &format!("/api/v1/cat?arg={CID}&offset=%3100&length=5&timeout=10ms&x=y"),
-        )
-        .await;
+        let r = raw(&m, "POST", &format!("/api/v1/cat?arg={CID}&offset=%3100&length=5&timeout=10ms&x=y")).await;
         assert_eq!(r.status, 200);
         assert_eq!(r.body, &blob[100..105]);
         // Other paths are not API commands.
@@ -988,14 +847,8 @@ mod tests {
         let (m, _) = origin().await;
         let r = raw(&m, "GET", &cat_target(CID, 0, Some(10))).await;
         assert_eq!(r.status, 405);
-        assert_eq!(
-            r.json(),
-            serde_json::json!({"Message": "Method Not Allowed", "Code": 1, "Type": "error"})
-        );
-        assert_eq!(
-            raw(&m, "PUT", &cat_target(CID, 0, Some(10))).await.status,
-            405
-        );
+        assert_eq!(r.json(), serde_json::json!({"Message": "Method Not Allowed", "Code": 1, "Type": "error"}));
+        assert_eq!(raw(&m, "PUT", &cat_target(CID, 0, Some(10))).await.status, 405);
     }
 
     #[tokio::test]
@@ -1005,15 +858,8 @@ mod tests {
         let base = cat_target(CID, 5, Some(5));
         let r = raw(&m, "POST", &base).await;
         assert_eq!(r.status, 401);
-        assert!(
-            r.json()["Message"]
-                .as_str()
-                .is_some_and(|s| s.contains("token"))
-        );
-        assert_eq!(
-            raw(&m, "POST", &format!("{base}&token=nope")).await.status,
-            401
-        );
+        assert!(r.json()["Message"].as_str().is_some_and(|s| s.contains("token")));
+        assert_eq!(raw(&m, "POST", &format!("{base}&token=nope")).await.status, 401);
         let ok = raw(&m, "POST", &format!("{base}&token=s3cret")).await;
         assert_eq!(ok.status, 200);
         assert_eq!(ok.body, &blob[5..10]);
@@ -1027,11 +873,7 @@ mod tests {
         let r = raw(&m, "POST", &cat_target("bafkreinope", 0, Some(1))).await;
         assert_eq!(r.status, 500);
         let j = r.json();
-        assert!(
-            j["Message"]
-                .as_str()
-                .is_some_and(|s| s.contains("not found"))
-        );
+        assert!(j["Message"].as_str().is_some_and(|s| s.contains("not found")));
         assert_eq!(j["Code"], 0);
         assert_eq!(j["Type"], "error");
         let r = raw(&m, "POST", &cat_target(CID, SIZE as u64 + 1, Some(1))).await;
@@ -1085,10 +927,7 @@ mod tests {
         // Truncating at 0 still sends the headers.
         m.set_fault(Some(CID), Some(Fault::TruncateAfter(0)));
         let r = raw(&m, "POST", &cat_target(CID, 0, Some(10))).await;
-        assert_eq!(
-            (r.status, r.content_length(), r.body.len()),
-            (200, Some(10), 0)
-        );
+        assert_eq!((r.status, r.content_length(), r.body.len()), (200, Some(10), 0));
         // A cut beyond the end changes nothing.
         m.set_fault(Some(CID), Some(Fault::TruncateAfter(10)));
         let r = raw(&m, "POST", &cat_target(CID, 0, Some(10))).await;
@@ -1102,27 +941,17 @@ mod tests {
         m.set_fault(Some(CID), Some(Fault::StallAfter { bytes: 1000, dur }));
         let mut first: Option<Instant> = None;
         let mut last: Option<Instant> = None;
-        let r = raw_with(
-            &m,
-            "POST",
-            &cat_target(CID, 0, Some(200_000)),
-            "",
-            |t, n| {
-                if n >= 1000 && first.is_none() {
-                    first = Some(t);
-                }
-                last = Some(t);
-            },
-        )
+        let r = raw_with(&m, "POST", &cat_target(CID, 0, Some(200_000)), "", |t, n| {
+            if n >= 1000 && first.is_none() {
+                first = Some(t);
+            }
+            last = Some(t);
+        })
         .await;
         assert_eq!(r.status, 200);
         assert!(r.body == blob[..200_000]);
         let (first, last) = (first.expect("1000 bytes seen"), last.expect("end seen"));
-        assert!(
-            last - first >= Duration::from_millis(400),
-            "stalled only {:?}",
-            last - first
-        );
+        assert!(last - first >= Duration::from_millis(400), "stalled only {:?}", last - first);
     }
 
     #[tokio::test]
@@ -1130,10 +959,7 @@ mod tests {
         let (m, _) = origin().await;
         m.set_fault(None, Some(Fault::DelayHeaders(Duration::from_millis(300))));
         let t = Instant::now();
-        assert_eq!(
-            raw(&m, "POST", &cat_target(CID, 0, Some(1))).await.status,
-            200
-        );
+        assert_eq!(raw(&m, "POST", &cat_target(CID, 0, Some(1))).await.status, 200);
         assert!(t.elapsed() >= Duration::from_millis(300));
         m.set_fault(None, Some(Fault::Status(503)));
         let r = raw(&m, "POST", &cat_target(CID, 0, Some(1))).await;
@@ -1169,14 +995,7 @@ mod tests {
         raw(&m, "POST", &cat_target(CID, 0, Some(100))).await;
         raw(&m, "POST", &cat_target(OTHER, 10, None)).await;
         raw(&m, "POST", &cat_target(CID, 262_144, Some(37_856))).await;
-        raw_with(
-            &m,
-            "GET",
-            &format!("/btfs/{CID}"),
-            "Range: bytes=5-9\r\n",
-            |_, _| {},
-        )
-        .await;
+        raw_with(&m, "GET", &format!("/btfs/{CID}"), "Range: bytes=5-9\r\n", |_, _| {}).await;
         assert_eq!(m.requests(), 4);
         assert_eq!(m.requests_for(CID), 3);
         assert_eq!(m.requests_for(OTHER), 1);
@@ -1205,10 +1024,7 @@ mod tests {
         };
         let r = get(range("bytes=10-19")).await;
         assert_eq!(r.status, 206);
-        assert_eq!(
-            r.header("content-range"),
-            Some(format!("bytes 10-19/{SIZE}").as_str())
-        );
+        assert_eq!(r.header("content-range"), Some(format!("bytes 10-19/{SIZE}").as_str()));
         assert_eq!(r.body, &blob[10..20]);
         let r = get(range("bytes=299990-")).await;
         assert_eq!(r.status, 206);
@@ -1216,10 +1032,7 @@ mod tests {
         let r = get(range("bytes=-4")).await;
         assert_eq!((r.status, r.body.as_slice()), (206, &blob[SIZE - 4..]));
         let r = get(range("bytes=299990-999999")).await;
-        assert_eq!(
-            r.header("content-range"),
-            Some(format!("bytes 299990-299999/{SIZE}").as_str())
-        );
+        assert_eq!(r.header("content-range"), Some(format!("bytes 299990-299999/{SIZE}").as_str()));
         let r = get(String::new()).await;
         assert_eq!(r.status, 200);
         assert!(r.body == blob[..]);
@@ -1239,20 +1052,10 @@ mod tests {
     #[tokio::test]
     async fn prefixes_are_configurable() {
         let blob = content(100, 1);
-        let m =
-            MockOrigin::start_with_prefixes("/api/v0/", "ipfs", [(CID.to_string(), blob.clone())])
-                .await;
-        let r = raw(
-            &m,
-            "POST",
-            &format!("/api/v0/cat?arg={CID}&offset=1&length=2"),
-        )
-        .await;
+        let m = MockOrigin::start_with_prefixes("/api/v0/", "ipfs", [(CID.to_string(), blob.clone())]).await;
+        let r = raw(&m, "POST", &format!("/api/v0/cat?arg={CID}&offset=1&length=2")).await;
         assert_eq!(r.body, &blob[1..3]);
-        assert_eq!(
-            raw(&m, "POST", &cat_target(CID, 0, Some(1))).await.status,
-            404
-        );
+        assert_eq!(raw(&m, "POST", &cat_target(CID, 0, Some(1))).await.status, 404);
         assert_eq!(raw(&m, "GET", &format!("/ipfs/{CID}")).await.status, 200);
         assert!(m.url().starts_with("http://127.0.0.1:"));
     }
@@ -1279,11 +1082,7 @@ mod tests {
         let (m, blob) = origin().await;
         m.set_token(Some("t0k".into()));
         let client = NodeClient::new(
-            NodeConfig {
-                url: m.url(),
-                api_prefix: DEFAULT_API_PREFIX.to_string(),
-                token: Some("t0k".into()),
-            },
+            NodeConfig { url: m.url(), api_prefix: DEFAULT_API_PREFIX.to_string(), token: Some("t0k".into()) },
             Duration::from_secs(5),
         )
         .expect("client");
@@ -1291,18 +1090,12 @@ mod tests {
         let got = client.cat_all(CID, 4096, 100_000, t).await.expect("cat");
         assert!(got == blob[4096..104_096]);
         m.set_fault_times(Some(CID), Fault::TruncateAfter(50_000), 1);
-        let err = client
-            .cat_all(CID, 0, 100_000, t)
-            .await
-            .expect_err("truncated");
+        let err = client.cat_all(CID, 0, 100_000, t).await.expect_err("truncated");
         assert!(err.retryable(), "{err}");
         m.set_fault_times(Some(CID), Fault::Status(500), 1);
         let err = client.cat_all(CID, 0, 10, t).await.expect_err("status");
         assert!(err.to_string().contains("injected"), "{err}");
-        assert_eq!(
-            client.cat_all(CID, 0, 10, t).await.expect("recovered"),
-            &blob[..10]
-        );
+        assert_eq!(client.cat_all(CID, 0, 10, t).await.expect("recovered"), &blob[..10]);
         assert_eq!(m.request_log().len(), 4);
     }
 }

@@ -22,9 +22,7 @@ pub struct HotTier {
 
 impl std::fmt::Debug for HotTier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HotTier")
-            .field("bytes", &self.cache.weighted_size())
-            .finish()
+        f.debug_struct("HotTier").field("bytes", &self.cache.weighted_size()).finish()
     }
 }
 
@@ -53,10 +51,7 @@ impl HotTier {
 
     /// Drops every chunk of a file.
     pub fn purge_file(&self, file: Blake3) -> Result<(), String> {
-        self.cache
-            .invalidate_entries_if(move |k, _| k.file == file)
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        self.cache.invalidate_entries_if(move |k, _| k.file == file).map(|_| ()).map_err(|e| e.to_string())
     }
 
     pub fn weighted_bytes(&self) -> u64 {

@@ -80,14 +80,7 @@ impl Release {
         };
         let mut add = |h: Blake3, path: PathBuf, kind: BlobKind, placement: &mut Placement| {
             let b = std::fs::read(path).unwrap();
-            placement.blobs.insert(
-                h,
-                BlobPlacement {
-                    cid: cid_for(&h),
-                    size: b.len() as u64,
-                    kind,
-                },
-            );
+            placement.blobs.insert(h, BlobPlacement { cid: cid_for(&h), size: b.len() as u64, kind });
             blobs.push((cid_for(&h), Bytes::from(b)));
         };
         for f in &signed.manifest.files {
@@ -98,18 +91,8 @@ impl Release {
         }
         add(signed.id, rd.manifest(), BlobKind::Manifest, &mut placement);
         std::fs::write(rd.placement(), placement.to_bytes()).unwrap();
-        let files = files
-            .iter()
-            .map(|(p, b)| (p.to_string(), b.clone()))
-            .collect();
-        Release {
-            dir,
-            out,
-            key,
-            signed,
-            files,
-            blobs,
-        }
+        let files = files.iter().map(|(p, b)| (p.to_string(), b.clone())).collect();
+        Release { dir, out, key, signed, files, blobs }
     }
 
     pub fn manifest_path(&self) -> String {
@@ -117,10 +100,7 @@ impl Release {
     }
 
     pub fn url(&self, base: &str, path: &str) -> String {
-        format!(
-            "{base}/v1/datasets/{}/{}/files/{path}",
-            self.signed.manifest.name, self.signed.manifest.version
-        )
+        format!("{base}/v1/datasets/{}/{}/files/{path}", self.signed.manifest.name, self.signed.manifest.version)
     }
 }
 
@@ -135,10 +115,7 @@ pub fn config_for(release: &Release, mocks: &[&MockOrigin]) -> Config {
     cfg.server.listen = "127.0.0.1:0".parse().unwrap();
     cfg.server.shutdown_grace = std::time::Duration::from_secs(2);
     cfg.trust.keys = vec![release.key.public().to_string()];
-    cfg.releases = vec![ReleaseSource {
-        manifest: release.manifest_path(),
-        placement: None,
-    }];
+    cfg.releases = vec![ReleaseSource { manifest: release.manifest_path(), placement: None }];
     cfg.origins = mocks
         .iter()
         .enumerate()
@@ -177,13 +154,7 @@ impl Served {
             })
             .await;
         });
-        Served {
-            gw,
-            addr,
-            base: format!("http://{addr}"),
-            stop: Some(tx),
-            task: Some(task),
-        }
+        Served { gw, addr, base: format!("http://{addr}"), stop: Some(tx), task: Some(task) }
     }
 
     pub async fn shutdown(mut self) {

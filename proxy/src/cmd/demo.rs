@@ -31,18 +31,11 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         }
         None => std::env::temp_dir().join(format!("shardgate-demo-{}", std::process::id())),
     };
-    eprintln!(
-        "demo: writing a small dataset, a key and two releases under {}",
-        dir.display()
-    );
+    eprintln!("demo: writing a small dataset, a key and two releases under {}", dir.display());
     let cfg = prepare(&dir, a.listen)?;
     let rt = runtime(None)?;
     let config_path = dir.join("shardgate.toml");
-    rt.block_on(run_gateway(
-        cfg,
-        move || Config::load(&config_path),
-        Some(Box::new(print_try_lines)),
-    ))?;
+    rt.block_on(run_gateway(cfg, move || Config::load(&config_path), Some(Box::new(print_try_lines))))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -55,28 +48,18 @@ pub fn prepare(dir: &Path, listen: SocketAddr) -> anyhow::Result<Config> {
     std::fs::create_dir_all(&img_src)?;
     // Text: JSONL shards, the way language-model corpora ship.
     for shard in 0..4 {
-        let mut f = std::io::BufWriter::new(std::fs::File::create(
-            text_src.join(format!("train-{shard:05}.jsonl")),
-        )?);
+        let mut f = std::io::BufWriter::new(std::fs::File::create(text_src.join(format!("train-{shard:05}.jsonl")))?);
         for i in 0..5_000 {
             let id = shard * 5_000 + i;
-            writeln!(
-                f,
-                "{{\"id\":{id},\"text\":\"sample {id} of the shardgate demo corpus\",\"label\":{}}}",
-                id % 10
-            )?;
+            writeln!(f, "{{\"id\":{id},\"text\":\"sample {id} of the shardgate demo corpus\",\"label\":{}}}", id % 10)?;
         }
     }
     // A binary blob several chunks long, for range reads.
-    let blob: Vec<u8> = (0..3_000_000u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
-        .collect();
+    let blob: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
     std::fs::write(text_src.join("embeddings.bin"), blob)?;
     // Images: samples of (.jpg-like bytes, .cls) grouped into WebDataset shards.
     for i in 0..200u32 {
-        let px: Vec<u8> = (0..20_000u32)
-            .map(|j| (j ^ i.wrapping_mul(31)) as u8)
-            .collect();
+        let px: Vec<u8> = (0..20_000u32).map(|j| (j ^ i.wrapping_mul(31)) as u8).collect();
         std::fs::write(img_src.join(format!("{i:06}.jpg")), px)?;
         std::fs::write(img_src.join(format!("{i:06}.cls")), format!("{}", i % 10))?;
     }
@@ -89,19 +72,11 @@ pub fn prepare(dir: &Path, listen: SocketAddr) -> anyhow::Result<Config> {
         k
     };
     let releases = dir.join("releases");
-    let created_at =
-        jiff::Timestamp::from_second(1_767_225_600).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
-    let envelope =
-        Envelope::from_toml("license = \"CC0-1.0\"\nintended_use = \"shardgate demo\"\n")?;
+    let created_at = jiff::Timestamp::from_second(1_767_225_600).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+    let envelope = Envelope::from_toml("license = \"CC0-1.0\"\nintended_use = \"shardgate demo\"\n")?;
     for (name, source, format) in [
         ("demo-text", &text_src, PackFormat::Files),
-        (
-            "demo-images",
-            &img_src,
-            PackFormat::WebDataset {
-                shard_size: 1024 * 1024,
-            },
-        ),
+        ("demo-images", &img_src, PackFormat::WebDataset { shard_size: 1024 * 1024 }),
     ] {
         let opts = PackOptions {
             dir: source.clone(),
@@ -120,10 +95,7 @@ pub fn prepare(dir: &Path, listen: SocketAddr) -> anyhow::Result<Config> {
     let mut cfg = Config::default();
     cfg.server.listen = listen;
     cfg.trust.keys = vec![key.public().to_string()];
-    cfg.origins = vec![OriginConfig::Dir {
-        name: Some("local".into()),
-        path: releases.clone(),
-    }];
+    cfg.origins = vec![OriginConfig::Dir { name: Some("local".into()), path: releases.clone() }];
     cfg.releases = ["demo-text", "demo-images"]
         .iter()
         .map(|n| ReleaseSource {

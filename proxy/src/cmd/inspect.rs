@@ -38,11 +38,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         println!("parent    {}@{} ({})", p.name, p.version, p.manifest_blake3);
     }
     println!("files     {}", m.files.len());
-    println!(
-        "bytes     {} ({})",
-        m.total_bytes,
-        bytesize::ByteSize(m.total_bytes).display().iec()
-    );
+    println!("bytes     {} ({})", m.total_bytes, bytesize::ByteSize(m.total_bytes).display().iec());
     if let Some(n) = m.records.jsonl_lines {
         println!("records   {n} JSONL lines");
     }

@@ -14,11 +14,7 @@ pub struct Args {
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let key = PublisherKey::generate()?;
     let pub_path = key.save(&a.out).context("keygen")?;
-    eprintln!(
-        "wrote {} (private, 0600) and {}",
-        a.out.display(),
-        pub_path.display()
-    );
+    eprintln!("wrote {} (private, 0600) and {}", a.out.display(), pub_path.display());
     println!("{}", key.public());
     Ok(ExitCode::SUCCESS)
 }

@@ -61,10 +61,7 @@ pub fn init_tracing(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
 /// An error and its causes on one line.
@@ -81,11 +78,7 @@ pub fn one_line(e: &anyhow::Error) -> String {
 
 /// Exit status for an error: 64 (EX_USAGE) for bad configuration, else 1.
 pub fn exit_code(e: &anyhow::Error) -> u8 {
-    if e.chain().any(|c| c.is::<ConfigError>()) {
-        64
-    } else {
-        1
-    }
+    if e.chain().any(|c| c.is::<ConfigError>()) { 64 } else { 1 }
 }
 
 /// Marks an error as bad configuration or arguments.

@@ -63,9 +63,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let created_at = created_at()?;
     let format = match a.format {
         None => PackFormat::Files,
-        Some(Format::Webdataset) => PackFormat::WebDataset {
-            shard_size: a.shard_size,
-        },
+        Some(Format::Webdataset) => PackFormat::WebDataset { shard_size: a.shard_size },
     };
     let opts = PackOptions {
         dir: a.dir,
@@ -81,10 +79,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let outcome = pack(&opts, &key, &Bar::new())?;
     let m = &outcome.manifest.manifest;
     if outcome.unchanged {
-        eprintln!(
-            "{} already holds this exact release; nothing written",
-            a.out.display()
-        );
+        eprintln!("{} already holds this exact release; nothing written", a.out.display());
     }
     eprintln!(
         "packed {}@{}: {} files, {} bytes into {}",
@@ -101,12 +96,10 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
 /// `SOURCE_DATE_EPOCH` makes packs reproducible; otherwise now, to the second.
 fn created_at() -> anyhow::Result<jiff::Timestamp> {
     let secs = match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(v) => v
-            .trim()
-            .parse::<i64>()
-            .map_err(|_| ConfigError(format!("SOURCE_DATE_EPOCH={v:?} is not whole seconds")))?,
+        Ok(v) => {
+            v.trim().parse::<i64>().map_err(|_| ConfigError(format!("SOURCE_DATE_EPOCH={v:?} is not whole seconds")))?
+        }
         Err(_) => jiff::Timestamp::now().as_second(),
     };
-    Ok(jiff::Timestamp::from_second(secs)
-        .map_err(|e| ConfigError(format!("SOURCE_DATE_EPOCH: {e}")))?)
+    Ok(jiff::Timestamp::from_second(secs).map_err(|e| ConfigError(format!("SOURCE_DATE_EPOCH: {e}")))?)
 }

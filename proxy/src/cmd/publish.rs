@@ -24,18 +24,10 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
-    let node = NodeClient::new(
-        NodeConfig {
-            url: a.node,
-            api_prefix: a.api_prefix,
-            token: a.token,
-        },
-        Duration::from_secs(10),
-    )?;
+    let node =
+        NodeClient::new(NodeConfig { url: a.node, api_prefix: a.api_prefix, token: a.token }, Duration::from_secs(10))?;
     let dir = ReleaseDir::from_arg(&a.release);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let outcome = rt.block_on(publish(&dir, &node, &Bar::new()))?;
     eprintln!(
         "published {}@{}: {} blobs added ({} bytes), {} already on the node; wrote {}",

@@ -75,16 +75,8 @@ pub async fn run_gateway(
     reload: impl Fn() -> Result<Config, shardgate::config::ConfigError> + Send + Sync + 'static,
     on_ready: Option<Box<dyn FnOnce(SocketAddr) + Send>>,
 ) -> anyhow::Result<()> {
-    let tls = cfg
-        .server
-        .tls
-        .as_ref()
-        .map(server::tls_acceptor)
-        .transpose()
-        .map_err(|e| ConfigError(e.to_string()))?;
-    let gw = Gateway::start(cfg.clone())
-        .await
-        .map_err(|e| ConfigError(e.to_string()))?;
+    let tls = cfg.server.tls.as_ref().map(server::tls_acceptor).transpose().map_err(|e| ConfigError(e.to_string()))?;
+    let gw = Gateway::start(cfg.clone()).await.map_err(|e| ConfigError(e.to_string()))?;
     gw.spawn_prober(Duration::from_secs(5));
     let listener = server::bind(&cfg.server).await?;
     let addr = listener.local_addr().context("listener address")?;
@@ -107,8 +99,7 @@ fn spawn_reloader(
     reload: impl Fn() -> Result<Config, shardgate::config::ConfigError> + Send + Sync + 'static,
 ) {
     tokio::spawn(async move {
-        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        else {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
             return;
         };
         while hup.recv().await.is_some() {

@@ -32,12 +32,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         (Some(m), true) => {
             println!(
                 "OK {}@{} ({}): signature by {}, {} files, {} bytes verified",
-                m.manifest.name,
-                m.manifest.version,
-                m.id,
-                m.signer,
-                report.files_checked,
-                report.bytes_checked
+                m.manifest.name, m.manifest.version, m.id, m.signer, report.files_checked, report.bytes_checked
             );
             Ok(ExitCode::SUCCESS)
         }

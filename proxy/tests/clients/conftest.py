@@ -287,3 +287,11 @@ def gateway(request) -> Gateway:
     """The same releases behind a dir origin, then behind the real dev node."""
     name = {"dir": "dir_gateway", "btfs-api": "node_gateway"}[request.param]
     return request.getfixturevalue(name)
+
+
+@pytest.fixture(scope="session")
+def fs():
+    """fsspec's HTTP filesystem (aiohttp), shared by the fsspec and pyarrow tests."""
+    from fsspec.implementations.http import HTTPFileSystem
+
+    return HTTPFileSystem(skip_instance_cache=True)

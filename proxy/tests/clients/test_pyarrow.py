@@ -1,16 +1,10 @@
 """pyarrow reads a parquet file through fsspec's HTTP filesystem and the gateway."""
 import pyarrow.parquet as pq
 import pytest
-from fsspec.implementations.http import HTTPFileSystem
 
 from conftest import Gateway
 
 COLUMNS = ["id", "label"]
-
-
-@pytest.fixture(scope="module")
-def fs() -> HTTPFileSystem:
-    return HTTPFileSystem(skip_instance_cache=True)
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,7 @@ pub fn bin() -> PathBuf {
 }
 
 pub fn run(args: &[&str], cwd: &Path) -> Output {
-    Command::new(bin())
-        .args(args)
-        .current_dir(cwd)
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("spawn shardgate")
+    Command::new(bin()).args(args).current_dir(cwd).env("NO_COLOR", "1").output().expect("spawn shardgate")
 }
 
 pub fn ok(args: &[&str], cwd: &Path) -> String {
@@ -37,11 +32,7 @@ pub fn fails(args: &[&str], cwd: &Path, needle: &str) -> String {
     assert!(!stderr.contains("panicked"), "panicked: {stderr}");
     let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(errors.len(), 1, "want one error line, got: {stderr}");
-    assert!(
-        errors[0].contains(needle),
-        "error line {:?} should mention {needle:?}",
-        errors[0]
-    );
+    assert!(errors[0].contains(needle), "error line {:?} should mention {needle:?}", errors[0]);
     stderr
 }
 
@@ -53,9 +44,7 @@ pub fn make_dataset(dir: &Path) {
         std::fs::create_dir_all(dir.join(format!("part{}", i % 2))).unwrap();
         std::fs::write(dir.join(format!("part{}/blob{i}.bin", i % 2)), bytes).unwrap();
     }
-    let jsonl: String = (0..1000)
-        .map(|i| format!("{{\"id\":{i},\"label\":\"c{}\"}}\n", i % 5))
-        .collect();
+    let jsonl: String = (0..1000).map(|i| format!("{{\"id\":{i},\"label\":\"c{}\"}}\n", i % 5)).collect();
     std::fs::write(dir.join("train.jsonl"), jsonl).unwrap();
 }
 
@@ -100,18 +89,13 @@ impl DevNode {
         if let Ok(api) = std::env::var("DEV_NODE_API") {
             return DevNode {
                 api,
-                api_prefix: std::env::var("DEV_NODE_API_PREFIX")
-                    .unwrap_or_else(|_| "/api/v0".into()),
+                api_prefix: std::env::var("DEV_NODE_API_PREFIX").unwrap_or_else(|_| "/api/v0".into()),
                 gateway: std::env::var("DEV_NODE_GATEWAY").unwrap_or_default(),
-                gateway_prefix: std::env::var("DEV_NODE_GATEWAY_PREFIX")
-                    .unwrap_or_else(|_| "/ipfs".into()),
+                gateway_prefix: std::env::var("DEV_NODE_GATEWAY_PREFIX").unwrap_or_else(|_| "/ipfs".into()),
                 state: None,
             };
         }
-        let repo_root = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .unwrap()
-            .to_path_buf();
+        let repo_root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
         let state = tempfile::tempdir().unwrap();
         let out = Command::new("bash")
             .arg(repo_root.join("conf/dev-node/start.sh"))
@@ -125,11 +109,7 @@ impl DevNode {
         );
         let env = std::fs::read_to_string(state.path().join("env")).unwrap();
         let get = |k: &str| {
-            env.lines()
-                .find_map(|l| l.strip_prefix(&format!("{k}=")))
-                .unwrap_or_default()
-                .trim_matches('"')
-                .to_string()
+            env.lines().find_map(|l| l.strip_prefix(&format!("{k}="))).unwrap_or_default().trim_matches('"').to_string()
         };
         DevNode {
             api: get("DEV_NODE_API"),
@@ -144,14 +124,8 @@ impl DevNode {
 impl Drop for DevNode {
     fn drop(&mut self) {
         if let Some(state) = &self.state {
-            let repo_root = Path::new(env!("CARGO_MANIFEST_DIR"))
-                .parent()
-                .unwrap()
-                .to_path_buf();
-            let _ = Command::new("bash")
-                .arg(repo_root.join("conf/dev-node/stop.sh"))
-                .arg(state.path())
-                .output();
+            let repo_root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+            let _ = Command::new("bash").arg(repo_root.join("conf/dev-node/stop.sh")).arg(state.path()).output();
         }
     }
 }

@@ -96,10 +96,7 @@ pub fn parse_range(header: &[u8], len: u64, max_ranges: usize) -> Result<RangeRe
         return Ok(RangeRequest::Full); // `bytes=` or `bytes=,,`: 1#range-spec needs one
     }
     if count > max_ranges {
-        return Err(RangeError::TooMany {
-            count,
-            max: max_ranges,
-        });
+        return Err(RangeError::TooMany { count, max: max_ranges });
     }
     Ok(selected.finish())
 }
@@ -107,10 +104,7 @@ pub fn parse_range(header: &[u8], len: u64, max_ranges: usize) -> Result<RangeRe
 /// `bytes START-END/LEN` (END inclusive) for a satisfiable range of a
 /// representation of `len` bytes: the value of a 206's `Content-Range`.
 pub fn content_range(r: &ByteRange, len: u64) -> String {
-    debug_assert!(
-        r.start < r.end && r.end <= len,
-        "unsatisfiable range {r:?} of {len}"
-    );
+    debug_assert!(r.start < r.end && r.end <= len, "unsatisfiable range {r:?} of {len}");
     format!("bytes {}-{}/{}", r.start, r.end.saturating_sub(1), len)
 }
 
@@ -197,10 +191,7 @@ impl MultipartPlan {
     /// that does not occur in the content, and `content_type` must not
     /// contain CR or LF; both are checked in debug builds.
     pub fn new(ranges: &[ByteRange], len: u64, content_type: &str, boundary: String) -> Self {
-        debug_assert!(
-            is_valid_boundary(&boundary),
-            "invalid boundary {boundary:?}"
-        );
+        debug_assert!(is_valid_boundary(&boundary), "invalid boundary {boundary:?}");
         debug_assert!(
             !content_type.bytes().any(|b| b == b'\r' || b == b'\n'),
             "content type {content_type:?} would break the framing"
@@ -211,10 +202,7 @@ impl MultipartPlan {
         let mut parts = Vec::with_capacity(ranges.len());
         let mut content_length = 0u64;
         for range in ranges {
-            debug_assert!(
-                range.start < range.end && range.end <= len,
-                "unsatisfiable range {range:?} of {len}"
-            );
+            debug_assert!(range.start < range.end && range.end <= len, "unsatisfiable range {range:?} of {len}");
             buf.put_slice(b"\r\n--");
             buf.put_slice(boundary.as_bytes());
             buf.put_slice(b"\r\n");
@@ -224,28 +212,14 @@ impl MultipartPlan {
                 buf.put_slice(b"\r\n");
             }
             // Writing to a BytesMut cannot fail.
-            let _ = write!(
-                buf,
-                "Content-Range: bytes {}-{}/{}\r\n\r\n",
-                range.start,
-                range.end.saturating_sub(1),
-                len
-            );
+            let _ = write!(buf, "Content-Range: bytes {}-{}/{}\r\n\r\n", range.start, range.end.saturating_sub(1), len);
             let head = buf.split().freeze();
-            content_length = content_length
-                .saturating_add(head.len() as u64)
-                .saturating_add(range.end.saturating_sub(range.start));
-            parts.push(PartPlan {
-                head,
-                range: range.clone(),
-            });
+            content_length =
+                content_length.saturating_add(head.len() as u64).saturating_add(range.end.saturating_sub(range.start));
+            parts.push(PartPlan { head, range: range.clone() });
         }
         content_length = content_length.saturating_add(tail_len(&boundary));
-        Self {
-            boundary,
-            parts,
-            content_length,
-        }
+        Self { boundary, parts, content_length }
     }
 
     /// The closing delimiter `\r\n--BOUNDARY--\r\n`.
@@ -271,9 +245,7 @@ impl MultipartPlan {
 /// RFC 2046 §5.1.1: 1 to 70 `bchars`, not ending in a space.
 pub fn is_valid_boundary(boundary: &str) -> bool {
     let b = boundary.as_bytes();
-    (1..=70).contains(&b.len())
-        && b.iter().all(|&c| c == b' ' || is_bcharnospace(c))
-        && b.last() != Some(&b' ')
+    (1..=70).contains(&b.len()) && b.iter().all(|&c| c == b' ' || is_bcharnospace(c)) && b.last() != Some(&b' ')
 }
 
 fn tail_len(boundary: &str) -> u64 {
@@ -345,11 +317,7 @@ impl Coalescer {
                 self.first = Some(f.start.min(r.start)..f.end.max(r.end));
             }
             Some(f) => {
-                self.many = if f.start < r.start {
-                    vec![f, r]
-                } else {
-                    vec![r, f]
-                };
+                self.many = if f.start < r.start { vec![f, r] } else { vec![r, f] };
             }
         }
     }
@@ -357,9 +325,7 @@ impl Coalescer {
     fn finish(self) -> RangeRequest {
         let mut v = self.many;
         if v.is_empty() {
-            return self
-                .first
-                .map_or(RangeRequest::Unsatisfiable, RangeRequest::Single);
+            return self.first.map_or(RangeRequest::Unsatisfiable, RangeRequest::Single);
         }
         if self.unsorted {
             v.sort_unstable_by_key(|r| r.start);
@@ -375,8 +341,7 @@ impl Coalescer {
             v.truncate(w + 1);
         }
         if v.len() == 1 {
-            v.pop()
-                .map_or(RangeRequest::Unsatisfiable, RangeRequest::Single)
+            v.pop().map_or(RangeRequest::Unsatisfiable, RangeRequest::Single)
         } else {
             RangeRequest::Multi(v)
         }
@@ -414,9 +379,7 @@ fn is_opaque_tag(s: &[u8]) -> bool {
     s.len() >= 2
         && s[0] == b'"'
         && s[s.len() - 1] == b'"'
-        && s[1..s.len() - 1]
-            .iter()
-            .all(|&b| b == 0x21 || (0x23..=0x7e).contains(&b) || b >= 0x80)
+        && s[1..s.len() - 1].iter().all(|&b| b == 0x21 || (0x23..=0x7e).contains(&b) || b >= 0x80)
 }
 
 fn is_ows(b: u8) -> bool {

@@ -49,21 +49,12 @@ fn open_ended() {
 fn first_pos_at_len_is_unsatisfiable() {
     assert_eq!(parse("bytes=100-200", 100), Unsatisfiable);
     assert_eq!(parse("bytes=100-100", 100), Unsatisfiable);
-    assert_eq!(
-        parse("bytes=18446744073709551615-18446744073709551615", 100),
-        Unsatisfiable
-    );
+    assert_eq!(parse("bytes=18446744073709551615-18446744073709551615", 100), Unsatisfiable);
 }
 
 #[test]
 fn empty_representation_is_never_satisfiable() {
-    for h in [
-        "bytes=0-",
-        "bytes=0-0",
-        "bytes=-1",
-        "bytes=-0",
-        "bytes=0-5,-3",
-    ] {
+    for h in ["bytes=0-", "bytes=0-0", "bytes=-1", "bytes=-0", "bytes=0-5,-3"] {
         assert_eq!(parse(h, 0), Unsatisfiable, "{h}");
     }
 }
@@ -76,10 +67,7 @@ fn unit_is_case_insensitive() {
 
 #[test]
 fn leading_zeros_are_fine() {
-    assert_eq!(
-        parse("bytes=0000000000000000000000000001-002", 10),
-        Single(1..3)
-    );
+    assert_eq!(parse("bytes=0000000000000000000000000001-002", 10), Single(1..3));
 }
 
 // ---- parse_range: ignored headers -----------------------------------------
@@ -163,19 +151,13 @@ fn overlapping_ranges_coalesce() {
 fn adjacent_ranges_coalesce() {
     assert_eq!(parse("bytes=0-9,10-19", 100), Single(0..20));
     assert_eq!(parse("bytes=10-19,0-9", 100), Single(0..20));
-    assert_eq!(
-        parse("bytes=0-9,10-19,30-39,40-", 100),
-        Multi(vec![0..20, 30..100])
-    );
+    assert_eq!(parse("bytes=0-9,10-19,30-39,40-", 100), Multi(vec![0..20, 30..100]));
 }
 
 #[test]
 fn gaps_stay_separate_and_sorted() {
     assert_eq!(parse("bytes=0-9,11-19", 100), Multi(vec![0..10, 11..20]));
-    assert_eq!(
-        parse("bytes=50-59,0-9,20-29", 100),
-        Multi(vec![0..10, 20..30, 50..60])
-    );
+    assert_eq!(parse("bytes=50-59,0-9,20-29", 100), Multi(vec![0..10, 20..30, 50..60]));
     // Out of order, then a late range bridging two earlier ones.
     assert_eq!(parse("bytes=40-49,0-9,20-29,10-39", 100), Single(0..50));
     assert_eq!(parse("bytes=-10,0-0", 100), Multi(vec![0..1, 90..100]));
@@ -191,35 +173,17 @@ fn unsatisfiable_ones_are_dropped() {
 #[test]
 fn too_many_ranges() {
     let h = b"bytes=0-0,2-2,4-4,6-6";
-    assert_eq!(
-        parse_range(h, 100, 4),
-        Ok(Multi(vec![0..1, 2..3, 4..5, 6..7]))
-    );
-    assert_eq!(
-        parse_range(h, 100, 3),
-        Err(RangeError::TooMany { count: 4, max: 3 })
-    );
+    assert_eq!(parse_range(h, 100, 4), Ok(Multi(vec![0..1, 2..3, 4..5, 6..7])));
+    assert_eq!(parse_range(h, 100, 3), Err(RangeError::TooMany { count: 4, max: 3 }));
     // Counted before coalescing, and including unsatisfiable ones.
-    assert_eq!(
-        parse_range(b"bytes=0-1,0-1,0-1,500-", 100, 2),
-        Err(RangeError::TooMany { count: 4, max: 2 })
-    );
+    assert_eq!(parse_range(b"bytes=0-1,0-1,0-1,500-", 100, 2), Err(RangeError::TooMany { count: 4, max: 2 }));
     // Empty elements are not ranges.
     assert_eq!(parse_range(b"bytes=0-1,,,,", 100, 1), Ok(Single(0..2)));
-    assert_eq!(
-        parse_range(b"bytes=0-1", 100, 0),
-        Err(RangeError::TooMany { count: 1, max: 0 })
-    );
+    assert_eq!(parse_range(b"bytes=0-1", 100, 0), Err(RangeError::TooMany { count: 1, max: 0 }));
     // A malformed header is ignored however long it is.
     assert_eq!(parse_range(b"bytes=0-1,0-1,0-1,zz", 100, 2), Ok(Full));
     let long = format!("bytes={}", vec!["1-2"; 10_000].join(","));
-    assert_eq!(
-        parse_range(long.as_bytes(), 100, 100),
-        Err(RangeError::TooMany {
-            count: 10_000,
-            max: 100
-        })
-    );
+    assert_eq!(parse_range(long.as_bytes(), 100, 100), Err(RangeError::TooMany { count: 10_000, max: 100 }));
     assert_eq!(
         RangeError::TooMany { count: 4, max: 3 }.to_string(),
         "Range header lists 4 ranges, more than the 3 allowed"
@@ -232,10 +196,7 @@ fn too_many_ranges() {
 fn content_range_values() {
     assert_eq!(content_range(&(0..1), 100), "bytes 0-0/100");
     assert_eq!(content_range(&(10..100), 100), "bytes 10-99/100");
-    assert_eq!(
-        content_range(&(0..u64::MAX), u64::MAX),
-        format!("bytes 0-{}/{}", u64::MAX - 1, u64::MAX)
-    );
+    assert_eq!(content_range(&(0..u64::MAX), u64::MAX), format!("bytes 0-{}/{}", u64::MAX - 1, u64::MAX));
     assert_eq!(unsatisfied_content_range(0), "bytes */0");
     assert_eq!(unsatisfied_content_range(1234), "bytes */1234");
 }
@@ -298,8 +259,7 @@ fn multipart_exact_bytes() {
     let plan = MultipartPlan::new(&[0..2, 5..10], 10, "text/plain", "B0UND".to_string());
     let data = b"0123456789";
     let body = materialize(&plan, data);
-    let expected: &[u8] =
-        b"\r\n--B0UND\r\nContent-Type: text/plain\r\nContent-Range: bytes 0-1/10\r\n\r\n01\
+    let expected: &[u8] = b"\r\n--B0UND\r\nContent-Type: text/plain\r\nContent-Range: bytes 0-1/10\r\n\r\n01\
 \r\n--B0UND\r\nContent-Type: text/plain\r\nContent-Range: bytes 5-9/10\r\n\r\n56789\
 \r\n--B0UND--\r\n";
     assert_eq!(body, expected, "{}", String::from_utf8_lossy(&body));
@@ -311,38 +271,16 @@ fn multipart_exact_bytes() {
 #[test]
 fn multipart_without_content_type_omits_the_line() {
     let plan = MultipartPlan::new(std::slice::from_ref(&(3..4)), 10, "", "b".to_string());
-    assert_eq!(
-        &plan.parts[0].head[..],
-        b"\r\n--b\r\nContent-Range: bytes 3-3/10\r\n\r\n"
-    );
-    assert_eq!(
-        plan.content_length,
-        plan.parts[0].head.len() as u64 + 1 + plan.tail().len() as u64
-    );
+    assert_eq!(&plan.parts[0].head[..], b"\r\n--b\r\nContent-Range: bytes 3-3/10\r\n\r\n");
+    assert_eq!(plan.content_length, plan.parts[0].head.len() as u64 + 1 + plan.tail().len() as u64);
 }
 
 #[test]
 fn multipart_boundary_quoting() {
-    let plan = MultipartPlan::new(
-        std::slice::from_ref(&(0..1)),
-        1,
-        "a/b",
-        "sg:a=b".to_string(),
-    );
-    assert_eq!(
-        plan.content_type(),
-        "multipart/byteranges; boundary=\"sg:a=b\""
-    );
-    let plan = MultipartPlan::new(
-        std::slice::from_ref(&(0..1)),
-        1,
-        "a/b",
-        "sg-'+_.".to_string(),
-    );
-    assert_eq!(
-        plan.content_type(),
-        "multipart/byteranges; boundary=sg-'+_."
-    );
+    let plan = MultipartPlan::new(std::slice::from_ref(&(0..1)), 1, "a/b", "sg:a=b".to_string());
+    assert_eq!(plan.content_type(), "multipart/byteranges; boundary=\"sg:a=b\"");
+    let plan = MultipartPlan::new(std::slice::from_ref(&(0..1)), 1, "a/b", "sg-'+_.".to_string());
+    assert_eq!(plan.content_type(), "multipart/byteranges; boundary=sg-'+_.");
 }
 
 #[test]
@@ -372,10 +310,7 @@ fn materialize(plan: &MultipartPlan, data: &[u8]) -> Vec<u8> {
 }
 
 fn find(haystack: &[u8], needle: &[u8], from: usize) -> Option<usize> {
-    haystack[from..]
-        .windows(needle.len())
-        .position(|w| w == needle)
-        .map(|i| i + from)
+    haystack[from..].windows(needle.len()).position(|w| w == needle).map(|i| i + from)
 }
 
 /// A parsed body part: its Content-Type (if any), Content-Range and bytes.
@@ -402,25 +337,19 @@ fn parse_multipart(body: &[u8], boundary: &str) -> Result<Vec<ParsedPart>, Strin
         let rest = &body[after..];
         if rest.starts_with(b"--") {
             // Close delimiter, then CRLF and nothing else (no epilogue).
-            return if &rest[2..] == b"\r\n" {
-                Ok(parts)
-            } else {
-                Err("bad close delimiter".into())
-            };
+            return if &rest[2..] == b"\r\n" { Ok(parts) } else { Err("bad close delimiter".into()) };
         }
         if !rest.starts_with(b"\r\n") {
             return Err("delimiter not followed by CRLF".into());
         }
         let headers_start = after + 2;
-        let headers_end =
-            find(body, b"\r\n\r\n", headers_start).ok_or("unterminated part headers")?;
+        let headers_end = find(body, b"\r\n\r\n", headers_start).ok_or("unterminated part headers")?;
         let content_start = headers_end + 4;
         let next = find(body, delim, headers_end + 2).ok_or("no delimiter after part")?;
         if next < content_start {
             return Err("delimiter inside part headers".into());
         }
-        let headers =
-            std::str::from_utf8(&body[headers_start..headers_end]).map_err(|e| e.to_string())?;
+        let headers = std::str::from_utf8(&body[headers_start..headers_end]).map_err(|e| e.to_string())?;
         let mut content_type = None;
         let mut content_range = None;
         for line in headers.split("\r\n") {
@@ -450,20 +379,12 @@ fn parse_multipart(body: &[u8], boundary: &str) -> Result<Vec<ParsedPart>, Strin
 #[test]
 fn multipart_parses_back() {
     let data: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
-    let plan = MultipartPlan::new(
-        &[0..10, 500..1000],
-        1000,
-        "application/octet-stream",
-        "sg-x".into(),
-    );
+    let plan = MultipartPlan::new(&[0..10, 500..1000], 1000, "application/octet-stream", "sg-x".into());
     let parts = parse_multipart(&materialize(&plan, &data), "sg-x").expect("parses");
     assert_eq!(parts.len(), 2);
     assert_eq!(parts[1].content_range, (500, 999, 1000));
     assert_eq!(parts[1].bytes, &data[500..]);
-    assert_eq!(
-        parts[1].content_type.as_deref(),
-        Some("application/octet-stream")
-    );
+    assert_eq!(parts[1].content_type.as_deref(), Some("application/octet-stream"));
 }
 
 // ---- property tests ----------------------------------------------------------
@@ -524,26 +445,18 @@ fn spec() -> impl Strategy<Value = RefSpec> {
 /// Ranges that tile a stretch exactly (each starts where the previous one
 /// ends) with some pieces left out, in order or shuffled: the adjacency cases.
 fn tiles() -> impl Strategy<Value = Vec<(RefSpec, &'static str)>> {
-    let pieces = (
-        prop::collection::btree_set(0u64..70, 2..10),
-        prop::collection::vec(prop::bool::weighted(0.7), 9),
-    )
+    let pieces = (prop::collection::btree_set(0u64..70, 2..10), prop::collection::vec(prop::bool::weighted(0.7), 9))
         .prop_map(|(cuts, keep)| {
             let cuts: Vec<u64> = cuts.into_iter().collect();
-            let mut pieces: Vec<RefSpec> = cuts
-                .windows(2)
-                .zip(&keep)
-                .filter(|&(_, &k)| k)
-                .map(|(w, _)| RefSpec::FromTo(w[0], w[1] - 1))
-                .collect();
+            let mut pieces: Vec<RefSpec> =
+                cuts.windows(2).zip(&keep).filter(|&(_, &k)| k).map(|(w, _)| RefSpec::FromTo(w[0], w[1] - 1)).collect();
             if pieces.is_empty() {
                 pieces.push(RefSpec::FromTo(cuts[0], cuts[1] - 1));
             }
             pieces
         });
     let pieces = prop_oneof![pieces.clone(), pieces.prop_shuffle()];
-    (pieces, prop::collection::vec(separator(), 9))
-        .prop_map(|(pieces, seps)| pieces.into_iter().zip(seps).collect())
+    (pieces, prop::collection::vec(separator(), 9)).prop_map(|(pieces, seps)| pieces.into_iter().zip(seps).collect())
 }
 
 fn separator() -> impl Strategy<Value = &'static str> {
@@ -577,10 +490,7 @@ fn reference(specs: &[RefSpec], len: u64, max: usize) -> Result<RangeRequest, Ra
         return Ok(Full);
     }
     if specs.len() > max {
-        return Err(RangeError::TooMany {
-            count: specs.len(),
-            max,
-        });
+        return Err(RangeError::TooMany { count: specs.len(), max });
     }
     let mut mask = vec![false; len as usize];
     for s in specs {

@@ -17,9 +17,7 @@
 
 use std::ops::Range;
 
-use blake3::hazmat::{
-    ChainingValue, HasherExt, Mode, merge_subtrees_non_root, merge_subtrees_root,
-};
+use blake3::hazmat::{ChainingValue, HasherExt, Mode, merge_subtrees_non_root, merge_subtrees_root};
 
 /// BLAKE3's own chunk length: the smallest chunk size a table may use.
 pub const MIN_CHUNK_SIZE: u64 = 1024;
@@ -48,14 +46,8 @@ pub enum ChunkError {
     TableVersion(u8),
     #[error("chunk table header (byte offset {offset}): {what}")]
     TableHeader { offset: u64, what: String },
-    #[error(
-        "chunk table length {len} does not match {entries} entries (expected {expected} bytes)"
-    )]
-    TableLength {
-        len: u64,
-        entries: u64,
-        expected: u64,
-    },
+    #[error("chunk table length {len} does not match {entries} entries (expected {expected} bytes)")]
+    TableLength { len: u64, entries: u64, expected: u64 },
     #[error("chunk table does not rebuild the file's root hash")]
     RootMismatch,
 }
@@ -132,10 +124,7 @@ pub struct ChunkTable {
 
 impl std::fmt::Debug for ChunkTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChunkTable")
-            .field("layout", &self.layout)
-            .field("entries", &self.cvs.len())
-            .finish()
+        f.debug_struct("ChunkTable").field("layout", &self.layout).field("entries", &self.cvs.len()).finish()
     }
 }
 
@@ -160,10 +149,7 @@ impl ChunkTable {
     fn split(&self, lo: u64, hi: u64, len: u64) -> (ChainingValue, ChainingValue) {
         let left_len = blake3::hazmat::left_subtree_len(len);
         let mid = lo + left_len / self.layout.chunk_size;
-        (
-            self.subtree(lo, mid, left_len),
-            self.subtree(mid, hi, len - left_len),
-        )
+        (self.subtree(lo, mid, left_len), self.subtree(mid, hi, len - left_len))
     }
 
     fn subtree(&self, lo: u64, hi: u64, len: u64) -> ChainingValue {
@@ -176,11 +162,7 @@ impl ChunkTable {
 
     /// Checks the table against the file's root hash from the manifest.
     pub fn check_root(&self, root: &blake3::Hash) -> Result<(), ChunkError> {
-        if &self.root() == root {
-            Ok(())
-        } else {
-            Err(ChunkError::RootMismatch)
-        }
+        if &self.root() == root { Ok(()) } else { Err(ChunkError::RootMismatch) }
     }
 
     /// Whether `data` is exactly chunk `index` of the file.
@@ -221,45 +203,29 @@ impl ChunkTable {
         }
         let shift = bytes[5];
         if shift >= 64 {
-            return Err(ChunkError::TableHeader {
-                offset: 5,
-                what: format!("chunk size 2^{shift}"),
-            });
+            return Err(ChunkError::TableHeader { offset: 5, what: format!("chunk size 2^{shift}") });
         }
         if bytes[6] != 0 || bytes[7] != 0 {
-            return Err(ChunkError::TableHeader {
-                offset: 6,
-                what: "reserved bytes are not zero".into(),
-            });
+            return Err(ChunkError::TableHeader { offset: 6, what: "reserved bytes are not zero".into() });
         }
         let chunk_size = 1u64 << shift;
         let size = u64::from_le_bytes(fixed8(&bytes[8..16]));
         let entries = u64::from_le_bytes(fixed8(&bytes[16..24]));
-        let layout = ChunkLayout::new(size, chunk_size).map_err(|e| ChunkError::TableHeader {
-            offset: 5,
-            what: e.to_string(),
-        })?;
+        let layout = ChunkLayout::new(size, chunk_size)
+            .map_err(|e| ChunkError::TableHeader { offset: 5, what: e.to_string() })?;
         if entries != layout.chunk_count() || entries < 2 {
             return Err(ChunkError::TableHeader {
                 offset: 16,
                 what: format!(
                     "{entries} entries, but a {size}-byte file in {chunk_size}-byte chunks has {}{}",
                     layout.chunk_count(),
-                    if layout.has_table() {
-                        ""
-                    } else {
-                        " and no table"
-                    }
+                    if layout.has_table() { "" } else { " and no table" }
                 ),
             });
         }
         let expected = layout.table_len();
         if len != expected {
-            return Err(ChunkError::TableLength {
-                len,
-                entries,
-                expected,
-            });
+            return Err(ChunkError::TableLength { len, entries, expected });
         }
         let cvs = bytes[TABLE_HEADER_LEN as usize..]
             .chunks_exact(CV_LEN as usize)
@@ -320,13 +286,7 @@ pub struct ChunkHasher {
 impl ChunkHasher {
     pub fn new(chunk_size: u64) -> Result<Self, ChunkError> {
         check_chunk_size(chunk_size)?;
-        Ok(Self {
-            chunk_size,
-            current: blake3::Hasher::new(),
-            in_current: 0,
-            total: 0,
-            cvs: Vec::new(),
-        })
+        Ok(Self { chunk_size, current: blake3::Hasher::new(), in_current: 0, total: 0, cvs: Vec::new() })
     }
 
     pub fn update(&mut self, mut data: &[u8]) {
@@ -350,26 +310,12 @@ impl ChunkHasher {
 
     pub fn finish(mut self) -> FileDigest {
         if self.cvs.is_empty() {
-            return FileDigest {
-                size: self.total,
-                root: self.current.finalize(),
-                table: None,
-            };
+            return FileDigest { size: self.total, root: self.current.finalize(), table: None };
         }
         self.cvs.push(self.current.finalize_non_root());
-        let layout = ChunkLayout {
-            size: self.total,
-            chunk_size: self.chunk_size,
-        };
-        let table = ChunkTable {
-            layout,
-            cvs: self.cvs,
-        };
-        FileDigest {
-            size: self.total,
-            root: table.root(),
-            table: Some(table),
-        }
+        let layout = ChunkLayout { size: self.total, chunk_size: self.chunk_size };
+        let table = ChunkTable { layout, cvs: self.cvs };
+        FileDigest { size: self.total, root: table.root(), table: Some(table) }
     }
 }
 
@@ -397,12 +343,7 @@ pub fn verify_chunk(
 ) -> bool {
     match table {
         Some(t) => t.layout() == *layout && t.verify_chunk(index, data),
-        None => {
-            !layout.has_table()
-                && index == 0
-                && data.len() as u64 == layout.size()
-                && &blake3::hash(data) == root
-        }
+        None => !layout.has_table() && index == 0 && data.len() as u64 == layout.size() && &blake3::hash(data) == root,
     }
 }
 
@@ -416,12 +357,7 @@ pub enum TableCheckError {
     #[error(
         "chunk table describes a {table_size}-byte file in {table_chunk}-byte chunks; manifest says {size} bytes in {chunk}-byte chunks"
     )]
-    Layout {
-        table_size: u64,
-        table_chunk: u64,
-        size: u64,
-        chunk: u64,
-    },
+    Layout { table_size: u64, table_chunk: u64, size: u64, chunk: u64 },
 }
 
 /// Opens a table as the gateway and `verify` do: its own hash against the

@@ -3,9 +3,7 @@ use proptest::prelude::*;
 use super::*;
 
 fn data(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 8) as u8)
-        .collect()
+    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 8) as u8).collect()
 }
 
 fn digest(bytes: &[u8], chunk: u64) -> FileDigest {
@@ -20,16 +18,7 @@ fn digest(bytes: &[u8], chunk: u64) -> FileDigest {
 /// Sizes around the chunk boundaries, plus many chunks.
 fn interesting_size(chunk: u64) -> impl Strategy<Value = usize> {
     let c = chunk as usize;
-    prop_oneof![
-        Just(0usize),
-        Just(1),
-        Just(c - 1),
-        Just(c),
-        Just(c + 1),
-        Just(2 * c),
-        Just(3 * c - 1),
-        (2 * c..40 * c),
-    ]
+    prop_oneof![Just(0usize), Just(1), Just(c - 1), Just(c), Just(c + 1), Just(2 * c), Just(3 * c - 1), (2 * c..40 * c),]
 }
 
 fn chunk_size() -> impl Strategy<Value = u64> {
@@ -143,11 +132,7 @@ fn every_bit_of_a_small_file_and_table_is_checked() {
         for bit in 0..8 {
             let mut f = bytes.clone();
             f[at] ^= 1 << bit;
-            assert_eq!(
-                bad_chunks(&table, &f),
-                vec![at as u64 / chunk],
-                "byte {at} bit {bit}"
-            );
+            assert_eq!(bad_chunks(&table, &f), vec![at as u64 / chunk], "byte {at} bit {bit}");
         }
     }
     let encoded = table.encode();
@@ -158,10 +143,7 @@ fn every_bit_of_a_small_file_and_table_is_checked() {
             f[at] ^= 1 << bit;
             let fh = blake3::hash(&f);
             assert!(open_table(&f, &h, table.layout(), &d.root).is_err());
-            assert!(
-                open_table(&f, &fh, table.layout(), &d.root).is_err(),
-                "table byte {at} bit {bit}"
-            );
+            assert!(open_table(&f, &fh, table.layout(), &d.root).is_err(), "table byte {at} bit {bit}");
         }
     }
 }
@@ -175,22 +157,13 @@ fn chunk_geometry() {
     assert_eq!(l.chunks_covering(4095..4097), 0..2);
     assert_eq!(l.chunks_covering(9000..10_000), 2..3);
     assert_eq!(ChunkLayout::new(0, 4096).unwrap().chunk_count(), 1);
-    assert_eq!(
-        ChunkLayout::new(1, 1000).unwrap_err(),
-        ChunkError::BadChunkSize(1000)
-    );
-    assert_eq!(
-        ChunkLayout::new(1, 512).unwrap_err(),
-        ChunkError::BadChunkSize(512)
-    );
+    assert_eq!(ChunkLayout::new(1, 1000).unwrap_err(), ChunkError::BadChunkSize(1000));
+    assert_eq!(ChunkLayout::new(1, 512).unwrap_err(), ChunkError::BadChunkSize(512));
 }
 
 #[test]
 fn decode_rejects_garbage_with_reasons() {
-    assert!(matches!(
-        ChunkTable::decode(b"short"),
-        Err(ChunkError::TableTooShort { .. })
-    ));
+    assert!(matches!(ChunkTable::decode(b"short"), Err(ChunkError::TableTooShort { .. })));
     let mut bad = vec![0u8; 64];
     bad[..4].copy_from_slice(b"XXXX");
     assert_eq!(ChunkTable::decode(&bad), Err(ChunkError::TableMagic));

@@ -31,9 +31,7 @@ pub enum ManifestError {
     NotCanonical { offset: usize },
     #[error("manifest is not signed")]
     Unsigned,
-    #[error(
-        "manifest signature does not verify against its public key {0}: the manifest was changed after signing"
-    )]
+    #[error("manifest signature does not verify against its public key {0}: the manifest was changed after signing")]
     BadSignature(PublicKey),
     #[error("manifest is signed by {0}, which is not a trusted key")]
     Untrusted(PublicKey),
@@ -76,11 +74,7 @@ impl std::fmt::Debug for Blake3 {
 impl std::str::FromStr for Blake3 {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        if s.len() != 64
-            || !s
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
+        if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
             return Err(format!("{s:?} is not 64 lowercase hex digits"));
         }
         let mut out = [0u8; 32];
@@ -182,19 +176,12 @@ pub struct Manifest {
 pub fn check_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 128
-        && name
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+        && name.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "{name:?} is not a dataset name (1-128 of a-z 0-9 . _ -, starting with a letter or digit)"
-        ))
+        Err(format!("{name:?} is not a dataset name (1-128 of a-z 0-9 . _ -, starting with a letter or digit)"))
     }
 }
 
@@ -217,8 +204,7 @@ pub fn check_path(path: &str) -> Result<(), String> {
 
 /// Parses a version, insisting on semver.
 pub fn parse_version(v: &str) -> Result<semver::Version, String> {
-    semver::Version::parse(v)
-        .map_err(|e| format!("version {v:?} is not a semantic version (like 1.4.2): {e}"))
+    semver::Version::parse(v).map_err(|e| format!("version {v:?} is not a semantic version (like 1.4.2): {e}"))
 }
 
 impl Manifest {
@@ -241,32 +227,18 @@ impl Manifest {
         let mut bytes = canonical_json(&to_value(&self), true);
         bytes.push(b'\n');
         let id = Blake3::of(&bytes);
-        SignedManifest {
-            manifest: self,
-            bytes,
-            id,
-            signer: key.public(),
-        }
+        SignedManifest { manifest: self, bytes, id, signer: key.public() }
     }
 
     pub fn file(&self, path: &str) -> Option<&FileEntry> {
-        self.files
-            .binary_search_by(|f| f.path.as_str().cmp(path))
-            .ok()
-            .map(|i| &self.files[i])
+        self.files.binary_search_by(|f| f.path.as_str().cmp(path)).ok().map(|i| &self.files[i])
     }
 
     /// Structural checks every manifest must pass, signed or not.
     pub fn validate(&self) -> Result<(), ManifestError> {
-        let field = |field: &str, why: String| ManifestError::Field {
-            field: field.into(),
-            why,
-        };
+        let field = |field: &str, why: String| ManifestError::Field { field: field.into(), why };
         if self.schema != SCHEMA {
-            return Err(field(
-                "schema",
-                format!("{:?} is not {SCHEMA:?}", self.schema),
-            ));
+            return Err(field("schema", format!("{:?} is not {SCHEMA:?}", self.schema)));
         }
         check_name(&self.name).map_err(|w| field("name", w))?;
         if let Some(p) = &self.parent {
@@ -280,10 +252,7 @@ impl Manifest {
             check_path(&f.path).map_err(|w| field(&at("path"), w))?;
             if let Some(p) = prev {
                 if p >= f.path.as_str() {
-                    return Err(field(
-                        &at("path"),
-                        format!("{:?} is out of order or repeated", f.path),
-                    ));
+                    return Err(field(&at("path"), format!("{:?} is out of order or repeated", f.path)));
                 }
             }
             prev = Some(&f.path);
@@ -293,9 +262,7 @@ impl Manifest {
                 dir = parent;
             }
             check_chunk_size(f.chunk_size).map_err(|e| field(&at("chunk_size"), e.to_string()))?;
-            let has_table = ChunkLayout::new(f.size, f.chunk_size)
-                .map(|l| l.has_table())
-                .unwrap_or(false);
+            let has_table = ChunkLayout::new(f.size, f.chunk_size).map(|l| l.has_table()).unwrap_or(false);
             if has_table != f.chunk_table.is_some() {
                 return Err(field(
                     &at("chunk_table"),
@@ -307,26 +274,15 @@ impl Manifest {
                 ));
             }
             if f.media_type.is_empty() || f.media_type.len() > 255 || !f.media_type.contains('/') {
-                return Err(field(
-                    &at("media_type"),
-                    format!("{:?} is not a media type", f.media_type),
-                ));
+                return Err(field(&at("media_type"), format!("{:?} is not a media type", f.media_type)));
             }
-            total = total
-                .checked_add(f.size)
-                .ok_or_else(|| field(&at("size"), "total overflows".into()))?;
+            total = total.checked_add(f.size).ok_or_else(|| field(&at("size"), "total overflows".into()))?;
         }
         if let Some(f) = self.files.iter().find(|f| seen_dirs.contains(&f.path)) {
-            return Err(field(
-                "files",
-                format!("{:?} is both a file and a directory", f.path),
-            ));
+            return Err(field("files", format!("{:?} is both a file and a directory", f.path)));
         }
         if total != self.total_bytes {
-            return Err(field(
-                "total_bytes",
-                format!("{} but files add up to {total}", self.total_bytes),
-            ));
+            return Err(field("total_bytes", format!("{} but files add up to {total}", self.total_bytes)));
         }
         Ok(())
     }
@@ -355,10 +311,7 @@ impl SignedManifest {
             if inner.is_syntax() || inner.is_eof() {
                 ManifestError::Json(inner.to_string())
             } else {
-                ManifestError::Field {
-                    field: path,
-                    why: inner.to_string(),
-                }
+                ManifestError::Field { field: path, why: inner.to_string() }
             }
         })?;
         de.end().map_err(|e| ManifestError::Json(e.to_string()))?;
@@ -366,49 +319,29 @@ impl SignedManifest {
         let mut canonical = canonical_json(&to_value(&manifest), true);
         canonical.push(b'\n');
         if canonical != bytes {
-            let offset = canonical
-                .iter()
-                .zip(bytes)
-                .position(|(a, b)| a != b)
-                .unwrap_or(canonical.len().min(bytes.len()));
+            let offset =
+                canonical.iter().zip(bytes).position(|(a, b)| a != b).unwrap_or(canonical.len().min(bytes.len()));
             return Err(ManifestError::NotCanonical { offset });
         }
         let sig = manifest.signature.as_ref().ok_or(ManifestError::Unsigned)?;
-        let field = |f: &str, why: String| ManifestError::Field {
-            field: format!("signature.{f}"),
-            why,
-        };
+        let field = |f: &str, why: String| ManifestError::Field { field: format!("signature.{f}"), why };
         if sig.algorithm != SIGNATURE_ALGORITHM {
-            return Err(field(
-                "algorithm",
-                format!("{:?} is not {SIGNATURE_ALGORITHM:?}", sig.algorithm),
-            ));
+            return Err(field("algorithm", format!("{:?} is not {SIGNATURE_ALGORITHM:?}", sig.algorithm)));
         }
-        let signer: PublicKey = sig
-            .public_key
-            .parse()
-            .map_err(|e: super::keys::KeyError| field("public_key", e.to_string()))?;
+        let signer: PublicKey =
+            sig.public_key.parse().map_err(|e: super::keys::KeyError| field("public_key", e.to_string()))?;
         let value: [u8; 64] = un_b64(&sig.value)
             .and_then(|v| v.try_into().ok())
             .ok_or_else(|| field("value", "not base64 of 64 bytes".into()))?;
         if !signer.verify(&manifest.signing_bytes(), &value) {
             return Err(ManifestError::BadSignature(signer));
         }
-        Ok(Self {
-            id: Blake3::of(bytes),
-            bytes: bytes.to_vec(),
-            manifest,
-            signer,
-        })
+        Ok(Self { id: Blake3::of(bytes), bytes: bytes.to_vec(), manifest, signer })
     }
 
     /// Fails unless the signer is one of `trusted`.
     pub fn check_trust(&self, trusted: &[PublicKey]) -> Result<(), ManifestError> {
-        if trusted.contains(&self.signer) {
-            Ok(())
-        } else {
-            Err(ManifestError::Untrusted(self.signer.clone()))
-        }
+        if trusted.contains(&self.signer) { Ok(()) } else { Err(ManifestError::Untrusted(self.signer.clone())) }
     }
 }
 

@@ -47,18 +47,12 @@ fn sign_parse_round_trip_is_byte_exact() {
     assert_eq!(parsed.signer, key.public());
     parsed.check_trust(&[key.public()]).unwrap();
     let other = PublisherKey::generate().unwrap();
-    assert!(matches!(
-        parsed.check_trust(&[other.public()]),
-        Err(ManifestError::Untrusted(_))
-    ));
+    assert!(matches!(parsed.check_trust(&[other.public()]), Err(ManifestError::Untrusted(_))));
     // Deterministic: signing the same manifest again gives the same bytes.
     assert_eq!(sample(&key).bytes, signed.bytes);
     // Readable: pretty-printed, keys sorted.
     let text = String::from_utf8(signed.bytes.clone()).unwrap();
-    assert!(
-        text.starts_with("{\n  \"created_at\": \"2026-11-24T05:00:00Z\",\n"),
-        "{text}"
-    );
+    assert!(text.starts_with("{\n  \"created_at\": \"2026-11-24T05:00:00Z\",\n"), "{text}");
 }
 
 #[test]
@@ -82,11 +76,7 @@ fn every_changed_character_is_refused() {
         };
         let mut edited = text.clone();
         edited[i] = replacement;
-        assert!(
-            SignedManifest::parse(&edited).is_err(),
-            "edit at byte {i} ({:?}) was accepted",
-            c as char
-        );
+        assert!(SignedManifest::parse(&edited).is_err(), "edit at byte {i} ({:?}) was accepted", c as char);
         refused += 1;
     }
     assert_eq!(refused, text.len());
@@ -110,38 +100,22 @@ fn structure_errors_name_the_field() {
     type Edit = Box<dyn Fn(&mut Manifest)>;
     let cases: Vec<(Edit, &str)> = vec![
         (Box::new(|m| m.name = "Bad Name".into()), "name"),
-        (
-            Box::new(|m| m.files[0].path = "../etc/passwd".into()),
-            "files[0].path",
-        ),
+        (Box::new(|m| m.files[0].path = "../etc/passwd".into()), "files[0].path"),
         (Box::new(|m| m.files.swap(0, 1)), "files[1].path"),
         (Box::new(|m| m.total_bytes += 1), "total_bytes"),
-        (
-            Box::new(|m| m.files[1].chunk_size = 1000),
-            "files[1].chunk_size",
-        ),
-        (
-            Box::new(|m| m.files[0].chunk_table = None),
-            "files[0].chunk_table",
-        ),
+        (Box::new(|m| m.files[1].chunk_size = 1000), "files[1].chunk_size"),
+        (Box::new(|m| m.files[0].chunk_table = None), "files[0].chunk_table"),
         (Box::new(|m| m.schema = "other".into()), "schema"),
     ];
     for (edit, field) in cases {
         let mut m = good.clone();
         edit(&mut m);
-        let err = SignedManifest::parse(&m.sign(&key).bytes)
-            .unwrap_err()
-            .to_string();
+        let err = SignedManifest::parse(&m.sign(&key).bytes).unwrap_err().to_string();
         assert!(err.contains(field), "expected {field} in {err}");
     }
-    let err = SignedManifest::parse(br#"{"schema": 3}"#)
-        .unwrap_err()
-        .to_string();
+    let err = SignedManifest::parse(br#"{"schema": 3}"#).unwrap_err().to_string();
     assert!(err.contains("schema"), "{err}");
-    assert!(matches!(
-        SignedManifest::parse(b"{not json"),
-        Err(ManifestError::Json(_))
-    ));
+    assert!(matches!(SignedManifest::parse(b"{not json"), Err(ManifestError::Json(_))));
 }
 
 #[test]
