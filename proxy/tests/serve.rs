@@ -1,0 +1,262 @@
+//! `shardgate serve` as a process: signals, reload, bad config, hostile requests.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+struct Server {
+    child: Child,
+    base: String,
+    addr: String,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Server {
+    fn start(config: &Path) -> Server {
+        let mut child = Command::new(bin())
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let err_pipe = child.stderr.take().unwrap();
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err_pipe).lines().map_while(Result::ok) {
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        let base = line.trim().rsplit(' ').next().unwrap().to_string();
+        assert!(base.starts_with("http://"), "unexpected first line {line:?}: {}", stderr.lock().unwrap());
+        let addr = base.trim_start_matches("http://").to_string();
+        Server { child, base, addr, stderr }
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill").args([&format!("-{sig}"), &self.child.id().to_string()]).status().unwrap();
+        assert!(ok.success());
+    }
+
+    fn logs(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let t0 = Instant::now();
+        while t0.elapsed() < limit {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn get(url: &str) -> (u16, Vec<u8>) {
+    let out = Command::new("curl").args(["-s", "-o", "-", "-w", "\n%{http_code}", url]).output().unwrap();
+    let mut body = out.stdout;
+    let pos = body.iter().rposition(|&b| b == b'\n').unwrap();
+    let code = String::from_utf8_lossy(&body[pos + 1..]).parse().unwrap_or(0);
+    body.truncate(pos);
+    (code, body)
+}
+
+const BIG: usize = 48 << 20;
+
+/// Two releases, A and B, packed with the same key; config serving `which`.
+fn setup(d: &Path) {
+    keygen(d);
+    for name in ["rel-a", "rel-b"] {
+        let src = d.join(format!("src-{name}"));
+        std::fs::create_dir_all(&src).unwrap();
+        // rel-a is large enough that a response outlives the kernel's socket buffers.
+        let size = if name == "rel-a" { BIG } else { 3_000_000 };
+        std::fs::write(src.join("data.bin"), vec![name.len() as u8; size]).unwrap();
+        ok(&["pack", src.to_str().unwrap(), "--name", name, "--version", "1.0.0", "--key", "key", "--out", name], d);
+    }
+}
+
+fn write_config(d: &Path, releases: &[&str], extra: &str) {
+    let mut text =
+        String::from("[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"10s\"\n[trust]\nkeys = [\"key.pub\"]\n");
+    for r in releases {
+        text.push_str(&format!("[[releases]]\nmanifest = \"{r}/manifest.json\"\n"));
+    }
+    text.push_str("[[origins]]\nkind = \"dir\"\npath = \".\"\n");
+    text.push_str(extra);
+    std::fs::write(d.join("gw.toml"), text).unwrap();
+}
+
+#[test]
+fn sighup_reloads_releases_and_keeps_the_old_config_when_the_new_one_is_bad() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    setup(d);
+    write_config(d, &["rel-a"], "");
+    let srv = Server::start(&d.join("gw.toml"));
+    assert_eq!(get(&format!("{}/v1/datasets/rel-a/1.0.0/files/data.bin", srv.base)).0, 200);
+    assert_eq!(get(&format!("{}/v1/datasets/rel-b/1.0.0/files/data.bin", srv.base)).0, 404);
+
+    write_config(d, &["rel-a", "rel-b"], "");
+    srv.signal("HUP");
+    let t0 = Instant::now();
+    while get(&format!("{}/v1/datasets/rel-b/1.0.0/files/data.bin", srv.base)).0 != 200 {
+        assert!(t0.elapsed() < Duration::from_secs(10), "reload did not add rel-b: {}", srv.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A broken config is refused; both releases keep serving.
+    std::fs::write(d.join("gw.toml"), "[server]\nlisten = 12\n").unwrap();
+    srv.signal("HUP");
+    let t0 = Instant::now();
+    while !srv.logs().contains("reload refused") {
+        assert!(t0.elapsed() < Duration::from_secs(10), "no refusal logged: {}", srv.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(get(&format!("{}/v1/datasets/rel-a/1.0.0/files/data.bin", srv.base)).0, 200);
+    assert_eq!(get(&format!("{}/v1/datasets/rel-b/1.0.0/files/data.bin", srv.base)).0, 200);
+}
+
+#[test]
+fn sigterm_drains_an_in_flight_response_then_exits_cleanly() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    setup(d);
+    write_config(d, &["rel-a"], "");
+    let mut srv = Server::start(&d.join("gw.toml"));
+    // A slow reader: request the file, read a little, then signal.
+    let mut s = TcpStream::connect(&srv.addr).unwrap();
+    write!(s, "GET /v1/datasets/rel-a/1.0.0/files/data.bin HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut first = [0u8; 4096];
+    let n = s.read(&mut first).unwrap();
+    assert!(n > 0);
+    srv.signal("TERM");
+    std::thread::sleep(Duration::from_millis(300));
+    // New connections are refused while the old response drains.
+    assert!(
+        TcpStream::connect_timeout(&srv.addr.parse().unwrap(), Duration::from_secs(1)).is_err(),
+        "still accepting after SIGTERM"
+    );
+    let mut rest = Vec::new();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 65536];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => rest.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("drain cut the response: {e}"),
+        }
+        // The server closes after the response completes (connection: close on shutdown) or keeps it; stop at full length.
+        let total = n_body(&first[..n], &rest);
+        if total >= BIG {
+            break;
+        }
+    }
+    assert_eq!(n_body(&first[..n], &rest), BIG, "the in-flight response was not completed");
+    assert!(rest.iter().all(|&b| b == 5), "drained bytes differ from the release");
+    drop(s);
+    assert_eq!(srv.wait_exit(Duration::from_secs(15)), Some(0), "{}", srv.logs());
+}
+
+/// Body bytes received so far, given the first read (with headers) and the rest.
+fn n_body(first: &[u8], rest: &[u8]) -> usize {
+    let head_end = first.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4).unwrap_or(first.len());
+    first.len() - head_end + rest.len()
+}
+
+#[test]
+fn a_bad_config_exits_64_with_one_line_naming_the_key() {
+    let t = tempfile::tempdir().unwrap();
+    std::fs::write(t.path().join("bad.toml"), "[hot_tier]\ncapacity = \"lots\"\n").unwrap();
+    let out = run(&["serve", "--config", "bad.toml"], t.path());
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("hot_tier.capacity"), "{stderr}");
+    assert_eq!(stderr.lines().filter(|l| l.starts_with("error:")).count(), 1, "{stderr}");
+}
+
+#[test]
+fn an_untrusted_release_is_refused_at_load_with_a_reason() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    setup(d);
+    ok(&["keygen", "--out", "other"], d);
+    write_config(d, &["rel-a"], "");
+    let text = std::fs::read_to_string(d.join("gw.toml")).unwrap().replace("key.pub", "other.pub");
+    std::fs::write(d.join("gw.toml"), text).unwrap();
+    let srv = Server::start(&d.join("gw.toml"));
+    assert_eq!(get(&format!("{}/v1/datasets/rel-a/1.0.0/files/data.bin", srv.base)).0, 404);
+    let t0 = Instant::now();
+    while !srv.logs().contains("not a trusted key") {
+        assert!(t0.elapsed() < Duration::from_secs(5), "{}", srv.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn raw(addr: &str, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = s.write_all(request);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn malformed_and_hostile_requests_get_4xx_and_the_server_stays_up() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    setup(d);
+    write_config(d, &["rel-a"], "");
+    let mut srv = Server::start(&d.join("gw.toml"));
+    let a = srv.addr.clone();
+    let status = |r: &str| r.split(' ').nth(1).unwrap_or("").to_string();
+    assert_eq!(
+        status(&raw(
+            &a,
+            b"GET /v1/datasets/rel-a/1.0.0/files/../../../etc/passwd HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )),
+        "400"
+    );
+    assert_eq!(status(&raw(&a, b"GET /v1/datasets/rel-a/1.0.0/files/%2e%2e%2f%2e%2e%2fgw.toml HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")), "400");
+    assert_eq!(status(&raw(&a, b"GET /v1/blobs/zz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")), "400");
+    assert_eq!(
+        status(&raw(
+            &a,
+            b"DELETE /v1/datasets/rel-a/1.0.0/files/data.bin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )),
+        "405"
+    );
+    assert_eq!(status(&raw(&a, b"GARBAGE\r\n\r\n")), "400");
+    let huge = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(64 * 1024));
+    let r = raw(&a, huge.as_bytes());
+    assert!(r.is_empty() || r.starts_with("HTTP/1.1 431") || r.starts_with("HTTP/1.1 400"), "{r}");
+    let r = raw(&a, b"GET /v1/datasets/rel-a/1.0.0/files/data.bin HTTP/1.1\r\nHost: x\r\nRange: bytes=0-1,2-3,4-5,6-7,8-9,10-11,12-13,14-15,16-17,18-19,20-21,22-23,24-25,26-27,28-29,30-31,32-33,34-35,36-37,38-39,40-41,42-43,44-45,46-47,48-49,50-51,52-53,54-55,56-57,58-59,60-61,62-63,64-65,66-67,68-69,70-71,72-73,74-75,76-77,78-79,80-81,82-83,84-85,86-87,88-89,90-91,92-93,94-95,96-97,98-99,100-101,102-103,104-105,106-107,108-109,110-111,112-113,114-115,116-117,118-119,120-121,122-123,124-125,126-127,128-129\r\nConnection: close\r\n\r\n");
+    assert_eq!(status(&r), "416", "{}", &r[..r.len().min(300)]);
+    // Still serving after all of that.
+    assert_eq!(get(&format!("{}/healthz", srv.base)).0, 200);
+    assert!(srv.child.try_wait().unwrap().is_none(), "server exited");
+    assert!(!srv.logs().contains("panicked"), "{}", srv.logs());
+}
