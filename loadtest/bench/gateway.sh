@@ -1,0 +1,210 @@
+#!/usr/bin/env bash
+# Side-by-side gateway benchmarks, all on loopback in one run:
+#   1. hot-tier 1 MiB random range reads (wrk, 32 connections) vs nginx sendfile
+#   2. cold verified streaming of a 256 MiB file vs reading the origin directly
+#      (dir origin vs nginx from page cache; btfs-api origin vs the node's own cat)
+#   3. peak RSS with 256 concurrent whole-file streams vs the hot-tier budget
+# Writes loadtest/bench/results/gateway.md and prints it. Bounded: every load
+# step has a fixed duration or request count.
+#
+#   bash loadtest/bench/gateway.sh            full run (about 3 minutes plus build)
+#   QUICK=1 bash loadtest/bench/gateway.sh    smoke: small files, 2 s steps
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$root"
+say() { printf '==> %s\n' "$*" >&2; }
+
+quick="${QUICK:-}"
+dur="${BENCH_SECONDS:-10}"; [ -n "$quick" ] && dur=2
+cold_mib=256; [ -n "$quick" ] && cold_mib=16
+hot_mib=64; [ -n "$quick" ] && hot_mib=8
+rss_streams=256; [ -n "$quick" ] && rss_streams=16
+budget_mib=256; [ -n "$quick" ] && budget_mib=16
+
+need=()
+command -v nginx >/dev/null || need+=(nginx-light)
+command -v wrk >/dev/null || need+=(wrk)
+command -v curl >/dev/null || need+=(curl)
+if [ "${#need[@]}" -gt 0 ]; then
+  say "apt-get install ${need[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+say "cargo build --release"
+cargo build --release -q -p shardgate-proxy
+sg="$root/target/release/shardgate"
+
+work="$(mktemp -d)"
+chmod 755 "$work"   # nginx workers read the files as an unprivileged user
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
+  [ -n "${node_state:-}" ] && bash conf/dev-node/stop.sh "$node_state" >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+
+say "dataset: ${hot_mib} MiB hot file, ${cold_mib} MiB cold file, 8 x ${hot_mib} MiB for the RSS run"
+mkdir -p "$work/src"
+head -c "$((hot_mib << 20))" /dev/urandom > "$work/src/hot.bin"
+head -c "$((cold_mib << 20))" /dev/urandom > "$work/src/cold.bin"
+for i in 0 1 2 3 4 5 6 7; do head -c "$((hot_mib << 20))" /dev/urandom > "$work/src/stream-$i.bin"; done
+"$sg" keygen --out "$work/key" >/dev/null
+"$sg" pack "$work/src" --name bench --version 1.0.0 --key "$work/key" --out "$work/rel" >/dev/null
+files="$work/rel/files"
+
+# nginx: the same bytes from page cache with sendfile.
+ngx_port=$(free_port)
+mkdir -p "$work/nginx"
+cat > "$work/nginx.conf" <<NGX
+worker_processes 2;
+pid $work/nginx.pid;
+error_log $work/nginx/error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  sendfile on; tcp_nopush on; tcp_nodelay on;
+  keepalive_requests 1000000;
+  client_body_temp_path $work/nginx; proxy_temp_path $work/nginx; fastcgi_temp_path $work/nginx;
+  uwsgi_temp_path $work/nginx; scgi_temp_path $work/nginx;
+  server { listen 127.0.0.1:$ngx_port; root $files; }
+}
+NGX
+nginx -c "$work/nginx.conf" -p "$work/nginx"
+cat "$files"/* > /dev/null  # page cache
+code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$ngx_port/hot.bin")
+[ "$code" = 200 ] || { echo "nginx answered $code; see $work/nginx/error.log" >&2; exit 1; }
+
+gw_config() {  # $1 port, $2 hot tier MiB, $3 origins block
+  cat <<CFG
+[server]
+listen = "127.0.0.1:$1"
+max_connections = 8192
+[trust]
+keys = ["$work/key.pub"]
+[[releases]]
+manifest = "$work/rel/manifest.json"
+$3
+[hot_tier]
+capacity = "$2MiB"
+CFG
+}
+start_gw() {  # $1 config file; prints base URL
+  "$sg" serve --config "$1" > "$1.out" 2> "$1.err" &
+  pids+=($!)
+  echo $! > "$1.pid"
+  for _ in $(seq 100); do grep -q listening "$1.out" 2>/dev/null && break; sleep 0.1; done
+  awk '/listening/ {print $NF}' "$1.out"
+}
+dir_origin=$'[[origins]]\nkind = "dir"\npath = "'"$work/rel"'"'
+
+mbps() {  # bytes seconds
+  python3 -c "import sys; print(f'{int(sys.argv[1])/float(sys.argv[2])/1e6:.0f}')" "$1" "$2"
+}
+curl_rate() {  # URL [extra curl args]: MB/s of a whole download
+  local out; out=$(curl -s -o /dev/null -w '%{size_download} %{time_total}' "$@")
+  mbps ${out% *} ${out#* }
+}
+wrk_rate() {  # URL file_size: MB/s and requests/s from wrk with random 1 MiB ranges
+  FILE_SIZE=$2 wrk -t2 -c32 -d"${dur}s" -s loadtest/bench/range1m.lua "$1" 2>/dev/null |
+    awk '/Requests\/sec/ {r=$2} /Transfer\/sec/ {t=$2} END {print r, t}'
+}
+to_mb() {  # wrk's "123.45MB" -> MB
+  python3 -c "import sys,re; v=sys.argv[1]; m=re.match(r'([0-9.]+)([KMG]?B)',v); n=float(m.group(1)); print(f'{n*{\"B\":1e-6,\"KB\":1.024e-3,\"MB\":1.048576,\"GB\":1073.741824}[m.group(2)]:.0f}')" "$1"
+}
+
+say "1. hot tier vs nginx sendfile: random 1 MiB ranges, wrk -t2 -c32 -d${dur}s"
+gw_port=$(free_port)
+gw_config "$gw_port" 1024 "$dir_origin" > "$work/hot.toml"
+gw=$(start_gw "$work/hot.toml")
+curl -s -o /dev/null "$gw/v1/datasets/bench/1.0.0/files/hot.bin"   # warm the hot tier
+hot_size=$((hot_mib << 20))
+read -r ngx_rps ngx_tr < <(wrk_rate "http://127.0.0.1:$ngx_port/hot.bin" $hot_size)
+read -r sg_rps sg_tr < <(wrk_rate "$gw/v1/datasets/bench/1.0.0/files/hot.bin" $hot_size)
+ngx_hot=$(to_mb "$ngx_tr"); sg_hot=$(to_mb "$sg_tr")
+hits=$(curl -s "$gw/metrics" | awk '/^shardgate_hot_tier_hits_total/ {print $2}')
+say "   nginx $ngx_hot MB/s ($ngx_rps req/s), shardgate $sg_hot MB/s ($sg_rps req/s), hot hits $hits"
+kill "$(cat "$work/hot.toml.pid")"; wait "$(cat "$work/hot.toml.pid")" 2>/dev/null || true
+
+say "2a. cold verified streaming, dir origin (${cold_mib} MiB, hot tier 64 MiB, fresh gateway per run)"
+cold_url_path="/v1/datasets/bench/1.0.0/files/cold.bin"
+best_ngx=0; best_sg=0; best_sg_nv=0
+for run in 1 2 3; do
+  r=$(curl_rate "http://127.0.0.1:$ngx_port/cold.bin"); [ "$r" -gt "$best_ngx" ] && best_ngx=$r
+  p=$(free_port); gw_config "$p" 64 "$dir_origin" > "$work/cold$run.toml"
+  g=$(start_gw "$work/cold$run.toml")
+  r=$(curl_rate "$g$cold_url_path"); [ "$r" -gt "$best_sg" ] && best_sg=$r
+  kill "$(cat "$work/cold$run.toml.pid")"; wait "$(cat "$work/cold$run.toml.pid")" 2>/dev/null || true
+  p=$(free_port); { gw_config "$p" 64 "$dir_origin"; printf '[fetch]\nverify = false\n'; } > "$work/coldnv$run.toml"
+  g=$(start_gw "$work/coldnv$run.toml")
+  r=$(curl_rate "$g$cold_url_path"); [ "$r" -gt "$best_sg_nv" ] && best_sg_nv=$r
+  kill "$(cat "$work/coldnv$run.toml.pid")"; wait "$(cat "$work/coldnv$run.toml.pid")" 2>/dev/null || true
+done
+say "   nginx $best_ngx MB/s, shardgate verified $best_sg MB/s, unverified $best_sg_nv MB/s (best of 3)"
+
+node_line="not run (set BENCH_NODE=1)"
+if [ -n "${BENCH_NODE:-1}" ] && [ -z "$quick" ]; then
+  say "2b. cold verified streaming, btfs-api origin (the dev node) vs the node's own cat"
+  node_state="$work/node"
+  bash conf/dev-node/start.sh "$node_state" >/dev/null
+  # shellcheck disable=SC1091
+  . "$node_state/env"
+  "$sg" publish "$work/rel" --node "$DEV_NODE_API" --api-prefix "$DEV_NODE_API_PREFIX" >/dev/null
+  cid=$(python3 -c "import json,sys; p=json.load(open(sys.argv[1])); m=json.load(open(sys.argv[2])); f=[x for x in m['files'] if x['path']=='cold.bin'][0]; print(p['blobs'][f['blake3']]['cid'])" "$work/rel/placement.json" "$work/rel/manifest.json")
+  node_origin=$'[[origins]]\nkind = "btfs-api"\nurl = "'"$DEV_NODE_API"$'"\napi_prefix = "'"$DEV_NODE_API_PREFIX"'"'
+  best_node=0; best_sgn=0
+  for run in 1 2; do
+    r=$(curl_rate -X POST "$DEV_NODE_API$DEV_NODE_API_PREFIX/cat?arg=$cid"); [ "$r" -gt "$best_node" ] && best_node=$r
+    p=$(free_port); gw_config "$p" 64 "$node_origin" > "$work/node$run.toml"
+    g=$(start_gw "$work/node$run.toml")
+    r=$(curl_rate "$g$cold_url_path"); [ "$r" -gt "$best_sgn" ] && best_sgn=$r
+    kill "$(cat "$work/node$run.toml.pid")"; wait "$(cat "$work/node$run.toml.pid")" 2>/dev/null || true
+  done
+  node_line="| cold, btfs-api origin (${cold_mib} MiB) | node \`cat\` $best_node MB/s | shardgate $best_sgn MB/s | $(python3 -c "print(f'{$best_sgn/$best_node:.2f}x')") | >= 0.95x |"
+  say "   node $best_node MB/s, shardgate $best_sgn MB/s"
+fi
+
+say "3. RSS with $rss_streams concurrent whole-file streams (hot tier ${budget_mib} MiB, 8 files of ${hot_mib} MiB)"
+p=$(free_port); gw_config "$p" "$budget_mib" "$dir_origin" > "$work/rss.toml"
+g=$(start_gw "$work/rss.toml")
+gpid=$(cat "$work/rss.toml.pid")
+rss_pids=()
+for i in $(seq 0 $((rss_streams - 1))); do
+  curl -s -o /dev/null --limit-rate 20M "$g/v1/datasets/bench/1.0.0/files/stream-$((i % 8)).bin" &
+  rss_pids+=($!)
+done
+peak=0
+for _ in $(seq $((dur * 4))); do
+  cur=$(awk '/VmRSS/ {print $2}' "/proc/$gpid/status")
+  [ "$cur" -gt "$peak" ] && peak=$cur
+  sleep 0.25
+done
+for p in "${rss_pids[@]}"; do kill "$p" 2>/dev/null || true; done
+wait "${rss_pids[@]}" 2>/dev/null || true
+hwm=$(awk '/VmHWM/ {print $2}' "/proc/$gpid/status")
+kill "$gpid"; wait "$gpid" 2>/dev/null || true
+peak_mib=$((hwm / 1024))
+say "   peak RSS $peak_mib MiB (budget $budget_mib MiB + 64 MiB)"
+
+ratio() { python3 -c "print(f'{$1/$2:.2f}x')"; }
+out="loadtest/bench/results"
+mkdir -p "$out"
+{
+  echo "### Gateway (issue 3 targets)$( [ -n "$quick" ] && echo ' — QUICK smoke, not a measurement')"
+  echo
+  echo "Run $(date -u +%Y-%m-%dT%H:%MZ) on $(nproc) cores, $(awk '/model name/ {sub(/.*: /,""); print; exit}' /proc/cpuinfo), $(free -g | awk '/Mem/ {print $2}') GiB RAM."
+  echo "Command: \`bash loadtest/bench/gateway.sh\` (release build; nginx $(nginx -v 2>&1 | sed 's/.*\///'), wrk, curl; all on loopback)."
+  echo
+  echo "| measure | peer | shardgate | ratio | target |"
+  echo "|---|---|---|---|---|"
+  echo "| hot tier, random 1 MiB ranges, wrk -c32 ${dur}s | nginx sendfile $ngx_hot MB/s ($ngx_rps req/s) | $sg_hot MB/s ($sg_rps req/s) | $(ratio "$sg_hot" "$ngx_hot") | >= 0.9x |"
+  echo "| cold, dir origin (${cold_mib} MiB, verified) | nginx from page cache $best_ngx MB/s | $best_sg MB/s | $(ratio "$best_sg" "$best_ngx") | >= 0.95x |"
+  echo "| cold, dir origin (${cold_mib} MiB, verify off) | nginx from page cache $best_ngx MB/s | $best_sg_nv MB/s | $(ratio "$best_sg_nv" "$best_ngx") | (cost of verification) |"
+  case "$node_line" in \|*) echo "$node_line" ;; esac
+  echo "| peak RSS, $rss_streams streams | budget ${budget_mib} MiB + 64 MiB | $peak_mib MiB | | <= $((budget_mib + 64)) MiB |"
+} > "$out/gateway.md"
+cat "$out/gateway.md"
