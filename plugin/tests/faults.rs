@@ -235,3 +235,28 @@ async fn hot_tier_hits_do_not_touch_the_origin() {
     assert_eq!(m1.requests(), before, "a hot read went to the origin");
     g.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_btfs_gateway_origin_serves_verified_ranges_and_fails_over() {
+    let rel = Release::pack("viagw", &dataset(), CHUNK);
+    let m1 = MockOrigin::start(rel.blobs.clone()).await;
+    let m2 = MockOrigin::start(rel.blobs.clone()).await;
+    let mut cfg = config_for(&rel, &[]);
+    cfg.origins = [&m1, &m2]
+        .iter()
+        .enumerate()
+        .map(|(i, m)| shardgate::config::OriginConfig::BtfsGateway {
+            name: Some(format!("gw{i}")),
+            url: m.url(),
+            path_prefix: "/btfs".into(),
+        })
+        .collect();
+    let g = Served::start(cfg).await;
+    let src = &rel.files["a/big.bin"];
+    m1.set_fault(None, Some(Fault::CorruptRandom));
+    let (s, body) = fetch(&client(), &rel.url(&g.base, "a/big.bin"), Some((123_456, 1_234_567))).await;
+    assert_eq!((s, body.unwrap()), (206, src[123_456..=1_234_567].to_vec()));
+    assert!(m2.requests() > 0);
+    assert!(g.metric("shardgate_chunk_verify_failures_total{origin=\"gw0\"}") >= 1.0);
+    g.shutdown().await;
+}

@@ -42,8 +42,8 @@ impl Server {
         let mut line = String::new();
         out.read_line(&mut line).unwrap();
         let base = line.trim().rsplit(' ').next().unwrap().to_string();
-        assert!(base.starts_with("http://"), "unexpected first line {line:?}: {}", stderr.lock().unwrap());
-        let addr = base.trim_start_matches("http://").to_string();
+        assert!(base.starts_with("http"), "unexpected first line {line:?}: {}", stderr.lock().unwrap());
+        let addr = base.rsplit("://").next().unwrap().to_string();
         Server { child, base, addr, stderr }
     }
 
@@ -259,4 +259,36 @@ fn malformed_and_hostile_requests_get_4xx_and_the_server_stays_up() {
     assert_eq!(get(&format!("{}/healthz", srv.base)).0, 200);
     assert!(srv.child.try_wait().unwrap().is_none(), "server exited");
     assert!(!srv.logs().contains("panicked"), "{}", srv.logs());
+}
+
+#[test]
+fn tls_with_http2_serves_verified_ranges() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    setup(d);
+    let keygen_out = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+        .args(["-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
+        .args(["-keyout", "tls.key", "-out", "tls.crt"])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert!(keygen_out.status.success(), "{}", String::from_utf8_lossy(&keygen_out.stderr));
+    write_config(d, &["rel-b"], "");
+    let text = std::fs::read_to_string(d.join("gw.toml"))
+        .unwrap()
+        .replace("[trust]", "[server.tls]\ncert = \"tls.crt\"\nkey = \"tls.key\"\n[trust]");
+    std::fs::write(d.join("gw.toml"), text).unwrap();
+    let srv = Server::start(&d.join("gw.toml"));
+    assert!(srv.base.starts_with("https://"), "{}", srv.base);
+    let out = Command::new("curl")
+        .args(["-s", "--http2", "--cacert", "tls.crt", "-r", "1000-1999", "-D", "-", "-o", "body.bin"])
+        .arg(format!("{}/v1/datasets/rel-b/1.0.0/files/data.bin", srv.base))
+        .current_dir(d)
+        .output()
+        .unwrap();
+    let head = String::from_utf8_lossy(&out.stdout);
+    assert!(head.starts_with("HTTP/2 206"), "{head}");
+    assert!(head.contains("content-range: bytes 1000-1999/3000000"), "{head}");
+    assert_eq!(std::fs::read(d.join("body.bin")).unwrap(), vec![5u8; 1000]);
 }

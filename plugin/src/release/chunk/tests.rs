@@ -121,6 +121,30 @@ proptest! {
     }
 }
 
+proptest! {
+    /// `chunks_covering` against a byte-by-byte reference: exactly the chunks
+    /// that hold at least one byte of the range.
+    #[test]
+    fn chunks_covering_matches_reference(size in 0u64..20_000, chunk in chunk_size(), a in 0u64..20_000, len in 0u64..20_000) {
+        let layout = ChunkLayout::new(size, chunk).unwrap();
+        let start = a.min(size);
+        let end = (start + len).min(size);
+        let got = layout.chunks_covering(start..end);
+        let mut want: Vec<u64> = (start..end).map(|b| b / chunk).collect();
+        want.dedup();
+        prop_assert_eq!(got.collect::<Vec<_>>(), want);
+        // Chunk ranges tile the file exactly.
+        let mut next = 0;
+        for i in 0..layout.chunk_count() {
+            let r = layout.chunk_range(i);
+            prop_assert_eq!(r.start, next);
+            prop_assert!(r.end - r.start <= chunk);
+            next = r.end;
+        }
+        prop_assert_eq!(next, size);
+    }
+}
+
 #[test]
 fn every_bit_of_a_small_file_and_table_is_checked() {
     // Exhaustive over a 3-chunk file: every one of its 24,576 bits.
