@@ -18,6 +18,7 @@ command -v b3sum >/dev/null || need+=(b3sum)
 command -v curl >/dev/null || need+=(curl)
 command -v aria2c >/dev/null || need+=(aria2)
 command -v mkfifo >/dev/null || need+=(coreutils)
+command -v openssl >/dev/null || need+=(openssl)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 if [ "${#need[@]}" -gt 0 ]; then
   step "apt-get install ${need[*]}"
@@ -56,5 +57,9 @@ step "cargo build (binary for client tests)"
 cargo build -p shardgate-proxy --quiet
 export SHARDGATE_BIN="$root/target/debug/shardgate"
 
+if [ -z "${SKIP_FUZZ:-}" ]; then
+  step "fuzz smoke (cargo fuzz, ${FUZZ_SECONDS:-15}s per target)"
+  bash fuzz/run.sh
+fi
 step "python client tests"
 "$venv/bin/python" -m pytest -q proxy/tests/clients
