@@ -193,7 +193,10 @@ impl OriginConfig {
 pub struct FetchConfig {
     /// Bytes asked of an origin in one request (whole chunks), so cold sequential reads run at origin speed.
     pub span: ByteSize,
-    /// Chunks fetched ahead of a sequential reader.
+    /// Longest origin request a sequential reader drives (it is paced by the
+    /// reader, so this bounds request count, not memory).
+    pub max_span: ByteSize,
+    /// Chunks fetched ahead of a reader.
     pub readahead_chunks: u32,
     /// Bulk origin requests in flight at once, across all clients.
     pub max_concurrent_fetches: usize,
@@ -213,7 +216,8 @@ impl Default for FetchConfig {
     fn default() -> Self {
         Self {
             span: ByteSize(4 * 1024 * 1024),
-            readahead_chunks: 16,
+            max_span: ByteSize(256 * 1024 * 1024),
+            readahead_chunks: 32,
             max_concurrent_fetches: 64,
             verify: true,
             connect_timeout: Duration::from_secs(3),
@@ -326,6 +330,9 @@ impl Config {
         let f = &self.fetch;
         if f.span.0 < DEFAULT_CHUNK_SIZE.min(64 * 1024) || f.span.0 > 256 * 1024 * 1024 {
             return Err(invalid("fetch.span", "must be between 64KiB and 256MiB"));
+        }
+        if f.max_span.0 < f.span.0 {
+            return Err(invalid("fetch.max_span", "must be at least fetch.span"));
         }
         if f.max_concurrent_fetches == 0 {
             return Err(invalid("fetch.max_concurrent_fetches", "must be at least 1"));

@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -95,17 +96,20 @@ impl std::fmt::Debug for Fetcher {
     }
 }
 
-/// Removes a span's in-flight slots when its task ends, however it ends.
+/// Removes a span's undelivered in-flight slots when its task ends, however
+/// it ends (finished, failed, abandoned by its reader, or cancelled), so
+/// waiters see the end of the channel and retry instead of hanging.
 struct SpanGuard<'a> {
     fetcher: &'a Fetcher,
     file: Blake3,
-    chunks: Range<u64>,
+    next: &'a AtomicU64,
+    end: u64,
 }
 
 impl Drop for SpanGuard<'_> {
     fn drop(&mut self) {
         if let Ok(mut map) = self.fetcher.inflight.lock() {
-            for index in self.chunks.clone() {
+            for index in self.next.load(Ordering::Acquire)..self.end {
                 map.remove(&ChunkKey { file: self.file, index });
             }
         }
@@ -214,7 +218,8 @@ impl Fetcher {
     }
 
     /// Verified chunk `index`, from the hot tier or an origin. Chunks up to
-    /// `window_end` (exclusive) may be fetched in the same origin request.
+    /// `window_end` (exclusive, at most one span) may be fetched in the same
+    /// origin request.
     pub async fn chunk(
         self: &Arc<Self>,
         file: &Arc<FileSpec>,
@@ -231,40 +236,63 @@ impl Fetcher {
             return Ok((b, Source::Hot));
         }
         self.metrics.hot_misses.inc();
-        let mut slot = match self.slot_or_start(file, index, window_end.min(count)) {
-            Ok(slot) => slot,
-            Err(hit) => return Ok((hit, Source::Hot)),
-        };
-        let result = match slot.wait_for(Option::is_some).await {
-            Ok(v) => v.clone().unwrap_or(Err(FetchError::Abandoned { file: file.blake3, chunk: index })),
-            Err(_) => Err(FetchError::Abandoned { file: file.blake3, chunk: index }),
-        };
-        result.map(|b| (b, Source::Origin))
+        let span_end = window_end.min(count).min(index + self.span_chunks(file.layout.chunk_size()));
+        // A span abandoned by its reader (who hung up) is retried by its other waiters.
+        let mut last = FetchError::Abandoned { file: file.blake3, chunk: index };
+        for _ in 0..3 {
+            let mut slot = match self.slot_or_start(file, index, span_end, None) {
+                Ok(slot) => slot,
+                Err(hit) => return Ok((hit, Source::Hot)),
+            };
+            let result = match slot.wait_for(Option::is_some).await {
+                Ok(v) => v.clone().unwrap_or(Err(FetchError::Abandoned { file: file.blake3, chunk: index })),
+                Err(_) => Err(FetchError::Abandoned { file: file.blake3, chunk: index }),
+            };
+            match result {
+                Ok(b) => return Ok((b, Source::Origin)),
+                Err(e @ FetchError::Abandoned { .. }) => last = e,
+                Err(e) => return Err(e),
+            }
+            if let Some(b) = self.hot.get(&key) {
+                return Ok((b, Source::Hot));
+            }
+        }
+        Err(last)
     }
 
-    /// Starts fetching chunks `from..to` that are neither hot nor in flight.
-    pub fn prefetch(self: &Arc<Self>, file: &Arc<FileSpec>, from: u64, to: u64) {
+    /// Read-ahead for a reader whose next chunk is `from`: starts one origin
+    /// request at the first chunk in the look-ahead window that is neither
+    /// hot nor in flight, running to `to` (at most `fetch.max_span`). The
+    /// request is paced by the reader: it stays at most `fetch.readahead_chunks`
+    /// ahead of the position published on `pace`, and stops if the reader goes.
+    pub fn prefetch(self: &Arc<Self>, file: &Arc<FileSpec>, from: u64, to: u64, pace: &watch::Receiver<u64>) {
         let to = to.min(file.layout.chunk_count());
-        let mut i = from;
-        while i < to {
+        let window = (from + self.readahead_chunks().max(1)).min(to);
+        let gap = (from..window).find(|&i| {
             let key = ChunkKey { file: file.blake3, index: i };
-            if self.hot.contains(&key) || self.inflight.lock().is_ok_and(|m| m.contains_key(&key)) {
-                i += 1;
-                continue;
-            }
-            let _ = self.slot_or_start(file, i, to);
-            i += self.span_chunks(file.layout.chunk_size());
+            !self.hot.contains(&key) && !self.inflight.lock().is_ok_and(|m| m.contains_key(&key))
+        });
+        if let Some(g) = gap {
+            let max = (self.cfg.max_span.0 / file.layout.chunk_size()).max(1);
+            let _ = self.slot_or_start(file, g, to.min(g + max), Some(pace.clone()));
         }
     }
 
-    /// Joins the in-flight fetch of `index`, or starts a span fetch at it.
+    /// Joins the in-flight fetch of `index`, or starts a span fetch over
+    /// `index..limit` (stopping early at a chunk that is hot or in flight).
     /// `Err` carries a chunk that turned out to be hot after all.
-    fn slot_or_start(self: &Arc<Self>, file: &Arc<FileSpec>, index: u64, limit: u64) -> Result<Slot, Bytes> {
+    fn slot_or_start(
+        self: &Arc<Self>,
+        file: &Arc<FileSpec>,
+        index: u64,
+        limit: u64,
+        pace: Option<watch::Receiver<u64>>,
+    ) -> Result<Slot, Bytes> {
         let key = ChunkKey { file: file.blake3, index };
         let Ok(mut map) = self.inflight.lock() else {
             // A poisoned map only happens after a panic elsewhere; fetch alone.
             let (tx, rx) = watch::channel(None);
-            self.spawn_span(file.clone(), index..index + 1, vec![tx]);
+            self.spawn_span(file.clone(), index..index + 1, vec![tx], None);
             return Ok(rx);
         };
         if let Some(slot) = map.get(&key) {
@@ -274,7 +302,7 @@ impl Fetcher {
         if let Some(b) = self.hot.get(&key) {
             return Err(b);
         }
-        let max_end = (index + self.span_chunks(file.layout.chunk_size())).min(limit.max(index + 1));
+        let max_end = limit.max(index + 1);
         let mut senders = Vec::new();
         let mut end = index;
         let mut mine = None;
@@ -292,7 +320,7 @@ impl Fetcher {
             end += 1;
         }
         drop(map);
-        self.spawn_span(file.clone(), index..end, senders);
+        self.spawn_span(file.clone(), index..end, senders, pace);
         mine.ok_or(Bytes::new())
     }
 
@@ -301,16 +329,37 @@ impl Fetcher {
         file: Arc<FileSpec>,
         chunks: Range<u64>,
         senders: Vec<watch::Sender<Option<ChunkResult>>>,
+        pace: Option<watch::Receiver<u64>>,
     ) {
         let this = self.clone();
         tokio::spawn(async move {
-            let _guard = SpanGuard { fetcher: &this, file: file.blake3, chunks: chunks.clone() };
-            this.run_span(&file, chunks, senders).await;
+            let next = AtomicU64::new(chunks.start);
+            let _guard = SpanGuard { fetcher: &this, file: file.blake3, next: &next, end: chunks.end };
+            this.run_span(&file, chunks, senders, pace, &next).await;
         });
     }
 
-    async fn run_span(&self, file: &FileSpec, chunks: Range<u64>, senders: Vec<watch::Sender<Option<ChunkResult>>>) {
-        let fail_rest = |from: u64, err: FetchError| {
+    /// Removes a delivered chunk's in-flight slot: from now on the hot tier
+    /// (or a new fetch, if it was evicted) answers for it.
+    fn delivered(&self, key: ChunkKey) {
+        if let Ok(mut map) = self.inflight.lock() {
+            map.remove(&key);
+        }
+    }
+
+    async fn run_span(
+        &self,
+        file: &FileSpec,
+        chunks: Range<u64>,
+        senders: Vec<watch::Sender<Option<ChunkResult>>>,
+        mut pace: Option<watch::Receiver<u64>>,
+        delivered: &AtomicU64,
+    ) {
+        // Each sender is dropped as soon as its chunk is delivered: a watch
+        // channel keeps its value alive, and a long span must not pin every
+        // chunk it has fetched (the hot tier's budget governs those).
+        let mut senders: Vec<Option<watch::Sender<Option<ChunkResult>>>> = senders.into_iter().map(Some).collect();
+        let fail_rest = |senders: &mut Vec<Option<watch::Sender<Option<ChunkResult>>>>, from: u64, err: FetchError| {
             for i in from..chunks.end {
                 let e = match &err {
                     FetchError::AllOriginsFailed { file, detail, .. } => {
@@ -318,18 +367,28 @@ impl Fetcher {
                     }
                     other => other.clone(),
                 };
-                let _ = senders[(i - chunks.start) as usize].send(Some(Err(e)));
+                if let Some(tx) = senders[(i - chunks.start) as usize].take() {
+                    let _ = tx.send(Some(Err(e)));
+                }
             }
         };
-        let Ok(_permit) = self.bulk.acquire().await else {
-            fail_rest(chunks.start, FetchError::NoOrigin);
-            return;
+        // Reader-paced spans are bounded by their reader; the rest share the bulk lane.
+        let _permit = if pace.is_none() {
+            match self.bulk.acquire().await {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    fail_rest(&mut senders, chunks.start, FetchError::NoOrigin);
+                    return;
+                }
+            }
+        } else {
+            None
         };
         let table = if self.cfg.verify {
             match self.table(file).await {
                 Ok(t) => t,
                 Err(e) => {
-                    fail_rest(chunks.start, e);
+                    fail_rest(&mut senders, chunks.start, e);
                     return;
                 }
             }
@@ -338,10 +397,11 @@ impl Fetcher {
         };
         let origins = self.origins();
         if origins.is_empty() {
-            fail_rest(chunks.start, FetchError::NoOrigin);
+            fail_rest(&mut senders, chunks.start, FetchError::NoOrigin);
             return;
         }
         let layout = file.layout;
+        let ahead = self.readahead_chunks().max(1);
         let blob = BlobRef { blake3: file.blake3, cid: file.cid.as_deref(), size: layout.size() };
         let mut next = chunks.start;
         let mut detail = Vec::new();
@@ -351,7 +411,6 @@ impl Fetcher {
             }
             let label = Metrics::origin(origin.name());
             let bytes = layout.chunk_range(next).start..layout.chunk_range(chunks.end - 1).end;
-            let offset = bytes.start;
             self.metrics.origin_requests.get_or_create(&label).inc();
             let started = Instant::now();
             let mut stream = match origin.read(blob, bytes).await {
@@ -365,7 +424,15 @@ impl Fetcher {
             };
             let mut first = true;
             let mut buf = BytesMut::new();
-            'stream: while let Some(item) = stream.next().await {
+            'stream: loop {
+                // Stay within `ahead` chunks of a pacing reader; stop if it is gone.
+                if let Some(p) = pace.as_mut() {
+                    if p.wait_for(|pos| next < pos + ahead).await.is_err() {
+                        tracing::debug!(file = %file.blake3, chunk = next, "reader gone; read-ahead stops");
+                        return;
+                    }
+                }
+                let Some(item) = stream.next().await else { break 'stream };
                 let mut piece = match item {
                     Ok(p) => p,
                     Err(e) => {
@@ -407,20 +474,24 @@ impl Fetcher {
                         ));
                         break 'stream;
                     }
-                    self.hot.insert_verified(ChunkKey { file: file.blake3, index: next }, chunk.clone());
-                    let _ = senders[(next - chunks.start) as usize].send(Some(Ok(chunk)));
+                    let key = ChunkKey { file: file.blake3, index: next };
+                    self.hot.insert_verified(key, chunk.clone());
+                    if let Some(tx) = senders[(next - chunks.start) as usize].take() {
+                        let _ = tx.send(Some(Ok(chunk)));
+                    }
+                    self.delivered(key);
                     next += 1;
+                    delivered.store(next, Ordering::Release);
                     if next == chunks.end {
                         break 'stream;
                     }
                 }
             }
-            let _ = offset;
         }
         if next < chunks.end {
             let detail = if detail.is_empty() { "no origin could serve it".into() } else { detail.join("; ") };
             tracing::warn!(file = %file.blake3, chunk = next, %detail, "chunk unavailable from every origin");
-            fail_rest(next, FetchError::AllOriginsFailed { file: file.blake3, chunk: next, detail });
+            fail_rest(&mut senders, next, FetchError::AllOriginsFailed { file: file.blake3, chunk: next, detail });
         }
     }
 

@@ -49,8 +49,8 @@ struct ChunkedState {
     fetcher: Arc<Fetcher>,
     file: Arc<FileSpec>,
     pieces: VecDeque<Piece>,
-    /// Chunks to keep in flight ahead of the reader.
-    lookahead: u64,
+    /// The chunk this reader is at, published so read-ahead stays in step.
+    pace: tokio::sync::watch::Sender<u64>,
     /// The last chunk (exclusive) the whole request needs.
     end_chunk: u64,
     primed: Primed,
@@ -62,7 +62,6 @@ pub fn chunked(
     fetcher: Arc<Fetcher>,
     file: Arc<FileSpec>,
     pieces: Vec<Piece>,
-    lookahead: u64,
     primed: Primed,
     metrics: Arc<Metrics>,
 ) -> Body {
@@ -74,7 +73,8 @@ pub fn chunked(
         })
         .max()
         .unwrap_or(0);
-    let state = ChunkedState { fetcher, file, pieces: pieces.into(), lookahead, end_chunk, primed, metrics };
+    let (pace, _) = tokio::sync::watch::channel(0);
+    let state = ChunkedState { fetcher, file, pieces: pieces.into(), pace, end_chunk, primed, metrics };
     BodyExt::boxed(StreamBody::new(stream(state)))
 }
 
@@ -88,6 +88,9 @@ fn stream(state: ChunkedState) -> impl Stream<Item = Result<Frame<Bytes>, BodyEr
                 let cs = st.file.layout.chunk_size();
                 let index = r.start / cs;
                 let chunk_start = index * cs;
+                // Publish the chunk wanted next *before* waiting for it: a
+                // paced read-ahead may be holding exactly that chunk back.
+                st.pace.send_replace(index);
                 let got = match st.primed.take() {
                     Some((i, b, s)) if i == index => Ok((b, s)),
                     _ => st.fetcher.chunk(&st.file, index, st.end_chunk).await,
@@ -104,7 +107,8 @@ fn stream(state: ChunkedState) -> impl Stream<Item = Result<Frame<Bytes>, BodyEr
                         return Some((Err(BodyError(e.to_string())), None));
                     }
                 };
-                st.fetcher.prefetch(&st.file, index + 1, (index + 1 + st.lookahead).min(st.end_chunk));
+                let range_end = st.file.layout.chunks_covering(r.clone()).end.min(st.end_chunk);
+                st.fetcher.prefetch(&st.file, index + 1, range_end, &st.pace.subscribe());
                 let from = (r.start - chunk_start) as usize;
                 let to = ((r.end.min(chunk_start + chunk.len() as u64)) - chunk_start) as usize;
                 if to <= from || to > chunk.len() {

@@ -390,10 +390,7 @@ async fn serve_file<B>(gw: &Arc<Gateway>, req: &Request<B>, f: &FileRef, started
             }
         }
     }
-    let whole_tail = pieces.iter().any(|p| matches!(p, Piece::Range(r) if r.end == len));
-    let span = fetcher.span_chunks(spec.layout.chunk_size());
-    let lookahead = if whole_tail { fetcher.readahead_chunks().max(span) } else { span };
-    let body = body::chunked(fetcher, spec, pieces, lookahead, primed, gw.metrics().clone());
+    let body = body::chunked(fetcher, spec, pieces, primed, gw.metrics().clone());
     Response::from_parts(parts, body)
 }
 

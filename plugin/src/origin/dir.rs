@@ -9,14 +9,15 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
-use futures_util::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use bytes::{Bytes, BytesMut};
 
 use super::{ByteStream, OriginErrorKind, PathIndex};
 use crate::release::layout::ReleaseDir;
 use crate::release::manifest::{Blake3, SignedManifest};
 
-const READ_PIECE: usize = 256 * 1024;
+/// Bytes per `pread` of the dir origin: the default chunk size, so each read
+/// becomes exactly one chunk and a cached chunk never pins a larger buffer.
+const READ_BLOCK: usize = 256 * 1024;
 
 #[derive(Debug)]
 pub struct DirIndex {
@@ -81,21 +82,37 @@ impl DirIndex {
         self.paths.read().ok().and_then(|p| p.get(hash).cloned())
     }
 
+    /// Streams `range` of a blob: a blocking thread `pread`s blocks of
+    /// `READ_BLOCK` into fresh buffers (no intermediate copy) and hands them
+    /// over a one-slot channel, so a slow consumer pauses the reads.
     pub(super) async fn read(&self, hash: Blake3, range: Range<u64>) -> Result<ByteStream, OriginErrorKind> {
         let path = self.path_of(&hash).ok_or_else(|| OriginErrorKind::NotFound(hash.to_hex()))?;
-        let mut file =
-            tokio::fs::File::open(&path).await.map_err(|e| OriginErrorKind::Io(format!("{}: {e}", path.display())))?;
-        file.seek(std::io::SeekFrom::Start(range.start))
-            .await
-            .map_err(|e| OriginErrorKind::Io(format!("{}: {e}", path.display())))?;
-        let reader = file.take(range.end - range.start);
+        let file = std::fs::File::open(&path).map_err(|e| OriginErrorKind::Io(format!("{}: {e}", path.display())))?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, super::OriginError>>(1);
         let name = path.display().to_string();
-        let stream = tokio_util::io::ReaderStream::with_capacity(reader, READ_PIECE).map(move |r| {
-            r.map_err(|e| super::OriginError {
-                origin: "dir".into(),
-                kind: OriginErrorKind::Io(format!("{name}: {e}")),
-            })
+        tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::FileExt;
+            let mut at = range.start;
+            while at < range.end {
+                let n = (range.end - at).min(READ_BLOCK as u64) as usize;
+                let mut buf = BytesMut::zeroed(n);
+                let item = match file.read_at(&mut buf, at) {
+                    Ok(0) => Err(format!("{name}: file ends at {at}, before {}", range.end)),
+                    Ok(got) => {
+                        buf.truncate(got);
+                        at += got as u64;
+                        Ok(buf.freeze())
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => Err(format!("{name}: {e}")),
+                };
+                let failed = item.is_err();
+                let item = item.map_err(|e| super::OriginError { origin: "dir".into(), kind: OriginErrorKind::Io(e) });
+                if tx.blocking_send(item).is_err() || failed {
+                    break;
+                }
+            }
         });
-        Ok(Box::pin(stream))
+        Ok(Box::pin(futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })))
     }
 }
