@@ -32,15 +32,20 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         None => std::env::temp_dir().join(format!("shardgate-demo-{}", std::process::id())),
     };
     eprintln!("demo: writing a small dataset, a key and two releases under {}", dir.display());
-    let cfg = prepare(&dir, a.listen)?;
+    let (cfg, shards) = prepare(&dir, a.listen)?;
     let rt = runtime(None)?;
     let config_path = dir.join("shardgate.toml");
-    rt.block_on(run_gateway(cfg, move || Config::load(&config_path), Some(Box::new(print_try_lines))))?;
+    rt.block_on(run_gateway(
+        cfg,
+        move || Config::load(&config_path),
+        Some(Box::new(move |addr| print_try_lines(addr, shards))),
+    ))?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// Generates the dataset, packs two releases, and writes the config.
-pub fn prepare(dir: &Path, listen: SocketAddr) -> anyhow::Result<Config> {
+/// Returns the config and the number of WebDataset shards.
+pub fn prepare(dir: &Path, listen: SocketAddr) -> anyhow::Result<(Config, usize)> {
     let src = dir.join("src");
     let text_src = src.join("text");
     let img_src = src.join("images");
@@ -74,6 +79,7 @@ pub fn prepare(dir: &Path, listen: SocketAddr) -> anyhow::Result<Config> {
     let releases = dir.join("releases");
     let created_at = jiff::Timestamp::from_second(1_767_225_600).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
     let envelope = Envelope::from_toml("license = \"CC0-1.0\"\nintended_use = \"shardgate demo\"\n")?;
+    let mut shards = 0;
     for (name, source, format) in [
         ("demo-text", &text_src, PackFormat::Files),
         ("demo-images", &img_src, PackFormat::WebDataset { shard_size: 1024 * 1024 }),
@@ -91,6 +97,9 @@ pub fn prepare(dir: &Path, listen: SocketAddr) -> anyhow::Result<Config> {
         };
         let out = pack(&opts, &key, &Bar::new())?;
         eprintln!("demo: packed {name}@1.0.0, release id {}", out.manifest.id);
+        if name == "demo-images" {
+            shards = out.manifest.manifest.files.len();
+        }
     }
     let mut cfg = Config::default();
     cfg.server.listen = listen;
@@ -106,11 +115,12 @@ pub fn prepare(dir: &Path, listen: SocketAddr) -> anyhow::Result<Config> {
     cfg.hot_tier.capacity = shardgate::config::ByteSize(256 * 1024 * 1024);
     let text = toml::to_string_pretty(&cfg)?;
     std::fs::write(dir.join("shardgate.toml"), text)?;
-    Ok(cfg)
+    Ok((cfg, shards))
 }
 
-fn print_try_lines(addr: SocketAddr) {
+fn print_try_lines(addr: SocketAddr, shards: usize) {
     let base = format!("http://{addr}");
+    let last = shards.saturating_sub(1);
     println!(
         r#"
 shardgate demo is serving two signed releases at {base}
@@ -128,7 +138,7 @@ with fs.open("{base}/v1/datasets/demo-text/1.0.0/files/embeddings.bin") as f:
     f.seek(1_000_000); print(len(f.read(65536)), "bytes from the middle, verified")
 PY
 
-  python3 -c 'import webdataset as wds; print(sum(1 for _ in wds.WebDataset("{base}/v1/datasets/demo-images/1.0.0/files/shard-{{000000..000003}}.tar", shardshuffle=False)), "samples")'
+  python3 -c 'import webdataset as wds; print(sum(1 for _ in wds.WebDataset("{base}/v1/datasets/demo-images/1.0.0/files/shard-{{000000..{last:06}}}.tar", shardshuffle=False)), "samples")'
 
 Ctrl-C stops it."#
     );
