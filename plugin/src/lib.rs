@@ -11,6 +11,7 @@ pub mod origin;
 pub mod progress;
 pub mod registry;
 pub mod release;
+pub mod tenant;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;
 pub mod tier;

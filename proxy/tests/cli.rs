@@ -281,3 +281,19 @@ fn webdataset_shards_group_samples_and_respect_shard_size() {
     assert_eq!(m["records"]["webdataset_samples"], 40);
     ok(&["verify", "out", "--trust", "key.pub"], t.path());
 }
+
+#[test]
+fn tenant_key_prints_a_key_once_and_only_its_hash_for_config() {
+    let t = tempfile::tempdir().unwrap();
+    let out = run(&["tenant", "key", "--tenant", "vision"], t.path());
+    assert!(out.status.success());
+    let key = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(key.starts_with("sgk_"), "{key}");
+    let hash = format!("blake3:{}", blake3::hash(key.as_bytes()).to_hex());
+    assert!(stderr.contains(&hash), "{stderr}");
+    assert!(stderr.contains("id = \"vision\""));
+    assert!(!stderr.contains(&key), "the clear key must not be in the config lines");
+    let again = run(&["tenant", "key"], t.path());
+    assert_ne!(String::from_utf8(again.stdout).unwrap().trim(), key);
+}

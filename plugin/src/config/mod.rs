@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::release::chunk::DEFAULT_CHUNK_SIZE;
 use crate::release::keys::PublicKey;
+use crate::tenant::{AccessConfig, TenantConfig, Tenants};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -71,6 +72,12 @@ pub struct Config {
     pub hot_tier: HotTierConfig,
     #[serde(default)]
     pub metadata: MetadataConfig,
+    /// Tenants: API keys, readable datasets, limits. None configured: every dataset is public.
+    #[serde(default)]
+    pub tenants: Vec<TenantConfig>,
+    /// Public datasets and anonymous limits.
+    #[serde(default)]
+    pub access: AccessConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -357,6 +364,10 @@ impl Config {
                 OriginConfig::Dir { .. } => {}
             }
         }
+        Tenants::build(&self.tenants, &self.access).map_err(|e| match e {
+            crate::tenant::TenantError::Invalid { index, key, why } => invalid(format!("tenants[{index}].{key}"), why),
+            crate::tenant::TenantError::Access { key, why } => invalid(format!("access.{key}"), why),
+        })?;
         let mut names = std::collections::BTreeSet::new();
         for (i, o) in self.origins.iter().enumerate() {
             if !names.insert(o.name(i)) {

@@ -14,6 +14,7 @@ use crate::metrics::{Metrics, ReasonLabel};
 use crate::origin;
 use crate::registry::{self, Registry};
 use crate::release::keys::PublicKey;
+use crate::tenant::Tenants;
 use crate::tier::HotTier;
 
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +29,7 @@ pub enum GatewayError {
 
 pub struct Gateway {
     config: ArcSwap<Config>,
+    tenants: ArcSwap<Tenants>,
     registry: Registry,
     fetcher: Arc<Fetcher>,
     metrics: Arc<Metrics>,
@@ -49,6 +51,11 @@ fn trusted_keys(cfg: &Config) -> Result<Vec<PublicKey>, GatewayError> {
         .collect()
 }
 
+fn build_tenants(cfg: &Config) -> Result<Tenants, GatewayError> {
+    Tenants::build(&cfg.tenants, &cfg.access)
+        .map_err(|e| GatewayError::Config(ConfigError::Invalid { key: "tenants".into(), why: e.to_string() }))
+}
+
 impl Gateway {
     /// Builds the engine and loads the configured releases. Releases that
     /// fail to load are refused with a log line saying why; the rest serve.
@@ -64,8 +71,10 @@ impl Gateway {
             cfg.metadata.max_concurrent_fetches,
             metrics.clone(),
         );
+        let tenants = build_tenants(&cfg)?;
         let gw = Arc::new(Self {
             config: ArcSwap::from_pointee(cfg.clone()),
+            tenants: ArcSwap::from_pointee(tenants),
             registry: Registry::default(),
             fetcher,
             metrics,
@@ -102,9 +111,12 @@ impl Gateway {
         let result = async {
             cfg.validate()?;
             trusted_keys(&cfg)?;
+            // Rate and bandwidth limiters start afresh with the new tenant table.
+            let tenants = build_tenants(&cfg)?;
             let origins = origin::build(&cfg.origins, &cfg.fetch)?;
             self.fetcher.set_origins(origins);
             self.load_releases(&cfg).await?;
+            self.tenants.store(Arc::new(tenants));
             self.config.store(Arc::new(cfg));
             Ok(())
         }
@@ -146,6 +158,10 @@ impl Gateway {
 
     pub fn config(&self) -> Arc<Config> {
         self.config.load_full()
+    }
+
+    pub fn tenants(&self) -> Arc<Tenants> {
+        self.tenants.load_full()
     }
 
     pub fn registry(&self) -> &Registry {

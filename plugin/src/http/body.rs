@@ -18,6 +18,7 @@ use hyper::body::Frame;
 
 use crate::fetch::{FetchError, Fetcher, FileSpec, Source};
 use crate::metrics::{Metrics, ReasonLabel, SourceLabel};
+use crate::tenant::Tenant;
 
 /// The error that aborts a response mid-body.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +55,8 @@ struct ChunkedState {
     /// The last chunk (exclusive) the whole request needs.
     end_chunk: u64,
     primed: Primed,
+    /// The tenant whose bandwidth cap shapes this body, if it has one.
+    shaper: Option<Arc<Tenant>>,
     metrics: Arc<Metrics>,
 }
 
@@ -63,6 +66,7 @@ pub fn chunked(
     file: Arc<FileSpec>,
     pieces: Vec<Piece>,
     primed: Primed,
+    shaper: Option<Arc<Tenant>>,
     metrics: Arc<Metrics>,
 ) -> Body {
     let end_chunk = pieces
@@ -74,7 +78,7 @@ pub fn chunked(
         .max()
         .unwrap_or(0);
     let (pace, _) = tokio::sync::watch::channel(0);
-    let state = ChunkedState { fetcher, file, pieces: pieces.into(), pace, end_chunk, primed, metrics };
+    let state = ChunkedState { fetcher, file, pieces: pieces.into(), pace, end_chunk, primed, shaper, metrics };
     BodyExt::boxed(StreamBody::new(stream(state)))
 }
 
@@ -83,7 +87,12 @@ fn stream(state: ChunkedState) -> impl Stream<Item = Result<Frame<Bytes>, BodyEr
         let mut st = state?;
         let piece = st.pieces.pop_front()?;
         match piece {
-            Piece::Literal(b) => Some((Ok(Frame::data(b)), Some(st))),
+            Piece::Literal(b) => {
+                if let Some(t) = &st.shaper {
+                    t.shape(b.len() as u64).await;
+                }
+                Some((Ok(Frame::data(b)), Some(st)))
+            }
             Piece::Range(r) => {
                 let cs = st.file.layout.chunk_size();
                 let index = r.start / cs;
@@ -118,6 +127,9 @@ fn stream(state: ChunkedState) -> impl Stream<Item = Result<Frame<Bytes>, BodyEr
                 let consumed = chunk_start + to as u64;
                 if consumed < r.end {
                     st.pieces.push_front(Piece::Range(consumed..r.end));
+                }
+                if let Some(t) = &st.shaper {
+                    t.shape(slice.len() as u64).await;
                 }
                 let label = SourceLabel { source: if source == Source::Hot { "hot" } else { "origin" } };
                 st.metrics.served_bytes.get_or_create(&label).inc_by(slice.len() as u64);

@@ -21,6 +21,7 @@ use crate::fetch::{FileSpec, Source};
 use crate::gateway::Gateway;
 use crate::metrics::RequestLabel;
 use crate::registry::FileRef;
+use crate::tenant::{Denied, Tenant, Tenants};
 
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 static X_CACHE: HeaderName = HeaderName::from_static("x-shardgate-cache");
@@ -75,36 +76,85 @@ async fn route<B>(gw: &Arc<Gateway>, req: &Request<B>, started: Instant) -> (&'s
             gw.metrics().hot_bytes.set(gw.fetcher().hot().weighted_bytes());
             text(StatusCode::OK, gw.metrics().render(), "text/plain; version=0.0.4; charset=utf-8")
         }
+        Route::NotFound => error(StatusCode::NOT_FOUND, format!("no route for {}", req.uri().path())),
         _ if method != Method::GET && method != Method::HEAD => {
             let mut r = error(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not allowed here"));
             r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
             r
         }
-        Route::ListDatasets => list_datasets(gw),
-        Route::Dataset { name } => describe_dataset(gw, name),
-        Route::Manifest { name, version } => manifest(gw, req, name, version),
-        Route::File { name, version, path } => {
-            let Ok(v) = semver::Version::parse(version) else {
-                return (label, error(StatusCode::NOT_FOUND, format!("{version:?} is not a version of {name}")));
+        _ => {
+            // Everything under /v1: who is asking, may they, and are they within their rate.
+            // All of it happens before any origin work.
+            let tenants = gw.tenants();
+            let tenant = match tenants.identify(req.headers().get(header::AUTHORIZATION).map(HeaderValue::as_bytes)) {
+                Ok(t) => t,
+                Err(d) => return (label, denied(&d)),
             };
-            match gw.registry().snapshot().file(name, &v, &path) {
-                Some(f) => serve_file(gw, req, &f, started).await,
-                None => error(StatusCode::NOT_FOUND, format!("{name}@{version} has no file {path:?}")),
+            let dataset: Option<String> = match &route {
+                Route::Dataset { name } | Route::Manifest { name, .. } | Route::File { name, .. } => {
+                    Some(name.to_string())
+                }
+                Route::Blob { hash } => gw.registry().snapshot().blob(hash).map(|f| f.release.name().to_string()),
+                _ => None,
+            };
+            if let Some(d) = &dataset {
+                if let Err(e) = tenants.authorize(&tenant, d) {
+                    return (label, denied(&e));
+                }
+            }
+            if let Err(e) = tenant.admit() {
+                return (label, denied(&e));
+            }
+            match route {
+                Route::ListDatasets => list_datasets(gw, &tenants, &tenant),
+                Route::Dataset { name } => describe_dataset(gw, name),
+                Route::Manifest { name, version } => manifest(gw, req, name, version),
+                Route::File { name, version, path } => {
+                    let Ok(v) = semver::Version::parse(version) else {
+                        return (
+                            label,
+                            error(StatusCode::NOT_FOUND, format!("{version:?} is not a version of {name}")),
+                        );
+                    };
+                    match gw.registry().snapshot().file(name, &v, &path) {
+                        Some(f) => serve_file(gw, req, &f, started, tenant).await,
+                        None => error(StatusCode::NOT_FOUND, format!("{name}@{version} has no file {path:?}")),
+                    }
+                }
+                Route::Blob { hash } => match gw.registry().snapshot().blob(&hash) {
+                    Some(f) => serve_file(gw, req, &f, started, tenant).await,
+                    None => error(StatusCode::NOT_FOUND, format!("no served release holds blob {hash}")),
+                },
+                _ => error(StatusCode::NOT_FOUND, format!("no route for {}", req.uri().path())),
             }
         }
-        Route::Blob { hash } => match gw.registry().snapshot().blob(&hash) {
-            Some(f) => serve_file(gw, req, &f, started).await,
-            None => error(StatusCode::NOT_FOUND, format!("no served release holds blob {hash}")),
-        },
-        Route::NotFound => error(StatusCode::NOT_FOUND, format!("no route for {}", req.uri().path())),
     };
     (label, resp)
 }
 
-fn list_datasets(gw: &Gateway) -> Response<Body> {
+/// The answer to a request refused before any origin work.
+fn denied(d: &Denied) -> Response<Body> {
+    match d {
+        Denied::Unauthenticated(_) => {
+            let mut r = error(StatusCode::UNAUTHORIZED, d);
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"shardgate\""));
+            r
+        }
+        Denied::Forbidden { .. } => error(StatusCode::FORBIDDEN, d),
+        Denied::RateLimited { retry_after, .. } => {
+            let mut r = error(StatusCode::TOO_MANY_REQUESTS, d);
+            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+            r
+        }
+    }
+}
+
+fn list_datasets(gw: &Gateway, tenants: &Tenants, tenant: &Tenant) -> Response<Body> {
     let catalog = gw.registry().snapshot();
     let datasets: Vec<serde_json::Value> = catalog
         .names()
+        .filter(|(name, _)| tenants.can_see(tenant, name))
         .map(|(name, versions)| {
             serde_json::json!({
                 "name": name,
@@ -326,7 +376,13 @@ fn respond_in_memory<B>(
     Response::from_parts(parts, body::full(out))
 }
 
-async fn serve_file<B>(gw: &Arc<Gateway>, req: &Request<B>, f: &FileRef, started: Instant) -> Response<Body> {
+async fn serve_file<B>(
+    gw: &Arc<Gateway>,
+    req: &Request<B>,
+    f: &FileRef,
+    started: Instant,
+    tenant: Arc<Tenant>,
+) -> Response<Body> {
     let entry = f.entry();
     let Some(spec) = FileSpec::from_ref(f) else {
         return error(StatusCode::INTERNAL_SERVER_ERROR, "file has an invalid chunk layout");
@@ -390,7 +446,8 @@ async fn serve_file<B>(gw: &Arc<Gateway>, req: &Request<B>, f: &FileRef, started
             }
         }
     }
-    let body = body::chunked(fetcher, spec, pieces, primed, gw.metrics().clone());
+    let shaper = tenant.shapes_bandwidth().then_some(tenant);
+    let body = body::chunked(fetcher, spec, pieces, primed, shaper, gw.metrics().clone());
     Response::from_parts(parts, body)
 }
 

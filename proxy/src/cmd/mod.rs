@@ -6,6 +6,7 @@ mod keygen;
 mod pack;
 mod publish;
 mod serve;
+mod tenant;
 mod verify;
 
 use std::process::ExitCode;
@@ -39,6 +40,8 @@ pub enum Command {
     Serve(serve::Args),
     /// Generate, pack and serve a small dataset on 127.0.0.1, and print lines to try.
     Demo(demo::Args),
+    /// Tenant administration: `tenant key` makes an API key.
+    Tenant(tenant::Args),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -50,6 +53,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Publish(a) => publish::run(a),
         Command::Serve(a) => serve::run(a),
         Command::Demo(a) => demo::run(a),
+        Command::Tenant(a) => tenant::run(a),
     }
 }
 

@@ -1,0 +1,286 @@
+//! Tenants: who is asking, what they may read, and the limits they are held
+//! to. Identity comes from an API key (`Authorization: Bearer`), stored only
+//! as its BLAKE3 hash; datasets may be public, read by `anonymous`.
+//!
+//! Every check here runs before any origin work, so a tenant over its
+//! limits costs the origins nothing. Owns no I/O.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use serde::{Deserialize, Serialize};
+
+use crate::config::ByteSize;
+
+/// The tenant that public datasets are metered to when no key is given.
+pub const ANONYMOUS: &str = "anonymous";
+/// Prefix of API keys made by `shardgate tenant key`.
+pub const KEY_PREFIX: &str = "sgk_";
+/// Prefix of a stored key hash in config.
+pub const HASH_PREFIX: &str = "blake3:";
+
+/// Limits, for a tenant or for anonymous readers. Absent means unlimited.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Requests per second (may be fractional).
+    #[serde(default)]
+    pub request_rate: Option<f64>,
+    /// Requests allowed at once above the rate (default: the rate, at least 1).
+    #[serde(default)]
+    pub request_burst: Option<u32>,
+    /// Body bytes per second; shapes the body, never rejects.
+    #[serde(default)]
+    pub bandwidth: Option<ByteSize>,
+    /// Bytes allowed at once above the bandwidth (default: one second's worth, at most 4 GiB).
+    #[serde(default)]
+    pub bandwidth_burst: Option<ByteSize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    /// Stable id used in metering and billing.
+    pub id: String,
+    /// Display name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// API key hashes, `blake3:<hex>`, as printed by `shardgate tenant key`.
+    #[serde(default)]
+    pub keys: Vec<String>,
+    /// Dataset names this tenant may read (glob patterns such as `imagenet-*`).
+    #[serde(default)]
+    pub datasets: Vec<String>,
+    #[serde(flatten)]
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessConfig {
+    /// Datasets readable without a key (globs); metered to `anonymous`.
+    /// With no tenants configured, every dataset is public.
+    #[serde(default)]
+    pub public_datasets: Vec<String>,
+    /// Limits for anonymous readers.
+    #[serde(default)]
+    pub anonymous: Limits,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TenantError {
+    #[error("tenants[{index}].{key}: {why}")]
+    Invalid { index: usize, key: &'static str, why: String },
+    #[error("access.{key}: {why}")]
+    Access { key: &'static str, why: String },
+}
+
+/// Why a request is refused, before any origin work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Denied {
+    /// 401 with `WWW-Authenticate: Bearer`.
+    #[error("{0}")]
+    Unauthenticated(&'static str),
+    /// 403.
+    #[error("tenant {tenant} may not read dataset {dataset}")]
+    Forbidden { tenant: String, dataset: String },
+    /// 429 with `Retry-After`.
+    #[error("tenant {tenant} is over its request rate; retry in {}s", retry_after.as_secs().max(1))]
+    RateLimited { tenant: String, retry_after: Duration },
+}
+
+/// A tenant with its compiled patterns and live limiters.
+pub struct Tenant {
+    pub id: String,
+    pub name: String,
+    datasets: Vec<glob::Pattern>,
+    requests: Option<DefaultDirectRateLimiter>,
+    bandwidth: Option<(DefaultDirectRateLimiter, NonZeroU32)>,
+}
+
+impl std::fmt::Debug for Tenant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tenant").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+impl Tenant {
+    fn build(id: String, name: String, datasets: Vec<glob::Pattern>, limits: &Limits) -> Result<Self, String> {
+        let requests = match limits.request_rate {
+            None => None,
+            Some(rate) if !(rate.is_finite() && rate > 0.0) => {
+                return Err(format!("request_rate {rate} must be above 0"));
+            }
+            Some(rate) => {
+                let period = Duration::from_secs_f64(1.0 / rate);
+                let burst = limits.request_burst.unwrap_or((rate.ceil() as u32).max(1));
+                let burst = NonZeroU32::new(burst).ok_or("request_burst must be at least 1")?;
+                let quota = Quota::with_period(period).ok_or("request_rate is too high")?.allow_burst(burst);
+                Some(RateLimiter::direct(quota))
+            }
+        };
+        let bandwidth = match limits.bandwidth {
+            None => None,
+            Some(ByteSize(bps)) => {
+                let bps =
+                    u32::try_from(bps).map_err(|_| "bandwidth above 4GiB per second; leave it unset".to_string())?;
+                let bps = NonZeroU32::new(bps).ok_or("bandwidth must be above 0")?;
+                let burst = limits.bandwidth_burst.map(|b| b.0).unwrap_or(u64::from(bps.get()));
+                let burst = NonZeroU32::new(u32::try_from(burst).unwrap_or(u32::MAX))
+                    .ok_or("bandwidth_burst must be above 0")?;
+                Some((RateLimiter::direct(Quota::per_second(bps).allow_burst(burst)), burst))
+            }
+        };
+        Ok(Self { id, name, datasets, requests, bandwidth })
+    }
+
+    fn may_read(&self, dataset: &str) -> bool {
+        self.datasets.iter().any(|p| p.matches(dataset))
+    }
+
+    /// Takes one request from the tenant's rate, or says when to retry.
+    pub fn admit(&self) -> Result<(), Denied> {
+        let Some(limiter) = &self.requests else { return Ok(()) };
+        limiter.check().map_err(|not_until| {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            Denied::RateLimited { tenant: self.id.clone(), retry_after: wait }
+        })
+    }
+
+    /// Waits until `n` body bytes may be sent under the bandwidth cap.
+    pub async fn shape(&self, mut n: u64) {
+        let Some((limiter, burst)) = &self.bandwidth else { return };
+        while n > 0 {
+            let take = n.min(u64::from(burst.get()));
+            let cells = NonZeroU32::new(take as u32).unwrap_or(NonZeroU32::MIN);
+            // `take` never exceeds the burst, so capacity is always sufficient.
+            let _ = limiter.until_n_ready(cells).await;
+            n -= take;
+        }
+    }
+
+    pub fn shapes_bandwidth(&self) -> bool {
+        self.bandwidth.is_some()
+    }
+}
+
+/// Who may read what, compiled from config.
+#[derive(Debug)]
+pub struct Tenants {
+    by_key: HashMap<[u8; 32], Arc<Tenant>>,
+    by_id: HashMap<String, Arc<Tenant>>,
+    anonymous: Arc<Tenant>,
+    public: Vec<glob::Pattern>,
+    open: bool,
+}
+
+fn patterns(globs: &[String]) -> Result<Vec<glob::Pattern>, String> {
+    globs.iter().map(|g| glob::Pattern::new(g).map_err(|e| format!("{g:?}: {e}"))).collect()
+}
+
+/// Parses `blake3:<hex>` into the stored hash.
+pub fn parse_key_hash(s: &str) -> Result<[u8; 32], String> {
+    let hex_part =
+        s.strip_prefix(HASH_PREFIX).ok_or_else(|| format!("{s:?} is not `blake3:<hex>`; keys are stored hashed"))?;
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(hex_part, &mut out).map_err(|e| format!("{s:?}: {e}"))?;
+    Ok(out)
+}
+
+/// The stored form of an API key.
+pub fn hash_key(key: &str) -> [u8; 32] {
+    *blake3::hash(key.as_bytes()).as_bytes()
+}
+
+/// A new random API key and the config line that admits it.
+pub fn new_key() -> Result<(String, String), String> {
+    let mut raw = [0u8; 32];
+    getrandom::fill(&mut raw).map_err(|e| e.to_string())?;
+    let key = format!("{KEY_PREFIX}{}", B64URL.encode(raw));
+    let line = format!("{HASH_PREFIX}{}", hex::encode(hash_key(&key)));
+    Ok((key, line))
+}
+
+impl Tenants {
+    pub fn build(tenants: &[TenantConfig], access: &AccessConfig) -> Result<Self, TenantError> {
+        let mut by_key = HashMap::new();
+        let mut by_id = HashMap::new();
+        for (index, t) in tenants.iter().enumerate() {
+            let bad = |key: &'static str, why: String| TenantError::Invalid { index, key, why };
+            if t.id.is_empty()
+                || t.id == ANONYMOUS
+                || !t.id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            {
+                return Err(bad("id", format!("{:?} must be letters, digits, - _ . and not {ANONYMOUS:?}", t.id)));
+            }
+            if by_id.contains_key(&t.id) {
+                return Err(bad("id", format!("{:?} is used twice", t.id)));
+            }
+            let datasets = patterns(&t.datasets).map_err(|w| bad("datasets", w))?;
+            let tenant = Arc::new(
+                Tenant::build(t.id.clone(), t.name.clone().unwrap_or_else(|| t.id.clone()), datasets, &t.limits)
+                    .map_err(|w| bad("limits", w))?,
+            );
+            for k in &t.keys {
+                let h = parse_key_hash(k).map_err(|w| bad("keys", w))?;
+                if by_key.insert(h, tenant.clone()).is_some() {
+                    return Err(bad("keys", format!("{k} belongs to two tenants")));
+                }
+            }
+            by_id.insert(t.id.clone(), tenant);
+        }
+        let public =
+            patterns(&access.public_datasets).map_err(|why| TenantError::Access { key: "public_datasets", why })?;
+        let anonymous = Arc::new(
+            Tenant::build(ANONYMOUS.into(), "anonymous readers".into(), Vec::new(), &access.anonymous)
+                .map_err(|why| TenantError::Access { key: "anonymous", why })?,
+        );
+        Ok(Self { by_key, by_id, anonymous, public, open: tenants.is_empty() })
+    }
+
+    pub fn tenant(&self, id: &str) -> Option<&Arc<Tenant>> {
+        if id == ANONYMOUS { Some(&self.anonymous) } else { self.by_id.get(id) }
+    }
+
+    pub fn is_public(&self, dataset: &str) -> bool {
+        self.open || self.public.iter().any(|p| p.matches(dataset))
+    }
+
+    /// Who is asking: the tenant of a valid bearer key, or anonymous when no
+    /// credentials are given. A key that is present but wrong is refused.
+    pub fn identify(&self, authorization: Option<&[u8]>) -> Result<Arc<Tenant>, Denied> {
+        let Some(value) = authorization else { return Ok(self.anonymous.clone()) };
+        let text = std::str::from_utf8(value).map_err(|_| Denied::Unauthenticated("malformed Authorization header"))?;
+        let (scheme, key) =
+            text.trim().split_once(' ').ok_or(Denied::Unauthenticated("Authorization must be `Bearer <key>`"))?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(Denied::Unauthenticated("Authorization must be `Bearer <key>`"));
+        }
+        self.by_key.get(&hash_key(key.trim())).cloned().ok_or(Denied::Unauthenticated("the API key is not valid"))
+    }
+
+    /// Whether `tenant` may read `dataset`.
+    pub fn authorize(&self, tenant: &Tenant, dataset: &str) -> Result<(), Denied> {
+        if self.is_public(dataset) || tenant.may_read(dataset) {
+            return Ok(());
+        }
+        if tenant.id == ANONYMOUS {
+            return Err(Denied::Unauthenticated("an API key is required for this dataset"));
+        }
+        Err(Denied::Forbidden { tenant: tenant.id.clone(), dataset: dataset.to_string() })
+    }
+
+    /// Whether `tenant` may see `dataset` in listings.
+    pub fn can_see(&self, tenant: &Tenant, dataset: &str) -> bool {
+        self.authorize(tenant, dataset).is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests;
