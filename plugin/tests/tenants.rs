@@ -44,6 +44,7 @@ async fn fixture(vision_limits: Limits) -> Fixture {
             name: Some("Vision".into()),
             keys: vec![vh],
             datasets: vec!["imagenet-*".into()],
+            cert_names: vec![],
             limits: vision_limits,
         },
         TenantConfig {
@@ -51,6 +52,7 @@ async fn fixture(vision_limits: Limits) -> Fixture {
             name: None,
             keys: vec![mh],
             datasets: vec!["medical-*".into()],
+            cert_names: vec![],
             limits: Limits::default(),
         },
     ];

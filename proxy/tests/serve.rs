@@ -292,3 +292,101 @@ fn tls_with_http2_serves_verified_ranges() {
     assert!(head.contains("content-range: bytes 1000-1999/3000000"), "{head}");
     assert_eq!(std::fs::read(d.join("body.bin")).unwrap(), vec![5u8; 1000]);
 }
+
+fn openssl(d: &Path, args: &[&str]) {
+    let out = Command::new("openssl").args(args).current_dir(d).output().unwrap();
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn a_client_certificate_names_the_tenant_over_mtls() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    setup(d);
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    openssl(
+        d,
+        &[&["req", "-x509"][..], &ec, &["-days", "2", "-subj", "/CN=test-ca", "-keyout", "ca.key", "-out", "ca.crt"]]
+            .concat(),
+    );
+    openssl(d, &[&["req"][..], &ec, &["-subj", "/CN=localhost", "-keyout", "srv.key", "-out", "srv.csr"]].concat());
+    std::fs::write(d.join("srv.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
+    openssl(
+        d,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "srv.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "srv.ext",
+            "-out",
+            "srv.crt",
+        ],
+    );
+    openssl(d, &[&["req"][..], &ec, &["-subj", "/CN=vision-loader", "-keyout", "cli.key", "-out", "cli.csr"]].concat());
+    std::fs::write(d.join("cli.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    openssl(
+        d,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "cli.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "cli.ext",
+            "-out",
+            "cli.crt",
+        ],
+    );
+    // A certificate from another CA with the same name must not be accepted.
+    openssl(
+        d,
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &["-days", "2", "-subj", "/CN=vision-loader", "-keyout", "rogue.key", "-out", "rogue.crt"],
+        ]
+        .concat(),
+    );
+
+    write_config(
+        d,
+        &["rel-b"],
+        "[[tenants]]\nid = \"vision\"\ndatasets = [\"rel-*\"]\ncert_names = [\"vision-loader\"]\n",
+    );
+    let text = std::fs::read_to_string(d.join("gw.toml"))
+        .unwrap()
+        .replace("[trust]", "[server.tls]\ncert = \"srv.crt\"\nkey = \"srv.key\"\nclient_ca = \"ca.crt\"\n[trust]");
+    std::fs::write(d.join("gw.toml"), text).unwrap();
+    let srv = Server::start(&d.join("gw.toml"));
+    let url = format!("{}/v1/datasets/rel-b/1.0.0/files/data.bin", srv.base);
+    let status = |extra: &[&str]| {
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", "ca.crt", "-r", "0-9"])
+            .args(extra)
+            .arg(&url)
+            .current_dir(d)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    assert_eq!(status(&[]), "401", "no certificate, no key");
+    assert_eq!(status(&["--cert", "cli.crt", "--key", "cli.key"]), "206", "{}", srv.logs());
+    let rogue = status(&["--cert", "rogue.crt", "--key", "rogue.key"]);
+    assert!(rogue == "000" || rogue == "401", "a certificate from an untrusted CA was accepted: {rogue}");
+}

@@ -127,6 +127,21 @@ pub struct TlsConfig {
     pub cert: PathBuf,
     /// PEM private key.
     pub key: PathBuf,
+    /// PEM CA bundle for client certificates; when set, clients may present
+    /// one and its names identify a tenant (`tenants[].cert_names`).
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// With `client_ca`: `optional` (bearer keys still work) or `required`.
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    #[default]
+    Optional,
+    Required,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -298,6 +313,9 @@ impl Config {
         if let Some(tls) = &mut self.server.tls {
             fix(&mut tls.cert);
             fix(&mut tls.key);
+            if let Some(ca) = &mut tls.client_ca {
+                fix(ca);
+            }
         }
         for k in &mut self.trust.keys {
             if !k.starts_with("ed25519:") {

@@ -15,8 +15,9 @@ use tokio::sync::Semaphore;
 use tokio_io_timeout::TimeoutStream;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::{ServerConfig, TlsConfig};
+use crate::config::{ClientAuth, ServerConfig, TlsConfig};
 use crate::gateway::Gateway;
+use crate::http::service::PeerNames;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -40,10 +41,26 @@ pub fn tls_acceptor(cfg: &TlsConfig) -> Result<TlsAcceptor, ServerError> {
         return Err(err(&cfg.cert, "no certificate found".into()));
     }
     let key = PrivateKeyDer::from_pem_file(&cfg.key).map_err(|e| err(&cfg.key, e.to_string()))?;
-    let mut tls = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| err(&cfg.cert, e.to_string()))?;
+    let builder = rustls::ServerConfig::builder();
+    let builder = match &cfg.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_file_iter(ca).map_err(|e| err(ca, e.to_string()))? {
+                roots.add(c.map_err(|e| err(ca, e.to_string()))?).map_err(|e| err(ca, e.to_string()))?;
+            }
+            if roots.is_empty() {
+                return Err(err(ca, "no CA certificate found".into()));
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots));
+            let verifier = match cfg.client_auth {
+                ClientAuth::Optional => verifier.allow_unauthenticated(),
+                ClientAuth::Required => verifier,
+            };
+            builder.with_client_cert_verifier(verifier.build().map_err(|e| err(ca, e.to_string()))?)
+        }
+    };
+    let mut tls = builder.with_single_cert(certs, key).map_err(|e| err(&cfg.cert, e.to_string()))?;
     tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(tls)))
 }
@@ -106,14 +123,33 @@ pub async fn serve(
             let _permit = permit;
             gw.metrics().connections.inc();
             let svc_gw = gw.clone();
-            let svc = service_fn(move |req| super::service::handle(svc_gw.clone(), req));
+            let service = move |peer: PeerNames| {
+                let svc_gw = svc_gw.clone();
+                service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(peer.clone());
+                    super::service::handle(svc_gw.clone(), req)
+                })
+            };
             let mut timed = TimeoutStream::new(stream);
             timed.set_write_timeout(Some(write_timeout));
             let timed = Box::pin(timed);
             let result = match tls {
-                None => watcher.watch(builder.serve_connection(TokioIo::new(timed), svc)).await,
+                None => {
+                    watcher.watch(builder.serve_connection(TokioIo::new(timed), service(PeerNames::default()))).await
+                }
                 Some(acceptor) => match tokio::time::timeout(handshake_timeout, acceptor.accept(timed)).await {
-                    Ok(Ok(tls_stream)) => watcher.watch(builder.serve_connection(TokioIo::new(tls_stream), svc)).await,
+                    Ok(Ok(tls_stream)) => {
+                        // rustls has verified the chain against client_ca; only then are the names trusted.
+                        let names = tls_stream
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|c| c.first())
+                            .map(|c| crate::tenant::cert::names(c.as_ref()))
+                            .unwrap_or_default();
+                        let svc = service(PeerNames(Arc::new(names)));
+                        watcher.watch(builder.serve_connection(TokioIo::new(tls_stream), svc)).await
+                    }
                     Ok(Err(e)) => {
                         tracing::debug!(%peer, error = %e, "TLS handshake failed");
                         Ok(())

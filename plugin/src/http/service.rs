@@ -26,6 +26,10 @@ use crate::tenant::{Denied, Tenant, Tenants};
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 static X_CACHE: HeaderName = HeaderName::from_static("x-shardgate-cache");
 
+/// Names from the connection's verified TLS client certificate, if any.
+#[derive(Debug, Clone, Default)]
+pub struct PeerNames(pub Arc<Vec<String>>);
+
 /// Serves one request. Never fails: every problem is an HTTP answer.
 pub async fn handle<B>(gw: Arc<Gateway>, req: Request<B>) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
@@ -86,7 +90,10 @@ async fn route<B>(gw: &Arc<Gateway>, req: &Request<B>, started: Instant) -> (&'s
             // Everything under /v1: who is asking, may they, and are they within their rate.
             // All of it happens before any origin work.
             let tenants = gw.tenants();
-            let tenant = match tenants.identify(req.headers().get(header::AUTHORIZATION).map(HeaderValue::as_bytes)) {
+            let cert_names = req.extensions().get::<PeerNames>().map(|p| p.0.as_slice()).unwrap_or(&[]);
+            let tenant = match tenants
+                .identify(req.headers().get(header::AUTHORIZATION).map(HeaderValue::as_bytes), cert_names)
+            {
                 Ok(t) => t,
                 Err(d) => return (label, denied(&d)),
             };

@@ -5,6 +5,8 @@
 //! Every check here runs before any origin work, so a tenant over its
 //! limits costs the origins nothing. Owns no I/O.
 
+pub mod cert;
+
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -57,6 +59,10 @@ pub struct TenantConfig {
     /// Dataset names this tenant may read (glob patterns such as `imagenet-*`).
     #[serde(default)]
     pub datasets: Vec<String>,
+    /// TLS client certificate names (subject CN, SAN DNS or URI) that identify
+    /// this tenant when `server.tls.client_ca` is set.
+    #[serde(default)]
+    pub cert_names: Vec<String>,
     #[serde(flatten)]
     pub limits: Limits,
 }
@@ -174,6 +180,7 @@ impl Tenant {
 #[derive(Debug)]
 pub struct Tenants {
     by_key: HashMap<[u8; 32], Arc<Tenant>>,
+    by_cert: HashMap<String, Arc<Tenant>>,
     by_id: HashMap<String, Arc<Tenant>>,
     anonymous: Arc<Tenant>,
     public: Vec<glob::Pattern>,
@@ -210,6 +217,7 @@ pub fn new_key() -> Result<(String, String), String> {
 impl Tenants {
     pub fn build(tenants: &[TenantConfig], access: &AccessConfig) -> Result<Self, TenantError> {
         let mut by_key = HashMap::new();
+        let mut by_cert = HashMap::new();
         let mut by_id = HashMap::new();
         for (index, t) in tenants.iter().enumerate() {
             let bad = |key: &'static str, why: String| TenantError::Invalid { index, key, why };
@@ -233,6 +241,11 @@ impl Tenants {
                     return Err(bad("keys", format!("{k} belongs to two tenants")));
                 }
             }
+            for n in &t.cert_names {
+                if n.is_empty() || by_cert.insert(n.clone(), tenant.clone()).is_some() {
+                    return Err(bad("cert_names", format!("{n:?} is empty or names two tenants")));
+                }
+            }
             by_id.insert(t.id.clone(), tenant);
         }
         let public =
@@ -241,7 +254,7 @@ impl Tenants {
             Tenant::build(ANONYMOUS.into(), "anonymous readers".into(), Vec::new(), &access.anonymous)
                 .map_err(|why| TenantError::Access { key: "anonymous", why })?,
         );
-        Ok(Self { by_key, by_id, anonymous, public, open: tenants.is_empty() })
+        Ok(Self { by_key, by_cert, by_id, anonymous, public, open: tenants.is_empty() })
     }
 
     pub fn tenant(&self, id: &str) -> Option<&Arc<Tenant>> {
@@ -252,10 +265,14 @@ impl Tenants {
         self.open || self.public.iter().any(|p| p.matches(dataset))
     }
 
-    /// Who is asking: the tenant of a valid bearer key, or anonymous when no
-    /// credentials are given. A key that is present but wrong is refused.
-    pub fn identify(&self, authorization: Option<&[u8]>) -> Result<Arc<Tenant>, Denied> {
-        let Some(value) = authorization else { return Ok(self.anonymous.clone()) };
+    /// Who is asking: the tenant of a valid bearer key; else the tenant a
+    /// verified client certificate names; else anonymous. A key that is
+    /// present but wrong is refused.
+    pub fn identify(&self, authorization: Option<&[u8]>, cert_names: &[String]) -> Result<Arc<Tenant>, Denied> {
+        let Some(value) = authorization else {
+            let by_cert = cert_names.iter().find_map(|n| self.by_cert.get(n));
+            return Ok(by_cert.unwrap_or(&self.anonymous).clone());
+        };
         let text = std::str::from_utf8(value).map_err(|_| Denied::Unauthenticated("malformed Authorization header"))?;
         let (scheme, key) =
             text.trim().split_once(' ').ok_or(Denied::Unauthenticated("Authorization must be `Bearer <key>`"))?;

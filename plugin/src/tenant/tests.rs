@@ -7,6 +7,7 @@ fn tenants(limits: Limits) -> (Tenants, String) {
         name: Some("Vision team".into()),
         keys: vec![line],
         datasets: vec!["imagenet-*".into()],
+        cert_names: vec!["vision-loader".into()],
         limits,
     }];
     let access = AccessConfig { public_datasets: vec!["open-*".into()], anonymous: Limits::default() };
@@ -16,24 +17,47 @@ fn tenants(limits: Limits) -> (Tenants, String) {
 #[test]
 fn keys_identify_tenants_and_are_stored_hashed() {
     let (t, key) = tenants(Limits::default());
-    let who = t.identify(Some(format!("Bearer {key}").as_bytes())).unwrap();
+    let who = t.identify_key(Some(format!("Bearer {key}").as_bytes())).unwrap();
     assert_eq!(who.id, "vision");
-    assert_eq!(t.identify(Some(format!("bearer   {key}").as_bytes())).unwrap().id, "vision");
-    assert_eq!(t.identify(None).unwrap().id, ANONYMOUS);
-    assert_eq!(t.identify(Some(b"Bearer sgk_wrong")).unwrap_err(), Denied::Unauthenticated("the API key is not valid"));
-    assert!(t.identify(Some(format!("Basic {key}").as_bytes())).is_err());
-    assert!(t.identify(Some(b"Bearer")).is_err());
+    assert_eq!(t.identify_key(Some(format!("bearer   {key}").as_bytes())).unwrap().id, "vision");
+    assert_eq!(t.identify_key(None).unwrap().id, ANONYMOUS);
+    assert_eq!(
+        t.identify_key(Some(b"Bearer sgk_wrong")).unwrap_err(),
+        Denied::Unauthenticated("the API key is not valid")
+    );
+    assert!(t.identify_key(Some(format!("Basic {key}").as_bytes())).is_err());
+    assert!(t.identify_key(Some(b"Bearer")).is_err());
     assert!(key.starts_with(KEY_PREFIX) && key.len() > 40);
     // The clear key appears nowhere in the config form.
     let (_, line) = new_key().unwrap();
     assert!(line.starts_with("blake3:") && line.len() == 7 + 64);
 }
 
+trait IdentifyKey {
+    fn identify_key(&self, auth: Option<&[u8]>) -> Result<Arc<Tenant>, Denied>;
+}
+
+impl IdentifyKey for Tenants {
+    fn identify_key(&self, auth: Option<&[u8]>) -> Result<Arc<Tenant>, Denied> {
+        self.identify(auth, &[])
+    }
+}
+
+#[test]
+fn client_certificate_names_identify_tenants_when_no_key_is_given() {
+    let (t, _) = tenants(Limits::default());
+    let names = vec!["other.example".to_string(), "vision-loader".to_string()];
+    assert_eq!(t.identify(None, &names).unwrap().id, "vision");
+    assert_eq!(t.identify(None, &["stranger".to_string()]).unwrap().id, ANONYMOUS);
+    // An explicit key wins, and a bad key is still refused.
+    assert!(t.identify(Some(b"Bearer sgk_bad"), &names).is_err());
+}
+
 #[test]
 fn dataset_access_answers() {
     let (t, key) = tenants(Limits::default());
-    let vision = t.identify(Some(format!("Bearer {key}").as_bytes())).unwrap();
-    let anon = t.identify(None).unwrap();
+    let vision = t.identify_key(Some(format!("Bearer {key}").as_bytes())).unwrap();
+    let anon = t.identify_key(None).unwrap();
     assert!(t.authorize(&vision, "imagenet-mini").is_ok());
     assert!(t.authorize(&vision, "open-data").is_ok());
     assert_eq!(
@@ -44,13 +68,13 @@ fn dataset_access_answers() {
     assert!(matches!(t.authorize(&anon, "imagenet-mini"), Err(Denied::Unauthenticated(_))));
     // No tenants at all: an open gateway.
     let open = Tenants::build(&[], &AccessConfig::default()).unwrap();
-    assert!(open.authorize(&open.identify(None).unwrap(), "anything").is_ok());
+    assert!(open.authorize(&open.identify_key(None).unwrap(), "anything").is_ok());
 }
 
 #[test]
 fn request_rate_admits_the_burst_then_says_when_to_retry() {
     let (t, key) = tenants(Limits { request_rate: Some(2.0), request_burst: Some(3), ..Limits::default() });
-    let v = t.identify(Some(format!("Bearer {key}").as_bytes())).unwrap();
+    let v = t.identify_key(Some(format!("Bearer {key}").as_bytes())).unwrap();
     for _ in 0..3 {
         v.admit().unwrap();
     }
@@ -68,7 +92,7 @@ async fn bandwidth_shapes_by_bytes_and_splits_large_frames() {
     let limits =
         Limits { bandwidth: Some(ByteSize(1_000_000)), bandwidth_burst: Some(ByteSize(100_000)), ..Limits::default() };
     let (t, key) = tenants(limits);
-    let v = t.identify(Some(format!("Bearer {key}").as_bytes())).unwrap();
+    let v = t.identify_key(Some(format!("Bearer {key}").as_bytes())).unwrap();
     assert!(v.shapes_bandwidth());
     let t0 = std::time::Instant::now();
     // 100 KB of burst is free; the next 300 KB at 1 MB/s take at least 0.3 s.
@@ -78,7 +102,14 @@ async fn bandwidth_shapes_by_bytes_and_splits_large_frames() {
 
 #[test]
 fn config_errors_name_the_key() {
-    let base = TenantConfig { id: "a".into(), name: None, keys: vec![], datasets: vec![], limits: Limits::default() };
+    let base = TenantConfig {
+        id: "a".into(),
+        name: None,
+        keys: vec![],
+        datasets: vec![],
+        cert_names: vec![],
+        limits: Limits::default(),
+    };
     let cases: Vec<(TenantConfig, &str)> = vec![
         (TenantConfig { id: "anonymous".into(), ..base.clone() }, "tenants[0].id"),
         (TenantConfig { keys: vec!["plaintext".into()], ..base.clone() }, "tenants[0].keys"),
