@@ -260,3 +260,52 @@ async fn a_btfs_gateway_origin_serves_verified_ranges_and_fails_over() {
     assert!(g.metric("shardgate_chunk_verify_failures_total{origin=\"gw0\"}") >= 1.0);
     g.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_file_published_with_two_chunk_sizes_never_mixes_chunks() {
+    // Regression: the hot tier was keyed by file hash and chunk index only,
+    // so chunk 1 of a 64 KiB-chunk release answered for chunk 1 of a 16 KiB one.
+    let content = bytes_of(1_000_000, 42);
+    let big = Release::pack("sizes-a", &[("f.bin", content.clone())], CHUNK);
+    let small = Release::pack("sizes-b", &[("f.bin", content.clone())], 16 * 1024);
+    let mut blobs = big.blobs.clone();
+    blobs.extend(small.blobs.clone());
+    let m = MockOrigin::start(blobs).await;
+    let mut cfg = config_for(&big, &[&m]);
+    cfg.trust.keys.push(small.key.public().to_string());
+    cfg.releases.push(shardgate::config::ReleaseSource { manifest: small.manifest_path(), placement: None });
+    let g = Served::start(cfg).await;
+    let c = client();
+    let (s, body) = fetch(&c, &big.url(&g.base, "f.bin"), None).await;
+    assert_eq!((s, body.unwrap()), (200, content.clone()));
+    for (a, b) in [(16_384, 32_767), (65_536, 70_000), (100_000, 400_000), (999_000, 999_999)] {
+        let (s, body) = fetch(&c, &small.url(&g.base, "f.bin"), Some((a, b))).await;
+        assert_eq!((s, body.unwrap()), (206, content[a as usize..=b as usize].to_vec()), "range {a}-{b}");
+    }
+    g.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_reader_does_not_hold_back_other_readers() {
+    let rel = Release::pack("paused", &dataset(), CHUNK);
+    let m = MockOrigin::start(rel.blobs.clone()).await;
+    let mut cfg = config_for(&rel, &[&m]);
+    cfg.fetch.span = shardgate::config::ByteSize(CHUNK);
+    cfg.fetch.readahead_chunks = 4;
+    let g = Served::start(cfg).await;
+    let url = rel.url(&g.base, "a/big.bin");
+    let src = rel.files["a/big.bin"].clone();
+    // Reader A takes one piece of a whole-file GET and then stops reading.
+    let mut a = client().get(&url).send().await.unwrap();
+    let first = a.chunk().await.unwrap().unwrap();
+    assert_eq!(&first[..], &src[..first.len()]);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Reader B wants chunks inside and far beyond A's read-ahead; neither may wait on A.
+    for (lo, hi) in [(2 * CHUNK, 3 * CHUNK + 10), (1_500_000, 1_999_999)] {
+        let got = tokio::time::timeout(Duration::from_secs(10), fetch(&client(), &url, Some((lo, hi)))).await;
+        let (s, body) = got.expect("a reader waited on a paused reader's read-ahead");
+        assert_eq!((s, body.unwrap()), (206, src[lo as usize..=hi as usize].to_vec()));
+    }
+    drop(a);
+    g.shutdown().await;
+}

@@ -77,6 +77,15 @@ impl FileSpec {
 }
 
 type ChunkResult = Result<Bytes, FetchError>;
+
+/// Largest chunk table fetched: 8 Mi entries, e.g. a 2 TiB file in 256 KiB chunks.
+const MAX_TABLE_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Chunks looked at for `X-Shardgate-Cache`.
+const CACHE_SCAN: u64 = 256;
+
+/// How often a paced read-ahead looks for other readers waiting on its next chunk.
+const PACE_RECHECK: std::time::Duration = std::time::Duration::from_millis(20);
 type Slot = watch::Receiver<Option<ChunkResult>>;
 
 pub struct Fetcher {
@@ -102,15 +111,17 @@ impl std::fmt::Debug for Fetcher {
 struct SpanGuard<'a> {
     fetcher: &'a Fetcher,
     file: Blake3,
+    chunk_size: u64,
     next: &'a AtomicU64,
-    end: u64,
+    /// End of the slots this span has reserved (they may be fewer than its origin request covers).
+    reserved: &'a AtomicU64,
 }
 
 impl Drop for SpanGuard<'_> {
     fn drop(&mut self) {
         if let Ok(mut map) = self.fetcher.inflight.lock() {
-            for index in self.next.load(Ordering::Acquire)..self.end {
-                map.remove(&ChunkKey { file: self.file, index });
+            for index in self.next.load(Ordering::Acquire)..self.reserved.load(Ordering::Acquire) {
+                map.remove(&ChunkKey::new(self.file, self.chunk_size, index));
             }
         }
     }
@@ -162,10 +173,14 @@ impl Fetcher {
         u64::from(self.cfg.readahead_chunks)
     }
 
-    /// Whether every, some or none of the chunks are in the hot tier.
+    /// How many of the chunks are in the hot tier, looking at no more than
+    /// the first `CACHE_SCAN` of them (a HEAD of a huge file stays cheap).
     pub fn cached(&self, file: &FileSpec, chunks: Range<u64>) -> (u64, u64) {
+        let chunks = chunks.start..chunks.end.min(chunks.start + CACHE_SCAN);
         let total = chunks.end - chunks.start;
-        let hot = chunks.filter(|&i| self.hot.contains(&ChunkKey { file: file.blake3, index: i })).count() as u64;
+        let hot = chunks
+            .filter(|&i| self.hot.contains(&ChunkKey::new(file.blake3, file.layout.chunk_size(), i)))
+            .count() as u64;
         (hot, total)
     }
 
@@ -186,6 +201,12 @@ impl Fetcher {
 
     async fn fetch_table(&self, file: &FileSpec, table_hash: Blake3) -> Result<ChunkTable, FetchError> {
         let len = file.layout.table_len();
+        if len > MAX_TABLE_BYTES {
+            return Err(FetchError::Table {
+                file: file.blake3,
+                detail: format!("a {len}-byte chunk table is larger than the {MAX_TABLE_BYTES}-byte limit"),
+            });
+        }
         let blob = BlobRef { blake3: table_hash, cid: file.table_cid.as_deref(), size: len };
         let origins = self.origins();
         if origins.is_empty() {
@@ -230,7 +251,7 @@ impl Fetcher {
         if index >= count {
             return Err(FetchError::OutOfRange { file: file.blake3, chunk: index });
         }
-        let key = ChunkKey { file: file.blake3, index };
+        let key = ChunkKey::new(file.blake3, file.layout.chunk_size(), index);
         if let Some(b) = self.hot.get(&key) {
             self.metrics.hot_hits.inc();
             return Ok((b, Source::Hot));
@@ -266,10 +287,13 @@ impl Fetcher {
     /// request is paced by the reader: it stays at most `fetch.readahead_chunks`
     /// ahead of the position published on `pace`, and stops if the reader goes.
     pub fn prefetch(self: &Arc<Self>, file: &Arc<FileSpec>, from: u64, to: u64, pace: &watch::Receiver<u64>) {
+        if self.readahead_chunks() == 0 {
+            return;
+        }
         let to = to.min(file.layout.chunk_count());
         let window = (from + self.readahead_chunks().max(1)).min(to);
         let gap = (from..window).find(|&i| {
-            let key = ChunkKey { file: file.blake3, index: i };
+            let key = ChunkKey::new(file.blake3, file.layout.chunk_size(), i);
             !self.hot.contains(&key) && !self.inflight.lock().is_ok_and(|m| m.contains_key(&key))
         });
         if let Some(g) = gap {
@@ -288,7 +312,7 @@ impl Fetcher {
         limit: u64,
         pace: Option<watch::Receiver<u64>>,
     ) -> Result<Slot, Bytes> {
-        let key = ChunkKey { file: file.blake3, index };
+        let key = ChunkKey::new(file.blake3, file.layout.chunk_size(), index);
         let Ok(mut map) = self.inflight.lock() else {
             // A poisoned map only happens after a panic elsewhere; fetch alone.
             let (tx, rx) = watch::channel(None);
@@ -296,18 +320,26 @@ impl Fetcher {
             return Ok(rx);
         };
         if let Some(slot) = map.get(&key) {
-            return Ok(slot.clone());
+            // A slot whose span ended without a value (its reader left) is
+            // dead: replace it rather than wait on it again.
+            if slot.has_changed().is_ok() || slot.borrow().is_some() {
+                return Ok(slot.clone());
+            }
+            map.remove(&key);
         }
         // Delivered between our hot-tier miss and taking the lock.
         if let Some(b) = self.hot.get(&key) {
             return Err(b);
         }
-        let max_end = limit.max(index + 1);
+        let limit = limit.max(index + 1);
+        // A paced read-ahead reserves slots only `ahead` chunks at a time (more
+        // as its reader moves), so other readers further on fetch for themselves.
+        let max_end = if pace.is_some() { limit.min(index + self.readahead_chunks().max(1)) } else { limit };
         let mut senders = Vec::new();
         let mut end = index;
         let mut mine = None;
         while end < max_end {
-            let k = ChunkKey { file: file.blake3, index: end };
+            let k = ChunkKey::new(file.blake3, file.layout.chunk_size(), end);
             if end > index && (map.contains_key(&k) || self.hot.contains(&k)) {
                 break;
             }
@@ -320,7 +352,8 @@ impl Fetcher {
             end += 1;
         }
         drop(map);
-        self.spawn_span(file.clone(), index..end, senders, pace);
+        let request_end = if pace.is_some() && end == max_end { limit } else { end };
+        self.spawn_span(file.clone(), index..request_end, senders, pace);
         mine.ok_or(Bytes::new())
     }
 
@@ -334,9 +367,43 @@ impl Fetcher {
         let this = self.clone();
         tokio::spawn(async move {
             let next = AtomicU64::new(chunks.start);
-            let _guard = SpanGuard { fetcher: &this, file: file.blake3, next: &next, end: chunks.end };
-            this.run_span(&file, chunks, senders, pace, &next).await;
+            let reserved = AtomicU64::new(chunks.start + senders.len() as u64);
+            let _guard = SpanGuard {
+                fetcher: &this,
+                file: file.blake3,
+                chunk_size: file.layout.chunk_size(),
+                next: &next,
+                reserved: &reserved,
+            };
+            this.run_span(&file, chunks, senders, pace, &next, &reserved).await;
         });
+    }
+
+    /// Reserves slots for the next `readahead_chunks` chunks from `from` (up
+    /// to `end`), stopping at one that is hot or in flight. False if none could be.
+    fn reserve_more(
+        &self,
+        file: &FileSpec,
+        from: u64,
+        end: u64,
+        senders: &mut Vec<Option<watch::Sender<Option<ChunkResult>>>>,
+        reserved: &AtomicU64,
+    ) -> bool {
+        let Ok(mut map) = self.inflight.lock() else { return false };
+        let stop = end.min(from + self.readahead_chunks().max(1));
+        let mut i = from;
+        while i < stop {
+            let k = ChunkKey::new(file.blake3, file.layout.chunk_size(), i);
+            if map.contains_key(&k) || self.hot.contains(&k) {
+                break;
+            }
+            let (tx, rx) = watch::channel(None);
+            map.insert(k, rx);
+            senders.push(Some(tx));
+            i += 1;
+        }
+        reserved.store(i, Ordering::Release);
+        i > from
     }
 
     /// Removes a delivered chunk's in-flight slot: from now on the hot tier
@@ -354,20 +421,21 @@ impl Fetcher {
         senders: Vec<watch::Sender<Option<ChunkResult>>>,
         mut pace: Option<watch::Receiver<u64>>,
         delivered: &AtomicU64,
+        reserved: &AtomicU64,
     ) {
         // Each sender is dropped as soon as its chunk is delivered: a watch
         // channel keeps its value alive, and a long span must not pin every
         // chunk it has fetched (the hot tier's budget governs those).
         let mut senders: Vec<Option<watch::Sender<Option<ChunkResult>>>> = senders.into_iter().map(Some).collect();
         let fail_rest = |senders: &mut Vec<Option<watch::Sender<Option<ChunkResult>>>>, from: u64, err: FetchError| {
-            for i in from..chunks.end {
+            for i in from..chunks.start + senders.len() as u64 {
                 let e = match &err {
                     FetchError::AllOriginsFailed { file, detail, .. } => {
                         FetchError::AllOriginsFailed { file: *file, chunk: i, detail: detail.clone() }
                     }
                     other => other.clone(),
                 };
-                if let Some(tx) = senders[(i - chunks.start) as usize].take() {
+                if let Some(tx) = senders.get_mut((i - chunks.start) as usize).and_then(Option::take) {
                     let _ = tx.send(Some(Err(e)));
                 }
             }
@@ -425,11 +493,24 @@ impl Fetcher {
             let mut first = true;
             let mut buf = BytesMut::new();
             'stream: loop {
-                // Stay within `ahead` chunks of a pacing reader; stop if it is gone.
+                // Stay within `ahead` chunks of a pacing reader (stop if it is gone),
+                // unless another reader is already waiting for a chunk we reserved.
                 if let Some(p) = pace.as_mut() {
-                    if p.wait_for(|pos| next < pos + ahead).await.is_err() {
-                        tracing::debug!(file = %file.blake3, chunk = next, "reader gone; read-ahead stops");
-                        return;
+                    loop {
+                        let from = (next - chunks.start) as usize;
+                        let waited_on =
+                            senders.get(from..).unwrap_or(&[]).iter().flatten().any(|tx| tx.receiver_count() > 1);
+                        if waited_on {
+                            break;
+                        }
+                        match tokio::time::timeout(PACE_RECHECK, p.wait_for(|pos| next < pos + ahead)).await {
+                            Ok(Ok(_)) => break,
+                            Ok(Err(_)) => {
+                                tracing::debug!(file = %file.blake3, chunk = next, "reader gone; read-ahead stops");
+                                return;
+                            }
+                            Err(_) => continue,
+                        }
                     }
                 }
                 let Some(item) = stream.next().await else { break 'stream };
@@ -453,15 +534,22 @@ impl Fetcher {
                 while !piece.is_empty() {
                     let r = layout.chunk_range(next);
                     let need = (r.end - r.start) as usize - buf.len();
-                    let chunk = if buf.is_empty() && piece.len() >= need {
-                        piece.split_to(need)
+                    let chunk_len = (r.end - r.start) as usize;
+                    let chunk = if buf.is_empty() && piece.len() == need {
+                        // The piece is exactly the chunk: keep it without copying.
+                        std::mem::take(&mut piece)
                     } else {
+                        // Copy into a buffer of exactly the chunk's size, so a cached
+                        // chunk never pins a larger origin buffer or doubling slack.
+                        if buf.capacity() < chunk_len {
+                            buf.reserve(chunk_len - buf.len());
+                        }
                         let take = need.min(piece.len());
                         buf.extend_from_slice(&piece.split_to(take));
-                        if buf.len() < (r.end - r.start) as usize {
+                        if buf.len() < chunk_len {
                             continue;
                         }
-                        buf.split().freeze()
+                        std::mem::take(&mut buf).freeze()
                     };
                     if !self.check(file, table.as_deref(), next, &chunk) {
                         self.metrics.verify_failures.get_or_create(&label).inc();
@@ -474,9 +562,15 @@ impl Fetcher {
                         ));
                         break 'stream;
                     }
-                    let key = ChunkKey { file: file.blake3, index: next };
+                    let key = ChunkKey::new(file.blake3, file.layout.chunk_size(), next);
+                    if next >= chunks.start + senders.len() as u64
+                        && !self.reserve_more(file, next, chunks.end, &mut senders, reserved)
+                    {
+                        // Someone else is fetching (or has) the next chunk: this read-ahead is done.
+                        return;
+                    }
                     self.hot.insert_verified(key, chunk.clone());
-                    if let Some(tx) = senders[(next - chunks.start) as usize].take() {
+                    if let Some(tx) = senders.get_mut((next - chunks.start) as usize).and_then(Option::take) {
                         let _ = tx.send(Some(Ok(chunk)));
                     }
                     self.delivered(key);

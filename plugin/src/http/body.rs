@@ -100,9 +100,12 @@ fn stream(state: ChunkedState) -> impl Stream<Item = Result<Frame<Bytes>, BodyEr
                 // Publish the chunk wanted next *before* waiting for it: a
                 // paced read-ahead may be holding exactly that chunk back.
                 st.pace.send_replace(index);
+                // A miss fetches at most up to the end of this range, never the
+                // gap before the next range of a multipart request.
+                let range_end = st.file.layout.chunks_covering(r.clone()).end.min(st.end_chunk);
                 let got = match st.primed.take() {
                     Some((i, b, s)) if i == index => Ok((b, s)),
-                    _ => st.fetcher.chunk(&st.file, index, st.end_chunk).await,
+                    _ => st.fetcher.chunk(&st.file, index, range_end).await,
                 };
                 let (chunk, source) = match got {
                     Ok(c) => c,
@@ -116,7 +119,6 @@ fn stream(state: ChunkedState) -> impl Stream<Item = Result<Frame<Bytes>, BodyEr
                         return Some((Err(BodyError(e.to_string())), None));
                     }
                 };
-                let range_end = st.file.layout.chunks_covering(r.clone()).end.min(st.end_chunk);
                 st.fetcher.prefetch(&st.file, index + 1, range_end, &st.pace.subscribe());
                 let from = (r.start - chunk_start) as usize;
                 let to = ((r.end.min(chunk_start + chunk.len() as u64)) - chunk_start) as usize;

@@ -438,7 +438,8 @@ async fn serve_file<B>(
         Piece::Literal(_) => None,
     });
     let mut primed = None;
-    let end_chunk = covering.iter().map(|c| c.end).max().unwrap_or(0);
+    // The first miss fetches within the first range only (see body.rs).
+    let end_chunk = covering.first().map(|c| c.end).unwrap_or(0);
     if let Some(r) = first_range {
         let index = r.start / spec.layout.chunk_size();
         let t0 = Instant::now();

@@ -9,7 +9,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 
 use super::{ByteStream, OriginErrorKind, PathIndex};
 use crate::release::layout::ReleaseDir;
@@ -82,37 +82,50 @@ impl DirIndex {
         self.paths.read().ok().and_then(|p| p.get(hash).cloned())
     }
 
-    /// Streams `range` of a blob: a blocking thread `pread`s blocks of
-    /// `READ_BLOCK` into fresh buffers (no intermediate copy) and hands them
-    /// over a one-slot channel, so a slow consumer pauses the reads.
+    /// Streams `range` of a blob: each poll runs one short blocking task that
+    /// `pread`s the next `READ_BLOCK` bytes into a fresh buffer. Nothing is
+    /// read ahead of the consumer, and no thread waits on a paused reader.
     pub(super) async fn read(&self, hash: Blake3, range: Range<u64>) -> Result<ByteStream, OriginErrorKind> {
         let path = self.path_of(&hash).ok_or_else(|| OriginErrorKind::NotFound(hash.to_hex()))?;
         let file = std::fs::File::open(&path).map_err(|e| OriginErrorKind::Io(format!("{}: {e}", path.display())))?;
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, super::OriginError>>(1);
-        let name = path.display().to_string();
-        tokio::task::spawn_blocking(move || {
-            use std::os::unix::fs::FileExt;
-            let mut at = range.start;
-            while at < range.end {
-                let n = (range.end - at).min(READ_BLOCK as u64) as usize;
-                let mut buf = BytesMut::zeroed(n);
-                let item = match file.read_at(&mut buf, at) {
-                    Ok(0) => Err(format!("{name}: file ends at {at}, before {}", range.end)),
-                    Ok(got) => {
-                        buf.truncate(got);
-                        at += got as u64;
-                        Ok(buf.freeze())
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => Err(format!("{name}: {e}")),
-                };
-                let failed = item.is_err();
-                let item = item.map_err(|e| super::OriginError { origin: "dir".into(), kind: OriginErrorKind::Io(e) });
-                if tx.blocking_send(item).is_err() || failed {
-                    break;
-                }
+        let state = (Some(std::sync::Arc::new(file)), range.start, range.end, path.display().to_string());
+        Ok(Box::pin(futures_util::stream::unfold(state, |(file, at, end, name)| async move {
+            let file = file?;
+            if at >= end {
+                return None;
             }
-        });
-        Ok(Box::pin(futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })))
+            let n = (end - at).min(READ_BLOCK as u64) as usize;
+            let f = file.clone();
+            let read = tokio::task::spawn_blocking(move || {
+                use std::os::unix::fs::FileExt;
+                let mut buf = BytesMut::zeroed(n);
+                loop {
+                    match f.read_at(&mut buf, at) {
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(e.to_string()),
+                        Ok(got) => {
+                            buf.truncate(got);
+                            return Ok(buf.freeze());
+                        }
+                    }
+                }
+            })
+            .await;
+            let err = |why: String| super::OriginError {
+                origin: "dir".into(),
+                kind: OriginErrorKind::Io(format!("{name}: {why}")),
+            };
+            match read {
+                Ok(Ok(b)) if b.is_empty() => {
+                    Some((Err(err(format!("file ends at {at}, before {end}"))), (None, at, end, name)))
+                }
+                Ok(Ok(b)) => {
+                    let next = at + b.len() as u64;
+                    Some((Ok(b), (Some(file), next, end, name)))
+                }
+                Ok(Err(e)) => Some((Err(err(e)), (None, at, end, name))),
+                Err(e) => Some((Err(err(e.to_string())), (None, at, end, name))),
+            }
+        })))
     }
 }

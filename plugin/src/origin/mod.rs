@@ -162,7 +162,10 @@ impl Origin {
                     let status = resp.status().as_u16();
                     let whole = status == 200 && range.start == 0 && range.end == blob.size;
                     if status != 206 && !whole {
-                        let body = resp.text().await.unwrap_or_default().chars().take(200).collect();
+                        // Read one piece at most: a gateway that ignored Range may be sending the whole blob.
+                        let mut resp = resp;
+                        let first = resp.chunk().await.ok().flatten().unwrap_or_default();
+                        let body = String::from_utf8_lossy(&first[..first.len().min(200)]).into_owned();
                         return Err(self.error(OriginErrorKind::Status { status, body }));
                     }
                     if status == 206 {

@@ -8,11 +8,20 @@ use bytes::Bytes;
 
 use crate::release::manifest::Blake3;
 
-/// A chunk of a file, named by the file's hash and the chunk's index.
+/// A chunk of a file: the file's hash, its chunk size (the same file may be
+/// published with different chunk sizes, and chunk `i` then names different
+/// bytes), and the chunk's index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ChunkKey {
     pub file: Blake3,
+    pub chunk_size: u64,
     pub index: u64,
+}
+
+impl ChunkKey {
+    pub fn new(file: Blake3, chunk_size: u64, index: u64) -> Self {
+        Self { file, chunk_size, index }
+    }
 }
 
 #[derive(Clone)]
@@ -32,6 +41,10 @@ impl HotTier {
             .max_capacity(capacity_bytes)
             .weigher(|_k: &ChunkKey, v: &Bytes| u32::try_from(v.len()).unwrap_or(u32::MAX))
             .support_invalidation_closures()
+            // LRU, not TinyLFU: TinyLFU refuses a new entry whose frequency is
+            // not above the victim's, which drops every read-ahead chunk (read
+            // zero times so far) once the tier is full.
+            .eviction_policy(moka::policy::EvictionPolicy::lru())
             .build();
         Self { cache }
     }

@@ -273,7 +273,11 @@ impl Manifest {
                     },
                 ));
             }
-            if f.media_type.is_empty() || f.media_type.len() > 255 || !f.media_type.contains('/') {
+            if f.media_type.is_empty()
+                || f.media_type.len() > 255
+                || !f.media_type.contains('/')
+                || f.media_type.chars().any(|c| c.is_control())
+            {
                 return Err(field(&at("media_type"), format!("{:?} is not a media type", f.media_type)));
             }
             total = total.checked_add(f.size).ok_or_else(|| field(&at("size"), "total overflows".into()))?;
