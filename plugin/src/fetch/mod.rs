@@ -105,6 +105,19 @@ impl std::fmt::Debug for Fetcher {
     }
 }
 
+/// Whether a read-ahead span is still running, so its reader does not start
+/// a second one over the same chunks.
+#[derive(Debug, Default)]
+pub struct ReadAhead {
+    done: std::sync::atomic::AtomicBool,
+}
+
+impl ReadAhead {
+    pub fn is_done(&self) -> bool {
+        self.done.load(Ordering::Acquire)
+    }
+}
+
 /// Removes a span's undelivered in-flight slots when its task ends, however
 /// it ends (finished, failed, abandoned by its reader, or cancelled), so
 /// waiters see the end of the channel and retry instead of hanging.
@@ -115,6 +128,7 @@ struct SpanGuard<'a> {
     next: &'a AtomicU64,
     /// End of the slots this span has reserved (they may be fewer than its origin request covers).
     reserved: &'a AtomicU64,
+    readahead: Option<Arc<ReadAhead>>,
 }
 
 impl Drop for SpanGuard<'_> {
@@ -123,6 +137,9 @@ impl Drop for SpanGuard<'_> {
             for index in self.next.load(Ordering::Acquire)..self.reserved.load(Ordering::Acquire) {
                 map.remove(&ChunkKey::new(self.file, self.chunk_size, index));
             }
+        }
+        if let Some(r) = &self.readahead {
+            r.done.store(true, Ordering::Release);
         }
     }
 }
@@ -286,19 +303,27 @@ impl Fetcher {
     /// hot nor in flight, running to `to` (at most `fetch.max_span`). The
     /// request is paced by the reader: it stays at most `fetch.readahead_chunks`
     /// ahead of the position published on `pace`, and stops if the reader goes.
-    pub fn prefetch(self: &Arc<Self>, file: &Arc<FileSpec>, from: u64, to: u64, pace: &watch::Receiver<u64>) {
+    pub fn prefetch(
+        self: &Arc<Self>,
+        file: &Arc<FileSpec>,
+        from: u64,
+        to: u64,
+        pace: &watch::Receiver<u64>,
+    ) -> Option<Arc<ReadAhead>> {
         if self.readahead_chunks() == 0 {
-            return;
+            return None;
         }
         let to = to.min(file.layout.chunk_count());
         let window = (from + self.readahead_chunks().max(1)).min(to);
         let gap = (from..window).find(|&i| {
             let key = ChunkKey::new(file.blake3, file.layout.chunk_size(), i);
             !self.hot.contains(&key) && !self.inflight.lock().is_ok_and(|m| m.contains_key(&key))
-        });
-        if let Some(g) = gap {
-            let max = (self.cfg.max_span.0 / file.layout.chunk_size()).max(1);
-            let _ = self.slot_or_start(file, g, to.min(g + max), Some(pace.clone()));
+        })?;
+        let max = (self.cfg.max_span.0 / file.layout.chunk_size()).max(1);
+        let handle = Arc::new(ReadAhead::default());
+        match self.start_span(file, gap, to.min(gap + max), Some(pace.clone()), Some(handle.clone())) {
+            Some(_) => Some(handle),
+            None => None,
         }
     }
 
@@ -312,24 +337,52 @@ impl Fetcher {
         limit: u64,
         pace: Option<watch::Receiver<u64>>,
     ) -> Result<Slot, Bytes> {
+        self.join_or_start(file, index, limit, pace, None).0
+    }
+
+    /// Starts a span at `index` if no one is fetching it; `None` if it is in
+    /// flight or hot already.
+    fn start_span(
+        self: &Arc<Self>,
+        file: &Arc<FileSpec>,
+        index: u64,
+        limit: u64,
+        pace: Option<watch::Receiver<u64>>,
+        readahead: Option<Arc<ReadAhead>>,
+    ) -> Option<Slot> {
+        match self.join_or_start(file, index, limit, pace, readahead) {
+            (Ok(slot), true) => Some(slot),
+            _ => None,
+        }
+    }
+
+    /// The slot for `index` and whether this call started the span.
+    fn join_or_start(
+        self: &Arc<Self>,
+        file: &Arc<FileSpec>,
+        index: u64,
+        limit: u64,
+        pace: Option<watch::Receiver<u64>>,
+        readahead: Option<Arc<ReadAhead>>,
+    ) -> (Result<Slot, Bytes>, bool) {
         let key = ChunkKey::new(file.blake3, file.layout.chunk_size(), index);
         let Ok(mut map) = self.inflight.lock() else {
             // A poisoned map only happens after a panic elsewhere; fetch alone.
             let (tx, rx) = watch::channel(None);
-            self.spawn_span(file.clone(), index..index + 1, vec![tx], None);
-            return Ok(rx);
+            self.spawn_span(file.clone(), index..index + 1, vec![tx], None, None);
+            return (Ok(rx), true);
         };
         if let Some(slot) = map.get(&key) {
             // A slot whose span ended without a value (its reader left) is
             // dead: replace it rather than wait on it again.
             if slot.has_changed().is_ok() || slot.borrow().is_some() {
-                return Ok(slot.clone());
+                return (Ok(slot.clone()), false);
             }
             map.remove(&key);
         }
         // Delivered between our hot-tier miss and taking the lock.
         if let Some(b) = self.hot.get(&key) {
-            return Err(b);
+            return (Err(b), false);
         }
         let limit = limit.max(index + 1);
         // A paced read-ahead reserves slots only `ahead` chunks at a time (more
@@ -353,8 +406,8 @@ impl Fetcher {
         }
         drop(map);
         let request_end = if pace.is_some() && end == max_end { limit } else { end };
-        self.spawn_span(file.clone(), index..request_end, senders, pace);
-        mine.ok_or(Bytes::new())
+        self.spawn_span(file.clone(), index..request_end, senders, pace, readahead);
+        (mine.ok_or(Bytes::new()), true)
     }
 
     fn spawn_span(
@@ -363,6 +416,7 @@ impl Fetcher {
         chunks: Range<u64>,
         senders: Vec<watch::Sender<Option<ChunkResult>>>,
         pace: Option<watch::Receiver<u64>>,
+        readahead: Option<Arc<ReadAhead>>,
     ) {
         let this = self.clone();
         tokio::spawn(async move {
@@ -374,6 +428,7 @@ impl Fetcher {
                 chunk_size: file.layout.chunk_size(),
                 next: &next,
                 reserved: &reserved,
+                readahead,
             };
             this.run_span(&file, chunks, senders, pace, &next, &reserved).await;
         });
@@ -563,10 +618,16 @@ impl Fetcher {
                         break 'stream;
                     }
                     let key = ChunkKey::new(file.blake3, file.layout.chunk_size(), next);
-                    if next >= chunks.start + senders.len() as u64
-                        && !self.reserve_more(file, next, chunks.end, &mut senders, reserved)
-                    {
-                        // Someone else is fetching (or has) the next chunk: this read-ahead is done.
+                    // Extend the reservation *before* handing over the last reserved
+                    // chunk, so the reader never finds its next chunk unclaimed and
+                    // starts a second origin request for it.
+                    let reserved_end = chunks.start + senders.len() as u64;
+                    let mut last = false;
+                    if next + 1 >= reserved_end && reserved_end < chunks.end {
+                        last = !self.reserve_more(file, reserved_end, chunks.end, &mut senders, reserved);
+                    }
+                    if next >= chunks.start + senders.len() as u64 {
+                        // Not ours to deliver: someone else is fetching (or has) it.
                         return;
                     }
                     self.hot.insert_verified(key, chunk.clone());
@@ -576,8 +637,9 @@ impl Fetcher {
                     self.delivered(key);
                     next += 1;
                     delivered.store(next, Ordering::Release);
-                    if next == chunks.end {
-                        break 'stream;
+                    if next == chunks.end || last {
+                        // Done, or the chunks after this one are someone else's.
+                        return;
                     }
                 }
             }

@@ -16,7 +16,7 @@ use futures_util::Stream;
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use hyper::body::Frame;
 
-use crate::fetch::{FetchError, Fetcher, FileSpec, Source};
+use crate::fetch::{FetchError, Fetcher, FileSpec, ReadAhead, Source};
 use crate::metrics::{Metrics, ReasonLabel, SourceLabel};
 use crate::tenant::Tenant;
 
@@ -52,6 +52,8 @@ struct ChunkedState {
     pieces: VecDeque<Piece>,
     /// The chunk this reader is at, published so read-ahead stays in step.
     pace: tokio::sync::watch::Sender<u64>,
+    /// This reader's running read-ahead, if any.
+    readahead: Option<Arc<ReadAhead>>,
     /// The last chunk (exclusive) the whole request needs.
     end_chunk: u64,
     primed: Primed,
@@ -78,7 +80,17 @@ pub fn chunked(
         .max()
         .unwrap_or(0);
     let (pace, _) = tokio::sync::watch::channel(0);
-    let state = ChunkedState { fetcher, file, pieces: pieces.into(), pace, end_chunk, primed, shaper, metrics };
+    let state = ChunkedState {
+        fetcher,
+        file,
+        pieces: pieces.into(),
+        pace,
+        readahead: None,
+        end_chunk,
+        primed,
+        shaper,
+        metrics,
+    };
     BodyExt::boxed(StreamBody::new(stream(state)))
 }
 
@@ -119,7 +131,9 @@ fn stream(state: ChunkedState) -> impl Stream<Item = Result<Frame<Bytes>, BodyEr
                         return Some((Err(BodyError(e.to_string())), None));
                     }
                 };
-                st.fetcher.prefetch(&st.file, index + 1, range_end, &st.pace.subscribe());
+                if st.readahead.as_ref().is_none_or(|r| r.is_done()) {
+                    st.readahead = st.fetcher.prefetch(&st.file, index + 1, range_end, &st.pace.subscribe());
+                }
                 let from = (r.start - chunk_start) as usize;
                 let to = ((r.end.min(chunk_start + chunk.len() as u64)) - chunk_start) as usize;
                 if to <= from || to > chunk.len() {
