@@ -321,10 +321,7 @@ impl Fetcher {
         })?;
         let max = (self.cfg.max_span.0 / file.layout.chunk_size()).max(1);
         let handle = Arc::new(ReadAhead::default());
-        match self.start_span(file, gap, to.min(gap + max), Some(pace.clone()), Some(handle.clone())) {
-            Some(_) => Some(handle),
-            None => None,
-        }
+        self.start_span(file, gap, to.min(gap + max), Some(pace.clone()), Some(handle.clone())).map(|_| handle)
     }
 
     /// Joins the in-flight fetch of `index`, or starts a span fetch over
