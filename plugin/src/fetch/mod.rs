@@ -278,7 +278,7 @@ impl Fetcher {
         // A span abandoned by its reader (who hung up) is retried by its other waiters.
         let mut last = FetchError::Abandoned { file: file.blake3, chunk: index };
         for _ in 0..3 {
-            let mut slot = match self.slot_or_start(file, index, span_end, None) {
+            let mut slot = match self.join_or_start(file, index, span_end, None, None).0 {
                 Ok(slot) => slot,
                 Err(hit) => return Ok((hit, Source::Hot)),
             };
@@ -324,19 +324,6 @@ impl Fetcher {
         self.start_span(file, gap, to.min(gap + max), Some(pace.clone()), Some(handle.clone())).map(|_| handle)
     }
 
-    /// Joins the in-flight fetch of `index`, or starts a span fetch over
-    /// `index..limit` (stopping early at a chunk that is hot or in flight).
-    /// `Err` carries a chunk that turned out to be hot after all.
-    fn slot_or_start(
-        self: &Arc<Self>,
-        file: &Arc<FileSpec>,
-        index: u64,
-        limit: u64,
-        pace: Option<watch::Receiver<u64>>,
-    ) -> Result<Slot, Bytes> {
-        self.join_or_start(file, index, limit, pace, None).0
-    }
-
     /// Starts a span at `index` if no one is fetching it; `None` if it is in
     /// flight or hot already.
     fn start_span(
@@ -353,7 +340,10 @@ impl Fetcher {
         }
     }
 
-    /// The slot for `index` and whether this call started the span.
+    /// Joins the in-flight fetch of `index`, or starts a span fetch over
+    /// `index..limit` (stopping early at a chunk that is hot or in flight).
+    /// Returns the slot (`Err` carries a chunk that turned out to be hot) and
+    /// whether this call started the span.
     fn join_or_start(
         self: &Arc<Self>,
         file: &Arc<FileSpec>,
