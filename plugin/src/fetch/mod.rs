@@ -321,21 +321,9 @@ impl Fetcher {
         })?;
         let max = (self.cfg.max_span.0 / file.layout.chunk_size()).max(1);
         let handle = Arc::new(ReadAhead::default());
-        self.start_span(file, gap, to.min(gap + max), Some(pace.clone()), Some(handle.clone())).map(|_| handle)
-    }
-
-    /// Starts a span at `index` if no one is fetching it; `None` if it is in
-    /// flight or hot already.
-    fn start_span(
-        self: &Arc<Self>,
-        file: &Arc<FileSpec>,
-        index: u64,
-        limit: u64,
-        pace: Option<watch::Receiver<u64>>,
-        readahead: Option<Arc<ReadAhead>>,
-    ) -> Option<Slot> {
-        match self.join_or_start(file, index, limit, pace, readahead) {
-            (Ok(slot), true) => Some(slot),
+        // Only a span this call started belongs to this reader.
+        match self.join_or_start(file, gap, to.min(gap + max), Some(pace.clone()), Some(handle.clone())) {
+            (Ok(_), true) => Some(handle),
             _ => None,
         }
     }
