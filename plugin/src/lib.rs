@@ -15,3 +15,4 @@ pub mod tenant;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;
 pub mod tier;
+pub mod usage;

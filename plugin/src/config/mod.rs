@@ -78,6 +78,62 @@ pub struct Config {
     /// Public datasets and anonymous limits.
     #[serde(default)]
     pub access: AccessConfig,
+    /// Metering, the usage ledger and the gRPC usage API.
+    #[serde(default)]
+    pub usage: UsageConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UsageConfig {
+    /// Meter responses per tenant. Off only for benchmarks: nothing is billed.
+    pub enabled: bool,
+    /// The usage ledger (redb file). Unset: kept in memory and lost on exit.
+    pub ledger: Option<PathBuf>,
+    /// Longest time between ledger commits: what a crash (kill -9) can lose.
+    #[serde(with = "humantime_serde")]
+    pub commit_interval: Duration,
+    /// Acknowledged records are compacted this long after their window ends.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// This gateway's id in usage records. Unset: made once and kept in the ledger.
+    pub instance_id: Option<String>,
+    /// The gRPC usage API listener; no listener when unset.
+    pub grpc: Option<UsageGrpcConfig>,
+}
+
+impl Default for UsageConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            ledger: None,
+            commit_interval: Duration::from_secs(1),
+            retention: Duration::from_secs(90 * 86400),
+            instance_id: None,
+            grpc: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageGrpcConfig {
+    /// Address of the gRPC listener.
+    pub listen: SocketAddr,
+    /// Billing tokens, stored hashed (`blake3:<hex>`, as `shardgate tenant key` prints).
+    pub billing_tokens: Vec<String>,
+    /// TLS for the gRPC listener; plaintext HTTP/2 when absent.
+    #[serde(default)]
+    pub tls: Option<UsageTlsConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageTlsConfig {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -333,6 +389,13 @@ impl Config {
                 fix(path);
             }
         }
+        if let Some(l) = &mut self.usage.ledger {
+            fix(l);
+        }
+        if let Some(tls) = self.usage.grpc.as_mut().and_then(|g| g.tls.as_mut()) {
+            fix(&mut tls.cert);
+            fix(&mut tls.key);
+        }
     }
 
     /// Checks values serde cannot: ranges, cross-field rules.
@@ -390,6 +453,30 @@ impl Config {
         for (i, o) in self.origins.iter().enumerate() {
             if !names.insert(o.name(i)) {
                 return Err(invalid(format!("origins[{i}].name"), format!("{:?} is used twice", o.name(i))));
+            }
+        }
+        let u = &self.usage;
+        if u.commit_interval.is_zero() || u.commit_interval > Duration::from_secs(3600) {
+            return Err(invalid("usage.commit_interval", "must be between 1ms and 1h"));
+        }
+        if u.retention < Duration::from_secs(3600) {
+            return Err(invalid("usage.retention", "must be at least 1h"));
+        }
+        if let Some(id) = &u.instance_id {
+            if id.is_empty() || id.len() > 128 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            {
+                return Err(invalid("usage.instance_id", format!("{id:?} must be 1-128 letters, digits, - _ .")));
+            }
+        }
+        if let Some(g) = &u.grpc {
+            if g.billing_tokens.is_empty() {
+                return Err(invalid(
+                    "usage.grpc.billing_tokens",
+                    "at least one is required: the usage API is never open (make one with `shardgate tenant key`)",
+                ));
+            }
+            for (i, t) in g.billing_tokens.iter().enumerate() {
+                crate::tenant::parse_key_hash(t).map_err(|w| invalid(format!("usage.grpc.billing_tokens[{i}]"), w))?;
             }
         }
         for (i, r) in self.releases.iter().enumerate() {

@@ -30,6 +30,7 @@ use crate::registry::FileRef;
 use crate::release::chunk::{ChunkLayout, ChunkTable, chunk_cv, open_table};
 use crate::release::manifest::Blake3;
 use crate::tier::{ChunkKey, HotTier};
+use crate::usage::{Meter, ReleaseTag};
 
 /// Why verified bytes could not be had.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -61,6 +62,8 @@ pub struct FileSpec {
     pub table: Option<Blake3>,
     pub cid: Option<String>,
     pub table_cid: Option<String>,
+    /// The release this file is read for: origin egress is counted against it.
+    pub release: Option<ReleaseTag>,
 }
 
 impl FileSpec {
@@ -72,6 +75,7 @@ impl FileSpec {
             table: e.chunk_table,
             cid: f.release.cid_of(&e.blake3).map(str::to_string),
             table_cid: e.chunk_table.and_then(|t| f.release.cid_of(&t).map(str::to_string)),
+            release: Some(f.release.tag()),
         })
     }
 }
@@ -97,6 +101,7 @@ pub struct Fetcher {
     meta: Semaphore,
     cfg: FetchConfig,
     metrics: Arc<Metrics>,
+    meter: Arc<Meter>,
 }
 
 impl std::fmt::Debug for Fetcher {
@@ -152,6 +157,7 @@ impl Fetcher {
         table_cache_bytes: u64,
         meta_concurrency: usize,
         metrics: Arc<Metrics>,
+        meter: Arc<Meter>,
     ) -> Arc<Self> {
         let tables = moka::future::Cache::builder()
             .max_capacity(table_cache_bytes)
@@ -166,7 +172,15 @@ impl Fetcher {
             meta: Semaphore::new(meta_concurrency),
             cfg,
             metrics,
+            meter,
         })
+    }
+
+    /// Counts origin bytes (and those of them that failed verification) against the file's release.
+    fn egress(&self, file: &FileSpec, bytes: u64, failed: u64) {
+        if let Some(r) = &file.release {
+            self.meter.record_egress(r, bytes, failed);
+        }
     }
 
     pub fn hot(&self) -> &HotTier {
@@ -243,8 +257,12 @@ impl Fetcher {
             };
             self.metrics.origin_bytes.get_or_create(&label).inc_by(len);
             match open_table(&bytes, &table_hash.hash(), file.layout, &file.blake3.hash()) {
-                Ok(t) => return Ok(t),
+                Ok(t) => {
+                    self.egress(file, len, 0);
+                    return Ok(t);
+                }
                 Err(e) => {
+                    self.egress(file, len, len);
                     self.metrics.verify_failures.get_or_create(&label).inc();
                     tracing::warn!(origin = origin.name(), cid = ?file.table_cid, table = %table_hash, error = %e,
                         "origin returned a bad chunk table");
@@ -561,6 +579,7 @@ impl Fetcher {
                         .observe(started.elapsed().as_secs_f64());
                 }
                 self.metrics.origin_bytes.get_or_create(&label).inc_by(piece.len() as u64);
+                self.egress(file, piece.len() as u64, 0);
                 while !piece.is_empty() {
                     let r = layout.chunk_range(next);
                     let need = (r.end - r.start) as usize - buf.len();
@@ -582,6 +601,7 @@ impl Fetcher {
                         std::mem::take(&mut buf).freeze()
                     };
                     if !self.check(file, table.as_deref(), next, &chunk) {
+                        self.egress(file, 0, chunk.len() as u64);
                         self.metrics.verify_failures.get_or_create(&label).inc();
                         tracing::warn!(origin = origin.name(), cid = ?file.cid, file = %file.blake3, chunk = next,
                             offset = r.start, "origin returned bytes that fail verification; trying the next origin");

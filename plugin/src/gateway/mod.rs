@@ -2,11 +2,12 @@
 //! metrics, with start-up loading and live reload. The HTTP layer and the
 //! embedded plugin both drive the engine through [`Gateway`].
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use tokio::sync::watch;
 
 use crate::config::{Config, ConfigError};
 use crate::fetch::Fetcher;
@@ -14,8 +15,9 @@ use crate::metrics::{Metrics, ReasonLabel};
 use crate::origin;
 use crate::registry::{self, Registry};
 use crate::release::keys::PublicKey;
-use crate::tenant::Tenants;
+use crate::tenant::{Denied, Tenant, Tenants};
 use crate::tier::HotTier;
+use crate::usage::{Ledger, LedgerError, Meter, unix_now};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -25,6 +27,8 @@ pub enum GatewayError {
     Origin(#[from] origin::OriginError),
     #[error("trusted key {spec}: {why}")]
     Trust { spec: String, why: String },
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
 }
 
 pub struct Gateway {
@@ -35,6 +39,10 @@ pub struct Gateway {
     metrics: Arc<Metrics>,
     origin_ok: AtomicBool,
     loaded: AtomicBool,
+    meter: Arc<Meter>,
+    ledger: Arc<Ledger>,
+    /// Tells the ledger committer to make its final commit and stop.
+    committer: Mutex<Option<(watch::Sender<bool>, tokio::task::JoinHandle<()>)>>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -56,12 +64,34 @@ fn build_tenants(cfg: &Config) -> Result<Tenants, GatewayError> {
         .map_err(|e| GatewayError::Config(ConfigError::Invalid { key: "tenants".into(), why: e.to_string() }))
 }
 
+/// Opens the usage ledger and a meter that resumes where it left off.
+async fn open_usage(cfg: &Config) -> Result<(Arc<Ledger>, Arc<Meter>), GatewayError> {
+    let path = cfg.usage.ledger.clone();
+    let instance = cfg.usage.instance_id.clone();
+    if path.is_none() {
+        tracing::warn!("usage.ledger is not set: usage is kept in memory and lost on exit");
+    }
+    let (ledger, floor, month) = tokio::task::spawn_blocking(move || {
+        let ledger = Ledger::open(path.as_deref(), instance.as_deref())?;
+        let floor = ledger.floor()?;
+        let month = ledger.month_bytes(unix_now())?;
+        Ok::<_, LedgerError>((ledger, floor, month))
+    })
+    .await
+    .map_err(|e| LedgerError::Storage(e.to_string()))??;
+    let meter = Arc::new(Meter::default());
+    meter.resume(floor, month);
+    tracing::info!(instance = ledger.instance(), "usage ledger open");
+    Ok((Arc::new(ledger), meter))
+}
+
 impl Gateway {
     /// Builds the engine and loads the configured releases. Releases that
     /// fail to load are refused with a log line saying why; the rest serve.
     pub async fn start(cfg: Config) -> Result<Arc<Self>, GatewayError> {
         cfg.validate()?;
         let metrics = Arc::new(Metrics::new());
+        let (ledger, meter) = open_usage(&cfg).await?;
         let origins = origin::build(&cfg.origins, &cfg.fetch)?;
         let fetcher = Fetcher::new(
             origins,
@@ -70,6 +100,7 @@ impl Gateway {
             cfg.metadata.cache_capacity.0,
             cfg.metadata.max_concurrent_fetches,
             metrics.clone(),
+            meter.clone(),
         );
         let tenants = build_tenants(&cfg)?;
         let gw = Arc::new(Self {
@@ -80,7 +111,11 @@ impl Gateway {
             metrics,
             origin_ok: AtomicBool::new(false),
             loaded: AtomicBool::new(false),
+            meter,
+            ledger,
+            committer: Mutex::new(None),
         });
+        gw.spawn_committer(cfg.usage.commit_interval, cfg.usage.retention);
         gw.load_releases(&cfg).await?;
         gw.probe_origins().await;
         Ok(gw)
@@ -150,6 +185,97 @@ impl Gateway {
                 gw.probe_origins().await;
             }
         });
+    }
+
+    /// Commits metered usage to the ledger every `every`, and compacts
+    /// acknowledged records past `retention` once an hour.
+    fn spawn_committer(self: &Arc<Self>, every: Duration, retention: Duration) {
+        let (stop_tx, mut stop) = watch::channel(false);
+        let meter = self.meter.clone();
+        let ledger = self.ledger.clone();
+        let metrics = self.metrics.clone();
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut compacted = Instant::now();
+            loop {
+                let last = tokio::select! {
+                    _ = tick.tick() => false,
+                    _ = stop.changed() => true,
+                };
+                let drained = if last { meter.drain_all() } else { meter.drain() };
+                let l = ledger.clone();
+                let compact = !last && compacted.elapsed() >= Duration::from_secs(3600);
+                let outcome = tokio::task::spawn_blocking(move || {
+                    let stats = l.commit(drained)?;
+                    if compact {
+                        let cutoff = unix_now() - retention.as_secs() as i64;
+                        let n = l.compact(cutoff)?;
+                        if n > 0 {
+                            tracing::info!(records = n, "compacted acknowledged usage records");
+                        }
+                    }
+                    Ok::<_, LedgerError>(stats)
+                })
+                .await;
+                if compact {
+                    compacted = Instant::now();
+                }
+                let ok = match outcome {
+                    Ok(Ok(stats)) => {
+                        if stats.closed > 0 {
+                            tracing::debug!(closed = stats.closed, "usage windows closed");
+                        }
+                        true
+                    }
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "usage commit failed; counts are kept and retried");
+                        false
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "usage commit task failed");
+                        false
+                    }
+                };
+                metrics.usage_commits.get_or_create(&ReasonLabel { reason: if ok { "ok" } else { "error" } }).inc();
+                if last {
+                    break;
+                }
+            }
+        });
+        *self.committer.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some((stop_tx, task));
+    }
+
+    /// Stops the engine's background work and makes the final usage commit,
+    /// closing every window. Call after the listeners have drained.
+    pub async fn shutdown(&self) {
+        let committer = self.committer.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        if let Some((stop, task)) = committer {
+            let _ = stop.send(true);
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "usage committer failed at shutdown");
+            }
+        }
+    }
+
+    /// Refuses a tenant whose monthly quota is spent (before any origin work).
+    pub fn check_quota(&self, tenant: &Tenant) -> Result<(), Denied> {
+        let Some(quota) = tenant.monthly_quota else { return Ok(()) };
+        let (used, month_end) = self.meter.month_bytes(&tenant.id);
+        if used < quota {
+            return Ok(());
+        }
+        let resets = jiff::Timestamp::from_second(month_end).map(|t| t.to_string()).unwrap_or_default();
+        let wait = Duration::from_secs(month_end.saturating_sub(unix_now()).max(1) as u64);
+        Err(Denied::QuotaExhausted { tenant: tenant.id.to_string(), used, quota, resets, retry_after: wait })
+    }
+
+    pub fn meter(&self) -> &Arc<Meter> {
+        &self.meter
+    }
+
+    pub fn ledger(&self) -> &Arc<Ledger> {
+        &self.ledger
     }
 
     pub fn ready(&self) -> bool {

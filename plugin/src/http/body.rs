@@ -19,6 +19,7 @@ use hyper::body::Frame;
 use crate::fetch::{FetchError, Fetcher, FileSpec, ReadAhead, Source};
 use crate::metrics::{Metrics, ReasonLabel, SourceLabel};
 use crate::tenant::Tenant;
+use crate::usage::{self, ResponseMeter};
 
 /// The error that aborts a response mid-body.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +61,8 @@ struct ChunkedState {
     /// The tenant whose bandwidth cap shapes this body, if it has one.
     shaper: Option<Arc<Tenant>>,
     metrics: Arc<Metrics>,
+    /// This response's usage count, reported when the body ends or is dropped.
+    meter: Option<ResponseMeter>,
 }
 
 /// A body that streams verified chunks of `file` for `pieces`.
@@ -70,6 +73,7 @@ pub fn chunked(
     primed: Primed,
     shaper: Option<Arc<Tenant>>,
     metrics: Arc<Metrics>,
+    meter: Option<ResponseMeter>,
 ) -> Body {
     let end_chunk = pieces
         .iter()
@@ -90,6 +94,7 @@ pub fn chunked(
         primed,
         shaper,
         metrics,
+        meter,
     };
     BodyExt::boxed(StreamBody::new(stream(state)))
 }
@@ -97,11 +102,18 @@ pub fn chunked(
 fn stream(state: ChunkedState) -> impl Stream<Item = Result<Frame<Bytes>, BodyError>> + Send {
     futures_util::stream::unfold(Some(state), |state| async move {
         let mut st = state?;
+        // hyper asks for the next frame only once it has taken the last one.
+        if let Some(m) = &mut st.meter {
+            m.polled();
+        }
         let piece = st.pieces.pop_front()?;
         match piece {
             Piece::Literal(b) => {
                 if let Some(t) = &st.shaper {
                     t.shape(b.len() as u64).await;
+                }
+                if let Some(m) = &mut st.meter {
+                    m.handed(b.len() as u64, usage::Source::Hot);
                 }
                 Some((Ok(Frame::data(b)), Some(st)))
             }
@@ -127,6 +139,9 @@ fn stream(state: ChunkedState) -> impl Stream<Item = Result<Frame<Bytes>, BodyEr
                             _ => "fetch",
                         };
                         st.metrics.aborted.get_or_create(&ReasonLabel { reason }).inc();
+                        if let Some(m) = &mut st.meter {
+                            m.failed();
+                        }
                         tracing::warn!(error = %e, "aborting response mid-body");
                         return Some((Err(BodyError(e.to_string())), None));
                     }
@@ -149,6 +164,10 @@ fn stream(state: ChunkedState) -> impl Stream<Item = Result<Frame<Bytes>, BodyEr
                 }
                 let label = SourceLabel { source: if source == Source::Hot { "hot" } else { "origin" } };
                 st.metrics.served_bytes.get_or_create(&label).inc_by(slice.len() as u64);
+                if let Some(m) = &mut st.meter {
+                    let s = if source == Source::Hot { usage::Source::Hot } else { usage::Source::Origin };
+                    m.handed(slice.len() as u64, s);
+                }
                 Some((Ok(Frame::data(slice)), Some(st)))
             }
         }

@@ -22,6 +22,7 @@ use crate::gateway::Gateway;
 use crate::metrics::RequestLabel;
 use crate::registry::FileRef;
 use crate::tenant::{Denied, Tenant, Tenants};
+use crate::usage::{Meter, ReleaseTag, ResponseMeter};
 
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 static X_CACHE: HeaderName = HeaderName::from_static("x-shardgate-cache");
@@ -109,13 +110,16 @@ async fn route<B>(gw: &Arc<Gateway>, req: &Request<B>, started: Instant) -> (&'s
                     return (label, denied(&e));
                 }
             }
+            if let Err(e) = gw.check_quota(&tenant) {
+                return (label, denied(&e));
+            }
             if let Err(e) = tenant.admit() {
                 return (label, denied(&e));
             }
             match route {
                 Route::ListDatasets => list_datasets(gw, &tenants, &tenant),
                 Route::Dataset { name } => describe_dataset(gw, name),
-                Route::Manifest { name, version } => manifest(gw, req, name, version),
+                Route::Manifest { name, version } => manifest(gw, req, name, version, &tenant),
                 Route::File { name, version, path } => {
                     let Ok(v) = semver::Version::parse(version) else {
                         return (
@@ -148,7 +152,7 @@ fn denied(d: &Denied) -> Response<Body> {
             r
         }
         Denied::Forbidden { .. } => error(StatusCode::FORBIDDEN, d),
-        Denied::RateLimited { retry_after, .. } => {
+        Denied::RateLimited { retry_after, .. } | Denied::QuotaExhausted { retry_after, .. } => {
             let mut r = error(StatusCode::TOO_MANY_REQUESTS, d);
             let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
             r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
@@ -198,7 +202,33 @@ fn describe_dataset(gw: &Gateway, name: &str) -> Response<Body> {
     json(StatusCode::OK, &serde_json::json!({ "name": name, "versions": versions }))
 }
 
-fn manifest<B>(gw: &Gateway, req: &Request<B>, name: &str, version: &str) -> Response<Body> {
+/// Who to bill for a response, unless metering is off.
+struct Billing {
+    meter: Arc<Meter>,
+    tenant: Arc<str>,
+    release: ReleaseTag,
+}
+
+impl Billing {
+    fn new(gw: &Gateway, tenant: &Tenant, release: ReleaseTag) -> Option<Self> {
+        gw.config().usage.enabled.then(|| Self { meter: gw.meter().clone(), tenant: tenant.id.clone(), release })
+    }
+
+    /// Meters a response whose body is sent at once (or has none), if it is a success.
+    fn whole(&self, resp: &Response<Body>) {
+        let s = resp.status();
+        if s.is_success() || s == StatusCode::NOT_MODIFIED {
+            let bytes = http_body::Body::size_hint(resp.body()).exact().unwrap_or(0);
+            self.meter.record_response(&self.tenant, &self.release, bytes, 0, false);
+        }
+    }
+
+    fn streaming(self, expected: u64) -> ResponseMeter {
+        ResponseMeter::new(self.meter, self.tenant, self.release, expected)
+    }
+}
+
+fn manifest<B>(gw: &Gateway, req: &Request<B>, name: &str, version: &str, tenant: &Tenant) -> Response<Body> {
     let Ok(v) = semver::Version::parse(version) else {
         return error(StatusCode::NOT_FOUND, format!("{version:?} is not a version of {name}"));
     };
@@ -208,7 +238,11 @@ fn manifest<B>(gw: &Gateway, req: &Request<B>, name: &str, version: &str) -> Res
     };
     let etag = format!("\"{}\"", release.signed.id);
     let bytes = Bytes::from(release.signed.bytes.clone());
-    respond_in_memory(gw, req, bytes, &etag, "application/json")
+    let resp = respond_in_memory(gw, req, bytes, &etag, "application/json");
+    if let Some(b) = Billing::new(gw, tenant, release.tag()) {
+        b.whole(&resp);
+    }
+    resp
 }
 
 /// Common headers of every representation response.
@@ -398,9 +432,15 @@ async fn serve_file<B>(
     let etag = format!("\"{}\"", entry.blake3);
     let len = entry.size;
     let p = plan(req, len, &etag, &entry.media_type, gw.config().server.max_ranges);
+    let billing = Billing::new(gw, &tenant, f.release.tag());
     let (head, pieces) = match head_for(p, len, &etag, &entry.media_type) {
         Head::Send(h, p) => (h, p),
-        Head::Early(early) => return early,
+        Head::Early(early) => {
+            if let Some(b) = &billing {
+                b.whole(&early);
+            }
+            return early;
+        }
     };
     let (mut parts, ()) = head.into_parts();
     let fetcher = gw.fetcher().clone();
@@ -428,7 +468,11 @@ async fn serve_file<B>(
 
     if req.method() == Method::HEAD || pieces.is_empty() {
         add_timing(&mut parts.headers, started, None);
-        return Response::from_parts(parts, body::empty());
+        let resp = Response::from_parts(parts, body::empty());
+        if let Some(b) = &billing {
+            b.whole(&resp);
+        }
+        return resp;
     }
 
     // The first chunk is fetched before the headers go out, so a file that no
@@ -450,12 +494,18 @@ async fn serve_file<B>(
             }
             Err(e) => {
                 tracing::warn!(error = %e, file = %entry.blake3, "no verified bytes for the first chunk");
+                if let Some(b) = &billing {
+                    b.meter.record_integrity_abort(&b.release, 0);
+                }
                 return error(StatusCode::BAD_GATEWAY, format!("no origin could supply verified bytes: {e}"));
             }
         }
     }
     let shaper = tenant.shapes_bandwidth().then_some(tenant);
-    let body = body::chunked(fetcher, spec, pieces, primed, shaper, gw.metrics().clone());
+    let content_length =
+        parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok()).unwrap_or(0);
+    let meter = billing.map(|b| b.streaming(content_length));
+    let body = body::chunked(fetcher, spec, pieces, primed, shaper, gw.metrics().clone(), meter);
     Response::from_parts(parts, body)
 }
 

@@ -54,6 +54,7 @@ pub struct Metrics {
     pub connections: Gauge,
     pub releases: Gauge,
     pub reloads: Family<ReasonLabel, Counter>,
+    pub usage_commits: Family<ReasonLabel, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -87,6 +88,7 @@ impl Metrics {
             connections: Gauge::default(),
             releases: Gauge::default(),
             reloads: Family::default(),
+            usage_commits: Family::default(),
             registry: Registry::default(),
         };
         registry.register("chunks_verified", "Chunks whose hash matched the chunk table", m.chunks_verified.clone());
@@ -116,6 +118,7 @@ impl Metrics {
         registry.register("open_connections", "Client connections open", m.connections.clone());
         registry.register("releases_served", "Releases in the catalog", m.releases.clone());
         registry.register("config_reloads", "Config reloads by outcome", m.reloads.clone());
+        registry.register("usage_commits", "Usage ledger commits by outcome", m.usage_commits.clone());
         Metrics { registry, ..m }
     }
 

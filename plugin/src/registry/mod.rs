@@ -17,6 +17,7 @@ use crate::release::keys::PublicKey;
 use crate::release::layout::ReleaseDir;
 use crate::release::manifest::{Blake3, FileEntry, SignedManifest};
 use crate::release::placement::Placement;
+use crate::usage::ReleaseTag;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -31,9 +32,21 @@ pub enum LoadError {
 pub struct Release {
     pub signed: SignedManifest,
     pub placement: Option<Placement>,
+    tag: ReleaseTag,
 }
 
 impl Release {
+    pub fn new(signed: SignedManifest, placement: Option<Placement>) -> Self {
+        let m = &signed.manifest;
+        let tag = ReleaseTag { dataset: Arc::from(m.name.as_str()), version: Arc::from(m.version.to_string()) };
+        Self { signed, placement, tag }
+    }
+
+    /// The release's name and version, as metering keys.
+    pub fn tag(&self) -> ReleaseTag {
+        self.tag.clone()
+    }
+
     pub fn name(&self) -> &str {
         &self.signed.manifest.name
     }
@@ -219,5 +232,5 @@ async fn load_one(src: &ReleaseSource, trusted: &[PublicKey], origins: &[Origin]
             }
         }
     }
-    Ok(Release { signed, placement })
+    Ok(Release::new(signed, placement))
 }

@@ -43,6 +43,9 @@ pub struct Limits {
     /// Bytes allowed at once above the bandwidth (default: one second's worth, at most 4 GiB).
     #[serde(default)]
     pub bandwidth_burst: Option<ByteSize>,
+    /// Body bytes per calendar month (UTC), counted by this gateway; past it, 429.
+    #[serde(default)]
+    pub monthly_quota: Option<ByteSize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -99,12 +102,17 @@ pub enum Denied {
     /// 429 with `Retry-After`.
     #[error("tenant {tenant} is over its request rate; retry in {}s", retry_after.as_secs().max(1))]
     RateLimited { tenant: String, retry_after: Duration },
+    /// 429 with `Retry-After` until the month ends.
+    #[error("tenant {tenant} has used its monthly quota: {used} of {quota} bytes this month; it resets at {resets}")]
+    QuotaExhausted { tenant: String, used: u64, quota: u64, resets: String, retry_after: Duration },
 }
 
 /// A tenant with its compiled patterns and live limiters.
 pub struct Tenant {
-    pub id: String,
+    pub id: Arc<str>,
     pub name: String,
+    /// Bytes per calendar month, if capped.
+    pub monthly_quota: Option<u64>,
     datasets: Vec<glob::Pattern>,
     requests: Option<DefaultDirectRateLimiter>,
     bandwidth: Option<(DefaultDirectRateLimiter, NonZeroU32)>,
@@ -143,7 +151,17 @@ impl Tenant {
                 Some((RateLimiter::direct(Quota::per_second(bps).allow_burst(burst)), burst))
             }
         };
-        Ok(Self { id, name, datasets, requests, bandwidth })
+        if limits.monthly_quota.is_some_and(|q| q.0 == 0) {
+            return Err("monthly_quota must be above 0; leave it unset for no quota".into());
+        }
+        Ok(Self {
+            id: Arc::from(id),
+            name,
+            datasets,
+            requests,
+            bandwidth,
+            monthly_quota: limits.monthly_quota.map(|q| q.0),
+        })
     }
 
     fn may_read(&self, dataset: &str) -> bool {
@@ -155,7 +173,7 @@ impl Tenant {
         let Some(limiter) = &self.requests else { return Ok(()) };
         limiter.check().map_err(|not_until| {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
-            Denied::RateLimited { tenant: self.id.clone(), retry_after: wait }
+            Denied::RateLimited { tenant: self.id.to_string(), retry_after: wait }
         })
     }
 
@@ -287,10 +305,10 @@ impl Tenants {
         if self.is_public(dataset) || tenant.may_read(dataset) {
             return Ok(());
         }
-        if tenant.id == ANONYMOUS {
+        if &*tenant.id == ANONYMOUS {
             return Err(Denied::Unauthenticated("an API key is required for this dataset"));
         }
-        Err(Denied::Forbidden { tenant: tenant.id.clone(), dataset: dataset.to_string() })
+        Err(Denied::Forbidden { tenant: tenant.id.to_string(), dataset: dataset.to_string() })
     }
 
     /// Whether `tenant` may see `dataset` in listings.

@@ -18,9 +18,9 @@ fn tenants(limits: Limits) -> (Tenants, String) {
 fn keys_identify_tenants_and_are_stored_hashed() {
     let (t, key) = tenants(Limits::default());
     let who = t.identify_key(Some(format!("Bearer {key}").as_bytes())).unwrap();
-    assert_eq!(who.id, "vision");
-    assert_eq!(t.identify_key(Some(format!("bearer   {key}").as_bytes())).unwrap().id, "vision");
-    assert_eq!(t.identify_key(None).unwrap().id, ANONYMOUS);
+    assert_eq!(who.id.as_ref(), "vision");
+    assert_eq!(t.identify_key(Some(format!("bearer   {key}").as_bytes())).unwrap().id.as_ref(), "vision");
+    assert_eq!(t.identify_key(None).unwrap().id.as_ref(), ANONYMOUS);
     assert_eq!(
         t.identify_key(Some(b"Bearer sgk_wrong")).unwrap_err(),
         Denied::Unauthenticated("the API key is not valid")
@@ -47,8 +47,8 @@ impl IdentifyKey for Tenants {
 fn client_certificate_names_identify_tenants_when_no_key_is_given() {
     let (t, _) = tenants(Limits::default());
     let names = vec!["other.example".to_string(), "vision-loader".to_string()];
-    assert_eq!(t.identify(None, &names).unwrap().id, "vision");
-    assert_eq!(t.identify(None, &["stranger".to_string()]).unwrap().id, ANONYMOUS);
+    assert_eq!(t.identify(None, &names).unwrap().id.as_ref(), "vision");
+    assert_eq!(t.identify(None, &["stranger".to_string()]).unwrap().id.as_ref(), ANONYMOUS);
     // An explicit key wins, and a bad key is still refused.
     assert!(t.identify(Some(b"Bearer sgk_bad"), &names).is_err());
 }

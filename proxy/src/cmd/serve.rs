@@ -80,6 +80,25 @@ pub async fn run_gateway(
     gw.spawn_prober(Duration::from_secs(5));
     let listener = server::bind(&cfg.server).await?;
     let addr = listener.local_addr().context("listener address")?;
+    let grpc = match &cfg.usage.grpc {
+        None => None,
+        Some(g) => {
+            if let Some(t) = &g.tls {
+                // Check the PEM files now, so a bad one stops start-up (exit 64).
+                let check = shardgate::config::TlsConfig {
+                    cert: t.cert.clone(),
+                    key: t.key.clone(),
+                    client_ca: None,
+                    client_auth: Default::default(),
+                };
+                server::tls_acceptor(&check).map_err(|e| ConfigError(format!("usage.grpc.tls: {e}")))?;
+            }
+            let l = tokio::net::TcpListener::bind(g.listen)
+                .await
+                .with_context(|| format!("usage.grpc.listen {}", g.listen))?;
+            Some((l, g.clone()))
+        }
+    };
     tracing::info!(%addr, tls = tls.is_some(), "shardgate listening");
     match on_ready {
         Some(f) => f(addr),
@@ -88,8 +107,35 @@ pub async fn run_gateway(
             println!("shardgate listening on {scheme}://{addr}");
         }
     }
+    // The usage API stops only after the HTTP listener has drained and the
+    // final usage commit is made, so billing can read the last windows.
+    let (grpc_stop, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
+    let grpc_task = match grpc {
+        None => None,
+        Some((l, g)) => {
+            let gaddr = l.local_addr().context("usage API address")?;
+            let scheme = if g.tls.is_some() { "https" } else { "http" };
+            tracing::info!(addr = %gaddr, "usage API listening");
+            println!("shardgate usage API listening on {scheme}://{gaddr}");
+            let ledger = gw.ledger().clone();
+            Some(tokio::spawn(async move {
+                let stop = async {
+                    let _ = grpc_stopped.await;
+                };
+                if let Err(e) = shardgate::usage::grpc::serve(ledger, &g, l, stop).await {
+                    tracing::error!(error = %e, "usage API stopped");
+                }
+            }))
+        }
+    };
     spawn_reloader(gw.clone(), reload);
-    server::serve(gw, listener, tls, cfg.server.clone(), shutdown_signal()).await;
+    server::serve(gw.clone(), listener, tls, cfg.server.clone(), shutdown_signal()).await;
+    gw.shutdown().await;
+    tracing::info!("usage committed");
+    let _ = grpc_stop.send(());
+    if let Some(t) = grpc_task {
+        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -1,0 +1,319 @@
+//! `shardgate.usage.v1.UsageService` over tonic, with `grpc.health.v1` and
+//! server reflection (v1 and v1alpha), on its own listener.
+//!
+//! The usage service needs a billing token (`authorization: Bearer`);
+//! health and reflection are open, as load balancers and grpcurl expect.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use super::ledger::{Entry, Ledger, LedgerError};
+use super::proto::usage_service_server::{UsageService, UsageServiceServer};
+use super::proto::{self, usage_record};
+use super::{RecordKey, Source, WINDOW_SECS, unix_now};
+use crate::config::{UsageGrpcConfig, UsageTlsConfig};
+use crate::tenant::{hash_key, parse_key_hash};
+
+const DEFAULT_LIMIT: u32 = 1000;
+const MAX_LIMIT: u32 = 10_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GrpcError {
+    #[error("usage.grpc.billing_tokens[{index}]: {why}")]
+    Token { index: usize, why: String },
+    #[error("usage.grpc.tls {path}: {why}")]
+    Tls { path: String, why: String },
+    #[error("usage gRPC server: {0}")]
+    Serve(String),
+}
+
+fn status(e: LedgerError) -> Status {
+    match e {
+        LedgerError::BadCursor(_) | LedgerError::CursorAhead { .. } => Status::invalid_argument(e.to_string()),
+        LedgerError::Corrupt { .. } => Status::data_loss(e.to_string()),
+        LedgerError::Open { .. } | LedgerError::Storage(_) => Status::unavailable(e.to_string()),
+    }
+}
+
+fn source(s: Source) -> proto::Source {
+    match s {
+        Source::Hot => proto::Source::Hot,
+        Source::Origin => proto::Source::Origin,
+    }
+}
+
+fn to_proto(ledger: &Ledger, e: &Entry) -> proto::UsageRecord {
+    let key = &e.record.key;
+    let c = &e.record.counters;
+    let counters = match key {
+        RecordKey::TenantUsage { tenant, dataset, version, source: s, .. } => {
+            usage_record::Counters::TenantUsage(proto::TenantUsage {
+                tenant: tenant.to_string(),
+                dataset: dataset.to_string(),
+                version: version.to_string(),
+                source: source(*s).into(),
+                bytes: c.bytes,
+                requests: c.requests,
+                aborted_requests: c.aborted_requests,
+            })
+        }
+        RecordKey::DatasetCost { dataset, version, .. } => usage_record::Counters::DatasetCost(proto::DatasetCost {
+            dataset: dataset.to_string(),
+            version: version.to_string(),
+            origin_egress_bytes: c.origin_egress_bytes,
+            integrity_failed_bytes: c.integrity_failed_bytes,
+            integrity_aborted_bytes: c.integrity_aborted_bytes,
+            integrity_aborted_requests: c.integrity_aborted_requests,
+        }),
+    };
+    proto::UsageRecord {
+        id: key.id(ledger.instance()),
+        gateway_instance: ledger.instance().to_string(),
+        cursor: ledger.cursor(e.seq),
+        window_start: key.window(),
+        window_end: key.window() + WINDOW_SECS,
+        counters: Some(counters),
+    }
+}
+
+/// Runs a blocking ledger call off the async workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, LedgerError> + Send + 'static) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| Status::internal(e.to_string()))?.map_err(status)
+}
+
+#[derive(Debug, Clone)]
+pub struct UsageApi {
+    ledger: Arc<Ledger>,
+    /// Becomes true when the server stops; open streams then end.
+    stop: watch::Receiver<bool>,
+}
+
+impl UsageApi {
+    pub fn new(ledger: Arc<Ledger>, stop: watch::Receiver<bool>) -> Self {
+        Self { ledger, stop }
+    }
+}
+
+type RecordStream = Pin<Box<dyn Stream<Item = Result<proto::UsageRecord, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl UsageService for UsageApi {
+    async fn list_usage(
+        &self,
+        req: Request<proto::ListUsageRequest>,
+    ) -> Result<Response<proto::ListUsageResponse>, Status> {
+        let r = req.into_inner();
+        let after = self.ledger.parse_cursor(&r.after_cursor).map_err(status)?;
+        let limit = match r.limit {
+            0 => DEFAULT_LIMIT,
+            n if n > MAX_LIMIT => {
+                return Err(Status::invalid_argument(format!("limit {n} is above the maximum {MAX_LIMIT}")));
+            }
+            n => n,
+        };
+        if r.tenant.as_deref() == Some("") {
+            return Err(Status::invalid_argument("tenant is empty; leave it unset for all tenants"));
+        }
+        let ledger = self.ledger.clone();
+        let last = ledger.last_seq();
+        let entries = blocking(move || ledger.list(after, limit as usize, r.tenant.as_deref())).await?;
+        let next = entries.last().map(|e| self.ledger.cursor(e.seq)).unwrap_or(r.after_cursor);
+        Ok(Response::new(proto::ListUsageResponse {
+            records: entries.iter().map(|e| to_proto(&self.ledger, e)).collect(),
+            next_cursor: next,
+            last_cursor: self.ledger.cursor(last),
+        }))
+    }
+
+    type StreamUsageStream = RecordStream;
+
+    async fn stream_usage(
+        &self,
+        req: Request<proto::StreamUsageRequest>,
+    ) -> Result<Response<Self::StreamUsageStream>, Status> {
+        let r = req.into_inner();
+        let start = self.ledger.parse_cursor(&r.after_cursor).map_err(status)?;
+        if r.tenant.as_deref() == Some("") {
+            return Err(Status::invalid_argument("tenant is empty; leave it unset for all tenants"));
+        }
+        let s = record_stream(self.ledger.clone(), start, r.tenant, self.stop.clone());
+        Ok(Response::new(Box::pin(s)))
+    }
+
+    async fn get_totals(
+        &self,
+        req: Request<proto::GetTotalsRequest>,
+    ) -> Result<Response<proto::GetTotalsResponse>, Status> {
+        let r = req.into_inner();
+        if r.tenant.is_empty() {
+            return Err(Status::invalid_argument("tenant is required"));
+        }
+        let to = if r.to == 0 { unix_now() + WINDOW_SECS } else { r.to };
+        if r.from > to {
+            return Err(Status::invalid_argument(format!("from {} is after to {to}", r.from)));
+        }
+        let ledger = self.ledger.clone();
+        let (tenant, dataset, from) = (r.tenant.clone(), r.dataset.clone(), r.from);
+        let sums = blocking(move || ledger.totals(&tenant, dataset.as_deref(), from, to)).await?;
+        let mut out = proto::GetTotalsResponse { tenant: r.tenant, ..Default::default() };
+        for (s, c) in sums {
+            out.bytes += c.bytes;
+            out.requests += c.requests;
+            out.aborted_requests += c.aborted_requests;
+            out.by_source.push(proto::SourceTotals {
+                source: source(s).into(),
+                bytes: c.bytes,
+                requests: c.requests,
+                aborted_requests: c.aborted_requests,
+            });
+        }
+        Ok(Response::new(out))
+    }
+
+    async fn ack_usage(
+        &self,
+        req: Request<proto::AckUsageRequest>,
+    ) -> Result<Response<proto::AckUsageResponse>, Status> {
+        let r = req.into_inner();
+        if r.cursor.is_empty() {
+            return Err(Status::invalid_argument("cursor is required"));
+        }
+        let seq = self.ledger.parse_cursor(&r.cursor).map_err(status)?;
+        let ledger = self.ledger.clone();
+        let acked = blocking(move || ledger.ack(seq)).await?;
+        Ok(Response::new(proto::AckUsageResponse { acked_cursor: self.ledger.cursor(acked) }))
+    }
+}
+
+/// Pages through closed records after `start`, then waits for windows to
+/// close. Ends when the server stops.
+fn record_stream(
+    ledger: Arc<Ledger>,
+    start: u64,
+    tenant: Option<String>,
+    stop: watch::Receiver<bool>,
+) -> impl Stream<Item = Result<proto::UsageRecord, Status>> + Send {
+    struct St {
+        ledger: Arc<Ledger>,
+        after: u64,
+        tenant: Option<String>,
+        buf: VecDeque<Entry>,
+        closed: watch::Receiver<u64>,
+        stop: watch::Receiver<bool>,
+    }
+    let closed = ledger.subscribe();
+    let st = St { ledger, after: start, tenant, buf: VecDeque::new(), closed, stop };
+    futures_util::stream::unfold(Some(st), |st| async move {
+        let mut st = st?;
+        loop {
+            if let Some(e) = st.buf.pop_front() {
+                st.after = e.seq;
+                let rec = to_proto(&st.ledger, &e);
+                return Some((Ok(rec), Some(st)));
+            }
+            // Mark the current state seen *before* listing, so a window that
+            // closes during the listing still wakes the wait below.
+            st.closed.borrow_and_update();
+            let (ledger, after, tenant) = (st.ledger.clone(), st.after, st.tenant.clone());
+            match blocking(move || ledger.list(after, DEFAULT_LIMIT as usize, tenant.as_deref())).await {
+                Ok(page) if !page.is_empty() => st.buf.extend(page),
+                Ok(_) => {
+                    if *st.stop.borrow() {
+                        return None;
+                    }
+                    tokio::select! {
+                        r = st.closed.changed() => if r.is_err() { return None },
+                        _ = st.stop.changed() => return None,
+                    }
+                }
+                Err(e) => return Some((Err(e), None)),
+            }
+        }
+    })
+}
+
+/// Checks `authorization: Bearer <token>` against the configured hashes.
+#[derive(Clone)]
+struct BillingAuth {
+    tokens: Arc<Vec<[u8; 32]>>,
+}
+
+impl tonic::service::Interceptor for BillingAuth {
+    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
+        let Some(v) = req.metadata().get("authorization") else {
+            return Err(Status::unauthenticated("a billing token is required (authorization: Bearer <token>)"));
+        };
+        let text = v.to_str().map_err(|_| Status::unauthenticated("malformed authorization metadata"))?;
+        let token = text
+            .strip_prefix("Bearer ")
+            .or_else(|| text.strip_prefix("bearer "))
+            .ok_or_else(|| Status::unauthenticated("authorization must be `Bearer <token>`"))?;
+        let h = hash_key(token.trim());
+        if self.tokens.iter().any(|t| t == &h) {
+            Ok(req)
+        } else {
+            Err(Status::unauthenticated("the billing token is not valid"))
+        }
+    }
+}
+
+fn tls_config(t: &UsageTlsConfig) -> Result<tonic::transport::ServerTlsConfig, GrpcError> {
+    crate::btfs::install_crypto_provider();
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| GrpcError::Tls { path: p.display().to_string(), why: e.to_string() })
+    };
+    let identity = tonic::transport::Identity::from_pem(read(&t.cert)?, read(&t.key)?);
+    Ok(tonic::transport::ServerTlsConfig::new().identity(identity))
+}
+
+/// Serves the usage API on `listener` until `shutdown` resolves.
+pub async fn serve(
+    ledger: Arc<Ledger>,
+    cfg: &UsageGrpcConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), GrpcError> {
+    let tokens = cfg
+        .billing_tokens
+        .iter()
+        .enumerate()
+        .map(|(index, t)| parse_key_hash(t).map_err(|why| GrpcError::Token { index, why }))
+        .collect::<Result<Vec<_>, _>>()?;
+    let auth = BillingAuth { tokens: Arc::new(tokens) };
+    let (health, health_svc) = tonic_health::server::health_reporter();
+    health.set_serving::<UsageServiceServer<UsageApi>>().await;
+    let reflection = |b: tonic_reflection::server::Builder<'static>| {
+        b.register_encoded_file_descriptor_set(super::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let v1 = reflection(tonic_reflection::server::Builder::configure())
+        .build_v1()
+        .map_err(|e| GrpcError::Serve(e.to_string()))?;
+    let v1alpha = reflection(tonic_reflection::server::Builder::configure())
+        .build_v1alpha()
+        .map_err(|e| GrpcError::Serve(e.to_string()))?;
+    let (stop_tx, stop) = watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    };
+    let mut server = tonic::transport::Server::builder();
+    if let Some(t) = &cfg.tls {
+        server = server.tls_config(tls_config(t)?).map_err(|e| GrpcError::Serve(e.to_string()))?;
+    }
+    server
+        .add_service(health_svc)
+        .add_service(v1)
+        .add_service(v1alpha)
+        .add_service(UsageServiceServer::with_interceptor(UsageApi::new(ledger, stop), auth))
+        .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), shutdown)
+        .await
+        .map_err(|e| GrpcError::Serve(e.to_string()))
+}

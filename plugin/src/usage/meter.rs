@@ -1,0 +1,233 @@
+//! The in-memory meter on the request path.
+//!
+//! Counting happens once per response, when it ends, under one short lock:
+//! the response's body keeps its own counts ([`ResponseMeter`]) while it
+//! streams. The ledger drains the meter every commit interval.
+//!
+//! Window assignment and window closing share the lock, so no count can land
+//! in a window the ledger has already closed: a drain raises the *floor*,
+//! and every later count goes to a window at or above it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::{Counters, RecordKey, ReleaseTag, Source, WINDOW_SECS, month_bounds, unix_now, window_of};
+
+/// A source of Unix seconds; tests drive windows with their own.
+pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+/// Counts taken from the meter for the ledger: every window below
+/// `closed_before` is complete.
+#[derive(Debug, Default)]
+pub struct Drained {
+    pub deltas: HashMap<RecordKey, Counters>,
+    pub closed_before: i64,
+}
+
+#[derive(Debug)]
+struct State {
+    deltas: HashMap<RecordKey, Counters>,
+    /// No count lands in a window below this one.
+    floor: i64,
+    /// The calendar month the quota counts cover: [start, end).
+    month: (i64, i64),
+    /// Bytes billed to each tenant in `month`, as far as this gateway knows.
+    month_bytes: HashMap<Arc<str>, u64>,
+}
+
+pub struct Meter {
+    state: Mutex<State>,
+    clock: Clock,
+}
+
+impl std::fmt::Debug for Meter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Meter").finish_non_exhaustive()
+    }
+}
+
+impl Default for Meter {
+    fn default() -> Self {
+        Self::new(Arc::new(unix_now))
+    }
+}
+
+impl Meter {
+    pub fn new(clock: Clock) -> Self {
+        let now = clock();
+        Self {
+            state: Mutex::new(State {
+                deltas: HashMap::new(),
+                floor: i64::MIN,
+                month: month_bounds(now),
+                month_bytes: HashMap::new(),
+            }),
+            clock,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the counts half-updated
+        // in a way that matters more than losing them; keep metering.
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The window a count taken now lands in; rolls the quota month over.
+    fn window(&self, st: &mut State) -> i64 {
+        let now = (self.clock)();
+        let w = window_of(now).max(st.floor);
+        if w >= st.month.1 || w < st.month.0 {
+            st.month = month_bounds(w);
+            st.month_bytes.clear();
+        }
+        w
+    }
+
+    /// Starts the meter where the ledger left off: windows below `floor` are
+    /// closed, and `month_bytes` are the tenants' bytes in the current month.
+    pub fn resume(&self, floor: i64, month_bytes: HashMap<String, u64>) {
+        let mut st = self.lock();
+        st.floor = st.floor.max(floor);
+        let w = self.window(&mut st);
+        st.month = month_bounds(w);
+        st.month_bytes = month_bytes.into_iter().map(|(k, v)| (Arc::from(k), v)).collect();
+    }
+
+    /// Records one response to `tenant` for `release`: `hot` and `origin`
+    /// body bytes written, and whether the client hung up first.
+    pub fn record_response(&self, tenant: &Arc<str>, release: &ReleaseTag, hot: u64, origin: u64, aborted: bool) {
+        let mut st = self.lock();
+        let window = self.window(&mut st);
+        let request_source = if origin > 0 { Source::Origin } else { Source::Hot };
+        for (source, bytes) in [(Source::Hot, hot), (Source::Origin, origin)] {
+            let is_request = source == request_source;
+            if bytes == 0 && !is_request {
+                continue;
+            }
+            let key = RecordKey::TenantUsage {
+                tenant: tenant.clone(),
+                dataset: release.dataset.clone(),
+                version: release.version.clone(),
+                window,
+                source,
+            };
+            let c = st.deltas.entry(key).or_default();
+            c.bytes += bytes;
+            if is_request {
+                c.requests += 1;
+                c.aborted_requests += u64::from(aborted);
+            }
+        }
+        *st.month_bytes.entry(tenant.clone()).or_default() += hot + origin;
+    }
+
+    fn dataset_cost(&self, release: &ReleaseTag, f: impl FnOnce(&mut Counters)) {
+        let mut st = self.lock();
+        let window = self.window(&mut st);
+        let key = RecordKey::DatasetCost { dataset: release.dataset.clone(), version: release.version.clone(), window };
+        f(st.deltas.entry(key).or_default());
+    }
+
+    /// A response the gateway cut because it had no verified bytes to send:
+    /// its bytes are counted against the release, never billed to the tenant.
+    pub fn record_integrity_abort(&self, release: &ReleaseTag, bytes: u64) {
+        self.dataset_cost(release, |c| {
+            c.integrity_aborted_bytes += bytes;
+            c.integrity_aborted_requests += 1;
+        });
+    }
+
+    /// Bytes received from an origin for `release`; `failed` of them failed verification.
+    pub fn record_egress(&self, release: &ReleaseTag, bytes: u64, failed: u64) {
+        if bytes == 0 && failed == 0 {
+            return;
+        }
+        self.dataset_cost(release, |c| {
+            c.origin_egress_bytes += bytes;
+            c.integrity_failed_bytes += failed;
+        });
+    }
+
+    /// Bytes billed to `tenant` this calendar month (UTC), and when the month ends.
+    pub fn month_bytes(&self, tenant: &str) -> (u64, i64) {
+        let mut st = self.lock();
+        self.window(&mut st);
+        (st.month_bytes.get(tenant).copied().unwrap_or(0), st.month.1)
+    }
+
+    /// Takes the counts so far. Windows before the current one close.
+    pub fn drain(&self) -> Drained {
+        self.drain_inner(0)
+    }
+
+    /// Takes the counts so far and closes every window, the current one
+    /// included (at shutdown). Counts after this land in the next window.
+    pub fn drain_all(&self) -> Drained {
+        self.drain_inner(WINDOW_SECS)
+    }
+
+    fn drain_inner(&self, ahead: i64) -> Drained {
+        let mut st = self.lock();
+        let w = self.window(&mut st);
+        st.floor = w + ahead;
+        Drained { deltas: std::mem::take(&mut st.deltas), closed_before: st.floor }
+    }
+}
+
+/// The running count of one streamed response, reported to the meter when
+/// the response ends, however it ends.
+///
+/// Bytes count once hyper has taken them: a frame is *confirmed* when hyper
+/// asks for the next one. A client that hangs up is billed what was
+/// confirmed; a completed response is billed in full; a response the gateway
+/// cut for want of verified bytes is billed nothing.
+pub struct ResponseMeter {
+    meter: Arc<Meter>,
+    tenant: Arc<str>,
+    release: ReleaseTag,
+    expected: u64,
+    sent: [u64; 2],
+    confirmed: [u64; 2],
+    failed: bool,
+}
+
+impl std::fmt::Debug for ResponseMeter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseMeter").field("tenant", &self.tenant).field("sent", &self.sent).finish()
+    }
+}
+
+impl ResponseMeter {
+    pub fn new(meter: Arc<Meter>, tenant: Arc<str>, release: ReleaseTag, expected: u64) -> Self {
+        Self { meter, tenant, release, expected, sent: [0; 2], confirmed: [0; 2], failed: false }
+    }
+
+    /// hyper asked for the next frame: everything handed over so far was taken.
+    pub fn polled(&mut self) {
+        self.confirmed = self.sent;
+    }
+
+    /// A frame of `n` bytes from `source` is handed to hyper.
+    pub fn handed(&mut self, n: u64, source: Source) {
+        self.sent[source as usize] += n;
+    }
+
+    /// The gateway cut the response (no verified bytes could be had).
+    pub fn failed(&mut self) {
+        self.failed = true;
+    }
+}
+
+impl Drop for ResponseMeter {
+    fn drop(&mut self) {
+        let [hot, origin] = self.sent;
+        if self.failed {
+            self.meter.record_integrity_abort(&self.release, hot + origin);
+        } else if hot + origin >= self.expected {
+            self.meter.record_response(&self.tenant, &self.release, hot, origin, false);
+        } else {
+            let [hot, origin] = self.confirmed;
+            self.meter.record_response(&self.tenant, &self.release, hot, origin, true);
+        }
+    }
+}
