@@ -54,6 +54,20 @@ pub enum Source {
     Origin,
 }
 
+/// Chunks of a file that were cold at some moment (see [`Fetcher::cold_set`]).
+#[derive(Debug, Clone, Default)]
+pub struct ColdSet {
+    base: u64,
+    bits: Vec<u64>,
+}
+
+impl ColdSet {
+    pub fn contains(&self, index: u64) -> bool {
+        let Some(at) = index.checked_sub(self.base) else { return false };
+        self.bits.get((at / 64) as usize).is_some_and(|w| w & (1 << (at % 64)) != 0)
+    }
+}
+
 /// What the fetcher needs to know about a file.
 #[derive(Debug, Clone)]
 pub struct FileSpec {
@@ -213,6 +227,24 @@ impl Fetcher {
             .filter(|&i| self.hot.contains(&ChunkKey::new(file.blake3, file.layout.chunk_size(), i)))
             .count() as u64;
         (hot, total)
+    }
+
+    /// Which of `ranges`' chunks are not in the hot tier now: a response's
+    /// bytes from those chunks are origin bytes, even when the response's own
+    /// span or read-ahead has put them in the hot tier by the time it reads them.
+    pub fn cold_set(&self, file: &FileSpec, ranges: &[Range<u64>]) -> ColdSet {
+        let base = ranges.iter().map(|r| r.start).min().unwrap_or(0);
+        let end = ranges.iter().map(|r| r.end).max().unwrap_or(0).max(base);
+        let mut bits = vec![0u64; (end - base).div_ceil(64) as usize];
+        for r in ranges {
+            for i in r.clone() {
+                if !self.hot.contains(&ChunkKey::new(file.blake3, file.layout.chunk_size(), i)) {
+                    let at = i - base;
+                    bits[(at / 64) as usize] |= 1 << (at % 64);
+                }
+            }
+        }
+        ColdSet { base, bits }
     }
 
     /// The verified chunk table of a multi-chunk file.

@@ -16,7 +16,7 @@ use futures_util::Stream;
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use hyper::body::Frame;
 
-use crate::fetch::{FetchError, Fetcher, FileSpec, ReadAhead, Source};
+use crate::fetch::{ColdSet, FetchError, Fetcher, FileSpec, ReadAhead, Source};
 use crate::metrics::{Metrics, ReasonLabel, SourceLabel};
 use crate::tenant::Tenant;
 use crate::usage::{self, ResponseMeter};
@@ -61,8 +61,9 @@ struct ChunkedState {
     /// The tenant whose bandwidth cap shapes this body, if it has one.
     shaper: Option<Arc<Tenant>>,
     metrics: Arc<Metrics>,
-    /// This response's usage count, reported when the body ends or is dropped.
-    meter: Option<ResponseMeter>,
+    /// This response's usage count, reported when the body ends or is dropped,
+    /// and the chunks that were cold when the request arrived (origin bytes).
+    meter: Option<(ResponseMeter, ColdSet)>,
 }
 
 /// A body that streams verified chunks of `file` for `pieces`.
@@ -73,7 +74,7 @@ pub fn chunked(
     primed: Primed,
     shaper: Option<Arc<Tenant>>,
     metrics: Arc<Metrics>,
-    meter: Option<ResponseMeter>,
+    meter: Option<(ResponseMeter, ColdSet)>,
 ) -> Body {
     let end_chunk = pieces
         .iter()
@@ -103,7 +104,7 @@ fn stream(state: ChunkedState) -> impl Stream<Item = Result<Frame<Bytes>, BodyEr
     futures_util::stream::unfold(Some(state), |state| async move {
         let mut st = state?;
         // hyper asks for the next frame only once it has taken the last one.
-        if let Some(m) = &mut st.meter {
+        if let Some((m, _)) = &mut st.meter {
             m.polled();
         }
         let piece = st.pieces.pop_front()?;
@@ -112,7 +113,7 @@ fn stream(state: ChunkedState) -> impl Stream<Item = Result<Frame<Bytes>, BodyEr
                 if let Some(t) = &st.shaper {
                     t.shape(b.len() as u64).await;
                 }
-                if let Some(m) = &mut st.meter {
+                if let Some((m, _)) = &mut st.meter {
                     m.handed(b.len() as u64, usage::Source::Hot);
                 }
                 Some((Ok(Frame::data(b)), Some(st)))
@@ -139,9 +140,10 @@ fn stream(state: ChunkedState) -> impl Stream<Item = Result<Frame<Bytes>, BodyEr
                             _ => "fetch",
                         };
                         st.metrics.aborted.get_or_create(&ReasonLabel { reason }).inc();
-                        if let Some(m) = &mut st.meter {
+                        if let Some((m, _)) = &mut st.meter {
                             m.failed();
                         }
+
                         tracing::warn!(error = %e, "aborting response mid-body");
                         return Some((Err(BodyError(e.to_string())), None));
                     }
@@ -162,12 +164,18 @@ fn stream(state: ChunkedState) -> impl Stream<Item = Result<Frame<Bytes>, BodyEr
                 if let Some(t) = &st.shaper {
                     t.shape(slice.len() as u64).await;
                 }
+                let source = match &st.meter {
+                    Some((_, cold)) if cold.contains(index) => Source::Origin,
+                    Some(_) => Source::Hot,
+                    None => source,
+                };
                 let label = SourceLabel { source: if source == Source::Hot { "hot" } else { "origin" } };
                 st.metrics.served_bytes.get_or_create(&label).inc_by(slice.len() as u64);
-                if let Some(m) = &mut st.meter {
+                if let Some((m, _)) = &mut st.meter {
                     let s = if source == Source::Hot { usage::Source::Hot } else { usage::Source::Origin };
                     m.handed(slice.len() as u64, s);
                 }
+
                 Some((Ok(Frame::data(slice)), Some(st)))
             }
         }

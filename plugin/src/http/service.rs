@@ -457,6 +457,9 @@ async fn serve_file<B>(
         let (a, b) = fetcher.cached(&spec, c.clone());
         (h + a, t + b)
     });
+    // Snapshot before any fetch starts: this response's own spans and
+    // read-ahead will have put chunks in the hot tier by the time it reads them.
+    let cold = if billing.is_some() { fetcher.cold_set(&spec, &covering) } else { Default::default() };
     let cache = if total == 0 || hot == total {
         "hit"
     } else if hot == 0 {
@@ -504,7 +507,7 @@ async fn serve_file<B>(
     let shaper = tenant.shapes_bandwidth().then_some(tenant);
     let content_length =
         parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok()).unwrap_or(0);
-    let meter = billing.map(|b| b.streaming(content_length));
+    let meter = billing.map(|b| (b.streaming(content_length), cold));
     let body = body::chunked(fetcher, spec, pieces, primed, shaper, gw.metrics().clone(), meter);
     Response::from_parts(parts, body)
 }

@@ -207,9 +207,10 @@ fn record_stream(
         buf: VecDeque<Entry>,
         closed: watch::Receiver<u64>,
         stop: watch::Receiver<bool>,
+        stopping: bool,
     }
     let closed = ledger.subscribe();
-    let st = St { ledger, after: start, tenant, buf: VecDeque::new(), closed, stop };
+    let st = St { ledger, after: start, tenant, buf: VecDeque::new(), closed, stop, stopping: false };
     futures_util::stream::unfold(Some(st), |st| async move {
         let mut st = st?;
         loop {
@@ -224,13 +225,13 @@ fn record_stream(
             let (ledger, after, tenant) = (st.ledger.clone(), st.after, st.tenant.clone());
             match blocking(move || ledger.list(after, DEFAULT_LIMIT as usize, tenant.as_deref())).await {
                 Ok(page) if !page.is_empty() => st.buf.extend(page),
+                Ok(_) if st.stopping => return None,
                 Ok(_) => {
-                    if *st.stop.borrow() {
-                        return None;
-                    }
                     tokio::select! {
-                        r = st.closed.changed() => if r.is_err() { return None },
-                        _ = st.stop.changed() => return None,
+                        r = st.closed.changed() => if r.is_err() { st.stopping = true },
+                        // The server is stopping: the final commit has been made,
+                        // so send what it closed, then end.
+                        _ = st.stop.wait_for(|s| *s) => st.stopping = true,
                     }
                 }
                 Err(e) => return Some((Err(e), None)),

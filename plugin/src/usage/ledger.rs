@@ -124,9 +124,7 @@ impl Ledger {
             let next = nums.get("next_seq").map_err(|e| err(&e))?.map(|v| v.value()).unwrap_or(1);
             (instance, next - 1)
         };
-        for t in [OPEN] {
-            txn.open_table(t).map_err(|e| err(&e))?;
-        }
+        txn.open_table(OPEN).map_err(|e| err(&e))?;
         txn.open_table(CLOSED).map_err(|e| err(&e))?;
         txn.open_table(BY_TENANT).map_err(|e| err(&e))?;
         txn.open_table(BY_TENANT_TIME).map_err(|e| err(&e))?;
