@@ -1,8 +1,10 @@
 //! Shared helpers for the CLI integration tests.
 #![allow(dead_code, clippy::unwrap_used)]
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_shardgate"))
@@ -127,5 +129,81 @@ impl Drop for DevNode {
             let repo_root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
             let _ = Command::new("bash").arg(repo_root.join("conf/dev-node/stop.sh")).arg(state.path()).output();
         }
+    }
+}
+
+/// `shardgate serve` as a child process, killed when dropped.
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+    pub addr: String,
+    /// The second stdout line, when the usage API listens: its base URL.
+    pub usage_api: Option<String>,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Server {
+    pub fn start(config: &Path) -> Server {
+        let mut child = Command::new(bin())
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let err_pipe = child.stderr.take().unwrap();
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err_pipe).lines().map_while(Result::ok) {
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        let base = line.trim().rsplit(' ').next().unwrap().to_string();
+        assert!(base.starts_with("http"), "unexpected first line {line:?}: {}", stderr.lock().unwrap());
+        let addr = base.rsplit("://").next().unwrap().to_string();
+        let text = std::fs::read_to_string(config).unwrap_or_default();
+        let usage_api = text.contains("[usage.grpc]").then(|| {
+            let mut line = String::new();
+            out.read_line(&mut line).unwrap();
+            assert!(line.contains("usage API"), "unexpected second line {line:?}");
+            line.trim().rsplit(' ').next().unwrap().to_string()
+        });
+        // Keep reading stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in out.lines() {});
+        Server { child, base, addr, usage_api, stderr }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill").args([&format!("-{sig}"), &self.child.id().to_string()]).status().unwrap();
+        assert!(ok.success());
+    }
+
+    pub fn logs(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let t0 = Instant::now();
+        while t0.elapsed() < limit {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
