@@ -7,6 +7,7 @@ mod pack;
 mod publish;
 mod serve;
 mod tenant;
+mod usage;
 mod verify;
 
 use std::process::ExitCode;
@@ -42,6 +43,8 @@ pub enum Command {
     Demo(demo::Args),
     /// Tenant administration: `tenant key` makes an API key.
     Tenant(tenant::Args),
+    /// Billing: `usage token` makes a billing token; `usage list` and `usage totals` read the usage API.
+    Usage(usage::Args),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -54,6 +57,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(a) => serve::run(a),
         Command::Demo(a) => demo::run(a),
         Command::Tenant(a) => tenant::run(a),
+        Command::Usage(a) => usage::run(a),
     }
 }
 

@@ -189,6 +189,13 @@ def _config(path: Path, key_pub: Path, manifests: list, origins: list) -> Path:
 @contextlib.contextmanager
 def serve(bin_path: str, config: Path):
     """Runs `shardgate serve`, yields its base URL once /readyz answers, SIGTERMs it after."""
+    with serve_with_usage(bin_path, config) as (base, _):
+        yield base
+
+
+@contextlib.contextmanager
+def serve_with_usage(bin_path: str, config: Path, usage_api: bool = False):
+    """Like `serve`, yielding (base URL, usage API host:port or None)."""
     import requests
 
     log = config.with_suffix(".stderr.log")
@@ -217,6 +224,17 @@ def serve(bin_path: str, config: Path):
             continue
         m = re.search(r"shardgate listening on (http://127\.0\.0\.1:\d+)", line)
         base = m.group(1) if m else None
+    usage = None
+    while usage_api and usage is None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or proc.poll() is not None:
+            fail("shardgate serve did not print its usage API address")
+        try:
+            line = lines.get(timeout=min(remaining, 0.5))
+        except queue.Empty:
+            continue
+        m = re.search(r"usage API listening on https?://(127\.0\.0\.1:\d+)", line)
+        usage = m.group(1) if m else None
 
     while True:
         try:
@@ -229,7 +247,7 @@ def serve(bin_path: str, config: Path):
         time.sleep(0.1)
 
     try:
-        yield base
+        yield base, usage
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
