@@ -188,3 +188,81 @@ fn kill_9_under_load_loses_at_most_one_commit_interval() {
     assert!(ledger.bytes <= received, "the ledger never holds more than was sent");
     assert!(ledger.bytes >= must_have, "lost more than one commit interval: {} < {must_have}", ledger.bytes);
 }
+
+#[test]
+fn the_usage_api_serves_over_tls_with_a_billing_token() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let key = setup(d);
+    // A CA and a server certificate it signed (rustls refuses a CA certificate as the server's own).
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl").args(args).current_dir(d).output().unwrap();
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    openssl(
+        &[&["req", "-x509"][..], &ec, &["-days", "2", "-subj", "/CN=ca", "-keyout", "ca.key", "-out", "ca.crt"]]
+            .concat(),
+    );
+    openssl(&[&["req"][..], &ec, &["-subj", "/CN=localhost", "-keyout", "tls.key", "-out", "tls.csr"]].concat());
+    std::fs::write(d.join("tls.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "tls.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "tls.ext",
+        "-out",
+        "tls.crt",
+    ]);
+    let made = run(&["usage", "token"], d);
+    let token = String::from_utf8(made.stdout).unwrap().trim().to_string();
+    let stderr = String::from_utf8(made.stderr).unwrap();
+    let hash = stderr.split('"').find(|s| s.starts_with("blake3:")).unwrap().to_string();
+    let mut text = std::fs::read_to_string(d.join("gw.toml")).unwrap();
+    text.push_str(&format!(
+        "[usage.grpc]\nlisten = \"127.0.0.1:0\"\nbilling_tokens = [\"{hash}\"]\ntls = {{ cert = \"tls.crt\", key = \"tls.key\" }}\n"
+    ));
+    std::fs::write(d.join("gw.toml"), text).unwrap();
+    let srv = Server::start(&d.join("gw.toml"));
+    let api = srv.usage_api.clone().unwrap();
+    assert!(api.starts_with("https://"), "{api}");
+    // Some traffic, so there is something to count (the window is still open).
+    let mut s = TcpStream::connect(&srv.addr).unwrap();
+    write!(s, "GET /v1/datasets/rel/1.0.0/files/data.bin HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nRange: bytes=0-9\r\nConnection: close\r\n\r\n").unwrap();
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).unwrap();
+    assert!(resp.starts_with(b"HTTP/1.1 206"));
+
+    let totals = |api: &str, token: &str, ca: Option<&str>| {
+        let mut cmd = std::process::Command::new(bin());
+        cmd.args(["usage", "totals", "--api", api, "--tenant", "team-a"]).current_dir(d);
+        cmd.env("SHARDGATE_BILLING_TOKEN", token);
+        if let Some(ca) = ca {
+            cmd.args(["--ca", ca]);
+        }
+        cmd.output().unwrap()
+    };
+    let ok_out = totals(&api, &token, Some("ca.crt"));
+    assert!(ok_out.status.success(), "{}", String::from_utf8_lossy(&ok_out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&ok_out.stdout).unwrap();
+    assert_eq!(v["tenant"], "team-a");
+    // A wrong token is refused; plaintext to the TLS port fails.
+    let bad = totals(&api, "sgk_wrong", Some("ca.crt"));
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("Unauthenticated"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    let plain = totals(&api.replace("https://", "http://"), &token, None);
+    assert!(!plain.status.success());
+}

@@ -80,6 +80,8 @@ pub async fn run_gateway(
     gw.spawn_prober(Duration::from_secs(5));
     let listener = server::bind(&cfg.server).await?;
     let addr = listener.local_addr().context("listener address")?;
+    let shutdown = shutdown_signal();
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     let grpc = match &cfg.usage.grpc {
         None => None,
         Some(g) => {
@@ -128,8 +130,8 @@ pub async fn run_gateway(
             }))
         }
     };
-    spawn_reloader(gw.clone(), reload);
-    server::serve(gw.clone(), listener, tls, cfg.server.clone(), shutdown_signal()).await;
+    spawn_reloader(gw.clone(), hangups, reload);
+    server::serve(gw.clone(), listener, tls, cfg.server.clone(), shutdown).await;
     gw.shutdown().await;
     tracing::info!("usage committed");
     let _ = grpc_stop.send(());
@@ -142,10 +144,12 @@ pub async fn run_gateway(
 
 fn spawn_reloader(
     gw: Arc<Gateway>,
+    hangups: std::io::Result<tokio::signal::unix::Signal>,
     reload: impl Fn() -> Result<Config, shardgate::config::ConfigError> + Send + Sync + 'static,
 ) {
     tokio::spawn(async move {
-        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        let Ok(mut hup) = hangups else {
+            tracing::warn!("cannot listen for SIGHUP; reload by restarting");
             return;
         };
         while hup.recv().await.is_some() {
@@ -163,17 +167,25 @@ fn spawn_reloader(
     });
 }
 
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is
+/// called, not when it is first polled, so call it before announcing readiness:
+/// a signal that arrives before then must not take the default action (exit).
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        let wait = |s: std::io::Result<tokio::signal::unix::Signal>| async move {
+            match s {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
             }
-            Err(_) => std::future::pending::<()>().await,
+        };
+        tokio::select! {
+            _ = wait(term) => tracing::info!("SIGTERM: draining"),
+            _ = wait(int) => tracing::info!("SIGINT: draining"),
         }
-    };
-    tokio::select! {
-        _ = term => tracing::info!("SIGTERM: draining"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
     }
 }
