@@ -62,6 +62,14 @@ pub struct ColdSet {
 }
 
 impl ColdSet {
+    /// Hot and total chunks over `ranges`, as `Fetcher::cached` counts them.
+    pub fn counts(&self, ranges: &[Range<u64>]) -> (u64, u64) {
+        ranges.iter().fold((0, 0), |(hot, total), r| {
+            let cold = r.clone().filter(|&i| self.contains(i)).count() as u64;
+            (hot + (r.end - r.start) - cold, total + (r.end - r.start))
+        })
+    }
+
     pub fn contains(&self, index: u64) -> bool {
         let Some(at) = index.checked_sub(self.base) else { return false };
         self.bits.get((at / 64) as usize).is_some_and(|w| w & (1 << (at % 64)) != 0)

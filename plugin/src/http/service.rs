@@ -453,13 +453,19 @@ async fn serve_file<B>(
             Piece::Literal(_) => None,
         })
         .collect();
-    let (hot, total) = covering.iter().fold((0, 0), |(h, t), c| {
-        let (a, b) = fetcher.cached(&spec, c.clone());
-        (h + a, t + b)
-    });
-    // Snapshot before any fetch starts: this response's own spans and
-    // read-ahead will have put chunks in the hot tier by the time it reads them.
-    let cold = if billing.is_some() { fetcher.cold_set(&spec, &covering) } else { Default::default() };
+    // A metered body needs every chunk's state, snapshot before any fetch
+    // starts (its own spans and read-ahead will have put chunks in the hot
+    // tier by the time it reads them); the cache header comes from the same
+    // scan. Otherwise (HEAD, metering off) a capped scan serves the header.
+    let body_wanted = req.method() != Method::HEAD && !pieces.is_empty();
+    let cold = (billing.is_some() && body_wanted).then(|| fetcher.cold_set(&spec, &covering));
+    let (hot, total) = match &cold {
+        Some(c) => c.counts(&covering),
+        None => covering.iter().fold((0, 0), |(h, t), c| {
+            let (a, b) = fetcher.cached(&spec, c.clone());
+            (h + a, t + b)
+        }),
+    };
     let cache = if total == 0 || hot == total {
         "hit"
     } else if hot == 0 {
@@ -507,7 +513,7 @@ async fn serve_file<B>(
     let shaper = tenant.shapes_bandwidth().then_some(tenant);
     let content_length =
         parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok()).unwrap_or(0);
-    let meter = billing.map(|b| (b.streaming(content_length), cold));
+    let meter = billing.map(|b| (b.streaming(content_length), cold.unwrap_or_default()));
     let body = body::chunked(fetcher, spec, pieces, primed, shaper, gw.metrics().clone(), meter);
     Response::from_parts(parts, body)
 }

@@ -115,7 +115,43 @@ pub struct Tenant {
     pub monthly_quota: Option<u64>,
     datasets: Vec<glob::Pattern>,
     requests: Option<DefaultDirectRateLimiter>,
-    bandwidth: Option<(DefaultDirectRateLimiter, NonZeroU32)>,
+    bandwidth: Option<Bandwidth>,
+}
+
+/// Most governor cells per second: its clock counts nanoseconds, so a cell
+/// must stand for at least ~10 ns of the rate or the quota degenerates.
+const MAX_CELLS_PER_SEC: u64 = 100_000_000;
+
+/// A bandwidth cap: governor cells of `unit` bytes (one byte per cell up to
+/// 100 MB/s, coarser above so the quota keeps its resolution).
+struct Bandwidth {
+    limiter: DefaultDirectRateLimiter,
+    burst_cells: NonZeroU32,
+    unit: u64,
+}
+
+impl Bandwidth {
+    fn new(bps: u64, burst: Option<u64>) -> Result<Self, String> {
+        if bps == 0 {
+            return Err("bandwidth must be above 0".into());
+        }
+        let unit = bps.div_ceil(MAX_CELLS_PER_SEC).max(1);
+        let rate = NonZeroU32::new(u32::try_from(bps / unit).unwrap_or(u32::MAX)).unwrap_or(NonZeroU32::MIN);
+        let burst = burst.unwrap_or(bps);
+        if burst == 0 {
+            return Err("bandwidth_burst must be above 0".into());
+        }
+        let burst_cells =
+            NonZeroU32::new(u32::try_from(burst.div_ceil(unit)).unwrap_or(u32::MAX)).unwrap_or(NonZeroU32::MIN);
+        let limiter = RateLimiter::direct(Quota::per_second(rate).allow_burst(burst_cells));
+        Ok(Self { limiter, burst_cells, unit })
+    }
+
+    /// The cell quota's replenish interval, for tests of its resolution.
+    #[cfg(test)]
+    fn cell_interval(&self, bps: u64) -> Duration {
+        Duration::from_secs_f64(self.unit as f64 / bps as f64)
+    }
 }
 
 impl std::fmt::Debug for Tenant {
@@ -141,15 +177,7 @@ impl Tenant {
         };
         let bandwidth = match limits.bandwidth {
             None => None,
-            Some(ByteSize(bps)) => {
-                let bps =
-                    u32::try_from(bps).map_err(|_| "bandwidth above 4GiB per second; leave it unset".to_string())?;
-                let bps = NonZeroU32::new(bps).ok_or("bandwidth must be above 0")?;
-                let burst = limits.bandwidth_burst.map(|b| b.0).unwrap_or(u64::from(bps.get()));
-                let burst = NonZeroU32::new(u32::try_from(burst).unwrap_or(u32::MAX))
-                    .ok_or("bandwidth_burst must be above 0")?;
-                Some((RateLimiter::direct(Quota::per_second(bps).allow_burst(burst)), burst))
-            }
+            Some(ByteSize(bps)) => Some(Bandwidth::new(bps, limits.bandwidth_burst.map(|b| b.0))?),
         };
         if limits.monthly_quota.is_some_and(|q| q.0 == 0) {
             return Err("monthly_quota must be above 0; leave it unset for no quota".into());
@@ -178,14 +206,15 @@ impl Tenant {
     }
 
     /// Waits until `n` body bytes may be sent under the bandwidth cap.
-    pub async fn shape(&self, mut n: u64) {
-        let Some((limiter, burst)) = &self.bandwidth else { return };
-        while n > 0 {
-            let take = n.min(u64::from(burst.get()));
-            let cells = NonZeroU32::new(take as u32).unwrap_or(NonZeroU32::MIN);
+    pub async fn shape(&self, n: u64) {
+        let Some(b) = &self.bandwidth else { return };
+        let mut cells = n.div_ceil(b.unit);
+        while cells > 0 {
+            let take = cells.min(u64::from(b.burst_cells.get()));
+            let c = NonZeroU32::new(take as u32).unwrap_or(NonZeroU32::MIN);
             // `take` never exceeds the burst, so capacity is always sufficient.
-            let _ = limiter.until_n_ready(cells).await;
-            n -= take;
+            let _ = b.limiter.until_n_ready(c).await;
+            cells -= take;
         }
     }
 

@@ -100,6 +100,27 @@ async fn bandwidth_shapes_by_bytes_and_splits_large_frames() {
     assert!(t0.elapsed() >= Duration::from_millis(250), "{:?}", t0.elapsed());
 }
 
+#[tokio::test]
+async fn fast_bandwidth_caps_keep_their_resolution() {
+    // Bytes as cells at 2 GiB/s would be a sub-nanosecond cell, which
+    // governor's nanosecond clock cannot express; cells then stand for
+    // several bytes. The cap must shape, not stall: 64 MiB at 2 GiB/s with
+    // a one-second burst is immediate.
+    for bps in [1u64 << 20, 100_000_000, 2 << 30, 40 << 30] {
+        let b = super::Bandwidth::new(bps, None).unwrap();
+        assert!(b.cell_interval(bps) >= Duration::from_nanos(9), "{bps}: {:?}", b.cell_interval(bps));
+        assert_eq!(b.unit == 1, bps <= 100_000_000, "{bps}");
+    }
+    let limits = Limits { bandwidth: Some(ByteSize(2 << 30)), ..Limits::default() };
+    let (t, key) = tenants(limits);
+    let v = t.identify_key(Some(format!("Bearer {key}").as_bytes())).unwrap();
+    let t0 = std::time::Instant::now();
+    for _ in 0..256 {
+        v.shape(256 * 1024).await;
+    }
+    assert!(t0.elapsed() < Duration::from_secs(2), "64 MiB under a 2 GiB/s cap took {:?}", t0.elapsed());
+}
+
 #[test]
 fn config_errors_name_the_key() {
     let base = TenantConfig {

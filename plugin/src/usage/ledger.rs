@@ -77,6 +77,8 @@ pub struct Ledger {
     pending: Mutex<Drained>,
     /// The newest closed sequence number.
     last: watch::Sender<u64>,
+    /// The committed floor: every window below it is closed.
+    floor: std::sync::atomic::AtomicI64,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -111,7 +113,7 @@ impl Ledger {
             }
         };
         let txn = db.begin_write().map_err(|e| err(&e))?;
-        let (instance, last) = {
+        let (instance, last, floor) = {
             let mut meta = txn.open_table(META_STR).map_err(|e| err(&e))?;
             let stored = meta.get("instance").map_err(|e| err(&e))?.map(|v| v.value().to_string());
             let instance = match (instance, stored) {
@@ -122,7 +124,8 @@ impl Ledger {
             meta.insert("instance", instance.as_str()).map_err(|e| err(&e))?;
             let nums = txn.open_table(META_NUM).map_err(|e| err(&e))?;
             let next = nums.get("next_seq").map_err(|e| err(&e))?.map(|v| v.value()).unwrap_or(1);
-            (instance, next - 1)
+            let floor = nums.get("floor").map_err(|e| err(&e))?.map(|v| v.value()).unwrap_or(0);
+            (instance, next - 1, floor as i64)
         };
         txn.open_table(OPEN).map_err(|e| err(&e))?;
         txn.open_table(CLOSED).map_err(|e| err(&e))?;
@@ -130,7 +133,13 @@ impl Ledger {
         txn.open_table(BY_TENANT_TIME).map_err(|e| err(&e))?;
         txn.open_table(MONTH).map_err(|e| err(&e))?;
         txn.commit().map_err(|e| err(&e))?;
-        Ok(Self { db, instance, pending: Mutex::new(Drained::default()), last: watch::channel(last).0 })
+        Ok(Self {
+            db,
+            instance,
+            pending: Mutex::new(Drained::default()),
+            last: watch::channel(last).0,
+            floor: std::sync::atomic::AtomicI64::new(floor),
+        })
     }
 
     pub fn instance(&self) -> &str {
@@ -176,7 +185,7 @@ impl Ledger {
 
     /// Windows below this are closed; the meter resumes from here.
     pub fn floor(&self) -> Result<i64, LedgerError> {
-        Ok(self.num("floor")? as i64)
+        Ok(self.floor.load(std::sync::atomic::Ordering::Acquire))
     }
 
     /// Bytes billed per tenant in the calendar month holding `t`.
@@ -204,8 +213,13 @@ impl Ledger {
             pending.deltas.entry(k).or_default().add(&c);
         }
         pending.closed_before = pending.closed_before.max(drained.closed_before);
+        if pending.deltas.is_empty() && pending.closed_before <= self.floor.load(std::sync::atomic::Ordering::Acquire) {
+            // Nothing counted and no window to close: an idle gateway writes nothing.
+            return Ok(CommitStats::default());
+        }
         let (stats, last) = self.write(&pending)?;
         pending.deltas.clear();
+        self.floor.fetch_max(pending.closed_before.max(0), std::sync::atomic::Ordering::AcqRel);
         self.last.send_if_modified(|l| {
             let changed = *l != last;
             *l = last;
