@@ -21,7 +21,7 @@ say() { printf '==> %s\n' "$*" >&2; }
 quick="${QUICK:-}"
 dur="${BENCH_SECONDS:-8}"; [ -n "$quick" ] && dur=2
 rounds=4; [ -n "$quick" ] && rounds=1
-cg_short=20; cg_long=120; [ -n "$quick" ] && cg_long=40
+cg_short=20; cg_long=220; [ -n "$quick" ] && cg_long=40
 
 need=()
 command -v wrk >/dev/null || need+=(wrk)
@@ -83,7 +83,7 @@ CFG
 }
 launch() {  # $1 config, then the command prefix (e.g. valgrind ...)
   local cfg=$1; shift
-  "$@" "$sg" serve --config "$cfg" > "$cfg.out" 2> "$cfg.err" &
+  "$@" "$sg" serve --config "$cfg" ${SG_ARGS:-} > "$cfg.out" 2> "$cfg.err" &
   echo $! > "$cfg.pid"
   for _ in $(seq 600); do
     grep -q listening "$cfg.out" 2>/dev/null && break
@@ -131,7 +131,8 @@ cg() {  # $1 variant, $2 requests: total instructions of a gateway run serving t
   # No periodic commit during the run: it is a cost per second, not per
   # request, and under valgrind a second holds only a few requests.
   p=$(free_port); cfg="$work/cg-$1-$2.toml"; COMMIT_INTERVAL=1h config "$p" "$1" > "$cfg"
-  b=$(launch "$cfg" valgrind --tool=callgrind --callgrind-out-file="$cfg.cg" -q)
+  # One worker thread: fewer scheduling-dependent paths, so counts repeat.
+  b=$(SG_ARGS="--threads 1" launch "$cfg" valgrind --tool=callgrind --callgrind-out-file="$cfg.cg" -q)
   curl -s -o /dev/null "$b$url_path"   # warm: the whole file into the hot tier
   for i in $(seq "$2"); do
     off=$(( (i * 7919 % 63) << 20 ))
