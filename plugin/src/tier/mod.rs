@@ -24,9 +24,13 @@ impl ChunkKey {
     }
 }
 
+/// Keys are BLAKE3 hashes from signed manifests and chunk indexes: a fast
+/// hasher is safe, and SipHash was most of a hot lookup's cost.
+type Hasher = foldhash::fast::RandomState;
+
 #[derive(Clone)]
 pub struct HotTier {
-    cache: moka::sync::Cache<ChunkKey, Bytes>,
+    cache: moka::sync::Cache<ChunkKey, Bytes, Hasher>,
 }
 
 impl std::fmt::Debug for HotTier {
@@ -45,7 +49,7 @@ impl HotTier {
             // not above the victim's, which drops every read-ahead chunk (read
             // zero times so far) once the tier is full.
             .eviction_policy(moka::policy::EvictionPolicy::lru())
-            .build();
+            .build_with_hasher(Hasher::default());
         Self { cache }
     }
 

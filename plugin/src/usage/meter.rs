@@ -20,19 +20,23 @@ pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
 /// `closed_before` is complete.
 #[derive(Debug, Default)]
 pub struct Drained {
-    pub deltas: HashMap<RecordKey, Counters>,
+    pub deltas: Deltas,
     pub closed_before: i64,
 }
 
+/// Counts by record key. foldhash, not SipHash: the keys come from config
+/// and signed manifests, and hashing is most of the meter's per-response cost.
+pub type Deltas = HashMap<RecordKey, Counters, foldhash::fast::RandomState>;
+
 #[derive(Debug)]
 struct State {
-    deltas: HashMap<RecordKey, Counters>,
+    deltas: Deltas,
     /// No count lands in a window below this one.
     floor: i64,
     /// The calendar month the quota counts cover: [start, end).
     month: (i64, i64),
     /// Bytes billed to each tenant in `month`, as far as this gateway knows.
-    month_bytes: HashMap<Arc<str>, u64>,
+    month_bytes: HashMap<Arc<str>, u64, foldhash::fast::RandomState>,
 }
 
 pub struct Meter {
@@ -57,10 +61,10 @@ impl Meter {
         let now = clock();
         Self {
             state: Mutex::new(State {
-                deltas: HashMap::new(),
+                deltas: Deltas::default(),
                 floor: i64::MIN,
                 month: month_bounds(now),
-                month_bytes: HashMap::new(),
+                month_bytes: HashMap::default(),
             }),
             clock,
         }
