@@ -7,7 +7,7 @@ use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../proto");
-    let files = ["shardgate/usage/v1/usage.proto"];
+    let files = ["shardgate/usage/v1/usage.proto", "shardgate/admin/v1/admin.proto"];
     for f in files {
         println!("cargo:rerun-if-changed={}", root.join(f).display());
     }

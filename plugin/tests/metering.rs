@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use shardgate::config::{ByteSize, ReleaseSource, UsageGrpcConfig};
+use shardgate::config::{ByteSize, GrpcConfig, ReleaseSource};
 use shardgate::tenant::{AccessConfig, Limits, TenantConfig, new_key};
 use shardgate::testing::{Fault, MockOrigin};
 use shardgate::usage::ledger::Entry;
@@ -287,15 +287,16 @@ async fn a_spent_monthly_quota_answers_429_before_origin_work() {
 async fn grpc(f: &Fixture, token: &str) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let cfg = UsageGrpcConfig {
+    let cfg = GrpcConfig {
         listen: addr,
         billing_tokens: vec![format!("blake3:{}", hex::encode(shardgate::tenant::hash_key(token)))],
+        admin_tokens: vec![],
         tls: None,
     };
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let ledger = f.g.gw.ledger().clone();
+    let gw = f.g.gw.clone();
     tokio::spawn(async move {
-        shardgate::usage::grpc::serve(ledger, &cfg, listener, async {
+        shardgate::grpc::serve(gw, &cfg, listener, async {
             let _ = rx.await;
         })
         .await

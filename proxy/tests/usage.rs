@@ -229,7 +229,7 @@ fn the_usage_api_serves_over_tls_with_a_billing_token() {
     let hash = stderr.split('"').find(|s| s.starts_with("blake3:")).unwrap().to_string();
     let mut text = std::fs::read_to_string(d.join("gw.toml")).unwrap();
     text.push_str(&format!(
-        "[usage.grpc]\nlisten = \"127.0.0.1:0\"\nbilling_tokens = [\"{hash}\"]\ntls = {{ cert = \"tls.crt\", key = \"tls.key\" }}\n"
+        "[grpc]\nlisten = \"127.0.0.1:0\"\nbilling_tokens = [\"{hash}\"]\ntls = {{ cert = \"tls.crt\", key = \"tls.key\" }}\n"
     ));
     std::fs::write(d.join("gw.toml"), text).unwrap();
     let srv = Server::start(&d.join("gw.toml"));

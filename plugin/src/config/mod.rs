@@ -78,9 +78,22 @@ pub struct Config {
     /// Public datasets and anonymous limits.
     #[serde(default)]
     pub access: AccessConfig,
-    /// Metering, the usage ledger and the gRPC usage API.
+    /// Metering and the usage ledger.
     #[serde(default)]
     pub usage: UsageConfig,
+    /// The gRPC listener (usage and admin APIs); none when absent.
+    #[serde(default)]
+    pub grpc: Option<GrpcConfig>,
+    /// The persistent registry of releases registered over the admin API, tags and states.
+    #[serde(default)]
+    pub registry: RegistryConfig,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// The registry (redb file). Unset: kept in memory, lost on exit.
+    pub path: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -98,8 +111,6 @@ pub struct UsageConfig {
     pub retention: Duration,
     /// This gateway's id in usage records. Unset: made once and kept in the ledger.
     pub instance_id: Option<String>,
-    /// The gRPC usage API listener; no listener when unset.
-    pub grpc: Option<UsageGrpcConfig>,
 }
 
 impl Default for UsageConfig {
@@ -110,26 +121,31 @@ impl Default for UsageConfig {
             commit_interval: Duration::from_secs(1),
             retention: Duration::from_secs(90 * 86400),
             instance_id: None,
-            grpc: None,
         }
     }
 }
 
+/// The gRPC listener: the usage API (billing tokens) and the admin API
+/// (admin tokens), with health and reflection.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct UsageGrpcConfig {
+pub struct GrpcConfig {
     /// Address of the gRPC listener.
     pub listen: SocketAddr,
-    /// Billing tokens, stored hashed (`blake3:<hex>`, as `shardgate tenant key` prints).
+    /// Tokens for the usage API, stored hashed (`blake3:<hex>`, as `shardgate usage token` prints).
+    #[serde(default)]
     pub billing_tokens: Vec<String>,
+    /// Tokens for the admin API, stored hashed (as `shardgate release token` prints).
+    #[serde(default)]
+    pub admin_tokens: Vec<String>,
     /// TLS for the gRPC listener; plaintext HTTP/2 when absent.
     #[serde(default)]
-    pub tls: Option<UsageTlsConfig>,
+    pub tls: Option<GrpcTlsConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct UsageTlsConfig {
+pub struct GrpcTlsConfig {
     /// PEM certificate chain.
     pub cert: PathBuf,
     /// PEM private key.
@@ -392,7 +408,10 @@ impl Config {
         if let Some(l) = &mut self.usage.ledger {
             fix(l);
         }
-        if let Some(tls) = self.usage.grpc.as_mut().and_then(|g| g.tls.as_mut()) {
+        if let Some(p) = &mut self.registry.path {
+            fix(p);
+        }
+        if let Some(tls) = self.grpc.as_mut().and_then(|g| g.tls.as_mut()) {
             fix(&mut tls.cert);
             fix(&mut tls.key);
         }
@@ -468,15 +487,18 @@ impl Config {
                 return Err(invalid("usage.instance_id", format!("{id:?} must be 1-128 letters, digits, - _ .")));
             }
         }
-        if let Some(g) = &u.grpc {
-            if g.billing_tokens.is_empty() {
+        if let Some(g) = &self.grpc {
+            if g.billing_tokens.is_empty() && g.admin_tokens.is_empty() {
                 return Err(invalid(
-                    "usage.grpc.billing_tokens",
-                    "at least one is required: the usage API is never open (make one with `shardgate tenant key`)",
+                    "grpc.billing_tokens",
+                    "a billing or admin token is required: the gRPC APIs are never open \
+                     (make one with `shardgate usage token` or `shardgate release token`)",
                 ));
             }
-            for (i, t) in g.billing_tokens.iter().enumerate() {
-                crate::tenant::parse_key_hash(t).map_err(|w| invalid(format!("usage.grpc.billing_tokens[{i}]"), w))?;
+            for (key, list) in [("billing_tokens", &g.billing_tokens), ("admin_tokens", &g.admin_tokens)] {
+                for (i, t) in list.iter().enumerate() {
+                    crate::tenant::parse_key_hash(t).map_err(|w| invalid(format!("grpc.{key}[{i}]"), w))?;
+                }
             }
         }
         for (i, r) in self.releases.iter().enumerate() {

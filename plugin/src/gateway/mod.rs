@@ -11,6 +11,7 @@ use tokio::sync::watch;
 
 use crate::config::{Config, ConfigError};
 use crate::fetch::Fetcher;
+use crate::lifecycle::{Store, StoreError};
 use crate::metrics::{Metrics, ReasonLabel};
 use crate::origin;
 use crate::registry::{self, Registry};
@@ -29,6 +30,8 @@ pub enum GatewayError {
     Trust { spec: String, why: String },
     #[error(transparent)]
     Ledger(#[from] LedgerError),
+    #[error(transparent)]
+    Registry(#[from] StoreError),
 }
 
 pub struct Gateway {
@@ -43,6 +46,10 @@ pub struct Gateway {
     ledger: Arc<Ledger>,
     /// Tells the ledger committer to make its final commit and stop.
     committer: Mutex<Option<(watch::Sender<bool>, tokio::task::JoinHandle<()>)>>,
+    /// Releases registered over the admin API, tags and states.
+    store: Arc<Store>,
+    /// Admin changes are made one at a time (read catalog, write store, swap catalog).
+    admin: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -51,7 +58,7 @@ impl std::fmt::Debug for Gateway {
     }
 }
 
-fn trusted_keys(cfg: &Config) -> Result<Vec<PublicKey>, GatewayError> {
+pub(crate) fn trusted_keys(cfg: &Config) -> Result<Vec<PublicKey>, GatewayError> {
     cfg.trust
         .keys
         .iter()
@@ -92,6 +99,13 @@ impl Gateway {
         cfg.validate()?;
         let metrics = Arc::new(Metrics::new());
         let (ledger, meter) = open_usage(&cfg).await?;
+        let path = cfg.registry.path.clone();
+        if path.is_none() {
+            tracing::warn!("registry.path is not set: releases registered over the admin API are lost on exit");
+        }
+        let store = tokio::task::spawn_blocking(move || Store::open(path.as_deref()))
+            .await
+            .map_err(|e| StoreError::Storage(e.to_string()))??;
         let origins = origin::build(&cfg.origins, &cfg.fetch)?;
         let fetcher = Fetcher::new(
             origins,
@@ -114,6 +128,8 @@ impl Gateway {
             meter,
             ledger,
             committer: Mutex::new(None),
+            store: Arc::new(store),
+            admin: tokio::sync::Mutex::new(()),
         });
         gw.spawn_committer(cfg.usage.commit_interval, cfg.usage.retention);
         gw.load_releases(&cfg).await?;
@@ -124,10 +140,28 @@ impl Gateway {
     async fn load_releases(&self, cfg: &Config) -> Result<(), GatewayError> {
         let trusted = trusted_keys(cfg)?;
         let origins = self.fetcher.origins();
-        let (catalog, errors) = registry::load(&cfg.releases, &trusted, &origins).await;
+        let (mut catalog, errors) = registry::load(&cfg.releases, &trusted, &origins).await;
         for e in &errors {
             tracing::error!(error = %e, "release refused");
         }
+        let store = self.store.clone();
+        let (registered, lifecycle) =
+            tokio::task::spawn_blocking(move || Ok::<_, StoreError>((store.registered()?, store.lifecycle()?)))
+                .await
+                .map_err(|e| StoreError::Storage(e.to_string()))??;
+        for r in registered {
+            let loaded = registry::release_from_bytes(&r.manifest, r.placement.as_deref(), &trusted);
+            match loaded.and_then(|rel| {
+                let (name, version) = (rel.name().to_string(), rel.version().clone());
+                catalog.insert(rel)?;
+                catalog.mark_registered(&name, &version);
+                Ok(())
+            }) {
+                Ok(()) => {}
+                Err(e) => tracing::error!(error = %e, "registered release refused"),
+            }
+        }
+        catalog.set_lifecycle(lifecycle);
         for (name, versions) in catalog.names() {
             for (v, r) in versions {
                 tracing::info!(release = %format!("{name}@{v}"), id = %r.signed.id, files = r.signed.manifest.files.len(), "serving release");
@@ -268,6 +302,14 @@ impl Gateway {
         let resets = jiff::Timestamp::from_second(month_end).map(|t| t.to_string()).unwrap_or_default();
         let wait = Duration::from_secs(month_end.saturating_sub(unix_now()).max(1) as u64);
         Err(Denied::QuotaExhausted { tenant: tenant.id.to_string(), used, quota, resets, retry_after: wait })
+    }
+
+    pub(crate) fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub(crate) fn admin_lock(&self) -> &tokio::sync::Mutex<()> {
+        &self.admin
     }
 
     pub fn meter(&self) -> &Arc<Meter> {

@@ -20,11 +20,13 @@ use super::route::{Route, parse_route};
 use crate::fetch::{FileSpec, Source};
 use crate::gateway::Gateway;
 use crate::metrics::RequestLabel;
-use crate::registry::FileRef;
+use crate::registry::{Catalog, FileRef, Resolved};
 use crate::tenant::{Denied, Tenant, Tenants};
 use crate::usage::{Meter, ReleaseTag, ResponseMeter};
 
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
+/// A tag can move: its answers are cached for a minute.
+const TAG_CACHE: &str = "public, max-age=60";
 static X_CACHE: HeaderName = HeaderName::from_static("x-shardgate-cache");
 
 /// Names from the connection's verified TLS client certificate, if any.
@@ -121,19 +123,31 @@ async fn route<B>(gw: &Arc<Gateway>, req: &Request<B>, started: Instant) -> (&'s
                 Route::Dataset { name } => describe_dataset(gw, name),
                 Route::Manifest { name, version } => manifest(gw, req, name, version, &tenant),
                 Route::File { name, version, path } => {
-                    let Ok(v) = semver::Version::parse(version) else {
-                        return (
-                            label,
-                            error(StatusCode::NOT_FOUND, format!("{version:?} is not a version of {name}")),
-                        );
+                    let catalog = gw.registry().snapshot();
+                    let Some(resolved) = catalog.resolve(name, version) else {
+                        return (label, not_a_version(name, version));
                     };
-                    match gw.registry().snapshot().file(name, &v, &path) {
-                        Some(f) => serve_file(gw, req, &f, started, tenant).await,
-                        None => error(StatusCode::NOT_FOUND, format!("{name}@{version} has no file {path:?}")),
+                    let v = resolved.version();
+                    match catalog.file(name, v, &path) {
+                        Some(f) => {
+                            if let Some(gone) = taken_down(&catalog, name, v) {
+                                return (label, gone);
+                            }
+                            let location = format!("/v1/datasets/{name}/{v}/files/{}", encode_path(&path));
+                            let resp = serve_file(gw, req, &f, started, tenant).await;
+                            lifecycle_headers(resp, &catalog, name, &resolved, &location)
+                        }
+                        None => error(StatusCode::NOT_FOUND, format!("{name}@{v} has no file {path:?}")),
                     }
                 }
                 Route::Blob { hash } => match gw.registry().snapshot().blob(&hash) {
-                    Some(f) => serve_file(gw, req, &f, started, tenant).await,
+                    Some(f) => {
+                        let catalog = gw.registry().snapshot();
+                        if let Some(gone) = taken_down(&catalog, f.release.name(), f.release.version()) {
+                            return (label, gone);
+                        }
+                        serve_file(gw, req, &f, started, tenant).await
+                    }
                     None => error(StatusCode::NOT_FOUND, format!("no served release holds blob {hash}")),
                 },
                 _ => error(StatusCode::NOT_FOUND, format!("no route for {}", req.uri().path())),
@@ -186,8 +200,21 @@ fn describe_dataset(gw: &Gateway, name: &str) -> Response<Body> {
         .values()
         .map(|r| {
             let m = &r.signed.manifest;
+            let state = catalog.state(name, &m.version);
+            let deprecation = state.deprecated.as_ref().map(|d| {
+                serde_json::json!({
+                    "reason": d.reason,
+                    "successor": d.successor.as_ref().map(ToString::to_string),
+                    "sunset": d.sunset.and_then(|t| jiff::Timestamp::from_second(t).ok()).map(|t| t.to_string()),
+                })
+            });
+            let takedown = state.taken_down.as_ref().map(|t| serde_json::json!({ "reason": t.reason }));
             serde_json::json!({
                 "version": m.version.to_string(),
+                "state": state.label(),
+                "tags": catalog.lifecycle().tags_of(name, &m.version),
+                "deprecation": deprecation,
+                "takedown": takedown,
                 "release_id": r.signed.id.to_hex(),
                 "signer": r.signed.signer.to_string(),
                 "created_at": m.created_at.to_string(),
@@ -199,7 +226,13 @@ fn describe_dataset(gw: &Gateway, name: &str) -> Response<Body> {
             })
         })
         .collect();
-    json(StatusCode::OK, &serde_json::json!({ "name": name, "versions": versions }))
+    let tags: serde_json::Map<String, serde_json::Value> = catalog
+        .lifecycle()
+        .tags
+        .get(name)
+        .map(|t| t.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.to_string()))).collect())
+        .unwrap_or_default();
+    json(StatusCode::OK, &serde_json::json!({ "name": name, "tags": tags, "versions": versions }))
 }
 
 /// Who to bill for a response, unless metering is off.
@@ -229,20 +262,105 @@ impl Billing {
 }
 
 fn manifest<B>(gw: &Gateway, req: &Request<B>, name: &str, version: &str, tenant: &Tenant) -> Response<Body> {
-    let Ok(v) = semver::Version::parse(version) else {
-        return error(StatusCode::NOT_FOUND, format!("{version:?} is not a version of {name}"));
-    };
     let catalog = gw.registry().snapshot();
-    let Some(release) = catalog.release(name, &v) else {
-        return error(StatusCode::NOT_FOUND, format!("{name}@{version} is not served"));
+    let Some(resolved) = catalog.resolve(name, version) else {
+        return not_a_version(name, version);
     };
+    let v = resolved.version();
+    let Some(release) = catalog.release(name, v) else {
+        return error(StatusCode::NOT_FOUND, format!("{name}@{v} is not served"));
+    };
+    if let Some(gone) = taken_down(&catalog, name, v) {
+        return gone;
+    }
     let etag = format!("\"{}\"", release.signed.id);
     let bytes = Bytes::from(release.signed.bytes.clone());
     let resp = respond_in_memory(gw, req, bytes, &etag, "application/json");
     if let Some(b) = Billing::new(gw, tenant, release.tag()) {
         b.whole(&resp);
     }
+    lifecycle_headers(resp, &catalog, name, &resolved, &format!("/v1/datasets/{name}/{v}/manifest"))
+}
+
+fn not_a_version(name: &str, segment: &str) -> Response<Body> {
+    error(StatusCode::NOT_FOUND, format!("{segment:?} is neither a served version nor a tag of {name}"))
+}
+
+/// 451 for a release that was taken down, with the reason and the successor if any.
+fn taken_down(catalog: &Catalog, name: &str, v: &semver::Version) -> Option<Response<Body>> {
+    let state = catalog.state(name, v);
+    let t = state.taken_down.as_ref()?;
+    let successor = state.successor().map(|s| format!("/v1/datasets/{name}/{s}"));
+    let body = serde_json::json!({
+        "error": format!("{name}@{v} was taken down: {}", t.reason),
+        "status": 451,
+        "reason": t.reason,
+        "taken_down_at": jiff::Timestamp::from_second(t.at).map(|t| t.to_string()).unwrap_or_default(),
+        "successor": successor,
+    });
+    let mut r = Response::new(body::full(body.to_string()));
+    *r.status_mut() = StatusCode::UNAVAILABLE_FOR_LEGAL_REASONS;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Some(r)
+}
+
+/// Headers that tell a client where a tag led and what state the release is in.
+fn lifecycle_headers(
+    mut resp: Response<Body>,
+    catalog: &Catalog,
+    name: &str,
+    resolved: &Resolved,
+    location: &str,
+) -> Response<Body> {
+    let s = resp.status();
+    if !(s.is_success() || s == StatusCode::NOT_MODIFIED) {
+        return resp;
+    }
+    let v = resolved.version();
+    let h = resp.headers_mut();
+    if let Resolved::Tag(..) = resolved {
+        // A tag moves: point at the immutable URL, and cache the answer briefly.
+        if let Ok(l) = HeaderValue::from_str(location) {
+            h.insert(header::CONTENT_LOCATION, l);
+        }
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static(TAG_CACHE));
+    }
+    if let Some(d) = catalog.state(name, v).deprecated {
+        // RFC 9745: `Deprecation: @<unix seconds>`.
+        if let Ok(val) = HeaderValue::from_str(&format!("@{}", d.at)) {
+            h.insert(HeaderName::from_static("deprecation"), val);
+        }
+        // RFC 8594: an HTTP-date.
+        if let Some(sunset) = d.sunset.and_then(|t| jiff::Timestamp::from_second(t).ok()) {
+            let printer = jiff::fmt::rfc2822::DateTimePrinter::new();
+            if let Some(val) =
+                printer.timestamp_to_rfc9110_string(&sunset).ok().and_then(|t| HeaderValue::from_str(&t).ok())
+            {
+                h.insert(HeaderName::from_static("sunset"), val);
+            }
+        }
+        if let Some(succ) = &d.successor {
+            if let Ok(val) = HeaderValue::from_str(&format!("</v1/datasets/{name}/{succ}>; rel=\"successor-version\""))
+            {
+                h.append(header::LINK, val);
+            }
+        }
+    }
     resp
+}
+
+/// Percent-encodes a release path for a URL (keeping `/`).
+fn encode_path(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for b in path.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Common headers of every representation response.

@@ -55,6 +55,7 @@ pub struct Metrics {
     pub releases: Gauge,
     pub reloads: Family<ReasonLabel, Counter>,
     pub usage_commits: Family<ReasonLabel, Counter>,
+    pub hot_purged_files: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -89,6 +90,7 @@ impl Metrics {
             releases: Gauge::default(),
             reloads: Family::default(),
             usage_commits: Family::default(),
+            hot_purged_files: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("chunks_verified", "Chunks whose hash matched the chunk table", m.chunks_verified.clone());
@@ -119,6 +121,11 @@ impl Metrics {
         registry.register("releases_served", "Releases in the catalog", m.releases.clone());
         registry.register("config_reloads", "Config reloads by outcome", m.reloads.clone());
         registry.register("usage_commits", "Usage ledger commits by outcome", m.usage_commits.clone());
+        registry.register(
+            "hot_tier_purged_files",
+            "Files dropped from the hot tier because their releases were taken down",
+            m.hot_purged_files.clone(),
+        );
         Metrics { registry, ..m }
     }
 

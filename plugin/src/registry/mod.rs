@@ -5,13 +5,14 @@
 //! reload (and, later, on publish), so readers never lock. Nothing here
 //! fetches file bytes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
 use crate::config::ReleaseSource;
+use crate::lifecycle::{Lifecycle, ReleaseState};
 use crate::origin::Origin;
 use crate::release::keys::PublicKey;
 use crate::release::layout::ReleaseDir;
@@ -73,11 +74,32 @@ impl FileRef {
     }
 }
 
-/// An immutable snapshot of what is served.
-#[derive(Debug, Default)]
+/// An immutable snapshot of what is served, with the tags and states in
+/// force; changed by building a new one and swapping it in.
+#[derive(Debug, Default, Clone)]
 pub struct Catalog {
     releases: BTreeMap<String, BTreeMap<semver::Version, Arc<Release>>>,
-    by_blake3: HashMap<Blake3, FileRef>,
+    /// Every release holding a file, by the file's hash.
+    by_blake3: HashMap<Blake3, Vec<FileRef>>,
+    lifecycle: Lifecycle,
+    /// Releases registered over the admin API (the rest come from config).
+    registered: HashSet<(String, semver::Version)>,
+}
+
+/// What a `{version}` path segment named.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolved {
+    Version(semver::Version),
+    /// A tag, and the version it points at.
+    Tag(String, semver::Version),
+}
+
+impl Resolved {
+    pub fn version(&self) -> &semver::Version {
+        match self {
+            Resolved::Version(v) | Resolved::Tag(_, v) => v,
+        }
+    }
 }
 
 impl Catalog {
@@ -100,9 +122,46 @@ impl Catalog {
         }
         versions.insert(release.version().clone(), release.clone());
         for (i, f) in release.signed.manifest.files.iter().enumerate() {
-            self.by_blake3.entry(f.blake3).or_insert_with(|| FileRef { release: release.clone(), index: i });
+            self.by_blake3.entry(f.blake3).or_default().push(FileRef { release: release.clone(), index: i });
         }
         Ok(())
+    }
+
+    pub fn mark_registered(&mut self, name: &str, version: &semver::Version) {
+        self.registered.insert((name.to_string(), version.clone()));
+    }
+
+    pub fn is_registered(&self, name: &str, version: &semver::Version) -> bool {
+        self.registered.contains(&(name.to_string(), version.clone()))
+    }
+
+    pub fn lifecycle(&self) -> &Lifecycle {
+        &self.lifecycle
+    }
+
+    pub fn set_lifecycle(&mut self, l: Lifecycle) {
+        self.lifecycle = l;
+    }
+
+    /// The state of a release (active when nothing was recorded).
+    pub fn state(&self, name: &str, version: &semver::Version) -> ReleaseState {
+        self.lifecycle.state(name, version).cloned().unwrap_or_default()
+    }
+
+    /// A `{version}` segment: a version, or a tag that points at a served one.
+    pub fn resolve(&self, name: &str, segment: &str) -> Option<Resolved> {
+        if let Ok(v) = semver::Version::parse(segment) {
+            return Some(Resolved::Version(v));
+        }
+        let v = self.lifecycle.tag(name, segment)?;
+        Some(Resolved::Tag(segment.to_string(), v.clone()))
+    }
+
+    /// Whether a release that is not taken down holds the file `hash`.
+    pub fn live_uses(&self, hash: &Blake3) -> bool {
+        self.by_blake3.get(hash).is_some_and(|refs| {
+            refs.iter().any(|f| self.state(f.release.name(), f.release.version()).taken_down.is_none())
+        })
     }
 
     pub fn release(&self, name: &str, version: &semver::Version) -> Option<&Arc<Release>> {
@@ -123,8 +182,13 @@ impl Catalog {
         Some(FileRef { release: release.clone(), index })
     }
 
+    /// A release holding the blob: a live one if any is, else a taken-down one.
     pub fn blob(&self, hash: &Blake3) -> Option<FileRef> {
-        self.by_blake3.get(hash).cloned()
+        let refs = self.by_blake3.get(hash)?;
+        refs.iter()
+            .find(|f| self.state(f.release.name(), f.release.version()).taken_down.is_none())
+            .or_else(|| refs.first())
+            .cloned()
     }
 
     pub fn release_count(&self) -> usize {
@@ -149,7 +213,7 @@ impl Registry {
 }
 
 /// Reads a manifest or placement given as a path or `cid:<CID>`.
-async fn read_source(spec: &str, origins: &[Origin]) -> Result<Vec<u8>, String> {
+pub(crate) async fn read_source(spec: &str, origins: &[Origin]) -> Result<Vec<u8>, String> {
     if let Some(cid) = spec.strip_prefix("cid:") {
         let mut last = "no btfs-api origin is configured to fetch it from".to_string();
         for node in origins.iter().filter_map(Origin::node) {
@@ -232,5 +296,34 @@ async fn load_one(src: &ReleaseSource, trusted: &[PublicKey], origins: &[Origin]
             }
         }
     }
+    Ok(Release::new(signed, placement))
+}
+
+/// A release from manifest and placement bytes (registered over the admin
+/// API): parsed, checked against the trusted keys, placement matched.
+pub fn release_from_bytes(
+    manifest: &[u8],
+    placement: Option<&[u8]>,
+    trusted: &[PublicKey],
+) -> Result<Release, LoadError> {
+    let signed = SignedManifest::parse(manifest)
+        .map_err(|e| LoadError::Source { what: "manifest".into(), why: e.to_string() })?;
+    let refused = |why: String| LoadError::Refused {
+        name: signed.manifest.name.clone(),
+        version: signed.manifest.version.to_string(),
+        id: signed.id.to_hex(),
+        why,
+    };
+    signed.check_trust(trusted).map_err(|e| refused(e.to_string()))?;
+    let placement = match placement {
+        None => None,
+        Some(b) => {
+            let p = Placement::parse(b).map_err(|e| refused(format!("placement: {e}")))?;
+            if p.manifest_blake3 != signed.id {
+                return Err(refused(format!("the placement is for release {}, not this one", p.manifest_blake3)));
+            }
+            Some(p)
+        }
+    };
     Ok(Release::new(signed, placement))
 }

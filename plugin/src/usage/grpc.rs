@@ -1,38 +1,21 @@
-//! `shardgate.usage.v1.UsageService` over tonic, with `grpc.health.v1` and
-//! server reflection (v1 and v1alpha), on its own listener.
-//!
-//! The usage service needs a billing token (`authorization: Bearer`);
-//! health and reflection are open, as load balancers and grpcurl expect.
+//! `shardgate.usage.v1.UsageService`: the usage API over tonic. It is served
+//! by [`crate::grpc`], behind the billing-token check.
 
 use std::collections::VecDeque;
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::ledger::{Entry, Ledger, LedgerError};
-use super::proto::usage_service_server::{UsageService, UsageServiceServer};
+use super::proto::usage_service_server::UsageService;
 use super::proto::{self, usage_record};
 use super::{RecordKey, Source, WINDOW_SECS, unix_now};
-use crate::config::{UsageGrpcConfig, UsageTlsConfig};
-use crate::tenant::{hash_key, parse_key_hash};
 
 const DEFAULT_LIMIT: u32 = 1000;
 const MAX_LIMIT: u32 = 10_000;
-
-#[derive(Debug, thiserror::Error)]
-pub enum GrpcError {
-    #[error("usage.grpc.billing_tokens[{index}]: {why}")]
-    Token { index: usize, why: String },
-    #[error("usage.grpc.tls {path}: {why}")]
-    Tls { path: String, why: String },
-    #[error("usage gRPC server: {0}")]
-    Serve(String),
-}
 
 fn status(e: LedgerError) -> Status {
     match e {
@@ -238,83 +221,4 @@ fn record_stream(
             }
         }
     })
-}
-
-/// Checks `authorization: Bearer <token>` against the configured hashes.
-#[derive(Clone)]
-struct BillingAuth {
-    tokens: Arc<Vec<[u8; 32]>>,
-}
-
-impl tonic::service::Interceptor for BillingAuth {
-    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
-        let Some(v) = req.metadata().get("authorization") else {
-            return Err(Status::unauthenticated("a billing token is required (authorization: Bearer <token>)"));
-        };
-        let text = v.to_str().map_err(|_| Status::unauthenticated("malformed authorization metadata"))?;
-        let token = text
-            .strip_prefix("Bearer ")
-            .or_else(|| text.strip_prefix("bearer "))
-            .ok_or_else(|| Status::unauthenticated("authorization must be `Bearer <token>`"))?;
-        let h = hash_key(token.trim());
-        if self.tokens.iter().any(|t| t == &h) {
-            Ok(req)
-        } else {
-            Err(Status::unauthenticated("the billing token is not valid"))
-        }
-    }
-}
-
-fn tls_config(t: &UsageTlsConfig) -> Result<tonic::transport::ServerTlsConfig, GrpcError> {
-    crate::btfs::install_crypto_provider();
-    let read = |p: &std::path::Path| {
-        std::fs::read(p).map_err(|e| GrpcError::Tls { path: p.display().to_string(), why: e.to_string() })
-    };
-    let identity = tonic::transport::Identity::from_pem(read(&t.cert)?, read(&t.key)?);
-    Ok(tonic::transport::ServerTlsConfig::new().identity(identity))
-}
-
-/// Serves the usage API on `listener` until `shutdown` resolves.
-pub async fn serve(
-    ledger: Arc<Ledger>,
-    cfg: &UsageGrpcConfig,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), GrpcError> {
-    let tokens = cfg
-        .billing_tokens
-        .iter()
-        .enumerate()
-        .map(|(index, t)| parse_key_hash(t).map_err(|why| GrpcError::Token { index, why }))
-        .collect::<Result<Vec<_>, _>>()?;
-    let auth = BillingAuth { tokens: Arc::new(tokens) };
-    let (health, health_svc) = tonic_health::server::health_reporter();
-    health.set_serving::<UsageServiceServer<UsageApi>>().await;
-    let reflection = |b: tonic_reflection::server::Builder<'static>| {
-        b.register_encoded_file_descriptor_set(super::proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
-    let v1 = reflection(tonic_reflection::server::Builder::configure())
-        .build_v1()
-        .map_err(|e| GrpcError::Serve(e.to_string()))?;
-    let v1alpha = reflection(tonic_reflection::server::Builder::configure())
-        .build_v1alpha()
-        .map_err(|e| GrpcError::Serve(e.to_string()))?;
-    let (stop_tx, stop) = watch::channel(false);
-    let shutdown = async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    };
-    let mut server = tonic::transport::Server::builder();
-    if let Some(t) = &cfg.tls {
-        server = server.tls_config(tls_config(t)?).map_err(|e| GrpcError::Serve(e.to_string()))?;
-    }
-    server
-        .add_service(health_svc)
-        .add_service(v1)
-        .add_service(v1alpha)
-        .add_service(UsageServiceServer::with_interceptor(UsageApi::new(ledger, stop), auth))
-        .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), shutdown)
-        .await
-        .map_err(|e| GrpcError::Serve(e.to_string()))
 }

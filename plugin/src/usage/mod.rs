@@ -5,7 +5,7 @@
 //!   response) and decides which window a response lands in.
 //! - [`ledger`] is the durable store (redb): grouped commits, window
 //!   closing with cursors, totals, acknowledgement and compaction.
-//! - [`grpc`] is `shardgate.usage.v1.UsageService` on its own listener.
+//! - [`grpc`] is `shardgate.usage.v1.UsageService`, served by [`crate::grpc`].
 //!
 //! A response is metered when it ends (completed, hung up on, or cut by the
 //! gateway), in the window it ends in, like an access-log line. Windows
@@ -33,8 +33,6 @@ pub const WINDOW_SECS: i64 = 60;
 pub mod proto {
     #![allow(missing_docs, clippy::all, clippy::pedantic)]
     tonic::include_proto!("shardgate.usage.v1");
-    /// The encoded descriptor set, for server reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("shardgate_descriptor");
 }
 
 /// Where the body bytes of a response came from.

@@ -47,6 +47,24 @@ impl Release {
     /// Packs `files` (path, bytes) with `chunk_size` and writes a placement
     /// with a fake CID per blob, as if published.
     pub fn pack(name: &str, files: &[(&str, Vec<u8>)], chunk_size: u64) -> Release {
+        Self::pack_with(name, "1.0.0", files, chunk_size, PublisherKey::generate().unwrap())
+    }
+
+    /// A copy of this release's signing key.
+    pub fn key_copy(&self) -> PublisherKey {
+        let path = self.dir.path().join(format!("key-{}", rand_suffix()));
+        self.key.save(&path).unwrap();
+        PublisherKey::load(&path).unwrap()
+    }
+
+    /// Like [`Release::pack`], with a version and a signing key.
+    pub fn pack_with(
+        name: &str,
+        version: &str,
+        files: &[(&str, Vec<u8>)],
+        chunk_size: u64,
+        key: PublisherKey,
+    ) -> Release {
         let dir = tempfile::tempdir().unwrap();
         let src = dir.path().join("src");
         for (p, b) in files {
@@ -54,12 +72,11 @@ impl Release {
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(path, b).unwrap();
         }
-        let key = PublisherKey::generate().unwrap();
         let out = dir.path().join("out");
         let opts = PackOptions {
             dir: src,
             name: name.into(),
-            version: "1.0.0".parse().unwrap(),
+            version: version.parse().unwrap(),
             out: out.clone(),
             envelope: Envelope::default(),
             parent: None,
@@ -102,6 +119,12 @@ impl Release {
     pub fn url(&self, base: &str, path: &str) -> String {
         format!("{base}/v1/datasets/{}/{}/files/{path}", self.signed.manifest.name, self.signed.manifest.version)
     }
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
 }
 
 /// A fake but unique CID for a blob.

@@ -82,7 +82,7 @@ pub async fn run_gateway(
     let addr = listener.local_addr().context("listener address")?;
     let shutdown = shutdown_signal();
     let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
-    let grpc = match &cfg.usage.grpc {
+    let grpc = match &cfg.grpc {
         None => None,
         Some(g) => {
             if let Some(t) = &g.tls {
@@ -93,11 +93,10 @@ pub async fn run_gateway(
                     client_ca: None,
                     client_auth: Default::default(),
                 };
-                server::tls_acceptor(&check).map_err(|e| ConfigError(format!("usage.grpc.tls: {e}")))?;
+                server::tls_acceptor(&check).map_err(|e| ConfigError(format!("grpc.tls: {e}")))?;
             }
-            let l = tokio::net::TcpListener::bind(g.listen)
-                .await
-                .with_context(|| format!("usage.grpc.listen {}", g.listen))?;
+            let l =
+                tokio::net::TcpListener::bind(g.listen).await.with_context(|| format!("grpc.listen {}", g.listen))?;
             Some((l, g.clone()))
         }
     };
@@ -117,15 +116,15 @@ pub async fn run_gateway(
         Some((l, g)) => {
             let gaddr = l.local_addr().context("usage API address")?;
             let scheme = if g.tls.is_some() { "https" } else { "http" };
-            tracing::info!(addr = %gaddr, "usage API listening");
+            tracing::info!(addr = %gaddr, "gRPC listening (usage and admin APIs)");
             println!("shardgate usage API listening on {scheme}://{gaddr}");
-            let ledger = gw.ledger().clone();
+            let gw = gw.clone();
             Some(tokio::spawn(async move {
                 let stop = async {
                     let _ = grpc_stopped.await;
                 };
-                if let Err(e) = shardgate::usage::grpc::serve(ledger, &g, l, stop).await {
-                    tracing::error!(error = %e, "usage API stopped");
+                if let Err(e) = shardgate::grpc::serve(gw, &g, l, stop).await {
+                    tracing::error!(error = %e, "gRPC listener stopped");
                 }
             }))
         }

@@ -29,7 +29,7 @@ struct Api {
 
 #[derive(Debug, clap::Subcommand)]
 enum Action {
-    /// Make a billing token for `usage.grpc.billing_tokens`. Printed once; only its hash goes in config.
+    /// Make a billing token for `grpc.billing_tokens`. Printed once; only its hash goes in config.
     Token,
     /// List closed usage records as JSON lines, following cursors to the newest.
     List {
@@ -130,7 +130,7 @@ fn token() -> anyhow::Result<ExitCode> {
     println!("{token}");
     eprintln!("Give the token above to the billing system; it is not stored anywhere and cannot be shown again.");
     eprintln!("Add its hash to the gateway config:\n");
-    eprintln!("[usage.grpc]\nbilling_tokens = [\"{hash}\"]");
+    eprintln!("[grpc]\nbilling_tokens = [\"{hash}\"]");
     Ok(ExitCode::SUCCESS)
 }
 

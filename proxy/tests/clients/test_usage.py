@@ -127,7 +127,7 @@ def billing(releases, shardgate_bin, pb):
             lines += ['bandwidth = "256KiB"', 'bandwidth_burst = "1MiB"']
     lines += ['[access]', f'public_datasets = ["{wds.name}"]',
               '[usage]', 'ledger = "usage-state/usage.redb"', 'commit_interval = "1s"',
-              '[usage.grpc]', 'listen = "127.0.0.1:0"', f'billing_tokens = ["{token_hash}"]']
+              '[grpc]', 'listen = "127.0.0.1:0"', f'billing_tokens = ["{token_hash}"]']
     config = root / "billing-gateway.toml"
     config.write_text("\n".join(lines) + "\n")
     b = Billing(keys=keys, token=token, config=config)

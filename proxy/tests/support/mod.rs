@@ -169,7 +169,7 @@ impl Server {
         assert!(base.starts_with("http"), "unexpected first line {line:?}: {}", stderr.lock().unwrap());
         let addr = base.rsplit("://").next().unwrap().to_string();
         let text = std::fs::read_to_string(config).unwrap_or_default();
-        let usage_api = text.contains("[usage.grpc]").then(|| {
+        let usage_api = text.contains("[grpc]").then(|| {
             let mut line = String::new();
             out.read_line(&mut line).unwrap();
             assert!(line.contains("usage API"), "unexpected second line {line:?}");

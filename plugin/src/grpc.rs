@@ -1,0 +1,123 @@
+//! The gRPC listener: `shardgate.usage.v1.UsageService` behind billing
+//! tokens, `shardgate.admin.v1.AdminService` behind admin tokens, and the
+//! open `grpc.health.v1.Health` and server reflection (v1 and v1alpha) that
+//! load balancers and grpcurl expect.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::{Request, Status};
+
+use crate::config::{GrpcConfig, GrpcTlsConfig};
+use crate::gateway::Gateway;
+use crate::lifecycle::admin::AdminApi;
+use crate::lifecycle::proto::admin_service_server::AdminServiceServer;
+use crate::tenant::{hash_key, parse_key_hash};
+use crate::usage::grpc::UsageApi;
+use crate::usage::proto::usage_service_server::UsageServiceServer;
+
+/// Every service's encoded descriptors, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("shardgate_descriptor");
+
+#[derive(Debug, thiserror::Error)]
+pub enum GrpcError {
+    #[error("grpc.{list}[{index}]: {why}")]
+    Token { list: &'static str, index: usize, why: String },
+    #[error("grpc.tls {path}: {why}")]
+    Tls { path: String, why: String },
+    #[error("gRPC server: {0}")]
+    Serve(String),
+}
+
+/// Checks `authorization: Bearer <token>` against configured hashes.
+#[derive(Clone)]
+struct TokenAuth {
+    tokens: Arc<Vec<[u8; 32]>>,
+    what: &'static str,
+}
+
+impl TokenAuth {
+    fn new(list: &'static str, hashes: &[String], what: &'static str) -> Result<Self, GrpcError> {
+        let tokens = hashes
+            .iter()
+            .enumerate()
+            .map(|(index, t)| parse_key_hash(t).map_err(|why| GrpcError::Token { list, index, why }))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { tokens: Arc::new(tokens), what })
+    }
+}
+
+impl tonic::service::Interceptor for TokenAuth {
+    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
+        let what = self.what;
+        let Some(v) = req.metadata().get("authorization") else {
+            return Err(Status::unauthenticated(format!("{what} is required (authorization: Bearer <token>)")));
+        };
+        let text = v.to_str().map_err(|_| Status::unauthenticated("malformed authorization metadata"))?;
+        let token = text
+            .strip_prefix("Bearer ")
+            .or_else(|| text.strip_prefix("bearer "))
+            .ok_or_else(|| Status::unauthenticated("authorization must be `Bearer <token>`"))?;
+        let h = hash_key(token.trim());
+        if self.tokens.iter().any(|t| t == &h) {
+            Ok(req)
+        } else {
+            Err(Status::unauthenticated(format!("the {what} is not valid")))
+        }
+    }
+}
+
+fn tls_config(t: &GrpcTlsConfig) -> Result<tonic::transport::ServerTlsConfig, GrpcError> {
+    crate::btfs::install_crypto_provider();
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| GrpcError::Tls { path: p.display().to_string(), why: e.to_string() })
+    };
+    let identity = tonic::transport::Identity::from_pem(read(&t.cert)?, read(&t.key)?);
+    Ok(tonic::transport::ServerTlsConfig::new().identity(identity))
+}
+
+/// Serves the usage and admin APIs on `listener` until `shutdown` resolves.
+/// Open usage streams end when it does.
+pub async fn serve(
+    gw: Arc<Gateway>,
+    cfg: &GrpcConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), GrpcError> {
+    let billing = TokenAuth::new("billing_tokens", &cfg.billing_tokens, "billing token")?;
+    let admin = TokenAuth::new("admin_tokens", &cfg.admin_tokens, "admin token")?;
+    let (health, health_svc) = tonic_health::server::health_reporter();
+    health.set_serving::<UsageServiceServer<UsageApi>>().await;
+    health.set_serving::<AdminServiceServer<AdminApi>>().await;
+    let reflection = |b: tonic_reflection::server::Builder<'static>| {
+        b.register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let v1 = reflection(tonic_reflection::server::Builder::configure())
+        .build_v1()
+        .map_err(|e| GrpcError::Serve(e.to_string()))?;
+    let v1alpha = reflection(tonic_reflection::server::Builder::configure())
+        .build_v1alpha()
+        .map_err(|e| GrpcError::Serve(e.to_string()))?;
+    let (stop_tx, stop) = watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    };
+    let mut server = tonic::transport::Server::builder();
+    if let Some(t) = &cfg.tls {
+        server = server.tls_config(tls_config(t)?).map_err(|e| GrpcError::Serve(e.to_string()))?;
+    }
+    let usage = UsageApi::new(gw.ledger().clone(), stop.clone());
+    server
+        .add_service(health_svc)
+        .add_service(v1)
+        .add_service(v1alpha)
+        .add_service(UsageServiceServer::with_interceptor(usage, billing))
+        .add_service(AdminServiceServer::with_interceptor(AdminApi::new(gw, stop), admin))
+        .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), shutdown)
+        .await
+        .map_err(|e| GrpcError::Serve(e.to_string()))
+}
