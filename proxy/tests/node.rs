@@ -83,3 +83,91 @@ fn publish_to_an_unreachable_node_is_one_clear_error() {
     // Port 9 (discard) on loopback: nothing listens there.
     fails(&["publish", "out", "--node", "http://127.0.0.1:9"], t.path(), "127.0.0.1:9");
 }
+
+/// Runs the CLI with the admin token in its environment; stdout on success.
+fn admin_cli(args: &[&str], cwd: &std::path::Path, token: &str) -> String {
+    let out = std::process::Command::new(bin())
+        .args(args)
+        .current_dir(cwd)
+        .env("SHARDGATE_ADMIN_TOKEN", token)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "shardgate {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn publish_registers_with_a_gateway_that_serves_from_the_node() {
+    let node = DevNode::start();
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    make_dataset(&d.join("src"));
+    keygen(d);
+    ok(&["pack", "src", "--name", "lifecycle", "--version", "1.0.0", "--key", "key", "--out", "v1"], d);
+    std::fs::write(d.join("src/extra.txt"), b"new in 2.0.0\n").unwrap();
+    ok(&["pack", "src", "--name", "lifecycle", "--version", "2.0.0", "--key", "key", "--out", "v2"], d);
+    let made = run(&["release", "token"], d);
+    let token = String::from_utf8(made.stdout).unwrap().trim().to_string();
+    let stderr = String::from_utf8(made.stderr).unwrap();
+    let hash = stderr.split('"').find(|s| s.starts_with("blake3:")).unwrap().to_string();
+    // A gateway with no releases in its config, reading only from the node.
+    std::fs::write(
+        d.join("gw.toml"),
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[trust]\nkeys = [\"key.pub\"]\n\
+             [[origins]]\nkind = \"btfs-api\"\nurl = \"{}\"\napi_prefix = \"{}\"\n\
+             [registry]\npath = \"state/registry.redb\"\n\
+             [grpc]\nlisten = \"127.0.0.1:0\"\nadmin_tokens = [\"{hash}\"]\n",
+            node.api, node.api_prefix
+        ),
+    )
+    .unwrap();
+    let srv = Server::start(&d.join("gw.toml"));
+    let api = srv.usage_api.clone().unwrap();
+    for v in ["v1", "v2"] {
+        let publish = ["publish", v, "--node", &node.api, "--api-prefix", &node.api_prefix, "--gateway", &api];
+        admin_cli(&publish, d, &token);
+    }
+    let m = manifest(&d.join("v1"));
+    let f = m["files"].as_array().unwrap().iter().find(|f| f["size"].as_u64().unwrap() > 0).unwrap();
+    let path = f["path"].as_str().unwrap();
+    let want = std::fs::read(d.join("v1/files").join(path)).unwrap();
+    let get = |url: &str| {
+        let out = std::process::Command::new("curl").args(["-s", "-D", "-", "-o", "-", url]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let url = format!("{}/v1/datasets/lifecycle/1.0.0/files/{path}", srv.base);
+    let body = std::process::Command::new("curl").args(["-sf", &url]).output().unwrap();
+    assert!(body.status.success(), "{}", srv.logs());
+    assert_eq!(body.stdout, want, "the registered release is served from the node");
+
+    // Tag, deprecate, take down, all through the CLI.
+    admin_cli(&["release", "tag", "lifecycle", "stable", "1.0.0", "--api", &api], d, &token);
+    let head = get(&format!("{}/v1/datasets/lifecycle/stable/files/{path}", srv.base));
+    assert!(head.contains(&format!("content-location: /v1/datasets/lifecycle/1.0.0/files/{path}")), "{head}");
+    admin_cli(
+        &["release", "deprecate", "lifecycle@1.0.0", "--successor", "2.0.0", "--reason", "superseded", "--api", &api],
+        d,
+        &token,
+    );
+    let head = get(&url);
+    assert!(head.contains("deprecation: @") && head.contains("rel=\"successor-version\""), "{head}");
+    admin_cli(&["release", "takedown", "lifecycle@1.0.0", "--reason", "licence withdrawn", "--api", &api], d, &token);
+    let head = get(&url);
+    assert!(head.starts_with("HTTP/1.1 451"), "{head}");
+    assert!(head.contains("licence withdrawn"), "{head}");
+    let list = admin_cli(&["release", "list", "--api", &api], d, &token);
+    let rows: Vec<serde_json::Value> = list.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|r| r["origin"] == "registry"));
+    assert_eq!(rows.iter().find(|r| r["version"] == "1.0.0").unwrap()["state"], "taken_down");
+    // Without the token, nothing is allowed.
+    let out = std::process::Command::new(bin())
+        .args(["release", "list", "--api", &api])
+        .current_dir(d)
+        .env("SHARDGATE_ADMIN_TOKEN", "wrong")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Unauthenticated"));
+}

@@ -1,10 +1,12 @@
 //! Command-line interface: one module per command.
 
 mod demo;
+mod grpc_client;
 mod inspect;
 mod keygen;
 mod pack;
 mod publish;
+mod release;
 mod serve;
 mod tenant;
 mod usage;
@@ -45,6 +47,8 @@ pub enum Command {
     Tenant(tenant::Args),
     /// Billing: `usage token` makes a billing token; `usage list` and `usage totals` read the usage API.
     Usage(usage::Args),
+    /// Release lifecycle on a gateway: register, tag, deprecate, take down, pre-warm, list.
+    Release(release::Args),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -58,6 +62,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo(a) => demo::run(a),
         Command::Tenant(a) => tenant::run(a),
         Command::Usage(a) => usage::run(a),
+        Command::Release(a) => release::run(a),
     }
 }
 

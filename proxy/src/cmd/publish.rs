@@ -21,6 +21,15 @@ pub struct Args {
     /// Node API token (BTFS token auth), sent as ?token=.
     #[arg(long, env = "SHARDGATE_NODE_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Then register the release with this gateway's admin API (gRPC address).
+    #[arg(long)]
+    gateway: Option<String>,
+    /// Admin token for --gateway.
+    #[arg(long, env = "SHARDGATE_ADMIN_TOKEN", hide_env_values = true, requires = "gateway")]
+    admin_token: Option<String>,
+    /// PEM CA certificate of the gateway's gRPC listener.
+    #[arg(long, requires = "gateway")]
+    gateway_ca: Option<PathBuf>,
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
@@ -38,6 +47,17 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         outcome.already_present,
         dir.placement().display()
     );
+    if let Some(url) = a.gateway {
+        let token =
+            a.admin_token.ok_or_else(|| anyhow::anyhow!("--gateway needs an admin token (SHARDGATE_ADMIN_TOKEN)"))?;
+        let admin = super::release::Admin {
+            endpoint: super::grpc_client::Endpoint { url: url.clone(), ca: a.gateway_ca },
+            token,
+        };
+        let r = rt.block_on(super::release::register_dir(&a.release, &admin))?;
+        let what = if r.already_registered { "already registered with" } else { "registered with" };
+        eprintln!("{what} {url}: {}@{} (release {})", r.name, r.version, r.release_id);
+    }
     println!("{}", outcome.placement.manifest_cid.unwrap_or_default());
     Ok(ExitCode::SUCCESS)
 }

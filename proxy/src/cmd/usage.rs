@@ -1,12 +1,12 @@
 //! `shardgate usage`: billing tokens, and a client for the gRPC usage API.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use shardgate::tenant::new_key;
 use shardgate::usage::proto::usage_service_client::UsageServiceClient;
 use shardgate::usage::proto::{self, usage_record};
+
+use super::grpc_client::{self, Endpoint, authed, status};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -16,15 +16,11 @@ pub struct Args {
 
 #[derive(Debug, clap::Args)]
 struct Api {
-    /// Usage API address, e.g. http://127.0.0.1:9090 (https:// for TLS).
-    #[arg(long)]
-    api: String,
+    #[command(flatten)]
+    endpoint: Endpoint,
     /// Billing token.
     #[arg(long, env = "SHARDGATE_BILLING_TOKEN", hide_env_values = true)]
     token: String,
-    /// PEM CA certificate that signed the API's TLS certificate.
-    #[arg(long)]
-    ca: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -60,22 +56,7 @@ enum Action {
 }
 
 async fn connect(api: &Api) -> anyhow::Result<UsageServiceClient<tonic::transport::Channel>> {
-    let mut ep =
-        tonic::transport::Endpoint::from_shared(api.api.clone()).with_context(|| format!("--api {}", api.api))?;
-    if let Some(ca) = &api.ca {
-        shardgate::btfs::install_crypto_provider();
-        let pem = std::fs::read(ca).with_context(|| format!("--ca {}", ca.display()))?;
-        let tls = tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(pem));
-        ep = ep.tls_config(tls)?;
-    }
-    let channel = ep.connect().await.with_context(|| format!("connect to {}", api.api))?;
-    Ok(UsageServiceClient::new(channel))
-}
-
-fn authed<T>(msg: T, token: &str) -> anyhow::Result<tonic::Request<T>> {
-    let mut r = tonic::Request::new(msg);
-    r.metadata_mut().insert("authorization", format!("Bearer {token}").parse().context("token is not valid text")?);
-    Ok(r)
+    Ok(UsageServiceClient::new(grpc_client::connect(&api.endpoint.url, api.endpoint.ca.as_deref()).await?))
 }
 
 fn source(s: i32) -> &'static str {
@@ -168,8 +149,4 @@ async fn totals(api: Api, req: proto::GetTotalsRequest) -> anyhow::Result<ExitCo
     });
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(ExitCode::SUCCESS)
-}
-
-fn status(s: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("usage API: {:?}: {}", s.code(), s.message())
 }
