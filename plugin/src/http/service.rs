@@ -119,7 +119,10 @@ async fn route<B>(gw: &Arc<Gateway>, req: &Request<B>, started: Instant) -> (&'s
                 return (label, denied(&e));
             }
             match route {
-                Route::ListDatasets => list_datasets(gw, &tenants, &tenant),
+                Route::ListDatasets => match Discovery::parse(req.uri().query()) {
+                    Ok(q) => list_datasets(gw, &tenants, &tenant, &q),
+                    Err(e) => error(StatusCode::BAD_REQUEST, e),
+                },
                 Route::Dataset { name } => describe_dataset(gw, name),
                 Route::Manifest { name, version } => manifest(gw, req, name, version, &tenant),
                 Route::File { name, version, path } => {
@@ -175,17 +178,107 @@ fn denied(d: &Denied) -> Response<Body> {
     }
 }
 
-fn list_datasets(gw: &Gateway, tenants: &Tenants, tenant: &Tenant) -> Response<Body> {
+/// Discovery filters of `GET /v1/datasets`, all optional, all must match.
+#[derive(Debug, Default)]
+struct Discovery {
+    modality: Option<String>,
+    license: Option<String>,
+    language: Option<String>,
+    compliance: Option<String>,
+    label_type: Option<String>,
+    updated_since: Option<jiff::Timestamp>,
+    /// Free text, lower-cased: matched against the name and every envelope value.
+    q: Option<String>,
+}
+
+impl Discovery {
+    fn parse(query: Option<&str>) -> Result<Self, String> {
+        let mut d = Discovery::default();
+        let Some(query) = query.filter(|q| !q.is_empty()) else { return Ok(d) };
+        let url = reqwest::Url::parse(&format!("http://x/?{query}")).map_err(|e| format!("bad query: {e}"))?;
+        for (k, v) in url.query_pairs() {
+            let v = v.trim().to_string();
+            if v.is_empty() {
+                continue;
+            }
+            match &*k {
+                "modality" => d.modality = Some(v.to_lowercase()),
+                "license" => d.license = Some(v.to_lowercase()),
+                "language" => d.language = Some(v.to_lowercase()),
+                "compliance" => d.compliance = Some(v.to_lowercase()),
+                "label_type" => d.label_type = Some(v.to_lowercase()),
+                "q" => d.q = Some(v.to_lowercase()),
+                "updated_since" => {
+                    let t = v
+                        .parse::<jiff::Timestamp>()
+                        .or_else(|_| {
+                            v.parse::<jiff::civil::Date>()
+                                .and_then(|day| day.to_zoned(jiff::tz::TimeZone::UTC).map(|z| z.timestamp()))
+                        })
+                        .map_err(|_| format!("updated_since {v:?} is not a date (2026-11-01) or an RFC 3339 time"))?;
+                    d.updated_since = Some(t);
+                }
+                other => {
+                    return Err(format!(
+                        "unknown filter {other:?}; filters are modality, license, language, compliance, \
+                         label_type, updated_since, q"
+                    ));
+                }
+            }
+        }
+        Ok(d)
+    }
+
+    fn matches(&self, r: &crate::registry::Release) -> bool {
+        let m = &r.signed.manifest;
+        let e = &m.envelope;
+        let eq = |want: &Option<String>, have: Option<&str>| {
+            want.as_ref().is_none_or(|w| have.is_some_and(|h| h.to_lowercase() == *w))
+        };
+        let any = |want: &Option<String>, have: Option<&Vec<String>>| {
+            want.as_ref().is_none_or(|w| have.is_some_and(|hs| hs.iter().any(|h| h.to_lowercase() == *w)))
+        };
+        let text = || {
+            let envelope = serde_json::to_string(e).unwrap_or_default().to_lowercase();
+            format!("{} {envelope}", m.name.to_lowercase())
+        };
+        any(&self.modality, e.modality.as_ref())
+            && eq(&self.license, e.license.as_deref())
+            && any(&self.language, e.languages.as_ref())
+            && eq(&self.compliance, e.compliance_class.as_deref())
+            && eq(&self.label_type, e.label_taxonomy.as_ref().and_then(|l| l.kind.as_deref()))
+            && self.updated_since.is_none_or(|t| m.created_at >= t)
+            && self.q.as_ref().is_none_or(|q| text().contains(q.as_str()))
+    }
+}
+
+fn list_datasets(gw: &Gateway, tenants: &Tenants, tenant: &Tenant, q: &Discovery) -> Response<Body> {
     let catalog = gw.registry().snapshot();
     let datasets: Vec<serde_json::Value> = catalog
         .names()
         .filter(|(name, _)| tenants.can_see(tenant, name))
-        .map(|(name, versions)| {
-            serde_json::json!({
+        .filter_map(|(name, versions)| {
+            // Taken-down releases are never discovered.
+            let found: Vec<_> = versions
+                .values()
+                .filter(|r| catalog.state(name, r.version()).taken_down.is_none() && q.matches(r))
+                .collect();
+            let latest = found.last()?;
+            let m = &latest.signed.manifest;
+            Some(serde_json::json!({
                 "name": name,
-                "versions": versions.keys().map(ToString::to_string).collect::<Vec<_>>(),
-                "latest": versions.keys().next_back().map(ToString::to_string),
-            })
+                "versions": found.iter().map(|r| r.version().to_string()).collect::<Vec<_>>(),
+                "latest": m.version.to_string(),
+                "state": catalog.state(name, &m.version).label(),
+                "tags": catalog.lifecycle().tags.get(name.as_str()).map(|t| t.keys().cloned().collect::<Vec<_>>()).unwrap_or_default(),
+                "license": m.envelope.license,
+                "modality": m.envelope.modality,
+                "languages": m.envelope.languages,
+                "compliance_class": m.envelope.compliance_class,
+                "label_type": m.envelope.label_taxonomy.as_ref().and_then(|l| l.kind.clone()),
+                "updated_at": m.created_at.to_string(),
+                "total_bytes": m.total_bytes,
+            }))
         })
         .collect();
     json(StatusCode::OK, &serde_json::json!({ "datasets": datasets }))

@@ -65,6 +65,18 @@ impl Release {
         chunk_size: u64,
         key: PublisherKey,
     ) -> Release {
+        Self::pack_full(name, version, files, chunk_size, key, Envelope::default())
+    }
+
+    /// Like [`Release::pack_with`], with an envelope.
+    pub fn pack_full(
+        name: &str,
+        version: &str,
+        files: &[(&str, Vec<u8>)],
+        chunk_size: u64,
+        key: PublisherKey,
+        envelope: Envelope,
+    ) -> Release {
         let dir = tempfile::tempdir().unwrap();
         let src = dir.path().join("src");
         for (p, b) in files {
@@ -78,7 +90,7 @@ impl Release {
             name: name.into(),
             version: version.parse().unwrap(),
             out: out.clone(),
-            envelope: Envelope::default(),
+            envelope,
             parent: None,
             chunk_size,
             format: PackFormat::Files,
