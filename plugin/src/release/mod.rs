@@ -4,6 +4,7 @@
 //! no network I/O of its own (publishing goes through [`crate::btfs`]).
 
 pub mod chunk;
+pub mod drift;
 pub mod envelope;
 pub mod keys;
 pub mod layout;

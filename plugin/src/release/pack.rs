@@ -11,6 +11,7 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use super::chunk::{ChunkError, ChunkHasher, FileDigest, check_chunk_size};
+use super::drift::{DriftError, Profile, Report, Thresholds};
 use super::envelope::Envelope;
 use super::keys::PublisherKey;
 use super::layout::{FILES_DIR, ReleaseDir, TABLES_DIR};
@@ -45,6 +46,13 @@ pub enum PackError {
     OutNotEmpty(PathBuf),
     #[error("{0}: the input directory is empty")]
     Empty(PathBuf),
+    #[error(
+        "drift from the parent is past the thresholds: {}; rerun with --approve-drift \"REASON\" to publish anyway",
+        breaches.join("; ")
+    )]
+    Drift { breaches: Vec<String>, report: Box<Report> },
+    #[error(transparent)]
+    DriftInput(#[from] DriftError),
     #[error("{0}: cannot tell the WebDataset sample key (members are named KEY.EXT)")]
     SampleKey(String),
 }
@@ -73,6 +81,18 @@ pub struct PackOptions {
     pub chunk_size: u64,
     pub format: PackFormat,
     pub created_at: jiff::Timestamp,
+    /// Compare with the parent and refuse drift past the thresholds.
+    pub drift: Option<DriftGate>,
+}
+
+/// The drift gate for a release with a parent.
+#[derive(Debug)]
+pub struct DriftGate {
+    /// The parent's release directory (its files must be here).
+    pub parent_dir: PathBuf,
+    pub thresholds: Thresholds,
+    /// `--approve-drift`: publish past the thresholds, recording why in the envelope.
+    pub approval: Option<String>,
 }
 
 #[derive(Debug)]
@@ -80,6 +100,10 @@ pub struct PackOutcome {
     pub manifest: SignedManifest,
     /// `OUT` already held this exact release; nothing was written.
     pub unchanged: bool,
+    /// The comparison with the parent, when the drift gate ran.
+    pub drift: Option<Report>,
+    /// The thresholds it broke (approved, or the pack would have failed).
+    pub breaches: Vec<String>,
 }
 
 /// Reads a parent release's manifest for `--parent`.
@@ -461,6 +485,29 @@ pub fn pack(opts: &PackOptions, key: &PublisherKey, progress: &dyn Progress) -> 
         }
         entries.push(p.entry);
     }
+    let mut envelope = opts.envelope.clone();
+    let (drift, breaches) = match &opts.drift {
+        None => (None, Vec::new()),
+        Some(gate) => {
+            let (report, breaches) = drift_gate(gate, opts, &staging, &entries, progress)?;
+            if !breaches.is_empty() {
+                let Some(reason) = &gate.approval else {
+                    return Err(PackError::Drift { breaches, report: Box::new(report) });
+                };
+                envelope.extra.insert(
+                    "drift_approval".into(),
+                    serde_json::json!({
+                        "approved_by": key.public().to_string(),
+                        "reason": reason,
+                        "at": opts.created_at.to_string(),
+                        "breaches": breaches,
+                        "report": report,
+                    }),
+                );
+            }
+            (Some(report), breaches)
+        }
+    };
     let manifest = Manifest {
         schema: SCHEMA.into(),
         name: opts.name.clone(),
@@ -470,7 +517,7 @@ pub fn pack(opts: &PackOptions, key: &PublisherKey, progress: &dyn Progress) -> 
         total_bytes: entries.iter().map(|e| e.size).sum(),
         records,
         files: entries,
-        envelope: opts.envelope.clone(),
+        envelope,
         signature: None,
     };
     manifest.validate().map_err(|e| PackError::BadInput(e.to_string()))?;
@@ -481,7 +528,7 @@ pub fn pack(opts: &PackOptions, key: &PublisherKey, progress: &dyn Progress) -> 
     match state {
         OutState::Release { id } => {
             if id == signed.id.to_hex() {
-                return Ok(PackOutcome { manifest: signed, unchanged: true });
+                return Ok(PackOutcome { manifest: signed, unchanged: true, drift, breaches });
             }
             return Err(PackError::OutHoldsRelease {
                 out: opts.out.clone(),
@@ -499,7 +546,37 @@ pub fn pack(opts: &PackOptions, key: &PublisherKey, progress: &dyn Progress) -> 
     if let Ok(d) = File::open(&parent) {
         let _ = d.sync_all();
     }
-    Ok(PackOutcome { manifest: signed, unchanged: false })
+    Ok(PackOutcome { manifest: signed, unchanged: false, drift, breaches })
+}
+
+/// Profiles the parent and the staged release and compares them.
+fn drift_gate(
+    gate: &DriftGate,
+    opts: &PackOptions,
+    staging: &ReleaseDir,
+    entries: &[FileEntry],
+    progress: &dyn Progress,
+) -> Result<(Report, Vec<String>), PackError> {
+    let parent_dir = ReleaseDir::from_arg(&gate.parent_dir);
+    let bytes = std::fs::read(parent_dir.manifest()).map_err(io_err(&parent_dir.manifest()))?;
+    let parent = SignedManifest::parse(&bytes)
+        .map_err(|e| PackError::BadInput(format!("{}: parent manifest: {e}", parent_dir.manifest().display())))?;
+    let field = gate
+        .thresholds
+        .label_field
+        .clone()
+        .or_else(|| opts.envelope.label_taxonomy.as_ref().and_then(|l| l.field.clone()));
+    let before = Profile::of(&parent_dir, &parent.manifest.files, field.as_deref(), progress)?;
+    let after = Profile::of(staging, entries, field.as_deref(), progress)?;
+    let report = Report::compare(
+        &format!("{}@{}", parent.manifest.name, parent.manifest.version),
+        &before,
+        &format!("{}@{}", opts.name, opts.version),
+        &after,
+        field.as_deref(),
+    );
+    let breaches = report.breaches(&gate.thresholds);
+    Ok((report, breaches))
 }
 
 /// Writes a file and syncs it to disk.

@@ -95,6 +95,7 @@ impl Release {
             chunk_size,
             format: PackFormat::Files,
             created_at: jiff::Timestamp::from_second(1_700_000_000).unwrap(),
+            drift: None,
         };
         let signed = pack(&opts, &key, &Silent).unwrap().manifest;
         let rd = ReleaseDir::new(&out);

@@ -94,6 +94,7 @@ pub fn prepare(dir: &Path, listen: SocketAddr) -> anyhow::Result<(Config, usize)
             chunk_size: 256 * 1024,
             format,
             created_at,
+            drift: None,
         };
         let out = pack(&opts, &key, &Bar::new())?;
         eprintln!("demo: packed {name}@1.0.0, release id {}", out.manifest.id);

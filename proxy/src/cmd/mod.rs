@@ -1,6 +1,7 @@
 //! Command-line interface: one module per command.
 
 mod demo;
+mod diff;
 mod grpc_client;
 mod inspect;
 mod keygen;
@@ -39,6 +40,8 @@ pub enum Command {
     Verify(verify::Args),
     /// Add a release to a BTFS node and write placement.json.
     Publish(publish::Args),
+    /// Compare two releases: files, bytes, records, labels and record overlap (the drift report).
+    Diff(diff::Args),
     /// Run the verifying range gateway.
     Serve(serve::Args),
     /// Generate, pack and serve a small dataset on 127.0.0.1, and print lines to try.
@@ -58,6 +61,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Inspect(a) => inspect::run(a),
         Command::Verify(a) => verify::run(a),
         Command::Publish(a) => publish::run(a),
+        Command::Diff(a) => diff::run(a),
         Command::Serve(a) => serve::run(a),
         Command::Demo(a) => demo::run(a),
         Command::Tenant(a) => tenant::run(a),

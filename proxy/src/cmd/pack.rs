@@ -2,10 +2,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use shardgate::release::drift::split_meta;
 use shardgate::release::envelope::Envelope;
 use shardgate::release::keys::PublisherKey;
+use shardgate::release::layout::ReleaseDir;
 use shardgate::release::manifest::parse_version;
-use shardgate::release::pack::{PackFormat, PackOptions, pack, parent_ref};
+use shardgate::release::pack::{DriftGate, PackError, PackFormat, PackOptions, pack, parent_ref};
 
 use super::{ConfigError, parse_size};
 use crate::progress::Bar;
@@ -35,9 +37,15 @@ pub struct Args {
     /// Envelope metadata (license, modality, ...), TOML.
     #[arg(long)]
     meta: Option<PathBuf>,
-    /// The parent release's manifest.json.
+    /// The parent release (its directory or manifest.json). Its files must be
+    /// local: the drift gate compares the two releases.
     #[arg(long)]
     parent: Option<PathBuf>,
+    /// Publish even though drift from the parent is past the meta file's
+    /// `[drift]` thresholds; the reason, the approver and the figures go into
+    /// the manifest's envelope.
+    #[arg(long, value_name = "REASON", requires = "parent")]
+    approve_drift: Option<String>,
     /// Chunk size, a power of two from 1KiB to 64MiB.
     #[arg(long, default_value = "256KiB", value_parser = parse_size)]
     chunk_size: u64,
@@ -52,14 +60,21 @@ pub struct Args {
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let version = parse_version(&a.version).map_err(ConfigError)?;
     let key = PublisherKey::load(&a.key)?;
-    let envelope = match &a.meta {
+    let (envelope, thresholds) = match &a.meta {
         Some(p) => {
             let text = std::fs::read_to_string(p).with_context(|| format!("{}", p.display()))?;
-            Envelope::from_toml(&text).with_context(|| format!("{}", p.display()))?
+            let (rest, drift) = split_meta(&text).map_err(|e| ConfigError(format!("{}: {e}", p.display())))?;
+            (Envelope::from_toml(&rest).with_context(|| format!("{}", p.display()))?, drift)
         }
-        None => Envelope::default(),
+        None => (Envelope::default(), None),
     };
-    let parent = a.parent.as_deref().map(parent_ref).transpose()?;
+    let parent_manifest = a.parent.as_deref().map(|p| ReleaseDir::from_arg(p).manifest());
+    let parent = parent_manifest.as_deref().map(parent_ref).transpose()?;
+    let drift = a.parent.as_ref().map(|p| DriftGate {
+        parent_dir: p.clone(),
+        thresholds: thresholds.unwrap_or_default(),
+        approval: a.approve_drift.clone(),
+    });
     let created_at = created_at()?;
     let format = match a.format {
         None => PackFormat::Files,
@@ -75,8 +90,22 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         chunk_size: a.chunk_size,
         format,
         created_at,
+        drift,
     };
-    let outcome = pack(&opts, &key, &Bar::new())?;
+    let outcome = match pack(&opts, &key, &Bar::new()) {
+        Ok(o) => o,
+        Err(PackError::Drift { breaches, report }) => {
+            eprint!("{}", report.render());
+            anyhow::bail!(PackError::Drift { breaches, report });
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(report) = &outcome.drift {
+        eprint!("{}", report.render());
+        if !outcome.breaches.is_empty() {
+            eprintln!("drift past the thresholds approved: {}", outcome.breaches.join("; "));
+        }
+    }
     let m = &outcome.manifest.manifest;
     if outcome.unchanged {
         eprintln!("{} already holds this exact release; nothing written", a.out.display());
