@@ -3,6 +3,7 @@
 
 pub mod btfs;
 pub mod config;
+pub mod drill;
 pub mod fetch;
 pub mod gateway;
 pub mod grpc;

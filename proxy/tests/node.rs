@@ -161,6 +161,35 @@ fn publish_registers_with_a_gateway_that_serves_from_the_node() {
     assert_eq!(rows.len(), 2);
     assert!(rows.iter().all(|r| r["origin"] == "registry"));
     assert_eq!(rows.iter().find(|r| r["version"] == "1.0.0").unwrap()["state"], "taken_down");
+    // The verification drill through the gateway and the node itself.
+    let node_via = format!("btfs-api:{}{}", node.api, node.api_prefix);
+    let drill = [
+        "verify",
+        "lifecycle@2.0.0",
+        "--via",
+        &srv.base,
+        "--via",
+        &node_via,
+        "--placement",
+        "v2/placement.json",
+        "--trust",
+        "key.pub",
+    ];
+    let out = run(&drill, d);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stdout.lines().filter(|l| l.starts_with("PATH ") && l.ends_with(", 0 failures")).count(), 2, "{stdout}");
+    assert!(stdout.contains("OK lifecycle@2.0.0"), "{stdout}");
+    // A taken-down release fails the drill at the gateway (451), and says so.
+    let drill1 = ["verify", "lifecycle@1.0.0", "--via", &srv.base, "--trust", "key.pub"];
+    let out = run(&drill1, d);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("451"),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Without the token, nothing is allowed.
     let out = std::process::Command::new(bin())
         .args(["release", "list", "--api", &api])
