@@ -128,6 +128,19 @@ fn drift_past_the_thresholds_is_refused_unless_approved() {
         "1 files removed, more than drift.max_files_removed = 0",
     );
 
+    // publish runs the same gate: v2 carries its approval; a refused pack never got this far,
+    // and an unapproved release past the thresholds is refused before any node is contacted.
+    std::fs::write(d.join("strict.toml"), "[drift]\nmax_records_change_pct = 1\n").unwrap();
+    fails(
+        &["publish", "v3", "--node", "http://127.0.0.1:9", "--parent", "v1", "--meta", "strict.toml"],
+        d,
+        "records_change_pct",
+    );
+    let out = run(&["publish", "v2", "--node", "http://127.0.0.1:9", "--parent", "v1", "--meta", "meta.toml"], d);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("approved at pack time: relabelled by the QA team"), "{stderr}");
+    assert!(stderr.contains("127.0.0.1:9"), "then it tries the (unreachable) node: {stderr}");
+
     // `diff` prints the same report for any two releases.
     let report: serde_json::Value = serde_json::from_str(&ok(&["diff", "v1", "v2", "--json"], d)).unwrap();
     assert_eq!(report["label_shift"].as_f64().unwrap(), 0.4);

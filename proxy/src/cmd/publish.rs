@@ -21,6 +21,14 @@ pub struct Args {
     /// Node API token (BTFS token auth), sent as ?token=.
     #[arg(long, env = "SHARDGATE_NODE_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// The parent release directory: run the drift gate before publishing (as
+    /// pack does). Past the `[drift]` thresholds of --meta, publishing is
+    /// refused unless the release carries an approval from pack --approve-drift.
+    #[arg(long)]
+    parent: Option<PathBuf>,
+    /// Meta file holding the `[drift]` thresholds, with --parent.
+    #[arg(long, requires = "parent")]
+    meta: Option<PathBuf>,
     /// Then register the release with this gateway's admin API (gRPC address).
     #[arg(long)]
     gateway: Option<String>,
@@ -36,6 +44,9 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let node =
         NodeClient::new(NodeConfig { url: a.node, api_prefix: a.api_prefix, token: a.token }, Duration::from_secs(10))?;
     let dir = ReleaseDir::from_arg(&a.release);
+    if let Some(parent) = &a.parent {
+        drift_gate(&dir, parent, a.meta.as_deref())?;
+    }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let outcome = rt.block_on(publish(&dir, &node, &Bar::new()))?;
     eprintln!(
@@ -60,4 +71,65 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     }
     println!("{}", outcome.placement.manifest_cid.unwrap_or_default());
     Ok(ExitCode::SUCCESS)
+}
+
+/// The drift gate at publish time: the same report as pack, against the
+/// thresholds of `meta`; an approval recorded at pack time lets it through.
+fn drift_gate(dir: &ReleaseDir, parent: &std::path::Path, meta: Option<&std::path::Path>) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use shardgate::release::drift::{Profile, Report, split_meta};
+    use shardgate::release::manifest::SignedManifest;
+    let load = |d: &ReleaseDir| -> anyhow::Result<SignedManifest> {
+        let bytes = std::fs::read(d.manifest()).with_context(|| format!("{}", d.manifest().display()))?;
+        Ok(SignedManifest::parse(&bytes).with_context(|| format!("{}", d.manifest().display()))?)
+    };
+    let pdir = ReleaseDir::from_arg(parent);
+    let (child, before) = (load(dir)?, load(&pdir)?);
+    if let Some(p) = &child.manifest.parent {
+        if p.manifest_blake3 != before.id {
+            anyhow::bail!(super::ConfigError(format!(
+                "{} names parent {}@{} ({}), not {} ({})",
+                dir.manifest().display(),
+                p.name,
+                p.version,
+                p.manifest_blake3,
+                parent.display(),
+                before.id
+            )));
+        }
+    }
+    let thresholds = match meta {
+        Some(m) => {
+            let text = std::fs::read_to_string(m).with_context(|| format!("{}", m.display()))?;
+            split_meta(&text).map_err(|e| super::ConfigError(format!("{}: {e}", m.display())))?.1.unwrap_or_default()
+        }
+        None => Default::default(),
+    };
+    let field = thresholds
+        .label_field
+        .clone()
+        .or_else(|| child.manifest.envelope.label_taxonomy.as_ref().and_then(|l| l.field.clone()));
+    let bar = Bar::new();
+    let pa = Profile::of(&pdir, &before.manifest.files, field.as_deref(), &bar)?;
+    let pb = Profile::of(dir, &child.manifest.files, field.as_deref(), &bar)?;
+    let name = |m: &SignedManifest| format!("{}@{}", m.manifest.name, m.manifest.version);
+    let report = Report::compare(&name(&before), &pa, &name(&child), &pb, field.as_deref());
+    eprint!("{}", report.render());
+    let breaches = report.breaches(&thresholds);
+    if breaches.is_empty() {
+        return Ok(());
+    }
+    match child.manifest.envelope.extra.get("drift_approval") {
+        Some(a) => {
+            eprintln!(
+                "drift past the thresholds, approved at pack time: {}",
+                a["reason"].as_str().unwrap_or("(no reason)")
+            );
+            Ok(())
+        }
+        None => anyhow::bail!(
+            "drift from the parent is past the thresholds: {}; the release carries no approval (pack --approve-drift)",
+            breaches.join("; ")
+        ),
+    }
 }
