@@ -81,7 +81,7 @@ fn drift_gate(dir: &ReleaseDir, parent: &std::path::Path, meta: Option<&std::pat
     use shardgate::release::manifest::SignedManifest;
     let load = |d: &ReleaseDir| -> anyhow::Result<SignedManifest> {
         let bytes = std::fs::read(d.manifest()).with_context(|| format!("{}", d.manifest().display()))?;
-        Ok(SignedManifest::parse(&bytes).with_context(|| format!("{}", d.manifest().display()))?)
+        SignedManifest::parse(&bytes).with_context(|| format!("{}", d.manifest().display()))
     };
     let pdir = ReleaseDir::from_arg(parent);
     let (child, before) = (load(dir)?, load(&pdir)?);
