@@ -25,6 +25,8 @@ pub enum DriftError {
     Read { path: String, why: String },
     #[error("meta file key `{key}`: {why}")]
     Meta { key: String, why: String },
+    #[error("meta file is not valid TOML: {0}")]
+    Syntax(String),
 }
 
 /// The meta file's `[drift]` table. Unset figures are not checked.
@@ -57,8 +59,7 @@ pub struct Thresholds {
 
 /// Splits a meta file into the envelope's TOML and the `[drift]` thresholds.
 pub fn split_meta(text: &str) -> Result<(String, Option<Thresholds>), DriftError> {
-    let mut table: toml::Table =
-        text.parse().map_err(|e: toml::de::Error| DriftError::Meta { key: "(syntax)".into(), why: e.to_string() })?;
+    let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| DriftError::Syntax(e.to_string()))?;
     let drift = match table.remove("drift") {
         None => None,
         Some(v) => {
