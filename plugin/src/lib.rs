@@ -14,6 +14,7 @@ pub mod origin;
 pub mod progress;
 pub mod registry;
 pub mod release;
+mod storage;
 pub mod tenant;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;

@@ -145,19 +145,9 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Opens (or creates) the registry at `path`; `None` keeps it in memory.
     pub fn open(path: Option<&Path>) -> Result<Self, StoreError> {
-        let shown = path.map(|p| p.display().to_string()).unwrap_or_else(|| "(memory)".into());
+        let shown = crate::storage::shown(path);
         let err = |e: &dyn std::fmt::Display| StoreError::Open { path: shown.clone(), why: e.to_string() };
-        let db = match path {
-            Some(p) => {
-                if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir).map_err(|e| err(&e))?;
-                }
-                Database::create(p).map_err(|e| err(&e))?
-            }
-            None => {
-                Database::builder().create_with_backend(redb::backends::InMemoryBackend::new()).map_err(|e| err(&e))?
-            }
-        };
+        let db = crate::storage::open_db(path).map_err(|e| err(&e))?;
         let txn = db.begin_write().map_err(|e| err(&e))?;
         txn.open_table(MANIFESTS).map_err(|e| err(&e))?;
         txn.open_table(PLACEMENTS).map_err(|e| err(&e))?;

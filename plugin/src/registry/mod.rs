@@ -262,21 +262,12 @@ async fn load_one(src: &ReleaseSource, trusted: &[PublicKey], origins: &[Origin]
         read_source(&src.manifest, origins).await.map_err(|why| LoadError::Source { what: what.clone(), why })?;
     let signed =
         SignedManifest::parse(&bytes).map_err(|e| LoadError::Source { what: what.clone(), why: e.to_string() })?;
-    let refused = |why: String| LoadError::Refused {
-        name: signed.manifest.name.clone(),
-        version: signed.manifest.version.to_string(),
-        id: signed.id.to_hex(),
-        why,
-    };
+    let refused = |why: String| refused(&signed, why);
     signed.check_trust(trusted).map_err(|e| refused(e.to_string()))?;
     let placement = match &src.placement {
         Some(spec) => {
             let b = read_source(spec, origins).await.map_err(|why| refused(format!("placement {spec}: {why}")))?;
-            let p = Placement::parse(&b).map_err(refused)?;
-            if p.manifest_blake3 != signed.id {
-                return Err(refused(format!("placement {spec} is for release {}, not this one", p.manifest_blake3)));
-            }
-            Some(p)
+            Some(matching_placement(&b, &signed).map_err(|why| refused(format!("placement {spec}: {why}")))?)
         }
         None => {
             // A local release directory may hold its placement beside the manifest.
@@ -308,22 +299,27 @@ pub fn release_from_bytes(
 ) -> Result<Release, LoadError> {
     let signed = SignedManifest::parse(manifest)
         .map_err(|e| LoadError::Source { what: "manifest".into(), why: e.to_string() })?;
-    let refused = |why: String| LoadError::Refused {
+    signed.check_trust(trusted).map_err(|e| refused(&signed, e.to_string()))?;
+    let placement = placement
+        .map(|b| matching_placement(b, &signed).map_err(|why| refused(&signed, format!("placement: {why}"))))
+        .transpose()?;
+    Ok(Release::new(signed, placement))
+}
+
+fn refused(signed: &SignedManifest, why: String) -> LoadError {
+    LoadError::Refused {
         name: signed.manifest.name.clone(),
         version: signed.manifest.version.to_string(),
         id: signed.id.to_hex(),
         why,
-    };
-    signed.check_trust(trusted).map_err(|e| refused(e.to_string()))?;
-    let placement = match placement {
-        None => None,
-        Some(b) => {
-            let p = Placement::parse(b).map_err(|e| refused(format!("placement: {e}")))?;
-            if p.manifest_blake3 != signed.id {
-                return Err(refused(format!("the placement is for release {}, not this one", p.manifest_blake3)));
-            }
-            Some(p)
-        }
-    };
-    Ok(Release::new(signed, placement))
+    }
+}
+
+/// Parses a placement and checks it is this release's.
+fn matching_placement(bytes: &[u8], signed: &SignedManifest) -> Result<Placement, String> {
+    let p = Placement::parse(bytes)?;
+    if p.manifest_blake3 != signed.id {
+        return Err(format!("it is for release {}, not this one", p.manifest_blake3));
+    }
+    Ok(p)
 }

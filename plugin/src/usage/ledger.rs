@@ -99,19 +99,9 @@ impl Ledger {
     /// stored gateway instance id; without one, the stored id is kept, or a
     /// new one is made and stored.
     pub fn open(path: Option<&Path>, instance: Option<&str>) -> Result<Self, LedgerError> {
-        let shown = path.map(|p| p.display().to_string()).unwrap_or_else(|| "(memory)".into());
+        let shown = crate::storage::shown(path);
         let err = |e: &dyn std::fmt::Display| LedgerError::Open { path: shown.clone(), why: e.to_string() };
-        let db = match path {
-            Some(p) => {
-                if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir).map_err(|e| err(&e))?;
-                }
-                Database::create(p).map_err(|e| err(&e))?
-            }
-            None => {
-                Database::builder().create_with_backend(redb::backends::InMemoryBackend::new()).map_err(|e| err(&e))?
-            }
-        };
+        let db = crate::storage::open_db(path).map_err(|e| err(&e))?;
         let txn = db.begin_write().map_err(|e| err(&e))?;
         let (instance, last, floor) = {
             let mut meta = txn.open_table(META_STR).map_err(|e| err(&e))?;
