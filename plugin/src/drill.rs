@@ -45,6 +45,8 @@ impl Via {
             let client = reqwest::Client::builder()
                 .no_proxy()
                 .connect_timeout(Duration::from_secs(5))
+                // A path that stops sending is a failure, not a hang.
+                .read_timeout(Duration::from_secs(30))
                 .build()
                 .map_err(|e| DrillError::Via(spec.into(), e.to_string()))?;
             return Ok(Via::Gateway { base, key: key.map(str::to_string), client });
@@ -172,11 +174,17 @@ enum Target<'a> {
     Table { hash: crate::release::manifest::Blake3, size: u64 },
 }
 
+/// Manifests and chunk tables are small; a path that sends more is refused.
+const MAX_METADATA: usize = 64 << 20;
+
 async fn read_all(via: &Via, t: Target<'_>) -> Result<Vec<u8>, String> {
     let mut s = open(via, t).await?;
     let mut out = Vec::new();
     while let Some(piece) = s.next().await {
         out.extend_from_slice(&piece?);
+        if out.len() > MAX_METADATA {
+            return Err(format!("more than {MAX_METADATA} bytes of metadata"));
+        }
     }
     Ok(out)
 }

@@ -410,3 +410,33 @@ async fn the_registry_survives_a_restart() {
     assert!(r.headers().contains_key("deprecation"));
     drop(registry);
 }
+
+#[tokio::test]
+async fn a_takedown_cuts_bodies_already_streaming() {
+    let big = bytes_of(16 << 20, 3);
+    let r = Release::pack("lc-big", &[("big.bin", big)], CHUNK);
+    let mock = MockOrigin::start(r.blobs.clone()).await;
+    let g = Served::start(config_for(&r, &[&mock])).await;
+    let (grpc, _stop) = start_grpc(&g).await;
+    let resp = client().get(r.url(&g.base, "big.bin")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut stream = resp.bytes_stream();
+    use futures_util::StreamExt;
+    let mut got = stream.next().await.unwrap().unwrap().len() as u64;
+    // The reader pauses; the release is taken down meanwhile.
+    let req = proto::TakedownRequest { name: "lc-big".into(), version: "1.0.0".into(), reason: "recalled".into() };
+    admin(grpc).await.takedown(authed(req, ADMIN)).await.unwrap();
+    let mut cut = false;
+    while let Some(piece) = stream.next().await {
+        match piece {
+            Ok(b) => got += b.len() as u64,
+            Err(_) => {
+                cut = true;
+                break;
+            }
+        }
+    }
+    assert!(cut, "the body must be cut, not completed ({got} bytes read)");
+    assert!(got < 16 << 20, "{got}");
+    assert_eq!(g.metric("shardgate_responses_aborted_total{reason=\"taken_down\"}"), 1.0);
+}

@@ -81,7 +81,8 @@ async fn open_usage(cfg: &Config) -> Result<(Arc<Ledger>, Arc<Meter>), GatewayEr
     let (ledger, floor, month) = tokio::task::spawn_blocking(move || {
         let ledger = Ledger::open(path.as_deref(), instance.as_deref())?;
         let floor = ledger.floor()?;
-        let month = ledger.month_bytes(unix_now())?;
+        // After a shutdown in a month's last minute, counting resumes in the next month.
+        let month = ledger.month_bytes(unix_now().max(floor))?;
         Ok::<_, LedgerError>((ledger, floor, month))
     })
     .await
@@ -138,6 +139,9 @@ impl Gateway {
     }
 
     async fn load_releases(&self, cfg: &Config) -> Result<(), GatewayError> {
+        // Admin changes read the catalog, write the store and swap: a reload
+        // in between would undo one or the other.
+        let _admin = self.admin.lock().await;
         let trusted = trusted_keys(cfg)?;
         let origins = self.fetcher.origins();
         let (mut catalog, errors) = registry::load(&cfg.releases, &trusted, &origins).await;

@@ -44,6 +44,25 @@ pub enum Piece {
     Range(Range<u64>),
 }
 
+/// Whether a streaming body's release is still served: checked before each
+/// chunk, but only re-evaluated when the catalog has been swapped.
+pub struct Liveness {
+    pub epoch: Arc<std::sync::atomic::AtomicU64>,
+    pub seen: u64,
+    pub still_served: Box<dyn Fn() -> bool + Send + Sync>,
+}
+
+impl Liveness {
+    fn ok(&mut self) -> bool {
+        let now = self.epoch.load(std::sync::atomic::Ordering::Acquire);
+        if now == self.seen {
+            return true;
+        }
+        self.seen = now;
+        (self.still_served)()
+    }
+}
+
 /// A chunk fetched before the headers were sent, to be used first.
 pub type Primed = Option<(u64, Bytes, Source)>;
 
@@ -64,6 +83,19 @@ struct ChunkedState {
     /// This response's usage count, reported when the body ends or is dropped,
     /// and the chunks that were cold when the request arrived (origin bytes).
     meter: Option<(ResponseMeter, ColdSet)>,
+    /// Cut the body if the release is taken down while it streams.
+    live: Option<Liveness>,
+}
+
+/// What a response adds to its body stream: shaping, metering, and the
+/// takedown check.
+#[derive(Default)]
+pub struct Hooks {
+    /// The tenant whose bandwidth cap shapes the body, if it has one.
+    pub shaper: Option<Arc<Tenant>>,
+    /// The response's usage meter and the chunks that were cold when it arrived.
+    pub meter: Option<(ResponseMeter, ColdSet)>,
+    pub live: Option<Liveness>,
 }
 
 /// A body that streams verified chunks of `file` for `pieces`.
@@ -72,10 +104,10 @@ pub fn chunked(
     file: Arc<FileSpec>,
     pieces: Vec<Piece>,
     primed: Primed,
-    shaper: Option<Arc<Tenant>>,
     metrics: Arc<Metrics>,
-    meter: Option<(ResponseMeter, ColdSet)>,
+    hooks: Hooks,
 ) -> Body {
+    let Hooks { shaper, meter, live } = hooks;
     let end_chunk = pieces
         .iter()
         .filter_map(|p| match p {
@@ -96,6 +128,7 @@ pub fn chunked(
         shaper,
         metrics,
         meter,
+        live,
     };
     BodyExt::boxed(StreamBody::new(stream(state)))
 }
@@ -119,6 +152,11 @@ fn stream(state: ChunkedState) -> impl Stream<Item = Result<Frame<Bytes>, BodyEr
                 Some((Ok(Frame::data(b)), Some(st)))
             }
             Piece::Range(r) => {
+                if st.live.as_mut().is_some_and(|l| !l.ok()) {
+                    // Taken down mid-stream: not one more byte of it leaves.
+                    st.metrics.aborted.get_or_create(&ReasonLabel { reason: "taken_down" }).inc();
+                    return Some((Err(BodyError("the release was taken down".into())), None));
+                }
                 let cs = st.file.layout.chunk_size();
                 let index = r.start / cs;
                 let chunk_start = index * cs;
@@ -154,6 +192,10 @@ fn stream(state: ChunkedState) -> impl Stream<Item = Result<Frame<Bytes>, BodyEr
                 let from = (r.start - chunk_start) as usize;
                 let to = ((r.end.min(chunk_start + chunk.len() as u64)) - chunk_start) as usize;
                 if to <= from || to > chunk.len() {
+                    st.metrics.aborted.get_or_create(&ReasonLabel { reason: "integrity_or_origin" }).inc();
+                    if let Some((m, _)) = &mut st.meter {
+                        m.failed();
+                    }
                     return Some((Err(BodyError(format!("chunk {index} is shorter than the manifest says"))), None));
                 }
                 let slice = chunk.slice(from..to);

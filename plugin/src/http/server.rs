@@ -94,8 +94,12 @@ pub async fn serve(
     let builder = Arc::new(builder);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(cfg.max_connections));
+    // Every connection task, so shutdown can cut the ones that outlive the
+    // grace period and wait until their bodies (and usage meters) are dropped.
+    let mut conns = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {
+        while conns.try_join_next().is_some() {}
         let permit = tokio::select! {
             _ = &mut shutdown => break,
             p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
@@ -119,7 +123,7 @@ pub async fn serve(
         let watcher = graceful.watcher();
         let write_timeout = cfg.write_timeout;
         let handshake_timeout = cfg.header_read_timeout;
-        tokio::spawn(async move {
+        conns.spawn(async move {
             let _permit = permit;
             gw.metrics().connections.inc();
             let svc_gw = gw.clone();
@@ -167,6 +171,11 @@ pub async fn serve(
     let grace = cfg.shutdown_grace;
     tracing::info!(?grace, "draining connections");
     if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
-        tracing::warn!("shutdown grace period ended with responses still in flight");
+        tracing::warn!(
+            connections = conns.len(),
+            "shutdown grace period ended with responses still in flight; cutting them"
+        );
+        conns.abort_all();
     }
+    while conns.join_next().await.is_some() {}
 }

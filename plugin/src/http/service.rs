@@ -100,11 +100,17 @@ async fn route<B>(gw: &Arc<Gateway>, req: &Request<B>, started: Instant) -> (&'s
                 Ok(t) => t,
                 Err(d) => return (label, denied(&d)),
             };
+            // One snapshot decides who may read a blob, whether it is taken down, and what is served.
+            let blob_catalog = gw.registry().snapshot();
+            let blob_ref = match &route {
+                Route::Blob { hash } => blob_catalog.blob(hash),
+                _ => None,
+            };
             let dataset: Option<String> = match &route {
                 Route::Dataset { name } | Route::Manifest { name, .. } | Route::File { name, .. } => {
                     Some(name.to_string())
                 }
-                Route::Blob { hash } => gw.registry().snapshot().blob(hash).map(|f| f.release.name().to_string()),
+                Route::Blob { .. } => blob_ref.as_ref().map(|f| f.release.name().to_string()),
                 _ => None,
             };
             if let Some(d) = &dataset {
@@ -136,17 +142,17 @@ async fn route<B>(gw: &Arc<Gateway>, req: &Request<B>, started: Instant) -> (&'s
                             if let Some(gone) = taken_down(&catalog, name, v) {
                                 return (label, gone);
                             }
-                            let location = format!("/v1/datasets/{name}/{v}/files/{}", encode_path(&path));
+                            let location =
+                                format!("/v1/datasets/{name}/{v}/files/{}", super::route::encode_path(&path));
                             let resp = serve_file(gw, req, &f, started, tenant).await;
                             lifecycle_headers(resp, &catalog, name, &resolved, &location)
                         }
                         None => error(StatusCode::NOT_FOUND, format!("{name}@{v} has no file {path:?}")),
                     }
                 }
-                Route::Blob { hash } => match gw.registry().snapshot().blob(&hash) {
+                Route::Blob { hash } => match blob_ref.clone() {
                     Some(f) => {
-                        let catalog = gw.registry().snapshot();
-                        if let Some(gone) = taken_down(&catalog, f.release.name(), f.release.version()) {
+                        if let Some(gone) = taken_down(&blob_catalog, f.release.name(), f.release.version()) {
                             return (label, gone);
                         }
                         serve_file(gw, req, &f, started, tenant).await
@@ -443,19 +449,6 @@ fn lifecycle_headers(
     resp
 }
 
-/// Percent-encodes a release path for a URL (keeping `/`).
-fn encode_path(path: &str) -> String {
-    let mut out = String::with_capacity(path.len());
-    for b in path.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// Common headers of every representation response.
 fn representation_headers(h: &mut HeaderMap, etag: &str, content_type: &str) {
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
@@ -725,7 +718,15 @@ async fn serve_file<B>(
     let content_length =
         parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok()).unwrap_or(0);
     let meter = billing.map(|b| (b.streaming(content_length), cold.unwrap_or_default()));
-    let body = body::chunked(fetcher, spec, pieces, primed, shaper, gw.metrics().clone(), meter);
+    let live = {
+        let epoch = gw.registry().epoch();
+        let seen = epoch.load(std::sync::atomic::Ordering::Acquire);
+        let (g, name, version) = (gw.clone(), f.release.name().to_string(), f.release.version().clone());
+        let still_served = Box::new(move || g.registry().snapshot().state(&name, &version).taken_down.is_none());
+        Some(body::Liveness { epoch, seen, still_served })
+    };
+    let hooks = body::Hooks { shaper, meter, live };
+    let body = body::chunked(fetcher, spec, pieces, primed, gw.metrics().clone(), hooks);
     Response::from_parts(parts, body)
 }
 

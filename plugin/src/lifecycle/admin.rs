@@ -393,6 +393,14 @@ impl AdminService for AdminApi {
                     if *stop.borrow_and_update() {
                         return;
                     }
+                    if i % per_span == 0
+                        && gw.registry().snapshot().state(release.name(), release.version()).taken_down.is_some()
+                    {
+                        let _ = tx
+                            .send(Err(Status::failed_precondition("the release was taken down during the pre-warm")))
+                            .await;
+                        return;
+                    }
                     let end = (i - i % per_span + per_span).min(count);
                     match gw.fetcher().chunk(&spec, i, end).await {
                         Ok((b, _)) => p.bytes_done += b.len() as u64,

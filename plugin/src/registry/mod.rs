@@ -200,6 +200,8 @@ impl Catalog {
 #[derive(Debug, Default)]
 pub struct Registry {
     current: ArcSwap<Catalog>,
+    /// Bumped by every swap: streaming bodies re-check their release only when it moved.
+    epoch: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Registry {
@@ -209,6 +211,12 @@ impl Registry {
 
     pub fn replace(&self, catalog: Catalog) {
         self.current.store(Arc::new(catalog));
+        self.epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// A counter that changes whenever the catalog is swapped.
+    pub fn epoch(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.epoch.clone()
     }
 }
 

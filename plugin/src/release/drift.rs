@@ -183,7 +183,8 @@ impl Profile {
             let (dir, base) = name.rsplit_once('/').map_or(("", name.as_str()), |(d, b)| (d, b));
             let Some((stem, ext)) = base.split_once('.') else { continue };
             let key = format!("{dir}/{stem}");
-            let mut bytes = Vec::with_capacity(entry.size() as usize);
+            // The header's size is not trusted for an allocation.
+            let mut bytes = Vec::with_capacity(entry.size().min(1 << 20) as usize);
             entry.read_to_end(&mut bytes).map_err(|e| read_err(path, e))?;
             if current.as_ref().is_none_or(|(k, _)| k != &key) {
                 flush(current.take(), self);

@@ -106,7 +106,18 @@ impl Ledger {
         let (instance, last, floor) = {
             let mut meta = txn.open_table(META_STR).map_err(|e| err(&e))?;
             let stored = meta.get("instance").map_err(|e| err(&e))?.map(|v| v.value().to_string());
+            let nums = txn.open_table(META_NUM).map_err(|e| err(&e))?;
+            let has_records = nums.get("next_seq").map_err(|e| err(&e))?.is_some_and(|v| v.value() > 1);
+            drop(nums);
             let instance = match (instance, stored) {
+                // Record ids and cursors are made from the instance id: changing it
+                // under closed records would re-key them and bill them twice.
+                (Some(i), Some(s)) if i != s && has_records => {
+                    return Err(err(&format!(
+                        "usage.instance_id is {i:?} but this ledger's records belong to {s:?}; \
+                         keep {s:?} or start a new ledger"
+                    )));
+                }
                 (Some(i), _) => i.to_string(),
                 (None, Some(s)) => s,
                 (None, None) => new_instance_id(),

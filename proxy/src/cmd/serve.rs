@@ -108,8 +108,6 @@ pub async fn run_gateway(
             println!("shardgate listening on {scheme}://{addr}");
         }
     }
-    // The usage API stops only after the HTTP listener has drained and the
-    // final usage commit is made, so billing can read the last windows.
     let (grpc_stop, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
     let grpc_task = match grpc {
         None => None,
@@ -131,13 +129,15 @@ pub async fn run_gateway(
     };
     spawn_reloader(gw.clone(), hangups, reload);
     server::serve(gw.clone(), listener, tls, cfg.server.clone(), shutdown).await;
-    gw.shutdown().await;
-    tracing::info!("usage committed");
+    // Every response has ended (drained or cut); stop the gRPC listener (and
+    // its pre-warms), then make the final usage commit, which closes every
+    // window. Billing reads those windows after the restart, by cursor.
     let _ = grpc_stop.send(());
     if let Some(t) = grpc_task {
         let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
     }
-    tracing::info!("stopped");
+    gw.shutdown().await;
+    tracing::info!("usage committed; stopped");
     Ok(())
 }
 
