@@ -158,7 +158,7 @@ fn run(a: Args) -> anyhow::Result<ExitCode> {
             eprintln!();
         }
         let metrics_after = report::scrape(&client, &base).await;
-        let report = Report::build(&a.pattern, &targets, elapsed, &shared, workers, metrics_before, metrics_after);
+        let report = Report::build(&a.pattern, &targets, elapsed, workers, metrics_before, metrics_after);
         if a.json {
             println!("{}", serde_json::to_string_pretty(&report)?);
         } else {

@@ -112,7 +112,6 @@ impl Report {
         pattern: &Pattern,
         targets: &Targets,
         elapsed: Duration,
-        _shared: &Shared,
         workers: Vec<WorkerStats>,
         before: Option<(f64, f64)>,
         after: Option<(f64, f64)>,

@@ -229,66 +229,15 @@ fn tls_with_http2_serves_verified_ranges() {
     assert_eq!(std::fs::read(d.join("body.bin")).unwrap(), vec![5u8; 1000]);
 }
 
-fn openssl(d: &Path, args: &[&str]) {
-    let out = Command::new("openssl").args(args).current_dir(d).output().unwrap();
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
 #[test]
 fn a_client_certificate_names_the_tenant_over_mtls() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
     setup(d);
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-    openssl(
-        d,
-        &[&["req", "-x509"][..], &ec, &["-days", "2", "-subj", "/CN=test-ca", "-keyout", "ca.key", "-out", "ca.crt"]]
-            .concat(),
-    );
-    openssl(d, &[&["req"][..], &ec, &["-subj", "/CN=localhost", "-keyout", "srv.key", "-out", "srv.csr"]].concat());
-    std::fs::write(d.join("srv.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
-    openssl(
-        d,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "srv.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "srv.ext",
-            "-out",
-            "srv.crt",
-        ],
-    );
-    openssl(d, &[&["req"][..], &ec, &["-subj", "/CN=vision-loader", "-keyout", "cli.key", "-out", "cli.csr"]].concat());
-    std::fs::write(d.join("cli.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
-    openssl(
-        d,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "cli.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "cli.ext",
-            "-out",
-            "cli.crt",
-        ],
-    );
+    let ec = EC_KEY;
+    test_ca(d);
+    signed_cert(d, "srv", "localhost", "subjectAltName=IP:127.0.0.1,DNS:localhost");
+    signed_cert(d, "cli", "vision-loader", "extendedKeyUsage=clientAuth");
     // A certificate from another CA with the same name must not be accepted.
     openssl(
         d,

@@ -195,34 +195,8 @@ fn the_usage_api_serves_over_tls_with_a_billing_token() {
     let d = t.path();
     let key = setup(d);
     // A CA and a server certificate it signed (rustls refuses a CA certificate as the server's own).
-    let openssl = |args: &[&str]| {
-        let out = std::process::Command::new("openssl").args(args).current_dir(d).output().unwrap();
-        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    };
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-    openssl(
-        &[&["req", "-x509"][..], &ec, &["-days", "2", "-subj", "/CN=ca", "-keyout", "ca.key", "-out", "ca.crt"]]
-            .concat(),
-    );
-    openssl(&[&["req"][..], &ec, &["-subj", "/CN=localhost", "-keyout", "tls.key", "-out", "tls.csr"]].concat());
-    std::fs::write(d.join("tls.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "tls.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        "tls.ext",
-        "-out",
-        "tls.crt",
-    ]);
+    test_ca(d);
+    signed_cert(d, "tls", "localhost", "subjectAltName=IP:127.0.0.1,DNS:localhost");
     let made = run(&["usage", "token"], d);
     let token = String::from_utf8(made.stdout).unwrap().trim().to_string();
     let stderr = String::from_utf8(made.stderr).unwrap();

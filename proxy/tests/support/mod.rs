@@ -207,3 +207,48 @@ impl Drop for Server {
         let _ = self.child.wait();
     }
 }
+
+/// Runs `openssl` in `d`, asserting success.
+pub fn openssl(d: &Path, args: &[&str]) {
+    let out = Command::new("openssl").args(args).current_dir(d).output().unwrap();
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Key options for an EC P-256 key without a passphrase.
+pub const EC_KEY: [&str; 5] = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+
+/// A test CA in `d`: `ca.key` and `ca.crt`.
+pub fn test_ca(d: &Path) {
+    let subj = ["-days", "2", "-subj", "/CN=test-ca", "-keyout", "ca.key", "-out", "ca.crt"];
+    openssl(d, &[&["req", "-x509"][..], &EC_KEY, &subj].concat());
+}
+
+/// `{name}.key` and `{name}.crt` for `cn`, signed by the CA of [`test_ca`],
+/// with the extension line `ext` (such as a subjectAltName).
+pub fn signed_cert(d: &Path, name: &str, cn: &str, ext: &str) {
+    let (key, csr, crt, extf) =
+        (format!("{name}.key"), format!("{name}.csr"), format!("{name}.crt"), format!("{name}.ext"));
+    let subj = format!("/CN={cn}");
+    openssl(d, &[&["req"][..], &EC_KEY, &["-subj", &subj, "-keyout", &key, "-out", &csr]].concat());
+    std::fs::write(d.join(&extf), format!("{ext}\n")).unwrap();
+    openssl(
+        d,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &extf,
+            "-out",
+            &crt,
+        ],
+    );
+}
