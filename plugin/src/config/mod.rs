@@ -71,6 +71,8 @@ pub struct Config {
     #[serde(default)]
     pub hot_tier: HotTierConfig,
     #[serde(default)]
+    pub disk_tier: DiskTierConfig,
+    #[serde(default)]
     pub metadata: MetadataConfig,
     /// Tenants: API keys, readable datasets, limits. None configured: every dataset is public.
     #[serde(default)]
@@ -334,6 +336,24 @@ impl Default for HotTierConfig {
     }
 }
 
+/// The disk tier: verified chunks on local disk, read back with verification.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiskTierConfig {
+    /// Directory of the tier. Unset: no disk tier.
+    pub path: Option<PathBuf>,
+    /// Bytes of chunks kept on disk (counted in 4 KiB blocks).
+    pub capacity: ByteSize,
+    /// Bytes of chunks waiting to be written; beyond it new chunks are not written.
+    pub write_queue: ByteSize,
+}
+
+impl Default for DiskTierConfig {
+    fn default() -> Self {
+        Self { path: None, capacity: ByteSize(10 * 1024 * 1024 * 1024), write_queue: ByteSize(32 * 1024 * 1024) }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetadataConfig {
@@ -443,6 +463,13 @@ impl Config {
         }
         if f.max_concurrent_fetches == 0 {
             return Err(invalid("fetch.max_concurrent_fetches", "must be at least 1"));
+        }
+        let d = &self.disk_tier;
+        if d.path.is_some() && d.capacity.0 < 1024 * 1024 {
+            return Err(invalid("disk_tier.capacity", "must be at least 1MiB"));
+        }
+        if d.path.is_some() && d.write_queue.0 < f.span.0.min(DEFAULT_CHUNK_SIZE) {
+            return Err(invalid("disk_tier.write_queue", "must hold at least one chunk"));
         }
         if self.metadata.max_concurrent_fetches == 0 {
             return Err(invalid("metadata.max_concurrent_fetches", "must be at least 1"));

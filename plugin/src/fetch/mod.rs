@@ -29,7 +29,7 @@ use crate::origin::{BlobRef, Origin};
 use crate::registry::FileRef;
 use crate::release::chunk::{ChunkLayout, ChunkTable, chunk_cv, open_table};
 use crate::release::manifest::Blake3;
-use crate::tier::{ChunkKey, HotTier};
+use crate::tier::{ChunkKey, DiskTier, HotTier, Tiers};
 use crate::usage::{Meter, ReleaseTag};
 
 /// Why verified bytes could not be had.
@@ -117,6 +117,7 @@ type Slot = watch::Receiver<Option<ChunkResult>>;
 pub struct Fetcher {
     origins: ArcSwap<Vec<Origin>>,
     hot: HotTier,
+    disk: Option<DiskTier>,
     tables: moka::future::Cache<Blake3, Arc<ChunkTable>>,
     inflight: Mutex<HashMap<ChunkKey, Slot>>,
     bulk: Semaphore,
@@ -174,7 +175,7 @@ impl Drop for SpanGuard<'_> {
 impl Fetcher {
     pub fn new(
         origins: Vec<Origin>,
-        hot: HotTier,
+        tiers: Tiers,
         cfg: FetchConfig,
         table_cache_bytes: u64,
         meta_concurrency: usize,
@@ -187,7 +188,8 @@ impl Fetcher {
             .build();
         Arc::new(Self {
             origins: ArcSwap::from_pointee(origins),
-            hot,
+            hot: tiers.hot,
+            disk: tiers.disk,
             tables,
             inflight: Mutex::new(HashMap::new()),
             bulk: Semaphore::new(cfg.max_concurrent_fetches),
@@ -207,6 +209,63 @@ impl Fetcher {
 
     pub fn hot(&self) -> &HotTier {
         &self.hot
+    }
+
+    pub fn disk(&self) -> Option<&DiskTier> {
+        self.disk.as_ref()
+    }
+
+    /// Whether a chunk is in a cache tier (memory or disk): no origin request is needed for it.
+    fn cached_key(&self, key: &ChunkKey) -> bool {
+        self.hot.contains(key) || self.disk.as_ref().is_some_and(|d| d.contains(key))
+    }
+
+    /// Drops every chunk of a file from both tiers.
+    pub fn purge_file(&self, file: Blake3) -> Result<(), String> {
+        self.hot.purge_file(file)?;
+        match &self.disk {
+            Some(d) => d.purge_file(file),
+            None => Ok(()),
+        }
+    }
+
+    /// Chunk `key` from the disk tier, verified again (disks corrupt) and
+    /// promoted to the hot tier. A chunk that cannot be read or fails
+    /// verification is dropped from the disk tier; the caller fetches it.
+    async fn from_disk(self: &Arc<Self>, file: &Arc<FileSpec>, key: ChunkKey) -> Option<Bytes> {
+        if !self.disk.as_ref().is_some_and(|d| d.contains(&key)) {
+            return None;
+        }
+        // Its own task: reading a chunk table holds origin streams, which are
+        // not `Sync`, and response bodies must be.
+        let (this, file) = (self.clone(), file.clone());
+        tokio::spawn(async move { this.read_disk(&file, key).await }).await.ok().flatten()
+    }
+
+    async fn read_disk(&self, file: &FileSpec, key: ChunkKey) -> Option<Bytes> {
+        let disk = self.disk.as_ref()?;
+        let d = disk.clone();
+        let read = tokio::task::spawn_blocking(move || d.read_unverified(&key)).await.ok()?;
+        let data = match read {
+            Ok(Some(data)) => data,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::warn!(file = %file.blake3, chunk = key.index, error = %e, "disk tier read failed; fetching again");
+                disk.remove(&key);
+                return None;
+            }
+        };
+        let table = if self.cfg.verify { self.table(file).await.ok()? } else { None };
+        if !self.check(file, table.as_deref(), key.index, &data) {
+            self.metrics.disk_verify_failures.inc();
+            tracing::warn!(file = %file.blake3, chunk = key.index,
+                "chunk read back from the disk tier fails verification; dropped and fetched again");
+            disk.remove(&key);
+            return None;
+        }
+        self.metrics.disk_hits.inc();
+        self.hot.insert_verified(key, data.clone());
+        Some(data)
     }
 
     pub fn origins(&self) -> Arc<Vec<Origin>> {
@@ -231,9 +290,8 @@ impl Fetcher {
     pub fn cached(&self, file: &FileSpec, chunks: Range<u64>) -> (u64, u64) {
         let chunks = chunks.start..chunks.end.min(chunks.start + CACHE_SCAN);
         let total = chunks.end - chunks.start;
-        let hot = chunks
-            .filter(|&i| self.hot.contains(&ChunkKey::new(file.blake3, file.layout.chunk_size(), i)))
-            .count() as u64;
+        let hot = chunks.filter(|&i| self.cached_key(&ChunkKey::new(file.blake3, file.layout.chunk_size(), i))).count()
+            as u64;
         (hot, total)
     }
 
@@ -246,7 +304,7 @@ impl Fetcher {
         let mut bits = vec![0u64; (end - base).div_ceil(64) as usize];
         for r in ranges {
             for i in r.clone() {
-                if !self.hot.contains(&ChunkKey::new(file.blake3, file.layout.chunk_size(), i)) {
+                if !self.cached_key(&ChunkKey::new(file.blake3, file.layout.chunk_size(), i)) {
                     let at = i - base;
                     bits[(at / 64) as usize] |= 1 << (at % 64);
                 }
@@ -332,6 +390,9 @@ impl Fetcher {
             return Ok((b, Source::Hot));
         }
         self.metrics.hot_misses.inc();
+        if let Some(b) = self.from_disk(file, key).await {
+            return Ok((b, Source::Hot));
+        }
         let span_end = window_end.min(count).min(index + self.span_chunks(file.layout.chunk_size()));
         // A span abandoned by its reader (who hung up) is retried by its other waiters.
         let mut last = FetchError::Abandoned { file: file.blake3, chunk: index };
@@ -375,7 +436,7 @@ impl Fetcher {
         let window = (from + self.readahead_chunks().max(1)).min(to);
         let gap = (from..window).find(|&i| {
             let key = ChunkKey::new(file.blake3, file.layout.chunk_size(), i);
-            !self.hot.contains(&key) && !self.inflight.lock().is_ok_and(|m| m.contains_key(&key))
+            !self.cached_key(&key) && !self.inflight.lock().is_ok_and(|m| m.contains_key(&key))
         })?;
         let max = (self.cfg.max_span.0 / file.layout.chunk_size()).max(1);
         let handle = Arc::new(ReadAhead::default());
@@ -426,7 +487,7 @@ impl Fetcher {
         let mut mine = None;
         while end < max_end {
             let k = ChunkKey::new(file.blake3, file.layout.chunk_size(), end);
-            if end > index && (map.contains_key(&k) || self.hot.contains(&k)) {
+            if end > index && (map.contains_key(&k) || self.cached_key(&k)) {
                 break;
             }
             let (tx, rx) = watch::channel(None);
@@ -482,7 +543,7 @@ impl Fetcher {
         let mut i = from;
         while i < stop {
             let k = ChunkKey::new(file.blake3, file.layout.chunk_size(), i);
-            if map.contains_key(&k) || self.hot.contains(&k) {
+            if map.contains_key(&k) || self.cached_key(&k) {
                 break;
             }
             let (tx, rx) = watch::channel(None);
@@ -666,6 +727,9 @@ impl Fetcher {
                         return;
                     }
                     self.hot.insert_verified(key, chunk.clone());
+                    if let Some(d) = &self.disk {
+                        d.offer(key, &chunk);
+                    }
                     if let Some(tx) = senders.get_mut((next - chunks.start) as usize).and_then(Option::take) {
                         let _ = tx.send(Some(Ok(chunk)));
                     }

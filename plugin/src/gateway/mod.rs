@@ -17,7 +17,7 @@ use crate::origin;
 use crate::registry::{self, Registry};
 use crate::release::keys::PublicKey;
 use crate::tenant::{Denied, Tenant, Tenants};
-use crate::tier::HotTier;
+use crate::tier::{DiskTier, HotTier, Tiers};
 use crate::usage::{Ledger, LedgerError, Meter, unix_now};
 
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +32,8 @@ pub enum GatewayError {
     Ledger(#[from] LedgerError),
     #[error(transparent)]
     Registry(#[from] StoreError),
+    #[error("{0}")]
+    DiskTier(String),
 }
 
 pub struct Gateway {
@@ -108,9 +110,21 @@ impl Gateway {
             .await
             .map_err(|e| StoreError::Storage(e.to_string()))??;
         let origins = origin::build(&cfg.origins, &cfg.fetch)?;
+        let disk = match cfg.disk_tier.path.clone() {
+            Some(path) => {
+                let (capacity, queue) = (cfg.disk_tier.capacity.0, cfg.disk_tier.write_queue.0);
+                let counters = metrics.disk.clone();
+                let tier = tokio::task::spawn_blocking(move || DiskTier::open(&path, capacity, queue, counters))
+                    .await
+                    .map_err(|e| GatewayError::DiskTier(e.to_string()))?
+                    .map_err(|e| GatewayError::DiskTier(e.to_string()))?;
+                Some(tier)
+            }
+            None => None,
+        };
         let fetcher = Fetcher::new(
             origins,
-            HotTier::new(cfg.hot_tier.capacity.0),
+            Tiers { hot: HotTier::new(cfg.hot_tier.capacity.0), disk },
             cfg.fetch.clone(),
             cfg.metadata.cache_capacity.0,
             cfg.metadata.max_concurrent_fetches,

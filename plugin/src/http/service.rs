@@ -81,6 +81,9 @@ async fn route<B>(gw: &Arc<Gateway>, req: &Request<B>, started: Instant) -> (&'s
         Route::Readyz => text(StatusCode::SERVICE_UNAVAILABLE, "not ready: no origin answers yet\n", plain),
         Route::Metrics => {
             gw.metrics().hot_bytes.set(gw.fetcher().hot().weighted_bytes());
+            if let Some(d) = gw.fetcher().disk() {
+                gw.metrics().disk_bytes.set(d.bytes());
+            }
             text(StatusCode::OK, gw.metrics().render(), "text/plain; version=0.0.4; charset=utf-8")
         }
         Route::NotFound => error(StatusCode::NOT_FOUND, format!("no route for {}", req.uri().path())),

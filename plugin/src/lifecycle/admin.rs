@@ -227,7 +227,7 @@ impl Gateway {
         if let Some(r) = catalog.release(name, &v) {
             for f in &r.signed.manifest.files {
                 if !catalog.live_uses(&f.blake3) {
-                    if let Err(e) = self.fetcher().hot().purge_file(f.blake3) {
+                    if let Err(e) = self.fetcher().purge_file(f.blake3) {
                         tracing::warn!(file = %f.blake3, error = %e, "hot-tier purge failed");
                         continue;
                     }

@@ -56,6 +56,10 @@ pub struct Metrics {
     pub reloads: Family<ReasonLabel, Counter>,
     pub usage_commits: Family<ReasonLabel, Counter>,
     pub hot_purged_files: Counter,
+    pub disk_hits: Counter,
+    pub disk_verify_failures: Counter,
+    pub disk_bytes: Gauge<u64, AtomicU64>,
+    pub disk: crate::tier::DiskCounters,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -91,6 +95,10 @@ impl Metrics {
             reloads: Family::default(),
             usage_commits: Family::default(),
             hot_purged_files: Counter::default(),
+            disk_hits: Counter::default(),
+            disk_verify_failures: Counter::default(),
+            disk_bytes: Gauge::default(),
+            disk: crate::tier::DiskCounters::default(),
             registry: Registry::default(),
         };
         registry.register("chunks_verified", "Chunks whose hash matched the chunk table", m.chunks_verified.clone());
@@ -115,6 +123,25 @@ impl Metrics {
         registry.register("hot_tier_hits", "Chunk lookups served by the hot tier", m.hot_hits.clone());
         registry.register("hot_tier_misses", "Chunk lookups that went to an origin", m.hot_misses.clone());
         registry.register("hot_tier_bytes", "Bytes held in the hot tier", m.hot_bytes.clone());
+        registry.register("disk_tier_hits", "Hot-tier misses served by the disk tier", m.disk_hits.clone());
+        registry.register(
+            "disk_tier_verify_failures",
+            "Chunks read back from the disk tier that failed verification (dropped, fetched again)",
+            m.disk_verify_failures.clone(),
+        );
+        registry.register("disk_tier_bytes", "Bytes held in the disk tier (4 KiB blocks)", m.disk_bytes.clone());
+        registry.register("disk_tier_writes", "Chunks written to the disk tier", m.disk.writes.clone());
+        registry.register(
+            "disk_tier_writes_dropped",
+            "Chunks not written to the disk tier because its write queue was full",
+            m.disk.dropped.clone(),
+        );
+        registry.register("disk_tier_errors", "Disk tier writes or deletions that failed", m.disk.errors.clone());
+        registry.register(
+            "disk_tier_evictions",
+            "Chunks removed from the disk tier to keep its budget",
+            m.disk.evictions.clone(),
+        );
         registry.register("http_requests", "HTTP requests answered, by route and status", m.requests.clone());
         registry.register("responses_aborted", "Responses cut off after headers were sent", m.aborted.clone());
         registry.register("open_connections", "Client connections open", m.connections.clone());

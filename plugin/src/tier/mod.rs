@@ -1,10 +1,16 @@
-//! The hot tier: verified chunks in memory, weighted by bytes.
+//! The cache tiers: verified chunks in memory (the hot tier), weighted by
+//! bytes, and optionally on local disk (the disk tier, [`disk`]).
 //!
-//! Only verified chunks are ever inserted (the fetcher verifies before it
-//! inserts), so a hit is served without hashing again. Owns eviction; knows
-//! nothing of origins or HTTP.
+//! Only verified chunks are ever inserted into the hot tier (the fetcher
+//! verifies before it inserts), so a hit is served without hashing again.
+//! Disk reads are verified again by the fetcher. Owns eviction; knows nothing
+//! of origins or HTTP.
+
+pub mod disk;
 
 use bytes::Bytes;
+
+pub use disk::{DiskCounters, DiskTier, DiskTierError};
 
 use crate::release::manifest::Blake3;
 
@@ -27,6 +33,13 @@ impl ChunkKey {
 /// Keys are BLAKE3 hashes from signed manifests and chunk indexes: a fast
 /// hasher is safe, and SipHash was most of a hot lookup's cost.
 type Hasher = foldhash::fast::RandomState;
+
+/// The tiers a fetcher reads before going to an origin.
+#[derive(Debug, Clone)]
+pub struct Tiers {
+    pub hot: HotTier,
+    pub disk: Option<DiskTier>,
+}
 
 #[derive(Clone)]
 pub struct HotTier {

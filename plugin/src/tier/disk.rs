@@ -1,0 +1,442 @@
+//! The disk tier: a second level of verified chunks on local disk, under its
+//! own byte budget, for hot sets larger than memory.
+//!
+//! - One file per chunk, `chunks/<2 hex>/<file hash>.<chunk size>.<index>`,
+//!   written to `tmp/` and renamed into place, so a name never points at a
+//!   half-written chunk. No fsync: a chunk torn by a crash fails verification
+//!   when it is read back, and every read back is verified (disks corrupt).
+//! - The index is in memory (moka, LRU, weighted by bytes rounded up to 4 KiB
+//!   blocks) and rebuilt by scanning the directory at start, so a restarted
+//!   gateway is warm.
+//! - Writes and deletions run on one writer thread. Serving only queues them:
+//!   a chunk is offered after verification and dropped (and counted) when the
+//!   queue already holds `write_queue` bytes, so a slow disk never slows serving.
+//! - Eviction (budget), purges (takedown) and bad reads remove the index entry
+//!   first and queue the file's deletion; a reader that races a deletion sees
+//!   a missing file and falls back to the origin.
+
+use std::fs;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak, mpsc};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use prometheus_client::metrics::counter::Counter;
+
+use super::ChunkKey;
+use crate::release::manifest::Blake3;
+
+/// Disk space is used in blocks; the budget counts them.
+const BLOCK: u64 = 4096;
+
+/// Why the disk tier could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum DiskTierError {
+    #[error("disk tier {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+}
+
+/// Counters the disk tier keeps (registered by the gateway's metrics).
+#[derive(Debug, Clone, Default)]
+pub struct DiskCounters {
+    /// Chunks written.
+    pub writes: Counter,
+    /// Chunks not written because the write queue was full.
+    pub dropped: Counter,
+    /// Writes or deletions that failed.
+    pub errors: Counter,
+    /// Chunks removed to keep the budget.
+    pub evictions: Counter,
+}
+
+enum Job {
+    Write(ChunkKey, Bytes),
+    Remove(ChunkKey),
+    /// Answered once every job queued before it is done. The first pass runs
+    /// the index's pending evictions and goes to the back of the queue behind
+    /// the deletions they queue.
+    Flush(mpsc::Sender<()>, bool),
+}
+
+type Hasher = foldhash::fast::RandomState;
+
+struct Inner {
+    root: PathBuf,
+    index: moka::sync::Cache<ChunkKey, u32, Hasher>,
+    jobs: Mutex<mpsc::Sender<Job>>,
+    /// Bytes offered and not yet written.
+    pending: AtomicU64,
+    queue_limit: u64,
+    counters: DiskCounters,
+}
+
+/// A handle on the disk tier; cheap to clone. The writer thread ends when the
+/// last handle is dropped.
+#[derive(Clone)]
+pub struct DiskTier {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for DiskTier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiskTier").field("root", &self.inner.root).field("bytes", &self.bytes()).finish()
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DiskTierError + '_ {
+    move |source| DiskTierError::Io { path: path.to_path_buf(), source }
+}
+
+fn file_name(key: &ChunkKey) -> String {
+    format!("{}.{}.{}", key.file, key.chunk_size, key.index)
+}
+
+fn parse_name(name: &str) -> Option<ChunkKey> {
+    let mut parts = name.split('.');
+    let file = parts.next()?.parse::<Blake3>().ok()?;
+    let chunk_size = parts.next()?.parse().ok()?;
+    let index = parts.next()?.parse().ok()?;
+    parts.next().is_none().then_some(ChunkKey { file, chunk_size, index })
+}
+
+fn weight(len: u32) -> u32 {
+    u32::try_from(u64::from(len).div_ceil(BLOCK) * BLOCK).unwrap_or(u32::MAX)
+}
+
+impl Inner {
+    fn path(&self, key: &ChunkKey) -> PathBuf {
+        let name = file_name(key);
+        self.root.join("chunks").join(&name[..2]).join(name)
+    }
+
+    fn queue(&self, job: Job) {
+        if let Ok(tx) = self.jobs.lock() {
+            // The writer outlives every handle's sender; a send can only fail
+            // during teardown, when nothing needs the job any more.
+            let _ = tx.send(job);
+        }
+    }
+
+    /// Writes one chunk: to `tmp/`, then renamed into place, then indexed.
+    fn write(&self, key: ChunkKey, data: &Bytes) -> io::Result<()> {
+        let len = u32::try_from(data.len()).map_err(|_| io::Error::other("chunk larger than 4 GiB"))?;
+        let dest = self.path(&key);
+        let tmp = self.root.join("tmp").join(file_name(&key));
+        fs::write(&tmp, data)?;
+        if let Some(dir) = dest.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        if let Err(e) = fs::rename(&tmp, &dest) {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        self.index.insert(key, len);
+        Ok(())
+    }
+}
+
+impl DiskTier {
+    /// Opens (creating) the tier at `root` and indexes the chunks already
+    /// there, oldest first; chunks beyond `capacity` are evicted. Blocking:
+    /// it scans the directory.
+    pub fn open(root: &Path, capacity: u64, queue_limit: u64, counters: DiskCounters) -> Result<Self, DiskTierError> {
+        let chunks = root.join("chunks");
+        let tmp = root.join("tmp");
+        fs::create_dir_all(&chunks).map_err(io_err(&chunks))?;
+        // Leftovers of writes cut short by a crash.
+        if tmp.exists() {
+            fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
+        }
+        fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
+
+        let (tx, rx) = mpsc::channel::<Job>();
+        let evict_tx = Mutex::new(tx.clone());
+        let evictions = counters.evictions.clone();
+        let index = moka::sync::Cache::builder()
+            .max_capacity(capacity)
+            .weigher(|_k: &ChunkKey, len: &u32| weight(*len))
+            .eviction_policy(moka::policy::EvictionPolicy::lru())
+            .support_invalidation_closures()
+            .eviction_listener(move |k: Arc<ChunkKey>, _len, cause| {
+                use moka::notification::RemovalCause;
+                if cause == RemovalCause::Replaced {
+                    return;
+                }
+                if cause == RemovalCause::Size {
+                    evictions.inc();
+                }
+                if let Ok(tx) = evict_tx.lock() {
+                    let _ = tx.send(Job::Remove(*k));
+                }
+            })
+            .build_with_hasher(Hasher::default());
+        let inner = Arc::new(Inner {
+            root: root.to_path_buf(),
+            index,
+            jobs: Mutex::new(tx),
+            pending: AtomicU64::new(0),
+            queue_limit,
+            counters,
+        });
+
+        let found = scan(&chunks).map_err(io_err(&chunks))?;
+        let count = found.len();
+        for (_, key, len) in found {
+            inner.index.insert(key, len);
+        }
+        inner.index.run_pending_tasks();
+        tracing::info!(root = %root.display(), chunks = count, bytes = inner.index.weighted_size(), "disk tier open");
+
+        let weak = Arc::downgrade(&inner);
+        std::thread::Builder::new()
+            .name("shardgate-disk".into())
+            .spawn(move || writer(weak, rx))
+            .map_err(io_err(root))?;
+        Ok(Self { inner })
+    }
+
+    pub fn contains(&self, key: &ChunkKey) -> bool {
+        self.inner.index.contains_key(key)
+    }
+
+    /// Queues a verified chunk for writing, unless it is already on disk or
+    /// the queue is full (then it is dropped and counted). Never blocks.
+    pub fn offer(&self, key: ChunkKey, chunk: &Bytes) {
+        let inner = &self.inner;
+        if inner.index.contains_key(&key) {
+            return;
+        }
+        let len = chunk.len() as u64;
+        let pending = inner.pending.fetch_add(len, Ordering::AcqRel);
+        if pending + len > inner.queue_limit {
+            inner.pending.fetch_sub(len, Ordering::AcqRel);
+            inner.counters.dropped.inc();
+            return;
+        }
+        inner.queue(Job::Write(key, chunk.clone()));
+    }
+
+    /// Reads a chunk back (blocking: call it off the async threads). `None`
+    /// when it is not on disk (or was deleted meanwhile). The bytes are
+    /// **not verified**: the caller checks them before use.
+    pub fn read_unverified(&self, key: &ChunkKey) -> io::Result<Option<Bytes>> {
+        let Some(len) = self.inner.index.get(key) else { return Ok(None) };
+        let mut file = match fs::File::open(self.inner.path(key)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.inner.index.invalidate(key);
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        let on_disk = file.metadata()?.len();
+        if on_disk != u64::from(len) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("chunk file holds {on_disk} bytes, {len} expected"),
+            ));
+        }
+        let mut buf = Vec::with_capacity(len as usize);
+        (&mut file).take(u64::from(len)).read_to_end(&mut buf)?;
+        if buf.len() != len as usize {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("chunk file ended after {} of {len} bytes", buf.len()),
+            ));
+        }
+        Ok(Some(Bytes::from(buf)))
+    }
+
+    /// Drops a chunk (it failed verification, or could not be read).
+    pub fn remove(&self, key: &ChunkKey) {
+        self.inner.index.invalidate(key);
+        self.inner.index.run_pending_tasks();
+    }
+
+    /// Drops every chunk of a file.
+    pub fn purge_file(&self, file: Blake3) -> Result<(), String> {
+        self.inner.index.invalidate_entries_if(move |k, _| k.file == file).map_err(|e| e.to_string())?;
+        self.inner.index.run_pending_tasks();
+        Ok(())
+    }
+
+    /// Bytes the tier holds (in 4 KiB blocks).
+    pub fn bytes(&self) -> u64 {
+        self.inner.index.weighted_size()
+    }
+
+    /// Chunks the tier holds.
+    pub fn chunks(&self) -> u64 {
+        self.inner.index.entry_count()
+    }
+
+    /// Waits (up to `timeout`) until every write and deletion queued before
+    /// this call has been carried out. Blocking; for tests and orderly shutdown.
+    pub fn flush(&self, timeout: std::time::Duration) -> bool {
+        self.inner.index.run_pending_tasks();
+        let (tx, rx) = mpsc::channel();
+        self.inner.queue(Job::Flush(tx, true));
+        rx.recv_timeout(timeout).is_ok()
+    }
+}
+
+/// Chunk files under `chunks/`, oldest first.
+fn scan(chunks: &Path) -> io::Result<Vec<(SystemTime, ChunkKey, u32)>> {
+    let mut found = Vec::new();
+    for shard in fs::read_dir(chunks)? {
+        let shard = shard?;
+        if !shard.file_type()?.is_dir() {
+            continue;
+        }
+        for entry in fs::read_dir(shard.path())? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let key = name.to_str().and_then(parse_name);
+            let meta = entry.metadata()?;
+            match (key, u32::try_from(meta.len())) {
+                (Some(key), Ok(len)) if meta.is_file() && len > 0 => {
+                    found.push((meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), key, len));
+                }
+                _ => tracing::warn!(path = %entry.path().display(), "not a chunk file; left alone"),
+            }
+        }
+    }
+    found.sort_by_key(|(t, _, _)| *t);
+    Ok(found)
+}
+
+fn writer(inner: Weak<Inner>, jobs: mpsc::Receiver<Job>) {
+    while let Ok(job) = jobs.recv() {
+        let Some(inner) = inner.upgrade() else { break };
+        match job {
+            Job::Write(key, data) => {
+                let len = data.len() as u64;
+                if !inner.index.contains_key(&key) && !data.is_empty() {
+                    match inner.write(key, &data) {
+                        Ok(()) => {
+                            inner.counters.writes.inc();
+                        }
+                        Err(e) => {
+                            inner.counters.errors.inc();
+                            tracing::warn!(root = %inner.root.display(), chunk = %file_name(&key), error = %e, "disk tier write failed");
+                        }
+                    };
+                    inner.index.run_pending_tasks();
+                }
+                inner.pending.fetch_sub(len, Ordering::AcqRel);
+            }
+            Job::Flush(done, true) => {
+                inner.index.run_pending_tasks();
+                inner.queue(Job::Flush(done, false));
+            }
+            Job::Flush(done, false) => {
+                let _ = done.send(());
+            }
+            Job::Remove(key) => {
+                // Written again after this deletion was queued: keep it.
+                if inner.index.contains_key(&key) {
+                    continue;
+                }
+                match fs::remove_file(inner.path(&key)) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        inner.counters.errors.inc();
+                        tracing::warn!(chunk = %file_name(&key), error = %e, "disk tier delete failed");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::time::Duration;
+
+    fn key(i: u64) -> ChunkKey {
+        ChunkKey::new(Blake3::from(blake3::hash(b"file")), 4096, i)
+    }
+
+    fn open(root: &Path, capacity: u64, queue: u64) -> (DiskTier, DiskCounters) {
+        let c = DiskCounters::default();
+        (DiskTier::open(root, capacity, queue, c.clone()).unwrap(), c)
+    }
+
+    #[test]
+    fn chunks_survive_a_reopen_and_leftovers_are_cleared() {
+        let dir = tempfile::tempdir().unwrap();
+        let (t, _) = open(dir.path(), 1 << 20, 1 << 20);
+        for i in 0..5 {
+            t.offer(key(i), &Bytes::from(vec![i as u8; 4096]));
+        }
+        assert!(t.flush(Duration::from_secs(5)));
+        assert_eq!(t.chunks(), 5);
+        drop(t);
+        std::fs::write(dir.path().join("tmp").join("half-written"), b"x").unwrap();
+        std::fs::write(dir.path().join("chunks").join("README"), b"not a shard").unwrap();
+        let stray = dir.path().join("chunks").join("00").join("not-a-chunk");
+        std::fs::create_dir_all(stray.parent().unwrap()).unwrap();
+        std::fs::write(&stray, b"operator's file").unwrap();
+
+        let (t, _) = open(dir.path(), 1 << 20, 1 << 20);
+        assert_eq!(t.chunks(), 5);
+        assert_eq!(t.read_unverified(&key(3)).unwrap().unwrap(), Bytes::from(vec![3u8; 4096]));
+        assert!(t.read_unverified(&key(9)).unwrap().is_none());
+        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        assert!(stray.exists(), "files that are not chunks are left alone");
+    }
+
+    #[test]
+    fn a_chunk_file_of_the_wrong_length_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let (t, _) = open(dir.path(), 1 << 20, 1 << 20);
+        t.offer(key(0), &Bytes::from(vec![1u8; 4096]));
+        assert!(t.flush(Duration::from_secs(5)));
+        let path = t.inner.path(&key(0));
+        std::fs::write(&path, vec![1u8; 5000]).unwrap();
+        let err = t.read_unverified(&key(0)).unwrap_err();
+        assert!(err.to_string().contains("5000 bytes, 4096 expected"), "{err}");
+        t.remove(&key(0));
+        assert!(t.flush(Duration::from_secs(5)));
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn every_offer_is_written_or_counted_as_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        // A queue of two chunks: a burst of offers overruns it.
+        let (t, c) = open(dir.path(), 64 << 20, 2 * 65536);
+        for i in 0..200 {
+            t.offer(key(i), &Bytes::from(vec![0u8; 65536]));
+        }
+        assert!(t.flush(Duration::from_secs(10)));
+        assert_eq!(c.writes.get() + c.dropped.get(), 200);
+        assert_eq!(t.chunks(), c.writes.get());
+        assert!(c.dropped.get() > 0, "a 2-chunk queue took a 200-chunk burst");
+    }
+
+    #[test]
+    fn eviction_deletes_files_to_keep_the_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let (t, c) = open(dir.path(), 10 * 4096, 1 << 20);
+        for i in 0..30 {
+            t.offer(key(i), &Bytes::from(vec![0u8; 4000]));
+            // One at a time, so nothing is dropped.
+            assert!(t.flush(Duration::from_secs(5)));
+        }
+        let files: usize = std::fs::read_dir(dir.path().join("chunks"))
+            .unwrap()
+            .map(|s| std::fs::read_dir(s.unwrap().path()).unwrap().count())
+            .sum();
+        assert!(files <= 10, "{files} chunk files for a 10-block budget");
+        assert_eq!(files as u64, t.chunks());
+        assert_eq!(c.evictions.get(), 30 - t.chunks());
+        // The newest survive (LRU).
+        assert!(t.contains(&key(29)));
+    }
+}
