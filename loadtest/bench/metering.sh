@@ -17,38 +17,16 @@
 #
 #   bash loadtest/bench/metering.sh           full run (about 4 minutes plus build)
 #   QUICK=1 bash loadtest/bench/metering.sh   smoke: 2 s rounds, fewer requests
-set -euo pipefail
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-cd "$root"
-say() { printf '==> %s\n' "$*" >&2; }
+# shellcheck source=loadtest/bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-quick="${QUICK:-}"
 dur="${BENCH_SECONDS:-8}"; [ -n "$quick" ] && dur=2
 rounds=4; [ -n "$quick" ] && rounds=1
 cg_short=20; cg_long=220; [ -n "$quick" ] && cg_long=40
 
-need=()
-command -v wrk >/dev/null || need+=(wrk)
-command -v curl >/dev/null || need+=(curl)
-command -v valgrind >/dev/null || need+=(valgrind)
-if [ "${#need[@]}" -gt 0 ]; then
-  say "apt-get install ${need[*]}"
-  DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
-
-say "cargo build --release"
-cargo build --release -q -p shardgate-proxy
-cargo build --release -q -p shardgate --example meter_cost
-sg="$root/target/release/shardgate"
-
-work="$(mktemp -d)"
-cleanup() {
-  for f in "$work"/*.pid; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+need wrk:wrk curl:curl valgrind:valgrind
+build_release
+cargo build -q $([ "${BENCH_PROFILE:-release}" = debug ] || echo --release) -p shardgate --example meter_cost
 
 mkdir -p "$work/src"
 head -c $((64 << 20)) /dev/urandom > "$work/src/hot.bin"
@@ -85,23 +63,6 @@ request_rate = 1000000.0
 bandwidth = "2GiB"
 CFG
   fi
-}
-launch() {  # $1 config, then the command prefix (e.g. valgrind ...)
-  local cfg=$1; shift
-  "$@" "$sg" serve --config "$cfg" ${SG_ARGS:-} > "$cfg.out" 2> "$cfg.err" &
-  echo $! > "$cfg.pid"
-  for _ in $(seq 600); do
-    grep -q listening "$cfg.out" 2>/dev/null && break
-    kill -0 "$(cat "$cfg.pid")" 2>/dev/null || { echo "gateway failed to start: $(cat "$cfg.err")" >&2; exit 1; }
-    sleep 0.1
-  done
-  awk '/listening/ {print $NF}' "$cfg.out"
-}
-stop() {  # SIGTERM, then wait for the process to go (it is not this shell's child: launch runs in $(...))
-  local pid; pid=$(cat "$1.pid")
-  kill "$pid" 2>/dev/null || true
-  for _ in $(seq 600); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
-  kill -9 "$pid" 2>/dev/null || true
 }
 url_path="/v1/datasets/bench/1.0.0/files/hot.bin"
 size=$((64 << 20))
@@ -150,7 +111,7 @@ short=$(cg off "$cg_short"); long=$(cg off "$cg_long")
 per_request=$(( (long - short) / (cg_long - cg_short) ))
 say "   whole gateway, metering off: $short instructions for $cg_short requests, $long for $cg_long: $per_request per request"
 mc() {  # $1 responses: instructions of the isolated metering loop
-  valgrind --tool=callgrind --callgrind-out-file="$work/mc-$1.cg" -q "$root/target/release/examples/meter_cost" "$1" >/dev/null
+  valgrind --tool=callgrind --callgrind-out-file="$work/mc-$1.cg" -q "$target_dir/examples/meter_cost" "$1" >/dev/null
   awk '/^summary:/ {print $2}' "$work/mc-$1.cg"
 }
 m1=$(mc 1000); m2=$(mc 11000)
@@ -158,13 +119,13 @@ per_meter=$(( (m2 - m1) / 10000 ))
 say "   metering alone: $per_meter instructions per response"
 
 pct() { python3 -c "print(f'{($1/$2 - 1) * 100:+.1f}%')"; }
-out="loadtest/bench/results"
+out="loadtest/bench/results"; [ -n "$quick" ] && out="$work"   # smoke runs leave the results alone
 mkdir -p "$out"
 {
   echo "### Metering and limits (issue 4 target: at most 3%)$( [ -n "$quick" ] && echo ' — QUICK smoke, not a measurement')"
   echo
   echo "Run $(date -u +%Y-%m-%dT%H:%MZ) on $(nproc) cores, $(awk '/model name/ {sub(/.*: /,""); print; exit}' /proc/cpuinfo)."
-  echo "Command: \`bash loadtest/bench/metering.sh\` (release build; wrk, curl, valgrind; all on loopback)."
+  echo "Command: \`bash loadtest/bench/metering.sh\` (${BENCH_PROFILE:-release} build; wrk, curl, valgrind; all on loopback)."
   echo
   echo "| measure | metering off | metering on | on, keyed tenant with limits | cost |"
   echo "|---|---|---|---|---|"

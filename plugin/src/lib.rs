@@ -4,7 +4,9 @@
 pub mod btfs;
 pub mod config;
 pub mod drill;
+pub mod engine;
 pub mod fetch;
+pub mod ffi;
 pub mod gateway;
 pub mod grpc;
 pub mod http;

@@ -750,28 +750,46 @@ impl Fetcher {
         }
     }
 
-    /// Whether `data` is chunk `index` of the file.
+    /// Whether `data` is chunk `index` of the file (always true when the
+    /// operator turned verification off for benchmarking).
     fn check(&self, file: &FileSpec, table: Option<&ChunkTable>, index: u64, data: &[u8]) -> bool {
         if !self.cfg.verify {
             return true;
         }
-        let ok = match table {
-            Some(t) => {
-                let r = file.layout.chunk_range(index);
-                data.len() as u64 == r.end - r.start
-                    && t.entries().get(index as usize).is_some_and(|cv| &chunk_cv(r.start, data) == cv)
-            }
-            None => {
-                !file.layout.has_table()
-                    && index == 0
-                    && data.len() as u64 == file.layout.size()
-                    && blake3::hash(data) == file.blake3.hash()
-            }
-        };
+        let ok = chunk_matches(file, table, index, data);
         if ok {
             self.metrics.chunks_verified.inc();
         }
         ok
+    }
+
+    /// Checks `data` as chunk `index` of the file against its verified chunk
+    /// table (fetched if needed), whatever `fetch.verify` says: for hosts that
+    /// serve bytes themselves.
+    pub async fn verify_chunk(&self, file: &FileSpec, index: u64, data: &[u8]) -> Result<bool, FetchError> {
+        if index >= file.layout.chunk_count() {
+            return Err(FetchError::OutOfRange { file: file.blake3, chunk: index });
+        }
+        let table = self.table(file).await?;
+        Ok(chunk_matches(file, table.as_deref(), index, data))
+    }
+}
+
+/// Whether `data` is chunk `index` of the file: against the table, or for a
+/// one-chunk file against the file's own hash.
+fn chunk_matches(file: &FileSpec, table: Option<&ChunkTable>, index: u64, data: &[u8]) -> bool {
+    match table {
+        Some(t) => {
+            let r = file.layout.chunk_range(index);
+            data.len() as u64 == r.end - r.start
+                && t.entries().get(index as usize).is_some_and(|cv| &chunk_cv(r.start, data) == cv)
+        }
+        None => {
+            !file.layout.has_table()
+                && index == 0
+                && data.len() as u64 == file.layout.size()
+                && blake3::hash(data) == file.blake3.hash()
+        }
     }
 }
 

@@ -159,6 +159,14 @@ impl Meter {
         (st.month_bytes.get(tenant).copied().unwrap_or(0), st.month.1)
     }
 
+    /// Bytes billed to each tenant this calendar month (UTC), committed or
+    /// not, and the month's bounds.
+    pub fn month_totals(&self) -> (std::collections::BTreeMap<String, u64>, (i64, i64)) {
+        let mut st = self.lock();
+        self.window(&mut st);
+        (st.month_bytes.iter().map(|(k, v)| (k.to_string(), *v)).collect(), st.month)
+    }
+
     /// Takes the counts so far. Windows before the current one close.
     pub fn drain(&self) -> Drained {
         self.drain_inner(0)

@@ -2,12 +2,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
-use anyhow::Context;
 use shardgate::config::{ByteSize, Config};
+use shardgate::engine::{Engine, EngineError};
 use shardgate::gateway::Gateway;
-use shardgate::http::server;
 
 use super::{ConfigError, parse_size};
 
@@ -68,76 +66,32 @@ pub fn runtime(threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime
     Ok(b.enable_all().thread_name("shardgate").build()?)
 }
 
-/// Starts the gateway and serves until SIGTERM or SIGINT; SIGHUP reloads.
-/// `on_ready` gets the bound address once the listener is up.
+/// Starts the engine (the same one the embedded library runs) and serves
+/// until SIGTERM or SIGINT; SIGHUP reloads. `on_ready` gets the bound address
+/// once the listener is up.
 pub async fn run_gateway(
     cfg: Config,
     reload: impl Fn() -> Result<Config, shardgate::config::ConfigError> + Send + Sync + 'static,
     on_ready: Option<Box<dyn FnOnce(SocketAddr) + Send>>,
 ) -> anyhow::Result<()> {
-    let tls = cfg.server.tls.as_ref().map(server::tls_acceptor).transpose().map_err(|e| ConfigError(e.to_string()))?;
-    let gw = Gateway::start(cfg.clone()).await.map_err(|e| ConfigError(e.to_string()))?;
-    gw.spawn_prober(Duration::from_secs(5));
-    let listener = server::bind(&cfg.server).await?;
-    let addr = listener.local_addr().context("listener address")?;
+    // Signal handlers first: a signal that arrives before readiness must not
+    // take the default action (exit) and skip the final usage commit.
     let shutdown = shutdown_signal();
     let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
-    let grpc = match &cfg.grpc {
-        None => None,
-        Some(g) => {
-            if let Some(t) = &g.tls {
-                // Check the PEM files now, so a bad one stops start-up (exit 64).
-                let check = shardgate::config::TlsConfig {
-                    cert: t.cert.clone(),
-                    key: t.key.clone(),
-                    client_ca: None,
-                    client_auth: Default::default(),
-                };
-                server::tls_acceptor(&check).map_err(|e| ConfigError(format!("grpc.tls: {e}")))?;
-            }
-            let l =
-                tokio::net::TcpListener::bind(g.listen).await.with_context(|| format!("grpc.listen {}", g.listen))?;
-            Some((l, g.clone()))
-        }
-    };
-    tracing::info!(%addr, tls = tls.is_some(), "shardgate listening");
+    let engine = Engine::start(cfg).await.map_err(|e| match e {
+        EngineError::Config(m) => anyhow::Error::new(ConfigError(m)),
+        other => anyhow::Error::new(other),
+    })?;
     match on_ready {
-        Some(f) => f(addr),
-        None => {
-            let scheme = if tls.is_some() { "https" } else { "http" };
-            println!("shardgate listening on {scheme}://{addr}");
-        }
+        Some(f) => f(engine.addr()),
+        None => println!("shardgate listening on {}://{}", engine.scheme(), engine.addr()),
     }
-    let (grpc_stop, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
-    let grpc_task = match grpc {
-        None => None,
-        Some((l, g)) => {
-            let gaddr = l.local_addr().context("usage API address")?;
-            let scheme = if g.tls.is_some() { "https" } else { "http" };
-            tracing::info!(addr = %gaddr, "gRPC listening (usage and admin APIs)");
-            println!("shardgate usage API listening on {scheme}://{gaddr}");
-            let gw = gw.clone();
-            Some(tokio::spawn(async move {
-                let stop = async {
-                    let _ = grpc_stopped.await;
-                };
-                if let Err(e) = shardgate::grpc::serve(gw, &g, l, stop).await {
-                    tracing::error!(error = %e, "gRPC listener stopped");
-                }
-            }))
-        }
-    };
-    spawn_reloader(gw.clone(), hangups, reload);
-    server::serve(gw.clone(), listener, tls, cfg.server.clone(), shutdown).await;
-    // Every response has ended (drained or cut); stop the gRPC listener (and
-    // its pre-warms), then make the final usage commit, which closes every
-    // window. Billing reads those windows after the restart, by cursor.
-    let _ = grpc_stop.send(());
-    if let Some(t) = grpc_task {
-        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+    if let Some((gaddr, tls)) = engine.grpc() {
+        println!("shardgate usage API listening on {}://{gaddr}", if tls { "https" } else { "http" });
     }
-    gw.shutdown().await;
-    tracing::info!("usage committed; stopped");
+    spawn_reloader(engine.gateway().clone(), hangups, reload);
+    shutdown.await;
+    engine.stop().await;
     Ok(())
 }
 

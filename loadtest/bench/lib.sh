@@ -1,0 +1,115 @@
+# Helpers shared by the benchmark scripts (sourced, not run).
+# Sets: root, quick, work (a temporary directory removed on exit), sg (the
+# shardgate binary), lt (the shardgate-loadtest binary), after build_release.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$root"
+quick="${QUICK:-}"
+
+say() { printf '==> %s\n' "$*" >&2; }
+
+# Installs the Debian packages whose commands are missing: need CMD:PKG ...
+need() {
+  local missing=() spec
+  for spec in "$@"; do command -v "${spec%%:*}" >/dev/null || missing+=("${spec#*:}"); done
+  if [ "${#missing[@]}" -gt 0 ]; then
+    say "apt-get install ${missing[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+}
+
+# BENCH_PROFILE=debug uses the debug build (for smoke runs in CI, where the
+# tests have built it already); figures only come from release builds.
+build_release() {
+  local profile="${BENCH_PROFILE:-release}"
+  say "cargo build ($profile)"
+  if [ "$profile" = debug ]; then
+    cargo build -q -p shardgate-proxy -p shardgate-loadtest
+  else
+    cargo build --release -q -p shardgate-proxy -p shardgate-loadtest
+  fi
+  sg="$root/target/$profile/shardgate"
+  lt="$root/target/$profile/shardgate-loadtest"
+  target_dir="$root/target/$profile"
+}
+
+work="$(mktemp -d)"
+chmod 755 "$work"   # nginx workers read files as an unprivileged user
+cleanup() {
+  local f
+  for f in "$work"/*.pid "$work"/*/*.pid; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true; done
+  [ -n "${node_state:-}" ] && bash conf/dev-node/stop.sh "$node_state" >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+
+# Starts `shardgate serve --config $1` (optionally under a command prefix:
+# launch CFG valgrind ...) and prints its base URL once it listens.
+launch() {
+  local cfg=$1; shift
+  "$@" "$sg" serve --config "$cfg" ${SG_ARGS:-} > "$cfg.out" 2> "$cfg.err" &
+  echo $! > "$cfg.pid"
+  for _ in $(seq 600); do
+    grep -q listening "$cfg.out" 2>/dev/null && break
+    kill -0 "$(cat "$cfg.pid")" 2>/dev/null || { echo "gateway failed to start: $(cat "$cfg.err")" >&2; exit 1; }
+    sleep 0.1
+  done
+  awk '/listening/ {print $NF; exit}' "$cfg.out"
+}
+
+# SIGTERM, then waits for the gateway to go (it is not this shell's child:
+# launch runs in $(...)).
+stop() {
+  local pid; pid=$(cat "$1.pid")
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 600); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+  kill -9 "$pid" 2>/dev/null || true
+}
+
+# A gateway config: $1 port, $2 hot tier MiB, $3 origins (and any further) TOML.
+gw_config() {
+  cat <<CFG
+[server]
+listen = "127.0.0.1:$1"
+max_connections = 8192
+[trust]
+keys = ["$work/key.pub"]
+[[releases]]
+manifest = "$work/rel/manifest.json"
+[hot_tier]
+capacity = "$2MiB"
+$3
+CFG
+}
+
+# nginx with config body $2 (inside http {}) in directory $1; waits until it answers.
+start_nginx() {
+  local dir=$1 body=$2
+  mkdir -p "$dir"
+  cat > "$dir/nginx.conf" <<NGX
+worker_processes 2;
+pid $dir/nginx.pid;
+error_log $dir/error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  sendfile on; tcp_nopush on; tcp_nodelay on;
+  keepalive_requests 1000000;
+  client_body_temp_path $dir; proxy_temp_path $dir; fastcgi_temp_path $dir;
+  uwsgi_temp_path $dir; scgi_temp_path $dir;
+  $body
+}
+NGX
+  nginx -c "$dir/nginx.conf" -p "$dir"
+}
+
+mbps() {  # bytes seconds
+  python3 -c "import sys; print(f'{int(sys.argv[1])/float(sys.argv[2])/1e6:.0f}')" "$1" "$2"
+}
+ratio() { python3 -c "import sys; a,b=float(sys.argv[1]),float(sys.argv[2]); print(f'{a/b:.2f}x' if b else 'n/a')" "$1" "$2"; }
+machine() {
+  echo "$(nproc) cores, $(awk '/model name/ {sub(/.*: /,""); print; exit}' /proc/cpuinfo), $(free -g | awk '/Mem/ {print $2}') GiB RAM"
+}
