@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs what the tests need
 # (Debian packages, the dev node, a Python venv with the real data loaders),
-# starts one dev node for the run, then runs lint, Rust and Python tests.
+# starts one dev node for the run, then runs lint, Rust and Python tests,
+# the fuzz smoke and the benchmark suite smoke.
 #
 #   bash conf/test.sh            everything
-#   SKIP_LINT=1 bash conf/test.sh   skip fmt/clippy
+#   SKIP_LINT=1 bash conf/test.sh   skip fmt/clippy (also SKIP_FUZZ, SKIP_BENCH)
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -20,6 +21,12 @@ command -v aria2c >/dev/null || need+=(aria2)
 command -v mkfifo >/dev/null || need+=(coreutils)
 command -v openssl >/dev/null || need+=(openssl)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
+# The embedded engine's hosts (plugin/tests/c_abi.rs) and the benchmark smoke.
+command -v gcc >/dev/null || need+=(gcc libc6-dev)
+command -v valgrind >/dev/null || need+=(valgrind)
+command -v go >/dev/null || need+=(golang-go)
+command -v nginx >/dev/null || need+=(nginx-light)
+command -v wrk >/dev/null || need+=(wrk)
 if [ "${#need[@]}" -gt 0 ]; then
   step "apt-get install ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -50,12 +57,13 @@ if [ -z "${SKIP_LINT:-}" ]; then
   cargo clippy --workspace --all-targets --quiet -- -D warnings
 fi
 
-step "cargo test"
-cargo test --workspace
-
-step "cargo build (binary for client tests)"
-cargo build -p shardgate-proxy --quiet
+step "cargo build (the C ABI library for the host tests, binaries for client tests)"
+cargo build -p shardgate -p shardgate-proxy -p shardgate-loadtest --quiet
 export SHARDGATE_BIN="$root/target/debug/shardgate"
+
+step "cargo test"
+# A missing gcc, valgrind or go fails the embedded-host tests instead of skipping them.
+SHARDGATE_REQUIRE_HOSTS=1 cargo test --workspace
 
 if [ -z "${SKIP_FUZZ:-}" ]; then
   step "fuzz smoke (cargo fuzz, ${FUZZ_SECONDS:-15}s per target)"
@@ -63,3 +71,8 @@ if [ -z "${SKIP_FUZZ:-}" ]; then
 fi
 step "python client tests"
 "$venv/bin/python" -m pytest -q proxy/tests/clients
+
+if [ -z "${SKIP_BENCH:-}" ]; then
+  step "benchmark suite smoke (seconds per step, debug build; asserts nothing about speed)"
+  QUICK=1 BENCH_PROFILE=debug bash loadtest/bench/suite.sh
+fi

@@ -122,7 +122,7 @@ pct() { python3 -c "print(f'{($1/$2 - 1) * 100:+.1f}%')"; }
 out="loadtest/bench/results"; [ -n "$quick" ] && out="$work"   # smoke runs leave the results alone
 mkdir -p "$out"
 {
-  echo "### Metering and limits (issue 4 target: at most 3%)$( [ -n "$quick" ] && echo ' — QUICK smoke, not a measurement')"
+  echo "### Metering and limits (target: at most 3%)$( [ -n "$quick" ] && echo ' — QUICK smoke, not a measurement')"
   echo
   echo "Run $(date -u +%Y-%m-%dT%H:%MZ) on $(nproc) cores, $(awk '/model name/ {sub(/.*: /,""); print; exit}' /proc/cpuinfo)."
   echo "Command: \`bash loadtest/bench/metering.sh\` (${BENCH_PROFILE:-release} build; wrk, curl, valgrind; all on loopback)."

@@ -36,10 +36,15 @@ fn the_committed_header_is_what_the_code_generates() {
     );
 }
 
-/// `target/debug` (or wherever this test binary was built): the cdylib is there.
+/// `target/debug` (or wherever this test binary was built), holding the
+/// cdylib. `cargo test` builds only the rlib, so `cargo build -p shardgate`
+/// must run first (conf/test.sh runs it just before the tests).
 fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    exe.parent().and_then(Path::parent).unwrap().to_path_buf()
+    let dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
+    let lib = dir.join("libshardgate.so");
+    assert!(lib.exists(), "{} is missing: run `cargo build -p shardgate` first", lib.display());
+    dir
 }
 
 fn have(cmd: &str) -> bool {
@@ -125,4 +130,39 @@ fn a_c_host_drives_the_engine_cleanly_under_valgrind() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "host under valgrind exited {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
     assert!(stdout.contains("host ok"), "{stdout}");
+}
+
+#[test]
+fn a_go_host_drives_the_engine_through_cgo() {
+    if !require("go") {
+        return;
+    }
+    let e = embedded_release();
+    let lib = target_dir();
+    let exe = e.rel.dir.path().join("gohost");
+    let gocache = e.rel.dir.path().join("gocache");
+    // GOPATH mode, no modules: what Debian's golang-go builds offline.
+    let out = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&exe)
+        .arg(".")
+        .current_dir(manifest_dir().join("tests/hosts/gohost"))
+        .env("GO111MODULE", "off")
+        .env("GOPATH", e.rel.dir.path().join("gopath"))
+        .env("GOCACHE", &gocache)
+        .env("GOFLAGS", "")
+        .env("CGO_ENABLED", "1")
+        .env("CGO_CFLAGS", format!("-I{}", manifest_dir().join("include").display()))
+        .env("CGO_LDFLAGS", format!("-L{} -Wl,-rpath,{}", lib.display(), lib.display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "go build failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(&exe).args(host_args(&e)).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("gohost ok"),
+        "go host exited {:?}\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
