@@ -59,7 +59,7 @@ fi
 
 step "cargo build (the C ABI library for the host tests, binaries for client tests)"
 cargo build -p shardgate -p shardgate-proxy -p shardgate-loadtest --quiet
-export SHARDGATE_BIN="$root/target/debug/shardgate"
+export SHARDGATE_BIN="${CARGO_TARGET_DIR:-$root/target}/debug/shardgate"
 
 step "cargo test"
 # A missing gcc, valgrind or go fails the embedded-host tests instead of skipping them.

@@ -29,9 +29,9 @@ build_release() {
   else
     cargo build --release -q -p shardgate-proxy -p shardgate-loadtest
   fi
-  sg="$root/target/$profile/shardgate"
-  lt="$root/target/$profile/shardgate-loadtest"
-  target_dir="$root/target/$profile"
+  target_dir="${CARGO_TARGET_DIR:-$root/target}/$profile"
+  sg="$target_dir/shardgate"
+  lt="$target_dir/shardgate-loadtest"
 }
 
 work="$(mktemp -d)"
