@@ -230,13 +230,13 @@ pub async fn drill(
     };
     report.release_id = reference.id.to_hex();
     for (i, m) in manifests.iter().enumerate() {
-        if let Some(m) = m {
-            if m.id != reference.id {
-                report.disagreements.push(format!(
-                    "{} serves release {} but {} serves {}",
-                    report.paths[i].via, m.id, report.paths[0].via, reference.id
-                ));
-            }
+        if let Some(m) = m
+            && m.id != reference.id
+        {
+            report.disagreements.push(format!(
+                "{} serves release {} but {} serves {}",
+                report.paths[i].via, m.id, report.paths[0].via, reference.id
+            ));
         }
     }
     let files = &reference.manifest.files;
@@ -301,18 +301,17 @@ async fn locate_failures(report: &mut DrillReport, vias: &[Via], files: &[FileEn
             .filter_map(|p| p.digests.get(&entry.path))
             .find(|(root, _)| *root == want)
             .and_then(|(_, t)| t.clone());
-        if good.is_none() {
-            if let Some(hash) = entry.chunk_table {
-                for via in vias.iter().filter(|v| matches!(v, Via::Node { .. })) {
-                    let size = entry.layout().map(|l| l.table_len()).unwrap_or(0);
-                    if let Ok(bytes) = read_all(via, Target::Table { hash, size }).await {
-                        if let Ok(layout) = entry.layout() {
-                            if let Ok(t) = crate::release::chunk::open_table(&bytes, &hash.hash(), layout, &want) {
-                                good = Some(t);
-                                break;
-                            }
-                        }
-                    }
+        if good.is_none()
+            && let Some(hash) = entry.chunk_table
+        {
+            for via in vias.iter().filter(|v| matches!(v, Via::Node { .. })) {
+                let size = entry.layout().map(|l| l.table_len()).unwrap_or(0);
+                if let Ok(bytes) = read_all(via, Target::Table { hash, size }).await
+                    && let Ok(layout) = entry.layout()
+                    && let Ok(t) = crate::release::chunk::open_table(&bytes, &hash.hash(), layout, &want)
+                {
+                    good = Some(t);
+                    break;
                 }
             }
         }

@@ -120,10 +120,10 @@ impl Engine {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
-        if let Some(t) = self.task.take() {
-            if let Err(e) = t.await {
-                tracing::error!(error = %e, "engine task failed");
-            }
+        if let Some(t) = self.task.take()
+            && let Err(e) = t.await
+        {
+            tracing::error!(error = %e, "engine task failed");
         }
     }
 }
@@ -165,8 +165,12 @@ async fn run(
     // its pre-warms), then make the final usage commit, which closes every
     // window. Billing reads those windows after a restart, by cursor.
     let _ = grpc_stop.send(());
-    if let Some(t) = grpc_task {
-        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+    if let Some(mut t) = grpc_task
+        && tokio::time::timeout(Duration::from_secs(5), &mut t).await.is_err()
+    {
+        // Nothing may meter after the final commit.
+        t.abort();
+        let _ = t.await;
     }
     gw.shutdown().await;
     tracing::info!("usage committed; stopped");

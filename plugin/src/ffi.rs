@@ -126,8 +126,14 @@ fn parse_config(toml: &str, base: Option<&Path>) -> Result<Config, Failure> {
     Ok(cfg)
 }
 
+/// Locks ignore poisoning: a panic caught at the boundary must not make an
+/// engine unreachable, or `shardgate_stop` skip its drain and final commit.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn lookup(h: u64) -> Result<Arc<Embedded>, Failure> {
-    engines().lock().map_err(|_| Failure::handle(h))?.get(&h).cloned().ok_or_else(|| Failure::handle(h))
+    lock(engines()).get(&h).cloned().ok_or_else(|| Failure::handle(h))
 }
 
 /// Runs `f` on the handle's runtime, blocking this host thread.
@@ -136,9 +142,9 @@ fn with_engine<T>(
     f: impl FnOnce(&tokio::runtime::Runtime, &Arc<crate::gateway::Gateway>, &Embedded) -> Result<T, Failure>,
 ) -> Result<T, Failure> {
     let e = lookup(h)?;
-    let rt = e.rt.read().map_err(|_| Failure::handle(h))?;
+    let rt = e.rt.read().unwrap_or_else(std::sync::PoisonError::into_inner);
     let Some(rt) = rt.as_ref() else { return Err(Failure::handle(h)) };
-    let gw = e.engine.lock().map_err(|_| Failure::handle(h))?.as_ref().map(|en| en.gateway().clone());
+    let gw = lock(&e.engine).as_ref().map(|en| en.gateway().clone());
     let Some(gw) = gw else { return Err(Failure::handle(h)) };
     f(rt, &gw, &e)
 }
@@ -279,14 +285,17 @@ pub unsafe extern "C" fn shardgate_stats_json(
             return Err(Failure::argument("out_json is null"));
         }
         let json = with_engine(handle, |_, gw, e| {
-            let engine = e.engine.lock().map_err(|_| Failure::handle(handle))?;
-            let engine = engine.as_ref().ok_or_else(|| Failure::handle(handle))?;
+            let (listen, grpc) = {
+                let engine = lock(&e.engine);
+                let engine = engine.as_ref().ok_or_else(|| Failure::handle(handle))?;
+                (format!("{}://{}", engine.scheme(), engine.addr()), engine.grpc())
+            };
             let m = gw.metrics();
             let (month_bytes_by_tenant, (month_start, month_end)) = gw.meter().month_totals();
             let stats = Stats {
                 abi_version: SHARDGATE_ABI_VERSION,
-                listen: format!("{}://{}", engine.scheme(), engine.addr()),
-                grpc_listen: engine.grpc().map(|(a, tls)| format!("{}://{a}", if tls { "https" } else { "http" })),
+                listen,
+                grpc_listen: grpc.map(|(a, tls)| format!("{}://{a}", if tls { "https" } else { "http" })),
                 releases: gw.registry().snapshot().release_count(),
                 hot_tier_bytes: gw.fetcher().hot().weighted_bytes(),
                 disk_tier_bytes: gw.fetcher().disk().map(|d| d.bytes()),

@@ -508,11 +508,12 @@ impl Config {
         if u.retention < Duration::from_secs(3600) {
             return Err(invalid("usage.retention", "must be at least 1h"));
         }
-        if let Some(id) = &u.instance_id {
-            if id.is_empty() || id.len() > 128 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-            {
-                return Err(invalid("usage.instance_id", format!("{id:?} must be 1-128 letters, digits, - _ .")));
-            }
+        if let Some(id) = &u.instance_id
+            && (id.is_empty()
+                || id.len() > 128
+                || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)))
+        {
+            return Err(invalid("usage.instance_id", format!("{id:?} must be 1-128 letters, digits, - _ .")));
         }
         if let Some(g) = &self.grpc {
             if g.billing_tokens.is_empty() && g.admin_tokens.is_empty() {

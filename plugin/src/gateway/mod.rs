@@ -301,6 +301,11 @@ impl Gateway {
     /// Stops the engine's background work and makes the final usage commit,
     /// closing every window. Call after the listeners have drained.
     pub async fn shutdown(&self) {
+        // Queued disk-tier writes and deletions (takedown purges among them) are carried out.
+        if let Some(d) = self.fetcher.disk() {
+            let d = d.clone();
+            let _ = tokio::task::spawn_blocking(move || d.flush(Duration::from_secs(10))).await;
+        }
         let committer = self.committer.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
         if let Some((stop, task)) = committer {
             let _ = stop.send(true);

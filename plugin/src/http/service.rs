@@ -116,10 +116,10 @@ async fn route<B>(gw: &Arc<Gateway>, req: &Request<B>, started: Instant) -> (&'s
                 Route::Blob { .. } => blob_ref.as_ref().map(|f| f.release.name().to_string()),
                 _ => None,
             };
-            if let Some(d) = &dataset {
-                if let Err(e) = tenants.authorize(&tenant, d) {
-                    return (label, denied(&e));
-                }
+            if let Some(d) = &dataset
+                && let Err(e) = tenants.authorize(&tenant, d)
+            {
+                return (label, denied(&e));
             }
             if let Err(e) = gw.check_quota(&tenant) {
                 return (label, denied(&e));
@@ -442,11 +442,10 @@ fn lifecycle_headers(
                 h.insert(HeaderName::from_static("sunset"), val);
             }
         }
-        if let Some(succ) = &d.successor {
-            if let Ok(val) = HeaderValue::from_str(&format!("</v1/datasets/{name}/{succ}>; rel=\"successor-version\""))
-            {
-                h.append(header::LINK, val);
-            }
+        if let Some(succ) = &d.successor
+            && let Ok(val) = HeaderValue::from_str(&format!("</v1/datasets/{name}/{succ}>; rel=\"successor-version\""))
+        {
+            h.append(header::LINK, val);
         }
     }
     resp
@@ -486,10 +485,10 @@ enum Plan {
 
 fn plan<B>(req: &Request<B>, len: u64, etag: &str, content_type: &str, max_ranges: usize) -> Plan {
     let h = req.headers();
-    if let Some(inm) = h.get(header::IF_NONE_MATCH) {
-        if range::if_none_match_matches(inm.as_bytes(), etag) {
-            return Plan::NotModified;
-        }
+    if let Some(inm) = h.get(header::IF_NONE_MATCH)
+        && range::if_none_match_matches(inm.as_bytes(), etag)
+    {
+        return Plan::NotModified;
     }
     let range_header = h
         .get(header::RANGE)

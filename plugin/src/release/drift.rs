@@ -294,35 +294,32 @@ impl Report {
     /// The figures past `t`, each as a sentence naming the threshold.
     pub fn breaches(&self, t: &Thresholds) -> Vec<String> {
         let mut out = Vec::new();
-        if let Some(max) = t.max_files_removed {
-            if self.files_removed.len() as u64 > max {
-                out.push(format!(
-                    "{} files removed, more than drift.max_files_removed = {max}",
-                    self.files_removed.len()
-                ));
-            }
+        if let Some(max) = t.max_files_removed
+            && self.files_removed.len() as u64 > max
+        {
+            out.push(format!("{} files removed, more than drift.max_files_removed = {max}", self.files_removed.len()));
         }
         let mut over = |key: &str, value: f64, max: Option<f64>, unit: &str| {
-            if let Some(max) = max {
-                if value > max + 1e-9 {
-                    out.push(format!("{key}: {value:.2}{unit} is above drift.{key} = {max}{unit}"));
-                }
+            if let Some(max) = max
+                && value > max + 1e-9
+            {
+                out.push(format!("{key}: {value:.2}{unit} is above drift.{key} = {max}{unit}"));
             }
         };
         over("max_files_changed_pct", self.files_changed_pct(), t.max_files_changed_pct, "%");
         over("max_bytes_change_pct", pct_change(self.parent_bytes, self.bytes), t.max_bytes_change_pct, "%");
         over("max_records_change_pct", pct_change(self.parent_records, self.records), t.max_records_change_pct, "%");
-        if let (Some(shift), Some(max)) = (self.label_shift, t.max_label_shift) {
-            if shift > max + 1e-9 {
-                out.push(format!("label shift {shift:.3} is above drift.max_label_shift = {max}"));
-            }
+        if let (Some(shift), Some(max)) = (self.label_shift, t.max_label_shift)
+            && shift > max + 1e-9
+        {
+            out.push(format!("label shift {shift:.3} is above drift.max_label_shift = {max}"));
         }
-        if let (Some(overlap), Some(min)) = (self.overlap_pct, t.min_overlap_pct) {
-            if overlap + 1e-9 < min {
-                out.push(format!(
-                    "only {overlap:.2}% of the parent's records remain, below drift.min_overlap_pct = {min}%"
-                ));
-            }
+        if let (Some(overlap), Some(min)) = (self.overlap_pct, t.min_overlap_pct)
+            && overlap + 1e-9 < min
+        {
+            out.push(format!(
+                "only {overlap:.2}% of the parent's records remain, below drift.min_overlap_pct = {min}%"
+            ));
         }
         out
     }

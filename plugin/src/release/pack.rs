@@ -377,11 +377,12 @@ fn pack_webdataset(
     };
     for (_key, members) in samples {
         let sample_len: u64 = members.iter().map(|m| tar_member_len(&m.rel, m.size)).sum();
-        if let Some(s) = &shard {
-            if s.2 + sample_len + 1024 > shard_size && s.3 > 0 {
-                let s = shard.take().ok_or_else(|| PackError::BadInput("no shard".into()))?;
-                close(s, &mut out)?;
-            }
+        if let Some(s) = &shard
+            && s.2 + sample_len + 1024 > shard_size
+            && s.3 > 0
+        {
+            let s = shard.take().ok_or_else(|| PackError::BadInput("no shard".into()))?;
+            close(s, &mut out)?;
         }
         if shard.is_none() {
             let rel = format!("shard-{:06}.tar", out.len());
@@ -435,10 +436,10 @@ impl<R: Read> Read for CountingReader<'_, R> {
 pub fn pack(opts: &PackOptions, key: &PublisherKey, progress: &dyn Progress) -> Result<PackOutcome, PackError> {
     check_name(&opts.name).map_err(PackError::BadInput)?;
     check_chunk_size(opts.chunk_size)?;
-    if let PackFormat::WebDataset { shard_size } = opts.format {
-        if shard_size < 64 * 1024 {
-            return Err(PackError::BadInput(format!("--shard-size {shard_size} is below 64 KiB")));
-        }
+    if let PackFormat::WebDataset { shard_size } = opts.format
+        && shard_size < 64 * 1024
+    {
+        return Err(PackError::BadInput(format!("--shard-size {shard_size} is below 64 KiB")));
     }
     let files = walk(&opts.dir)?;
     let state = inspect_out(&opts.out, &opts.name, &opts.version)?;

@@ -97,12 +97,12 @@ pub async fn publish(
     progress.begin("publish", total);
     let (mut added, mut already_present, mut bytes_added) = (0, 0, 0u64);
     for blob in blobs.values().chain(std::iter::once(&manifest_blob)) {
-        if let Some(p) = placement.blobs.get(&blob.hash) {
-            if node.is_pinned(&p.cid).await? {
-                already_present += 1;
-                progress.advance(blob.size);
-                continue;
-            }
+        if let Some(p) = placement.blobs.get(&blob.hash)
+            && node.is_pinned(&p.cid).await?
+        {
+            already_present += 1;
+            progress.advance(blob.size);
+            continue;
         }
         let (cid, sent) = node.add_file(&blob.path, &blob.name, &|n| progress.advance(n)).await?;
         let sent = Blake3::from(sent);

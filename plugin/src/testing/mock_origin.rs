@@ -426,10 +426,10 @@ async fn cat(state: &Arc<State>, written: Arc<AtomicU64>, req: &Request<Incoming
         return json_error(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed", 1);
     }
     let token = lock(&state.token).clone();
-    if let Some(token) = token {
-        if param("token") != Some(token.as_str()) {
-            return json_error(StatusCode::UNAUTHORIZED, "unauthorized: missing or invalid token", 0);
-        }
+    if let Some(token) = token
+        && param("token") != Some(token.as_str())
+    {
+        return json_error(StatusCode::UNAUTHORIZED, "unauthorized: missing or invalid token", 0);
     }
     if cid.is_empty() {
         return json_error(StatusCode::BAD_REQUEST, "argument \"ipfs-path\" is required", 1);
@@ -657,20 +657,19 @@ impl Sender {
         if self.done {
             return None;
         }
-        if let Some((at, dur)) = self.stall {
-            if self.pos >= at {
-                self.stall = None;
-                tokio::time::sleep(dur).await;
-            }
+        if let Some((at, dur)) = self.stall
+            && self.pos >= at
+        {
+            self.stall = None;
+            tokio::time::sleep(dur).await;
         }
-        if let Some(at) = self.truncate {
-            if self.pos >= at {
-                self.done = true;
-                self.wait_flushed().await;
-                let err =
-                    std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "mock origin: injected truncation");
-                return Some((Err(err), self));
-            }
+        if let Some(at) = self.truncate
+            && self.pos >= at
+        {
+            self.done = true;
+            self.wait_flushed().await;
+            let err = std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "mock origin: injected truncation");
+            return Some((Err(err), self));
         }
         if self.pos >= self.data.len() {
             return None;

@@ -54,6 +54,8 @@ pub struct DiskCounters {
 enum Job {
     Write(ChunkKey, Bytes),
     Remove(ChunkKey),
+    /// Every chunk of a file, on disk and in the index.
+    Purge(Blake3),
     /// Answered once every job queued before it is done. The first pass runs
     /// the index's pending evictions and goes to the back of the queue behind
     /// the deletions they queue.
@@ -64,6 +66,8 @@ type Hasher = foldhash::fast::RandomState;
 
 struct Inner {
     root: PathBuf,
+    /// Held (an exclusive lock on `root/LOCK`) while the tier is open.
+    _lock: fs::File,
     index: moka::sync::Cache<ChunkKey, u32, Hasher>,
     jobs: Mutex<mpsc::Sender<Job>>,
     /// Bytes offered and not yet written.
@@ -124,11 +128,11 @@ impl Inner {
         let len = u32::try_from(data.len()).map_err(|_| io::Error::other("chunk larger than 4 GiB"))?;
         let dest = self.path(&key);
         let tmp = self.root.join("tmp").join(file_name(&key));
-        fs::write(&tmp, data)?;
-        if let Some(dir) = dest.parent() {
-            fs::create_dir_all(dir)?;
-        }
-        if let Err(e) = fs::rename(&tmp, &dest) {
+        let placed = fs::write(&tmp, data)
+            .and_then(|()| dest.parent().map_or(Ok(()), fs::create_dir_all))
+            .and_then(|()| fs::rename(&tmp, &dest));
+        if let Err(e) = placed {
+            // A full disk must not fill up further with half-written chunks.
             let _ = fs::remove_file(&tmp);
             return Err(e);
         }
@@ -145,6 +149,26 @@ impl DiskTier {
         let chunks = root.join("chunks");
         let tmp = root.join("tmp");
         fs::create_dir_all(&chunks).map_err(io_err(&chunks))?;
+        // One gateway per directory: two would delete each other's files.
+        let lock_path = root.join("LOCK");
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path))?;
+        // A tier closed just before (a restart in the same process) lets go
+        // within moments; another live gateway does not.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        while let Err(e) = lock.try_lock() {
+            if std::time::Instant::now() >= deadline {
+                return Err(DiskTierError::Io {
+                    path: lock_path,
+                    source: io::Error::other(format!("the directory is in use by another shardgate ({e})")),
+                });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         // Leftovers of writes cut short by a crash.
         if tmp.exists() {
             fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
@@ -174,6 +198,7 @@ impl DiskTier {
             .build_with_hasher(Hasher::default());
         let inner = Arc::new(Inner {
             root: root.to_path_buf(),
+            _lock: lock,
             index,
             jobs: Mutex::new(tx),
             pending: AtomicU64::new(0),
@@ -210,7 +235,9 @@ impl DiskTier {
         }
         let len = chunk.len() as u64;
         let pending = inner.pending.fetch_add(len, Ordering::AcqRel);
-        if pending + len > inner.queue_limit {
+        // An empty queue always takes one chunk, however large, so a chunk
+        // size above `write_queue` still reaches the disk.
+        if pending > 0 && pending + len > inner.queue_limit {
             inner.pending.fetch_sub(len, Ordering::AcqRel);
             inner.counters.dropped.inc();
             return;
@@ -251,14 +278,18 @@ impl DiskTier {
 
     /// Drops a chunk (it failed verification, or could not be read).
     pub fn remove(&self, key: &ChunkKey) {
+        // The file is deleted when the index next runs its maintenance (the
+        // writer thread runs it); a read meanwhile misses.
         self.inner.index.invalidate(key);
-        self.inner.index.run_pending_tasks();
     }
 
-    /// Drops every chunk of a file.
+    /// Drops every chunk of a file: at once from the index, and on the
+    /// writer thread (after every write queued before this call) from the
+    /// index again and from disk, by listing the file's shard directory, so
+    /// no chunk survives in a file or in the queue.
     pub fn purge_file(&self, file: Blake3) -> Result<(), String> {
         self.inner.index.invalidate_entries_if(move |k, _| k.file == file).map_err(|e| e.to_string())?;
-        self.inner.index.run_pending_tasks();
+        self.inner.queue(Job::Purge(file));
         Ok(())
     }
 
@@ -334,6 +365,22 @@ fn writer(inner: Weak<Inner>, jobs: mpsc::Receiver<Job>) {
             Job::Flush(done, false) => {
                 let _ = done.send(());
             }
+            Job::Purge(file) => {
+                let _ = inner.index.invalidate_entries_if(move |k, _| k.file == file);
+                inner.index.run_pending_tasks();
+                let hex = file.to_hex();
+                let shard = inner.root.join("chunks").join(&hex[..2]);
+                if let Ok(entries) = fs::read_dir(&shard) {
+                    for e in entries.flatten() {
+                        if e.file_name().to_str().is_some_and(|n| n.starts_with(hex.as_str()))
+                            && let Err(err) = fs::remove_file(e.path())
+                        {
+                            inner.counters.errors.inc();
+                            tracing::warn!(path = %e.path().display(), error = %err, "disk tier purge failed");
+                        }
+                    }
+                }
+            }
             Job::Remove(key) => {
                 // Written again after this deletion was queued: keep it.
                 if inner.index.contains_key(&key) {
@@ -389,6 +436,14 @@ mod tests {
         assert!(t.read_unverified(&key(9)).unwrap().is_none());
         assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
         assert!(stray.exists(), "files that are not chunks are left alone");
+    }
+
+    #[test]
+    fn a_directory_in_use_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_t, _) = open(dir.path(), 1 << 20, 1 << 20);
+        let err = DiskTier::open(dir.path(), 1 << 20, 1 << 20, DiskCounters::default()).unwrap_err();
+        assert!(err.to_string().contains("in use by another shardgate"), "{err}");
     }
 
     #[test]

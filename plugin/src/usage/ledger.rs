@@ -346,10 +346,10 @@ impl Ledger {
             let (k, _) = row.map_err(storage)?;
             let seq = k.value().2;
             let Some(rec) = Self::read_closed(&closed, seq)? else { continue };
-            if let RecordKey::TenantUsage { dataset: d, source, .. } = &rec.key {
-                if dataset.is_none_or(|want| want == &**d) {
-                    out.entry(*source).or_default().add(&rec.counters);
-                }
+            if let RecordKey::TenantUsage { dataset: d, source, .. } = &rec.key
+                && dataset.is_none_or(|want| want == &**d)
+            {
+                out.entry(*source).or_default().add(&rec.counters);
             }
         }
         Ok(out)

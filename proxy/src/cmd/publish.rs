@@ -85,18 +85,18 @@ fn drift_gate(dir: &ReleaseDir, parent: &std::path::Path, meta: Option<&std::pat
     };
     let pdir = ReleaseDir::from_arg(parent);
     let (child, before) = (load(dir)?, load(&pdir)?);
-    if let Some(p) = &child.manifest.parent {
-        if p.manifest_blake3 != before.id {
-            anyhow::bail!(super::ConfigError(format!(
-                "{} names parent {}@{} ({}), not {} ({})",
-                dir.manifest().display(),
-                p.name,
-                p.version,
-                p.manifest_blake3,
-                parent.display(),
-                before.id
-            )));
-        }
+    if let Some(p) = &child.manifest.parent
+        && p.manifest_blake3 != before.id
+    {
+        anyhow::bail!(super::ConfigError(format!(
+            "{} names parent {}@{} ({}), not {} ({})",
+            dir.manifest().display(),
+            p.name,
+            p.version,
+            p.manifest_blake3,
+            parent.display(),
+            before.id
+        )));
     }
     let thresholds = match meta {
         Some(m) => {

@@ -250,10 +250,10 @@ impl Manifest {
         for (i, f) in self.files.iter().enumerate() {
             let at = |k: &str| format!("files[{i}].{k}");
             check_path(&f.path).map_err(|w| field(&at("path"), w))?;
-            if let Some(p) = prev {
-                if p >= f.path.as_str() {
-                    return Err(field(&at("path"), format!("{:?} is out of order or repeated", f.path)));
-                }
+            if let Some(p) = prev
+                && p >= f.path.as_str()
+            {
+                return Err(field(&at("path"), format!("{:?} is out of order or repeated", f.path)));
             }
             prev = Some(&f.path);
             let mut dir = f.path.as_str();
