@@ -50,7 +50,6 @@ with open(f"{w}/cids.txt", "w") as c, open(f"{w}/paths.txt", "w") as f:
         f.write(f"/{e['path']} {e['size']}\n")
 PY
 gw_origin=$'[[origins]]\nkind = "btfs-gateway"\nurl = "'"$DEV_NODE_GATEWAY"$'"\npath_prefix = "/ipfs"'
-dir_origin=$'[[origins]]\nkind = "dir"\npath = "'"$work/rel"'"'
 
 # loadtest JSON -> "mb_per_s hit_ratio p99_ttfb_ms errors"
 load() {

@@ -37,7 +37,6 @@ cat "$files"/* > /dev/null  # page cache
 code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$ngx_port/hot.bin")
 [ "$code" = 200 ] || { echo "nginx answered $code; see $work/nginx/error.log" >&2; exit 1; }
 
-dir_origin=$'[[origins]]\nkind = "dir"\npath = "'"$work/rel"'"'
 
 curl_rate() {  # URL [extra curl args]: MB/s of a whole download
   local out; out=$(curl -s -o /dev/null -w '%{size_download} %{time_total}' "$@")

@@ -69,6 +69,9 @@ stop() {
   kill -9 "$pid" 2>/dev/null || true
 }
 
+# The release under $work/rel as a `dir` origin (for gw_config).
+dir_origin=$'[[origins]]\nkind = "dir"\npath = "'"$work/rel"'"'
+
 # A gateway config: $1 port, $2 hot tier MiB, $3 origins (and any further) TOML.
 gw_config() {
   cat <<CFG

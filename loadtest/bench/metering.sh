@@ -36,18 +36,8 @@ key=$("$sg" tenant key --tenant bench 2>"$work/key.err")
 key_hash=$(grep -o 'blake3:[0-9a-f]*' "$work/key.err")
 
 config() {  # $1 port, $2 variant: off | on | tenant
+  gw_config "$1" 256 "$dir_origin"
   cat <<CFG
-[server]
-listen = "127.0.0.1:$1"
-[trust]
-keys = ["$work/key.pub"]
-[[releases]]
-manifest = "$work/rel/manifest.json"
-[[origins]]
-kind = "dir"
-path = "$work/rel"
-[hot_tier]
-capacity = "256MiB"
 [usage]
 enabled = $([ "$2" = off ] && echo false || echo true)
 ledger = "$work/usage-$2-$1.redb"

@@ -22,21 +22,7 @@ mkdir -p "$work/src"
 for i in $(seq -w 1 24); do head -c $((16 << 20)) /dev/urandom > "$work/src/shard-$i.tar"; done
 "$sg" keygen --out "$work/key" >/dev/null
 "$sg" pack "$work/src" --name soak --version 1.0.0 --key "$work/key" --out "$work/rel" >/dev/null
-cat > "$work/soak.toml" <<CFG
-[server]
-listen = "127.0.0.1:$(free_port)"
-[trust]
-keys = ["$work/key.pub"]
-[[releases]]
-manifest = "$work/rel/manifest.json"
-[[origins]]
-kind = "dir"
-path = "$work/rel"
-[hot_tier]
-capacity = "96MiB"
-[usage]
-ledger = "$work/usage.redb"
-CFG
+gw_config "$(free_port)" 96 "$dir_origin"$'\n[usage]\nledger = "'"$work/usage.redb"'"' > "$work/soak.toml"
 gw=$(launch "$work/soak.toml")
 gpid=$(cat "$work/soak.toml.pid")
 

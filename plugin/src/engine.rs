@@ -30,6 +30,10 @@ pub enum EngineError {
     Bind { what: &'static str, detail: String },
 }
 
+fn bind_err(what: &'static str, e: impl std::fmt::Display) -> EngineError {
+    EngineError::Bind { what, detail: e.to_string() }
+}
+
 impl From<GatewayError> for EngineError {
     fn from(e: GatewayError) -> Self {
         EngineError::Config(e.to_string())
@@ -76,16 +80,15 @@ impl Engine {
         }
         let gw = Gateway::start(cfg.clone()).await?;
         gw.spawn_prober(Duration::from_secs(5));
-        let bind_err = |what| move |e: &dyn std::fmt::Display| EngineError::Bind { what, detail: e.to_string() };
-        let listener = server::bind(&cfg.server).await.map_err(|e| bind_err("server.listen")(&e))?;
-        let addr = listener.local_addr().map_err(|e| bind_err("server.listen")(&e))?;
+        let listener = server::bind(&cfg.server).await.map_err(|e| bind_err("server.listen", e))?;
+        let addr = listener.local_addr().map_err(|e| bind_err("server.listen", e))?;
         let grpc = match &cfg.grpc {
             None => None,
             Some(g) => {
                 let l = tokio::net::TcpListener::bind(g.listen)
                     .await
-                    .map_err(|e| bind_err("grpc.listen")(&format!("{}: {e}", g.listen)))?;
-                let gaddr = l.local_addr().map_err(|e| bind_err("grpc.listen")(&e))?;
+                    .map_err(|e| bind_err("grpc.listen", format!("{}: {e}", g.listen)))?;
+                let gaddr = l.local_addr().map_err(|e| bind_err("grpc.listen", e))?;
                 Some((l, gaddr, g.clone()))
             }
         };

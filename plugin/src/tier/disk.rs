@@ -19,7 +19,7 @@ use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak, mpsc};
+use std::sync::{Arc, Weak, mpsc};
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -69,7 +69,7 @@ struct Inner {
     /// Held (an exclusive lock on `root/LOCK`) while the tier is open.
     _lock: fs::File,
     index: moka::sync::Cache<ChunkKey, u32, Hasher>,
-    jobs: Mutex<mpsc::Sender<Job>>,
+    jobs: mpsc::Sender<Job>,
     /// Bytes offered and not yet written.
     pending: AtomicU64,
     queue_limit: u64,
@@ -116,11 +116,9 @@ impl Inner {
     }
 
     fn queue(&self, job: Job) {
-        if let Ok(tx) = self.jobs.lock() {
-            // The writer outlives every handle's sender; a send can only fail
-            // during teardown, when nothing needs the job any more.
-            let _ = tx.send(job);
-        }
+        // The writer outlives every handle's sender; a send can only fail
+        // during teardown, when nothing needs the job any more.
+        let _ = self.jobs.send(job);
     }
 
     /// Writes one chunk: to `tmp/`, then renamed into place, then indexed.
@@ -176,7 +174,7 @@ impl DiskTier {
         fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
 
         let (tx, rx) = mpsc::channel::<Job>();
-        let evict_tx = Mutex::new(tx.clone());
+        let evict_tx = tx.clone();
         let evictions = counters.evictions.clone();
         let index = moka::sync::Cache::builder()
             .max_capacity(capacity)
@@ -191,16 +189,14 @@ impl DiskTier {
                 if cause == RemovalCause::Size {
                     evictions.inc();
                 }
-                if let Ok(tx) = evict_tx.lock() {
-                    let _ = tx.send(Job::Remove(*k));
-                }
+                let _ = evict_tx.send(Job::Remove(*k));
             })
             .build_with_hasher(Hasher::default());
         let inner = Arc::new(Inner {
             root: root.to_path_buf(),
             _lock: lock,
             index,
-            jobs: Mutex::new(tx),
+            jobs: tx,
             pending: AtomicU64::new(0),
             queue_limit,
             counters,
