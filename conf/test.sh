@@ -9,6 +9,8 @@
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# A fresh clone gains nothing from incremental artifacts; they double the target size.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 cd "$root"
 step() { printf '\n==> %s\n' "$*"; }
 
