@@ -13,6 +13,7 @@ pub mod http;
 pub mod lifecycle;
 pub mod metrics;
 pub mod origin;
+pub mod pricing;
 pub mod progress;
 pub mod registry;
 pub mod release;
