@@ -110,7 +110,7 @@ pub async fn serve(
     if let Some(t) = &cfg.tls {
         server = server.tls_config(tls_config(t)?).map_err(|e| GrpcError::Serve(e.to_string()))?;
     }
-    let usage = UsageApi::new(gw.ledger().clone(), stop.clone());
+    let usage = UsageApi::new(gw.clone(), stop.clone());
     server
         .add_service(health_svc)
         .add_service(v1)

@@ -17,6 +17,7 @@ pub mod pricing;
 pub mod progress;
 pub mod registry;
 pub mod release;
+pub mod reports;
 mod storage;
 pub mod tenant;
 #[cfg(any(test, feature = "test-support"))]

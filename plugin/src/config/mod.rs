@@ -89,6 +89,34 @@ pub struct Config {
     /// The persistent registry of releases registered over the admin API, tags and states.
     #[serde(default)]
     pub registry: RegistryConfig,
+    /// Finance reports: `/v1/reports/summary` and `/dashboard`.
+    #[serde(default)]
+    pub reports: ReportsConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReportsConfig {
+    /// Tokens that may read `/v1/reports/summary`, stored hashed (as
+    /// `shardgate usage token --finance` prints). Admin tokens
+    /// (`grpc.admin_tokens`) may read it too.
+    pub finance_tokens: Vec<String>,
+    /// Objective for the p99 time to a manifest response head.
+    #[serde(with = "humantime_serde")]
+    pub manifest_p99_objective: Duration,
+    /// Objective for the p99 time to a file response head (first verified chunk in hand).
+    #[serde(with = "humantime_serde")]
+    pub file_ttfb_p99_objective: Duration,
+}
+
+impl Default for ReportsConfig {
+    fn default() -> Self {
+        Self {
+            finance_tokens: Vec::new(),
+            manifest_p99_objective: Duration::from_millis(50),
+            file_ttfb_p99_objective: Duration::from_millis(500),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -113,6 +141,9 @@ pub struct UsageConfig {
     pub retention: Duration,
     /// This gateway's id in usage records. Unset: made once and kept in the ledger.
     pub instance_id: Option<String>,
+    /// The BTT cost model (`conf/pricing.toml`) that prices chargeback and the
+    /// dashboard. Unset: reports carry bytes only. Re-read on reload.
+    pub pricing: Option<PathBuf>,
 }
 
 impl Default for UsageConfig {
@@ -123,6 +154,7 @@ impl Default for UsageConfig {
             commit_interval: Duration::from_secs(1),
             retention: Duration::from_secs(90 * 86400),
             instance_id: None,
+            pricing: None,
         }
     }
 }
@@ -428,6 +460,9 @@ impl Config {
         if let Some(l) = &mut self.usage.ledger {
             fix(l);
         }
+        if let Some(p) = &mut self.usage.pricing {
+            fix(p);
+        }
         if let Some(p) = &mut self.registry.path {
             fix(p);
         }
@@ -527,6 +562,17 @@ impl Config {
                 for (i, t) in list.iter().enumerate() {
                     crate::tenant::parse_key_hash(t).map_err(|w| invalid(format!("grpc.{key}[{i}]"), w))?;
                 }
+            }
+        }
+        for (i, t) in self.reports.finance_tokens.iter().enumerate() {
+            crate::tenant::parse_key_hash(t).map_err(|w| invalid(format!("reports.finance_tokens[{i}]"), w))?;
+        }
+        for (key, d) in [
+            ("reports.manifest_p99_objective", self.reports.manifest_p99_objective),
+            ("reports.file_ttfb_p99_objective", self.reports.file_ttfb_p99_objective),
+        ] {
+            if d.is_zero() || d > Duration::from_secs(600) {
+                return Err(invalid(key, "must be between 1ms and 10m"));
             }
         }
         for (i, r) in self.releases.iter().enumerate() {

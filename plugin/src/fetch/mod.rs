@@ -260,6 +260,7 @@ impl Fetcher {
         let table = self.table(file).await.ok()?;
         if !chunk_matches(file, table.as_deref(), key.index, &data) {
             self.metrics.disk_verify_failures.inc();
+            self.metrics.checksum_failures.inc();
             tracing::warn!(file = %file.blake3, chunk = key.index,
                 "chunk read back from the disk tier fails verification; dropped and fetched again");
             disk.remove(&key);
@@ -364,6 +365,7 @@ impl Fetcher {
                 Err(e) => {
                     self.egress(file, len, len);
                     self.metrics.verify_failures.get_or_create(&label).inc();
+                    self.metrics.checksum_failures.inc();
                     tracing::warn!(origin = origin.name(), cid = ?file.table_cid, table = %table_hash, error = %e,
                         "origin returned a bad chunk table");
                     detail.push(format!("{}: {e}", origin.name()));
@@ -706,6 +708,7 @@ impl Fetcher {
                     if !self.check(file, table.as_deref(), next, &chunk) {
                         self.egress(file, 0, chunk.len() as u64);
                         self.metrics.verify_failures.get_or_create(&label).inc();
+                        self.metrics.checksum_failures.inc();
                         tracing::warn!(origin = origin.name(), cid = ?file.cid, file = %file.blake3, chunk = next,
                             offset = r.start, "origin returned bytes that fail verification; trying the next origin");
                         detail.push(format!(

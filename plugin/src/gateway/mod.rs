@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::watch;
 
 use crate::config::{Config, ConfigError};
@@ -14,6 +14,7 @@ use crate::fetch::Fetcher;
 use crate::lifecycle::{Store, StoreError};
 use crate::metrics::{Metrics, ReasonLabel};
 use crate::origin;
+use crate::pricing::Pricing;
 use crate::registry::{self, Registry};
 use crate::release::keys::PublicKey;
 use crate::tenant::{Denied, Tenant, Tenants};
@@ -34,10 +35,14 @@ pub enum GatewayError {
     Registry(#[from] StoreError),
     #[error("{0}")]
     DiskTier(String),
+    #[error("usage.pricing: {0}")]
+    Pricing(#[from] crate::pricing::PricingError),
 }
 
 pub struct Gateway {
     config: ArcSwap<Config>,
+    /// `usage.pricing`, read at start and on reload.
+    pricing: ArcSwapOption<Pricing>,
     tenants: ArcSwap<Tenants>,
     registry: Registry,
     fetcher: Arc<Fetcher>,
@@ -71,6 +76,16 @@ pub(crate) fn trusted_keys(cfg: &Config) -> Result<Vec<PublicKey>, GatewayError>
 fn build_tenants(cfg: &Config) -> Result<Tenants, GatewayError> {
     Tenants::build(&cfg.tenants, &cfg.access)
         .map_err(|e| GatewayError::Config(ConfigError::Invalid { key: "tenants".into(), why: e.to_string() }))
+}
+
+/// Reads `usage.pricing`, if set.
+async fn load_pricing(cfg: &Config) -> Result<Option<Arc<Pricing>>, GatewayError> {
+    let Some(path) = cfg.usage.pricing.clone() else { return Ok(None) };
+    let shown = path.display().to_string();
+    let p = tokio::task::spawn_blocking(move || Pricing::load(&path)).await.map_err(|e| {
+        crate::pricing::PricingError::Read { path: shown, source: std::io::Error::other(e.to_string()) }
+    })??;
+    Ok(Some(Arc::new(p)))
 }
 
 /// Opens the usage ledger and a meter that resumes where it left off.
@@ -132,8 +147,10 @@ impl Gateway {
             meter.clone(),
         );
         let tenants = build_tenants(&cfg)?;
+        let pricing = load_pricing(&cfg).await?;
         let gw = Arc::new(Self {
             config: ArcSwap::from_pointee(cfg.clone()),
+            pricing: ArcSwapOption::new(pricing),
             tenants: ArcSwap::from_pointee(tenants),
             registry: Registry::default(),
             fetcher,
@@ -201,7 +218,9 @@ impl Gateway {
             // Rate and bandwidth limiters start afresh with the new tenant table.
             let tenants = build_tenants(&cfg)?;
             let origins = origin::build(&cfg.origins, &cfg.fetch)?;
+            let pricing = load_pricing(&cfg).await?;
             self.fetcher.set_origins(origins);
+            self.pricing.store(pricing);
             self.load_releases(&cfg).await?;
             self.tenants.store(Arc::new(tenants));
             self.config.store(Arc::new(cfg));
@@ -345,6 +364,11 @@ impl Gateway {
 
     pub fn ready(&self) -> bool {
         self.loaded.load(Ordering::Acquire) && self.origin_ok.load(Ordering::Acquire)
+    }
+
+    /// The cost model, when `usage.pricing` is set.
+    pub fn pricing(&self) -> Option<Arc<Pricing>> {
+        self.pricing.load_full()
     }
 
     pub fn config(&self) -> Arc<Config> {

@@ -6,6 +6,7 @@
 
 pub mod body;
 pub mod range;
+mod reports;
 pub mod route;
 pub mod server;
 pub mod service;

@@ -26,6 +26,12 @@ pub enum Route<'a> {
     Blob {
         hash: Blake3,
     },
+    /// The finance dashboard page (`asset` empty) or one of its assets.
+    Dashboard {
+        asset: &'a str,
+    },
+    /// `GET /v1/reports/summary`, the dashboard's data.
+    ReportSummary,
     NotFound,
 }
 
@@ -40,6 +46,8 @@ impl Route<'_> {
             Route::Manifest { .. } => "manifest",
             Route::File { .. } => "file",
             Route::Blob { .. } => "blob",
+            Route::Dashboard { .. } => "dashboard",
+            Route::ReportSummary => "report",
             Route::NotFound => "other",
         }
     }
@@ -78,6 +86,11 @@ pub fn parse_route(path: &str) -> Result<Route<'_>, RouteError> {
         "healthz" if segs.next().is_none() => Route::Healthz,
         "readyz" if segs.next().is_none() => Route::Readyz,
         "metrics" if segs.next().is_none() => Route::Metrics,
+        "dashboard" => match (segs.next(), segs.next()) {
+            (None | Some(""), None) => Route::Dashboard { asset: "" },
+            (Some(asset), None) => Route::Dashboard { asset },
+            _ => Route::NotFound,
+        },
         "v1" => v1(segs)?,
         _ => Route::NotFound,
     };
@@ -87,6 +100,12 @@ pub fn parse_route(path: &str) -> Result<Route<'_>, RouteError> {
 fn v1<'a>(mut segs: std::str::Split<'a, char>) -> Result<Route<'a>, RouteError> {
     match segs.next() {
         Some("datasets") => {}
+        Some("reports") => {
+            return Ok(match (segs.next(), segs.next()) {
+                (Some("summary"), None) => Route::ReportSummary,
+                _ => Route::NotFound,
+            });
+        }
         Some("blobs") => {
             let (Some(hash), None) = (segs.next(), segs.next()) else { return Ok(Route::NotFound) };
             return hash
@@ -156,6 +175,12 @@ mod tests {
             Ok(Route::File { name: "x", version: "1.0.0", path: "a/b c.tar".into() })
         );
         assert_eq!(parse_route("/nope"), Ok(Route::NotFound));
+        assert_eq!(parse_route("/dashboard"), Ok(Route::Dashboard { asset: "" }));
+        assert_eq!(parse_route("/dashboard/"), Ok(Route::Dashboard { asset: "" }));
+        assert_eq!(parse_route("/dashboard/app.js"), Ok(Route::Dashboard { asset: "app.js" }));
+        assert_eq!(parse_route("/dashboard/a/b"), Ok(Route::NotFound));
+        assert_eq!(parse_route("/v1/reports/summary"), Ok(Route::ReportSummary));
+        assert_eq!(parse_route("/v1/reports/other"), Ok(Route::NotFound));
         assert_eq!(parse_route("/v1/datasets/x/1.0.0/files/"), Ok(Route::NotFound));
     }
 

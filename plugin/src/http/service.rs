@@ -37,11 +37,17 @@ pub struct PeerNames(pub Arc<Vec<String>>);
 pub async fn handle<B>(gw: Arc<Gateway>, req: Request<B>) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
     let (route, resp) = route(&gw, &req, started).await;
+    let ok = matches!(resp.status().as_u16(), 200 | 206 | 304);
+    match route {
+        "manifest" if ok => gw.metrics().manifest_latency.observe(started.elapsed()),
+        "file" if ok => gw.metrics().file_first_byte.observe(started.elapsed()),
+        _ => {}
+    }
     gw.metrics().requests.get_or_create(&RequestLabel { route, status: resp.status().as_u16() }).inc();
     Ok(resp)
 }
 
-fn error(status: StatusCode, message: impl std::fmt::Display) -> Response<Body> {
+pub(super) fn error(status: StatusCode, message: impl std::fmt::Display) -> Response<Body> {
     let body = serde_json::json!({ "error": message.to_string(), "status": status.as_u16() }).to_string();
     let mut r = Response::new(body::full(body));
     *r.status_mut() = status;
@@ -51,7 +57,7 @@ fn error(status: StatusCode, message: impl std::fmt::Display) -> Response<Body> 
     r
 }
 
-fn json(status: StatusCode, v: &serde_json::Value) -> Response<Body> {
+pub(super) fn json(status: StatusCode, v: &serde_json::Value) -> Response<Body> {
     let mut r = Response::new(body::full(serde_json::to_vec_pretty(v).unwrap_or_default()));
     *r.status_mut() = status;
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -87,6 +93,9 @@ async fn route<B>(gw: &Arc<Gateway>, req: &Request<B>, started: Instant) -> (&'s
             text(StatusCode::OK, gw.metrics().render(), "text/plain; version=0.0.4; charset=utf-8")
         }
         Route::NotFound => error(StatusCode::NOT_FOUND, format!("no route for {}", req.uri().path())),
+        Route::Dashboard { asset } if method == Method::GET || method == Method::HEAD => super::reports::asset(asset)
+            .unwrap_or_else(|| error(StatusCode::NOT_FOUND, format!("the dashboard has no {asset:?}"))),
+        Route::ReportSummary => super::reports::summary(gw, req).await,
         _ if method != Method::GET && method != Method::HEAD => {
             let mut r = error(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not allowed here"));
             r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));

@@ -172,9 +172,14 @@ impl std::ops::Add for Money {
 }
 
 impl Money {
-    /// Rounded for people and spreadsheets: BTT to the µBTT, fiat to the cent.
+    /// Rounded for reports: BTT to the µBTT, fiat to 10 decimal places (at
+    /// BTT's price, a small bill is a fraction of a cent), no trailing zeros.
     pub fn rounded(&self) -> Money {
-        Money { btt: self.btt.round_dp(6), fiat: self.fiat.round_dp(2), fiat_buffered: self.fiat_buffered.round_dp(2) }
+        Money {
+            btt: self.btt.round_dp(6).normalize(),
+            fiat: self.fiat.round_dp(10).normalize(),
+            fiat_buffered: self.fiat_buffered.round_dp(10).normalize(),
+        }
     }
 }
 
@@ -356,9 +361,8 @@ impl Pricing {
                 .ceil()
                 .try_into()
                 .unwrap_or(u64::MAX),
-            per_gib_month: self.btt(ubtt(
-                self.storage_ubtt_per_gib_day * Decimal::from(DAYS_PER_MONTH) * self.replication.factor(),
-            )),
+            per_gib_month: self
+                .btt(ubtt(self.storage_ubtt_per_gib_day * Decimal::from(DAYS_PER_MONTH) * self.replication.factor())),
             per_replica: self.storage_once(size.stored_bytes, days),
             per_training_run: per_run,
             storage,

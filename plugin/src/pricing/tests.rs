@@ -51,7 +51,10 @@ fn bad_or_missing_values_name_the_key() {
             "not both",
         ),
         (with("price_ubtt_per_gib_day = 125000", "price_ubtt_per_gib_day = -5"), "`storage.price_ubtt_per_gib_day`"),
-        (with("price_ubtt_per_gib_day = 125000", "price_ubtt_per_gib_day = \"lots\""), "storage.price_ubtt_per_gib_day"),
+        (
+            with("price_ubtt_per_gib_day = 125000", "price_ubtt_per_gib_day = \"lots\""),
+            "storage.price_ubtt_per_gib_day",
+        ),
         (with("min_contract_days = 30", "min_contract_days = 0"), "`storage.min_contract_days`"),
         (with("min_contract_days = 30\n", ""), "storage"),
         (with("copies = 3", "copies = 0"), "`replication.copies`"),
@@ -117,9 +120,9 @@ fn storage_is_never_billed_below_the_minimum_contract() {
 
 #[test]
 fn money_rounds_for_people() {
-    let m = Money { btt: d("1.23456789"), fiat: d("0.005"), fiat_buffered: d("10.999") };
+    let m = Money { btt: d("1.23456789"), fiat: d("0.000000123456789"), fiat_buffered: d("10.500000") };
     let r = m.rounded();
-    assert_eq!(r.btt, d("1.234568"));
-    assert_eq!(r.fiat, d("0.00"));
-    assert_eq!(r.fiat_buffered, d("11.00"));
+    assert_eq!(r.btt.to_string(), "1.234568");
+    assert_eq!(r.fiat.to_string(), "0.0000001235");
+    assert_eq!(r.fiat_buffered.to_string(), "10.5");
 }

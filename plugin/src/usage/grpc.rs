@@ -13,6 +13,8 @@ use super::ledger::{Entry, Ledger, LedgerError};
 use super::proto::usage_service_server::UsageService;
 use super::proto::{self, usage_record};
 use super::{RecordKey, Source, WINDOW_SECS, unix_now};
+use crate::pricing::Money;
+use crate::reports::Chargeback;
 
 const DEFAULT_LIMIT: u32 = 1000;
 const MAX_LIMIT: u32 = 10_000;
@@ -66,6 +68,11 @@ fn to_proto(ledger: &Ledger, e: &Entry) -> proto::UsageRecord {
     }
 }
 
+fn money(m: Money) -> proto::Money {
+    let m = m.rounded();
+    proto::Money { btt: m.btt.to_string(), fiat: m.fiat.to_string(), fiat_buffered: m.fiat_buffered.to_string() }
+}
+
 /// Runs a blocking ledger call off the async workers.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, LedgerError> + Send + 'static) -> Result<T, Status> {
     tokio::task::spawn_blocking(f).await.map_err(|e| Status::internal(e.to_string()))?.map_err(status)
@@ -74,13 +81,14 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, LedgerError> 
 #[derive(Debug, Clone)]
 pub struct UsageApi {
     ledger: Arc<Ledger>,
+    gw: Arc<crate::gateway::Gateway>,
     /// Becomes true when the server stops; open streams then end.
     stop: watch::Receiver<bool>,
 }
 
 impl UsageApi {
-    pub fn new(ledger: Arc<Ledger>, stop: watch::Receiver<bool>) -> Self {
-        Self { ledger, stop }
+    pub fn new(gw: Arc<crate::gateway::Gateway>, stop: watch::Receiver<bool>) -> Self {
+        Self { ledger: gw.ledger().clone(), gw, stop }
     }
 }
 
@@ -158,6 +166,63 @@ impl UsageService for UsageApi {
             });
         }
         Ok(Response::new(out))
+    }
+
+    async fn get_chargeback(
+        &self,
+        req: Request<proto::GetChargebackRequest>,
+    ) -> Result<Response<proto::GetChargebackResponse>, Status> {
+        let r = req.into_inner();
+        let to = if r.to == 0 { unix_now() + WINDOW_SECS } else { r.to };
+        if r.from > to {
+            return Err(Status::invalid_argument(format!("from {} is after to {to}", r.from)));
+        }
+        let ledger = self.ledger.clone();
+        let from = r.from;
+        let records = blocking(move || ledger.period(from, to)).await?;
+        let pricing = self.gw.pricing();
+        let c = Chargeback::compute(from, to, &records, pricing.as_deref());
+        Ok(Response::new(proto::GetChargebackResponse {
+            from,
+            to,
+            gateway_instance: self.ledger.instance().to_string(),
+            pricing: pricing.as_deref().map(|p| proto::Pricing {
+                currency: p.currency.clone(),
+                fiat_rate: p.fiat_rate.normalize().to_string(),
+                rate_date: p.rate_date.to_string(),
+                risk_buffer_percent: p.risk_buffer_percent.normalize().to_string(),
+                retrieval_ubtt_per_mib: p.retrieval_ubtt_per_mib.normalize().to_string(),
+            }),
+            lines: c
+                .lines
+                .into_iter()
+                .map(|l| proto::ChargebackLine {
+                    tenant: l.tenant,
+                    dataset: l.dataset,
+                    version: l.version,
+                    hot_bytes: l.hot_bytes,
+                    origin_bytes: l.origin_bytes,
+                    bytes: l.bytes,
+                    requests: l.requests,
+                    aborted_requests: l.aborted_requests,
+                    charge: l.charge.map(money),
+                })
+                .collect(),
+            releases: c
+                .releases
+                .into_iter()
+                .map(|s| proto::ReleaseSpend {
+                    dataset: s.dataset,
+                    version: s.version,
+                    origin_egress_bytes: s.origin_egress_bytes,
+                    integrity_failed_bytes: s.integrity_failed_bytes,
+                    integrity_aborted_requests: s.integrity_aborted_requests,
+                    spend: s.spend.map(money),
+                })
+                .collect(),
+            total_charge: c.total_charge.map(money),
+            total_spend: c.total_spend.map(money),
+        }))
     }
 
     async fn ack_usage(

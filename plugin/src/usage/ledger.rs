@@ -5,6 +5,9 @@
 //! - `closed`: closed records by cursor sequence (the order they closed).
 //! - `by_tenant`, `by_tenant_time`: indexes for tenant listings and totals.
 //! - `month`: bytes per tenant per calendar month, for quotas.
+//! - `by_time`: every closed record by window, for chargeback over a period.
+//! - `daily`: closed counts summed per UTC day and record key (the window
+//!   field holds the day), for trends; kept when records are compacted.
 //! - `meta`: instance id, next sequence, acknowledged sequence, floor.
 //!
 //! [`Ledger::commit`] merges a meter drain and closes windows in one
@@ -30,6 +33,13 @@ const CLOSED: TableDefinition<u64, &str> = TableDefinition::new("closed");
 const BY_TENANT: TableDefinition<(&str, u64), ()> = TableDefinition::new("by_tenant");
 const BY_TENANT_TIME: TableDefinition<(&str, i64, u64), ()> = TableDefinition::new("by_tenant_time");
 const MONTH: TableDefinition<(&str, i64), u64> = TableDefinition::new("month");
+const BY_TIME: TableDefinition<(i64, u64), ()> = TableDefinition::new("by_time");
+const DAILY: TableDefinition<(i64, &str), &str> = TableDefinition::new("daily");
+
+/// Version of the derived tables; older ledgers are re-indexed at open.
+const INDEX_VERSION: u64 = 2;
+/// Seconds in a UTC day.
+pub const DAY_SECS: i64 = 86_400;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
@@ -93,6 +103,56 @@ fn new_instance_id() -> String {
     format!("gw-{}", hex::encode(raw))
 }
 
+/// The start of the UTC day holding Unix second `t`.
+pub fn day_of(t: i64) -> i64 {
+    t.div_euclid(DAY_SECS) * DAY_SECS
+}
+
+/// Adds a closed record's counts to its day in `daily`.
+fn add_daily(
+    daily: &mut redb::Table<'_, (i64, &'static str), &'static str>,
+    key: &RecordKey,
+    counters: &Counters,
+) -> Result<(), LedgerError> {
+    let day = day_of(key.window());
+    let k = serde_json::to_string(&key.with_window(day)).map_err(storage)?;
+    let mut sum = match daily.get((day, k.as_str())).map_err(storage)? {
+        Some(v) => serde_json::from_str::<Counters>(v.value()).map_err(storage)?,
+        None => Counters::default(),
+    };
+    sum.add(counters);
+    daily.insert((day, k.as_str()), serde_json::to_string(&sum).map_err(storage)?.as_str()).map_err(storage)?;
+    Ok(())
+}
+
+/// Builds the derived tables of a ledger written by an older version from
+/// its closed records, once.
+fn reindex(txn: &redb::WriteTransaction) -> Result<(), LedgerError> {
+    let mut nums = txn.open_table(META_NUM).map_err(storage)?;
+    let version = nums.get("index_version").map_err(storage)?.map(|v| v.value()).unwrap_or(0);
+    if version >= INDEX_VERSION {
+        return Ok(());
+    }
+    let closed = txn.open_table(CLOSED).map_err(storage)?;
+    let mut by_time = txn.open_table(BY_TIME).map_err(storage)?;
+    let mut daily = txn.open_table(DAILY).map_err(storage)?;
+    let mut n = 0u64;
+    for row in closed.iter().map_err(storage)? {
+        let (k, v) = row.map_err(storage)?;
+        let seq = k.value();
+        let rec: Closed =
+            serde_json::from_str(v.value()).map_err(|e| LedgerError::Corrupt { seq, why: e.to_string() })?;
+        by_time.insert((rec.key.window(), seq), ()).map_err(storage)?;
+        add_daily(&mut daily, &rec.key, &rec.counters)?;
+        n += 1;
+    }
+    if n > 0 {
+        tracing::info!(records = n, "usage ledger re-indexed by time and day");
+    }
+    nums.insert("index_version", INDEX_VERSION).map_err(storage)?;
+    Ok(())
+}
+
 impl Ledger {
     /// Opens (or creates) the ledger at `path`; `None` keeps it in memory,
     /// for tests and for gateways that do not bill. `instance` overrides the
@@ -133,6 +193,9 @@ impl Ledger {
         txn.open_table(BY_TENANT).map_err(|e| err(&e))?;
         txn.open_table(BY_TENANT_TIME).map_err(|e| err(&e))?;
         txn.open_table(MONTH).map_err(|e| err(&e))?;
+        txn.open_table(BY_TIME).map_err(|e| err(&e))?;
+        txn.open_table(DAILY).map_err(|e| err(&e))?;
+        reindex(&txn).map_err(|e| err(&e))?;
         txn.commit().map_err(|e| err(&e))?;
         Ok(Self {
             db,
@@ -267,12 +330,16 @@ impl Ledger {
             let mut closed = txn.open_table(CLOSED).map_err(storage)?;
             let mut by_tenant = txn.open_table(BY_TENANT).map_err(storage)?;
             let mut by_time = txn.open_table(BY_TENANT_TIME).map_err(storage)?;
+            let mut all_by_time = txn.open_table(BY_TIME).map_err(storage)?;
+            let mut daily = txn.open_table(DAILY).map_err(storage)?;
             for (key, counters) in closing {
                 open.remove(serde_json::to_string(&key).map_err(storage)?.as_str()).map_err(storage)?;
                 if let Some(t) = key.tenant() {
                     by_tenant.insert((t, next), ()).map_err(storage)?;
                     by_time.insert((t, key.window(), next), ()).map_err(storage)?;
                 }
+                all_by_time.insert((key.window(), next), ()).map_err(storage)?;
+                add_daily(&mut daily, &key, &counters)?;
                 let rec = serde_json::to_string(&Closed { key, counters }).map_err(storage)?;
                 closed.insert(next, rec.as_str()).map_err(storage)?;
                 next += 1;
@@ -355,6 +422,43 @@ impl Ledger {
         Ok(out)
     }
 
+    /// Every closed record whose window starts in `[from, to)`, tenants' and
+    /// releases' alike: the records [`Ledger::totals`] sums, for all tenants.
+    pub fn period(&self, from: i64, to: i64) -> Result<Vec<Closed>, LedgerError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let closed = txn.open_table(CLOSED).map_err(storage)?;
+        let idx = txn.open_table(BY_TIME).map_err(storage)?;
+        let mut out = Vec::new();
+        if from >= to {
+            return Ok(out);
+        }
+        for row in idx.range((from, 0)..(to, 0)).map_err(storage)? {
+            let (k, _) = row.map_err(storage)?;
+            if let Some(rec) = Self::read_closed(&closed, k.value().1)? {
+                out.push(rec);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Closed counts summed per UTC day, for days starting in `[from, to)`.
+    /// Each record's window is the start of its day. Kept after compaction.
+    pub fn daily(&self, from: i64, to: i64) -> Result<Vec<Closed>, LedgerError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let daily = txn.open_table(DAILY).map_err(storage)?;
+        let mut out = Vec::new();
+        if from >= to {
+            return Ok(out);
+        }
+        for row in daily.range((from, "")..(to, "")).map_err(storage)? {
+            let (k, v) = row.map_err(storage)?;
+            let key: RecordKey = serde_json::from_str(k.value().1).map_err(storage)?;
+            let counters: Counters = serde_json::from_str(v.value()).map_err(storage)?;
+            out.push(Closed { key, counters });
+        }
+        Ok(out)
+    }
+
     /// Marks records up to `seq` as consumed; returns the highest acknowledged.
     pub fn ack(&self, seq: u64) -> Result<u64, LedgerError> {
         let txn = self.db.begin_write().map_err(storage)?;
@@ -382,6 +486,7 @@ impl Ledger {
             let mut closed = txn.open_table(CLOSED).map_err(storage)?;
             let mut by_tenant = txn.open_table(BY_TENANT).map_err(storage)?;
             let mut by_time = txn.open_table(BY_TENANT_TIME).map_err(storage)?;
+            let mut all_by_time = txn.open_table(BY_TIME).map_err(storage)?;
             let mut doomed = Vec::new();
             for row in closed.range(..=acked).map_err(storage)? {
                 let (k, v) = row.map_err(storage)?;
@@ -396,6 +501,7 @@ impl Ledger {
             }
             for (seq, key) in doomed {
                 closed.remove(seq).map_err(storage)?;
+                all_by_time.remove((key.window(), seq)).map_err(storage)?;
                 if let Some(t) = key.tenant() {
                     by_tenant.remove((t, seq)).map_err(storage)?;
                     by_time.remove((t, key.window(), seq)).map_err(storage)?;

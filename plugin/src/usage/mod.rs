@@ -75,6 +75,15 @@ impl RecordKey {
         }
     }
 
+    /// The same key in another window (daily sums use the day's start).
+    pub fn with_window(&self, w: i64) -> RecordKey {
+        let mut k = self.clone();
+        match &mut k {
+            RecordKey::TenantUsage { window, .. } | RecordKey::DatasetCost { window, .. } => *window = w,
+        }
+        k
+    }
+
     pub fn tenant(&self) -> Option<&str> {
         match self {
             RecordKey::TenantUsage { tenant, .. } => Some(tenant),

@@ -1,5 +1,6 @@
 //! Command-line interface: one module per command.
 
+mod cost;
 mod demo;
 mod diff;
 mod grpc_client;
@@ -48,8 +49,10 @@ pub enum Command {
     Demo(demo::Args),
     /// Tenant administration: `tenant key` makes an API key.
     Tenant(tenant::Args),
-    /// Billing: `usage token` makes a billing token; `usage list` and `usage totals` read the usage API.
+    /// Billing: `usage token` makes a billing (or finance) token; `usage list`, `totals` and `export` read the usage API.
     Usage(usage::Args),
+    /// What a release costs on BTFS: storage, retrieval and operations, in BTT and fiat.
+    Cost(cost::Args),
     /// Release lifecycle on a gateway: register, tag, deprecate, take down, pre-warm, list.
     Release(release::Args),
 }
@@ -66,6 +69,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo(a) => demo::run(a),
         Command::Tenant(a) => tenant::run(a),
         Command::Usage(a) => usage::run(a),
+        Command::Cost(a) => cost::run(a),
         Command::Release(a) => release::run(a),
     }
 }

@@ -6,6 +6,7 @@ use shardgate::tenant::new_key;
 use shardgate::usage::proto::usage_service_client::UsageServiceClient;
 use shardgate::usage::proto::{self, usage_record};
 
+use super::ConfigError;
 use super::grpc_client::{self, Endpoint, authed, status};
 
 #[derive(Debug, clap::Args)]
@@ -25,8 +26,13 @@ struct Api {
 
 #[derive(Debug, clap::Subcommand)]
 enum Action {
-    /// Make a billing token for `grpc.billing_tokens`. Printed once; only its hash goes in config.
-    Token,
+    /// Make a billing token for `grpc.billing_tokens` (or, with --finance, a
+    /// dashboard token for `reports.finance_tokens`). Printed once; only its hash goes in config.
+    Token {
+        /// A finance token: reads /v1/reports/summary and the dashboard, nothing else.
+        #[arg(long)]
+        finance: bool,
+    },
     /// List closed usage records as JSON lines, following cursors to the newest.
     List {
         #[command(flatten)]
@@ -53,6 +59,28 @@ enum Action {
         #[arg(long, default_value_t = 0)]
         to: i64,
     },
+    /// Chargeback for a period, per tenant and release, with BTT and fiat: CSV or JSON for spreadsheets.
+    Export {
+        #[command(flatten)]
+        api: Api,
+        /// Start: a UTC date (2026-11-01), an RFC 3339 time, or Unix seconds. Default: the start of this month (UTC).
+        #[arg(long)]
+        from: Option<String>,
+        /// End (exclusive), in the same forms. Default: now.
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long, value_enum, default_value_t = Format::Csv)]
+        format: Format,
+        /// Write here instead of standard output.
+        #[arg(long, short)]
+        output: Option<std::path::PathBuf>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    Csv,
+    Json,
 }
 
 async fn connect(api: &Api) -> anyhow::Result<UsageServiceClient<tonic::transport::Channel>> {
@@ -98,7 +126,22 @@ fn record_json(r: &proto::UsageRecord) -> serde_json::Value {
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let rt = || tokio::runtime::Builder::new_current_thread().enable_all().build();
     match a.action {
-        Action::Token => token(),
+        Action::Token { finance } => token(finance),
+        Action::Export { api, from, to, format, output } => {
+            let now = jiff::Timestamp::now().as_second();
+            let from = match from {
+                Some(f) => parse_time(&f, "--from")?,
+                None => shardgate::usage::month_bounds(now).0,
+            };
+            let to = match to {
+                Some(t) => parse_time(&t, "--to")?,
+                None => 0,
+            };
+            if to != 0 && from >= to {
+                return Err(ConfigError(format!("--from ({from}) must be before --to ({to})")).into());
+            }
+            rt()?.block_on(export(api, from, to, format, output))
+        }
         Action::List { api, after, tenant } => rt()?.block_on(list(api, after, tenant)),
         Action::Totals { api, tenant, dataset, from, to } => {
             rt()?.block_on(totals(api, proto::GetTotalsRequest { tenant, dataset, from, to }))
@@ -106,9 +149,15 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn token() -> anyhow::Result<ExitCode> {
+fn token(finance: bool) -> anyhow::Result<ExitCode> {
     let (token, hash) = new_key().map_err(anyhow::Error::msg)?;
     println!("{token}");
+    if finance {
+        eprintln!("Give the token above to finance; it is not stored anywhere and cannot be shown again.");
+        eprintln!("It opens /dashboard and GET /v1/reports/summary only. Add its hash to the gateway config:\n");
+        eprintln!("[reports]\nfinance_tokens = [\"{hash}\"]");
+        return Ok(ExitCode::SUCCESS);
+    }
     eprintln!("Give the token above to the billing system; it is not stored anywhere and cannot be shown again.");
     eprintln!("Add its hash to the gateway config:\n");
     eprintln!("[grpc]\nbilling_tokens = [\"{hash}\"]");
@@ -148,5 +197,164 @@ async fn totals(api: Api, req: proto::GetTotalsRequest) -> anyhow::Result<ExitCo
         "aborted_requests": t.aborted_requests, "by_source": by,
     });
     println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A time for --from/--to: a UTC date, an RFC 3339 timestamp, or Unix seconds.
+fn parse_time(s: &str, flag: &str) -> anyhow::Result<i64> {
+    let t = s.trim();
+    if let Ok(n) = t.parse::<i64>() {
+        return Ok(n);
+    }
+    if let Ok(ts) = t.parse::<jiff::Timestamp>() {
+        return Ok(ts.as_second());
+    }
+    if let Ok(d) = t.parse::<jiff::civil::Date>() {
+        return Ok(d.to_zoned(jiff::tz::TimeZone::UTC)?.timestamp().as_second());
+    }
+    Err(ConfigError(format!(
+        "{flag} {s:?} is not a date (2026-11-01), an RFC 3339 time (2026-11-01T00:00:00Z) or Unix seconds"
+    ))
+    .into())
+}
+
+fn money_json(m: &Option<proto::Money>) -> serde_json::Value {
+    match m {
+        Some(m) => serde_json::json!({ "btt": m.btt, "fiat": m.fiat, "fiat_buffered": m.fiat_buffered }),
+        None => serde_json::Value::Null,
+    }
+}
+
+const CSV_HEADER: [&str; 18] = [
+    "kind",
+    "from",
+    "to",
+    "gateway_instance",
+    "tenant",
+    "dataset",
+    "version",
+    "hot_bytes",
+    "origin_bytes",
+    "bytes",
+    "requests",
+    "aborted_requests",
+    "origin_egress_bytes",
+    "integrity_failed_bytes",
+    "btt",
+    "fiat",
+    "fiat_buffered",
+    "currency",
+];
+
+async fn export(
+    api: Api,
+    from: i64,
+    to: i64,
+    format: Format,
+    output: Option<std::path::PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    use anyhow::Context;
+    let mut c = connect(&api).await?;
+    let r = c
+        .get_chargeback(authed(proto::GetChargebackRequest { from, to }, &api.token)?)
+        .await
+        .map_err(status)?
+        .into_inner();
+    let currency = r.pricing.as_ref().map(|p| p.currency.clone()).unwrap_or_default();
+    let mut out: Box<dyn std::io::Write> = match &output {
+        Some(p) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("--output {}", p.display()))?,
+        )),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    match format {
+        Format::Json => {
+            let v = serde_json::json!({
+                "from": r.from, "to": r.to, "gateway_instance": r.gateway_instance,
+                "pricing": r.pricing.as_ref().map(|p| serde_json::json!({
+                    "currency": p.currency, "fiat_rate": p.fiat_rate, "rate_date": p.rate_date,
+                    "risk_buffer_percent": p.risk_buffer_percent, "retrieval_ubtt_per_mib": p.retrieval_ubtt_per_mib,
+                })),
+                "lines": r.lines.iter().map(|l| serde_json::json!({
+                    "tenant": l.tenant, "dataset": l.dataset, "version": l.version,
+                    "hot_bytes": l.hot_bytes, "origin_bytes": l.origin_bytes, "bytes": l.bytes,
+                    "requests": l.requests, "aborted_requests": l.aborted_requests, "charge": money_json(&l.charge),
+                })).collect::<Vec<_>>(),
+                "releases": r.releases.iter().map(|s| serde_json::json!({
+                    "dataset": s.dataset, "version": s.version, "origin_egress_bytes": s.origin_egress_bytes,
+                    "integrity_failed_bytes": s.integrity_failed_bytes,
+                    "integrity_aborted_requests": s.integrity_aborted_requests, "spend": money_json(&s.spend),
+                })).collect::<Vec<_>>(),
+                "total_charge": money_json(&r.total_charge),
+                "total_spend": money_json(&r.total_spend),
+            });
+            serde_json::to_writer_pretty(&mut out, &v)?;
+            writeln!(out)?;
+        }
+        Format::Csv => {
+            let mut w = csv::Writer::from_writer(&mut out);
+            w.write_record(CSV_HEADER)?;
+            let (f, t) = (r.from.to_string(), r.to.to_string());
+            let m = |m: &Option<proto::Money>| match m {
+                Some(m) => [m.btt.clone(), m.fiat.clone(), m.fiat_buffered.clone()],
+                None => Default::default(),
+            };
+            for l in &r.lines {
+                let [btt, fiat, buffered] = m(&l.charge);
+                w.write_record([
+                    "charge",
+                    &f,
+                    &t,
+                    &r.gateway_instance,
+                    &l.tenant,
+                    &l.dataset,
+                    &l.version,
+                    &l.hot_bytes.to_string(),
+                    &l.origin_bytes.to_string(),
+                    &l.bytes.to_string(),
+                    &l.requests.to_string(),
+                    &l.aborted_requests.to_string(),
+                    "",
+                    "",
+                    &btt,
+                    &fiat,
+                    &buffered,
+                    &currency,
+                ])?;
+            }
+            for s in &r.releases {
+                let [btt, fiat, buffered] = m(&s.spend);
+                w.write_record([
+                    "spend",
+                    &f,
+                    &t,
+                    &r.gateway_instance,
+                    "",
+                    &s.dataset,
+                    &s.version,
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                    &s.origin_egress_bytes.to_string(),
+                    &s.integrity_failed_bytes.to_string(),
+                    &btt,
+                    &fiat,
+                    &buffered,
+                    &currency,
+                ])?;
+            }
+            w.flush()?;
+        }
+    }
+    out.flush()?;
+    let lines = r.lines.len();
+    eprintln!(
+        "{lines} charge line{} and {} release spend line{}",
+        if lines == 1 { "" } else { "s" },
+        r.releases.len(),
+        if r.releases.len() == 1 { "" } else { "s" }
+    );
     Ok(ExitCode::SUCCESS)
 }

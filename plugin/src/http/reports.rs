@@ -1,0 +1,124 @@
+//! `/dashboard` (a page and its assets, built into the binary, so it works
+//! with no network beyond the gateway) and `GET /v1/reports/summary`, the
+//! JSON the page renders, behind finance or admin tokens.
+
+use std::sync::Arc;
+
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+
+use super::body::{self, Body};
+use super::service::{error, json};
+use crate::gateway::Gateway;
+use crate::reports::summary::{self, MAX_DAYS};
+use crate::tenant::{hash_key, parse_key_hash};
+
+const INDEX: &str = include_str!("dashboard/index.html");
+const APP_JS: &str = include_str!("dashboard/app.js");
+const APP_CSS: &str = include_str!("dashboard/app.css");
+
+/// Scripts, styles and data come from the gateway only; nothing inline.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+                   connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+/// The dashboard page (`asset` empty) or one of its assets.
+pub fn asset(asset: &str) -> Option<Response<Body>> {
+    let (text, content_type) = match asset {
+        "" | "index.html" => (INDEX, "text/html; charset=utf-8"),
+        "app.js" => (APP_JS, "text/javascript; charset=utf-8"),
+        "app.css" => (APP_CSS, "text/css; charset=utf-8"),
+        _ => return None,
+    };
+    let mut r = Response::new(body::full(text));
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    Some(r)
+}
+
+fn unauthorized(why: &str) -> Response<Body> {
+    let mut r = error(StatusCode::UNAUTHORIZED, why);
+    r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"shardgate reports\""));
+    r
+}
+
+/// Checks `Authorization: Bearer <token>` against `reports.finance_tokens`
+/// and `grpc.admin_tokens` (hashes; config validation has parsed them).
+fn authorized<B>(gw: &Gateway, req: &Request<B>) -> Result<(), Response<Body>> {
+    let Some(v) = req.headers().get(header::AUTHORIZATION) else {
+        return Err(unauthorized("a finance or admin token is required (Authorization: Bearer <token>)"));
+    };
+    let token = v
+        .to_str()
+        .ok()
+        .and_then(|t| t.strip_prefix("Bearer ").or_else(|| t.strip_prefix("bearer ")))
+        .map(str::trim)
+        .ok_or_else(|| unauthorized("Authorization must be `Bearer <token>`"))?;
+    let h = hash_key(token);
+    let cfg = gw.config();
+    let admin = cfg.grpc.as_ref().map(|g| g.admin_tokens.as_slice()).unwrap_or(&[]);
+    let known = cfg.reports.finance_tokens.iter().chain(admin).filter_map(|t| parse_key_hash(t).ok());
+    if known.into_iter().any(|k| k == h) {
+        Ok(())
+    } else {
+        Err(unauthorized("the finance or admin token is not valid"))
+    }
+}
+
+/// `days` from the query: 1 to [`MAX_DAYS`], default 30.
+fn days(query: Option<&str>) -> Result<u32, String> {
+    let mut days = 30;
+    for (k, v) in query.map(|q| q.split('&').filter_map(|kv| kv.split_once('=')).collect()).unwrap_or(Vec::new()) {
+        if k == "days" {
+            days = match v.parse::<u32>() {
+                Ok(n) if (1..=MAX_DAYS).contains(&n) => n,
+                _ => return Err(format!("days={v:?} must be a whole number from 1 to {MAX_DAYS}")),
+            };
+        }
+    }
+    Ok(days)
+}
+
+/// `GET /v1/reports/summary?days=N`.
+pub async fn summary<B>(gw: &Arc<Gateway>, req: &Request<B>) -> Response<Body> {
+    if req.method() != Method::GET {
+        let mut r = error(StatusCode::METHOD_NOT_ALLOWED, format!("{} is not allowed here", req.method()));
+        r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET"));
+        return r;
+    }
+    if let Err(r) = authorized(gw, req) {
+        return r;
+    }
+    let days = match days(req.uri().query()) {
+        Ok(d) => d,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    match summary::for_gateway(gw, days).await {
+        Ok(s) => match serde_json::to_value(&s) {
+            Ok(v) => {
+                let mut r = json(StatusCode::OK, &v);
+                r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                r
+            }
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        },
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn days_are_checked() {
+        assert_eq!(super::days(None), Ok(30));
+        assert_eq!(super::days(Some("days=90")), Ok(90));
+        assert_eq!(super::days(Some("x=1&days=7")), Ok(7));
+        for bad in ["days=0", "days=367", "days=-1", "days=ten", "days="] {
+            let e = super::days(Some(bad)).unwrap_err();
+            assert!(e.contains("days="), "{bad}: {e}");
+        }
+    }
+}
