@@ -29,6 +29,9 @@ command -v valgrind >/dev/null || need+=(valgrind)
 command -v go >/dev/null || need+=(golang-go)
 command -v nginx >/dev/null || need+=(nginx-light)
 command -v wrk >/dev/null || need+=(wrk)
+# The dashboard test renders /dashboard in headless Chromium.
+command -v chromium >/dev/null || need+=(chromium)
+[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
 if [ "${#need[@]}" -gt 0 ]; then
   step "apt-get install ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive

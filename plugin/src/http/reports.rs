@@ -47,31 +47,27 @@ fn unauthorized(why: &str) -> Response<Body> {
 
 /// Checks `Authorization: Bearer <token>` against `reports.finance_tokens`
 /// and `grpc.admin_tokens` (hashes; config validation has parsed them).
-fn authorized<B>(gw: &Gateway, req: &Request<B>) -> Result<(), Response<Body>> {
+fn authorized<B>(gw: &Gateway, req: &Request<B>) -> Result<(), &'static str> {
     let Some(v) = req.headers().get(header::AUTHORIZATION) else {
-        return Err(unauthorized("a finance or admin token is required (Authorization: Bearer <token>)"));
+        return Err("a finance or admin token is required (Authorization: Bearer <token>)");
     };
     let token = v
         .to_str()
         .ok()
         .and_then(|t| t.strip_prefix("Bearer ").or_else(|| t.strip_prefix("bearer ")))
         .map(str::trim)
-        .ok_or_else(|| unauthorized("Authorization must be `Bearer <token>`"))?;
+        .ok_or("Authorization must be `Bearer <token>`")?;
     let h = hash_key(token);
     let cfg = gw.config();
     let admin = cfg.grpc.as_ref().map(|g| g.admin_tokens.as_slice()).unwrap_or(&[]);
     let known = cfg.reports.finance_tokens.iter().chain(admin).filter_map(|t| parse_key_hash(t).ok());
-    if known.into_iter().any(|k| k == h) {
-        Ok(())
-    } else {
-        Err(unauthorized("the finance or admin token is not valid"))
-    }
+    if known.into_iter().any(|k| k == h) { Ok(()) } else { Err("the finance or admin token is not valid") }
 }
 
 /// `days` from the query: 1 to [`MAX_DAYS`], default 30.
 fn days(query: Option<&str>) -> Result<u32, String> {
     let mut days = 30;
-    for (k, v) in query.map(|q| q.split('&').filter_map(|kv| kv.split_once('=')).collect()).unwrap_or(Vec::new()) {
+    for (k, v) in query.unwrap_or("").split('&').filter_map(|kv| kv.split_once('=')) {
         if k == "days" {
             days = match v.parse::<u32>() {
                 Ok(n) if (1..=MAX_DAYS).contains(&n) => n,
@@ -89,8 +85,8 @@ pub async fn summary<B>(gw: &Arc<Gateway>, req: &Request<B>) -> Response<Body> {
         r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET"));
         return r;
     }
-    if let Err(r) = authorized(gw, req) {
-        return r;
+    if let Err(why) = authorized(gw, req) {
+        return unauthorized(why);
     }
     let days = match days(req.uri().query()) {
         Ok(d) => d,

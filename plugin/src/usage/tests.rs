@@ -216,3 +216,65 @@ fn ledger_survives_reopen_and_compacts_only_acknowledged_old_records() {
     assert_eq!(left[0].seq, 2);
     assert!(l.totals("a", None, 0, T0 + 3600).unwrap()[&Source::Hot].bytes == 7);
 }
+
+fn cost_key(w: i64) -> RecordKey {
+    RecordKey::DatasetCost { dataset: Arc::from("ds"), version: Arc::from("1.0.0"), window: w }
+}
+
+#[test]
+fn ledger_lists_a_period_and_sums_days_and_reindexes_an_older_ledger() {
+    use crate::usage::ledger::{DAY_SECS, day_of};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("usage.redb");
+    let day = day_of(T0);
+    let egress = Counters { origin_egress_bytes: 50, ..Default::default() };
+    {
+        let l = Ledger::open(Some(&path), None).unwrap();
+        l.commit(drained(
+            &[
+                (tenant_key("a", day - DAY_SECS + 60, Source::Hot), bytes(1)),
+                (tenant_key("a", day + 60, Source::Hot), bytes(10)),
+                (tenant_key("a", day + 120, Source::Hot), bytes(100)),
+                (tenant_key("b", day + 120, Source::Origin), bytes(1000)),
+                (cost_key(day + 120), egress),
+            ],
+            day + 180,
+        ))
+        .unwrap();
+        // A period is windows starting in [from, to), both kinds of record.
+        let p = l.period(day, day + 120).unwrap();
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].counters.bytes, 10);
+        let p = l.period(day, day + DAY_SECS).unwrap();
+        assert_eq!(p.iter().map(|c| c.counters.bytes).sum::<u64>(), 1110);
+        assert_eq!(p.iter().map(|c| c.counters.origin_egress_bytes).sum::<u64>(), 50);
+        assert!(l.period(day + 10, day).unwrap().is_empty());
+        // Days sum their windows per key.
+        let d = l.daily(day, day + DAY_SECS).unwrap();
+        let a = d.iter().find(|c| c.key == tenant_key("a", day, Source::Hot)).unwrap();
+        assert_eq!(a.counters, Counters { bytes: 110, requests: 2, ..Default::default() });
+        assert_eq!(d.len(), 3, "a hot, b origin, the release's cost: {d:?}");
+        assert_eq!(l.daily(day - DAY_SECS, day).unwrap().len(), 1);
+    }
+    // A ledger from before the time and day tables: they are rebuilt once, at open.
+    {
+        let db = redb::Database::open(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        let by_time: redb::TableDefinition<(i64, u64), ()> = redb::TableDefinition::new("by_time");
+        let daily: redb::TableDefinition<(i64, &str), &str> = redb::TableDefinition::new("daily");
+        let meta: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("meta_num");
+        assert!(txn.delete_table(by_time).unwrap());
+        assert!(txn.delete_table(daily).unwrap());
+        txn.open_table(meta).unwrap().remove("index_version").unwrap();
+        txn.commit().unwrap();
+    }
+    let l = Ledger::open(Some(&path), None).unwrap();
+    assert_eq!(l.period(day, day + DAY_SECS).unwrap().iter().map(|c| c.counters.bytes).sum::<u64>(), 1110);
+    let d = l.daily(day, day + DAY_SECS).unwrap();
+    assert_eq!(d.iter().find(|c| c.key == tenant_key("a", day, Source::Hot)).unwrap().counters.bytes, 110);
+    // Compaction drops records from periods; day sums stay for trends.
+    l.ack(l.last_seq()).unwrap();
+    assert_eq!(l.compact(day + 10 * DAY_SECS).unwrap(), 5);
+    assert!(l.period(day - DAY_SECS, day + DAY_SECS).unwrap().is_empty());
+    assert_eq!(l.daily(day - DAY_SECS, day + DAY_SECS).unwrap().len(), 4);
+}

@@ -124,7 +124,7 @@ pub fn grouped(v: Decimal, min: u32, max: u32) -> String {
     let (int, frac) = text.split_once('.').unwrap_or((text, ""));
     let mut out = String::new();
     for (i, ch) in int.chars().enumerate() {
-        if i > 0 && (int.len() - i) % 3 == 0 {
+        if i > 0 && (int.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(ch);

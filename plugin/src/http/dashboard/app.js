@@ -37,6 +37,7 @@
     pct: (r) => (r === null || r === undefined ? "n/a" : num(r * 100, 1, 1) + "%"),
     count: (n) => num(n, 0, 0),
     ms: (v) => (v === null || v === undefined ? "no requests yet" : num(v, 1, 1) + " ms"),
+    axisBtt: (v) => num(v, 0, 2) + " BTT",
   };
 
   function el(tag, attrs, text) {
@@ -115,7 +116,8 @@
     $("meta").textContent =
       `Last ${s.days} days (UTC days from ${s.trend[0].day}), generated ${s.generated_at}. ` +
       (p
-        ? `Prices: ${p.storage_ubtt_per_gib_day} µBTT per GiB per day, ${p.retrieval_ubtt_per_mib} µBTT per MiB retrieved, ` +
+        ? `Prices: ${num(p.storage_ubtt_per_gib_day, 0, 6)} µBTT per GiB per day, ` +
+          `${num(p.retrieval_ubtt_per_mib, 0, 6)} µBTT per MiB retrieved, ` +
           `${p.replication}, contracts of at least ${p.min_contract_days} days; 1 BTT = ${p.fiat_rate} ${p.currency} ` +
           `on ${p.rate_date}, with a ${p.risk_buffer_percent}% risk buffer.`
         : "No pricing is configured (usage.pricing): bytes only.");
@@ -176,7 +178,7 @@
       (d, k) => d[k], fmt.bytes);
     if (b) {
       barChart($("trend-btt"), s.trend, [{ key: "retrieval_btt", label: "retrieval", cls: "btt" }],
-        (d, k) => Number(d[k] || 0), fmt.btt);
+        (d, k) => Number(d[k] || 0), fmt.axisBtt);
     } else {
       $("trend-btt").textContent = "No pricing is configured.";
     }
