@@ -250,6 +250,34 @@ def test_get_totals_agrees_with_list_usage(billing, pb):
     assert t.bytes == 0
 
 
+def test_get_chargeback_agrees_with_get_totals_to_the_byte(billing, pb):
+    usage_pb2, usage_pb2_grpc = pb
+    stub = usage_pb2_grpc.UsageServiceStub(channel(billing))
+    cb = stub.GetChargeback(usage_pb2.GetChargebackRequest(), metadata=meta(billing.token), timeout=10)
+    HOT, ORIGIN = usage_pb2.SOURCE_HOT, usage_pb2.SOURCE_ORIGIN
+    tenants = {line.tenant for line in cb.lines}
+    assert {"vision", "text"} <= tenants, tenants
+    for tenant in tenants:
+        t = stub.GetTotals(usage_pb2.GetTotalsRequest(tenant=tenant, to=cb.to), metadata=meta(billing.token))
+        by = {s.source: s.bytes for s in t.by_source}
+        lines = [line for line in cb.lines if line.tenant == tenant]
+        assert sum(line.hot_bytes for line in lines) == by.get(HOT, 0), tenant
+        assert sum(line.origin_bytes for line in lines) == by.get(ORIGIN, 0), tenant
+        assert sum(line.bytes for line in lines) == t.bytes
+        assert sum(line.requests for line in lines) == t.requests
+    # This gateway has no pricing: bytes only, no money.
+    assert not cb.HasField("pricing")
+    assert all(not line.HasField("charge") for line in cb.lines)
+    egress = sum(r.origin_egress_bytes for r in cb.releases)
+    assert egress > 0
+    e = None
+    try:
+        stub.GetChargeback(usage_pb2.GetChargebackRequest(), timeout=10)
+    except Exception as err:  # grpc.RpcError
+        e = err
+    assert e is not None and "UNAUTHENTICATED" in str(e.code())
+
+
 def test_reading_the_same_cursor_twice_gives_the_same_ids(billing, pb):
     first = all_records(billing, pb, limit=2)
     again = all_records(billing, pb, limit=1000)
@@ -293,7 +321,8 @@ def test_health_and_reflection(billing):
     assert SERVICE in services and "grpc.health.v1.Health" in services, services
     desc = db.FindFileContainingSymbol(SERVICE)
     assert desc.package == "shardgate.usage.v1"
-    assert [m.name for m in desc.service[0].method] == ["ListUsage", "StreamUsage", "GetTotals", "AckUsage"]
+    assert [m.name for m in desc.service[0].method] == [
+        "ListUsage", "StreamUsage", "GetTotals", "GetChargeback", "AckUsage"]
 
 
 def test_stream_usage_resumes_from_a_cursor(billing, pb):
