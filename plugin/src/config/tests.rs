@@ -63,3 +63,15 @@ fn every_shipped_config_parses() {
     }
     assert!(seen >= 2, "no example configs found in {}", conf.display());
 }
+
+#[test]
+fn the_documented_example_config_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../conf/shardgate.toml");
+    let c = Config::load(&path).unwrap();
+    c.validate().unwrap();
+    let pricing = c.usage.pricing.clone().unwrap();
+    assert!(pricing.ends_with("conf/pricing.toml"), "{}", pricing.display());
+    crate::pricing::Pricing::load(&pricing).unwrap();
+    assert_eq!(c.reports.finance_tokens.len(), 1);
+    assert_eq!(c.reports.manifest_p99_objective, Duration::from_millis(50));
+}

@@ -32,13 +32,28 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         None => std::env::temp_dir().join(format!("shardgate-demo-{}", std::process::id())),
     };
     eprintln!("demo: writing a small dataset, a key and two releases under {}", dir.display());
-    let (cfg, shards) = prepare(&dir, a.listen)?;
+    let (mut cfg, shards) = prepare(&dir, a.listen)?;
+    // The finance dashboard, priced with the example pricing; the token is printed once.
+    let (finance, hash) = shardgate::tenant::new_key().map_err(anyhow::Error::msg)?;
+    cfg.reports.finance_tokens = vec![hash];
+    std::fs::write(dir.join("shardgate.toml"), toml::to_string_pretty(&cfg)?)?;
     let rt = runtime(None)?;
     let config_path = dir.join("shardgate.toml");
+    let pricing = dir.join("pricing.toml");
+    let releases = dir.join("releases");
     rt.block_on(run_gateway(
         cfg,
         move || Config::load(&config_path),
-        Some(Box::new(move |addr| print_try_lines(addr, shards))),
+        Some(Box::new(move |addr| {
+            print_try_lines(addr, shards);
+            println!(
+                "\nFinance dashboard (usage appears once each minute's window closes):\n\n  \
+                 http://{addr}/dashboard#token={finance}\n\n\
+                 What a release costs on BTFS:\n\n  shardgate cost {} --pricing {} --months 6 --runs 10\n\nCtrl-C stops it.",
+                releases.join("demo-text").display(),
+                pricing.display()
+            );
+        })),
     ))?;
     Ok(ExitCode::SUCCESS)
 }
@@ -114,6 +129,9 @@ pub fn prepare(dir: &Path, listen: SocketAddr) -> anyhow::Result<(Config, usize)
         })
         .collect();
     cfg.hot_tier.capacity = shardgate::config::ByteSize(256 * 1024 * 1024);
+    let pricing = dir.join("pricing.toml");
+    std::fs::write(&pricing, include_str!("../../../conf/pricing.toml"))?;
+    cfg.usage.pricing = Some(pricing);
     let text = toml::to_string_pretty(&cfg)?;
     std::fs::write(dir.join("shardgate.toml"), text)?;
     Ok((cfg, shards))
@@ -139,8 +157,6 @@ with fs.open("{base}/v1/datasets/demo-text/1.0.0/files/embeddings.bin") as f:
     f.seek(1_000_000); print(len(f.read(65536)), "bytes from the middle, verified")
 PY
 
-  python3 -c 'import webdataset as wds; print(sum(1 for _ in wds.WebDataset("{base}/v1/datasets/demo-images/1.0.0/files/shard-{{000000..{last:06}}}.tar", shardshuffle=False)), "samples")'
-
-Ctrl-C stops it."#
+  python3 -c 'import webdataset as wds; print(sum(1 for _ in wds.WebDataset("{base}/v1/datasets/demo-images/1.0.0/files/shard-{{000000..{last:06}}}.tar", shardshuffle=False)), "samples")'"#
     );
 }
