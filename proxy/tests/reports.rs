@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use rust_decimal::{Decimal, RoundingStrategy};
 use serde_json::Value;
 use shardgate::usage::meter::{Deltas, Drained};
 use shardgate::usage::{Counters, Ledger, RecordKey, Source, WINDOW_SECS, unix_now, window_of};
@@ -198,57 +199,64 @@ fn group(int: &str) -> String {
     out
 }
 
-/// A number with at least `min` and at most `max` decimals, grouped.
-fn fixed(v: f64, min: usize, max: usize) -> String {
-    let s = format!("{v:.max$}");
+/// A number with at least `min` and at most `max` decimals, grouped, rounded
+/// half away from zero (as browsers' Intl.NumberFormat does).
+fn fixed(v: Decimal, min: u32, max: u32) -> String {
+    let r = v.round_dp_with_strategy(max, RoundingStrategy::MidpointAwayFromZero);
+    let s = format!("{:.*}", max as usize, r);
     let (int, frac) = s.split_once('.').unwrap_or((&s, ""));
     let mut frac = frac.to_string();
-    while frac.len() > min && frac.ends_with('0') {
+    while frac.len() > min as usize && frac.ends_with('0') {
         frac.pop();
     }
     if frac.is_empty() { group(int) } else { format!("{}.{frac}", group(int)) }
 }
 
 fn fmt_bytes(n: u64) -> String {
-    if n < 1024 {
-        return format!("{n} B");
-    }
     let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
-    let (mut v, mut u) = (n as f64, 0);
-    while v >= 1024.0 && u < units.len() - 1 {
-        v /= 1024.0;
+    if n < 1024 {
+        return format!("{} B", group(&n.to_string()));
+    }
+    let (mut v, mut u) = (Decimal::from(n), 0);
+    while v >= Decimal::from(1024) && u < units.len() - 1 {
+        v /= Decimal::from(1024);
         u += 1;
     }
     format!("{} {}", fixed(v, 2, 2), units[u])
 }
 
-fn fmt_fiat(v: f64) -> String {
-    if v != 0.0 && v.abs() < 0.01 {
-        let decimals = (1 - v.abs().log10().floor() as i32) as usize;
+fn fmt_fiat(v: Decimal) -> String {
+    if !v.is_zero() && v.abs() < Decimal::new(1, 2) {
+        // Two significant digits.
+        let (mut t, mut decimals) = (v.abs(), 1);
+        while t < Decimal::ONE {
+            t *= Decimal::TEN;
+            decimals += 1;
+        }
         return format!("${}", fixed(v, 0, decimals));
     }
     format!("${}", fixed(v, 2, 2))
 }
 
 /// The text a figure should have, by what its field holds.
-fn expected_text(field: &str, v: &Value) -> String {
-    let f = |v: &Value| v.as_f64().or_else(|| v.as_str().and_then(|s| s.parse().ok())).unwrap();
+fn expected_text(field: &str, raw: &str) -> String {
     let last = field.rsplit('.').next().unwrap();
-    if v.is_null() {
+    if raw.is_empty() {
         return match last {
             "hit_ratio" => "n/a".into(),
             "p99_ms" => "no requests yet".into(),
-            _ => panic!("{field} is null"),
+            _ => panic!("{field} is empty"),
         };
     }
+    let d = || raw.parse::<Decimal>().unwrap_or_else(|e| panic!("{field}: {raw:?}: {e}"));
     match last {
-        "btt" => format!("{} BTT", fixed(f(v), 2, 6)),
-        "fiat" | "fiat_buffered" => fmt_fiat(f(v)),
-        "hit_ratio" => format!("{}%", fixed(f(v) * 100.0, 1, 1)),
-        "p99_ms" | "objective_ms" => format!("{} ms", fixed(f(v), 1, 1)),
-        "state" => v.as_str().unwrap().replace('_', " "),
-        "requests" | "files" | "samples" | "live_releases" | "checksum_failures" => fixed(f(v), 0, 0),
-        l if l == "bytes" || l.ends_with("_bytes") => fmt_bytes(f(v) as u64),
+        "btt" => format!("{} BTT", fixed(d(), 2, 6)),
+        "fiat" | "fiat_buffered" => fmt_fiat(d()),
+        "hit_ratio" => format!("{}%", fixed(d() * Decimal::from(100), 1, 1)),
+        "p99_ms" | "objective_ms" => format!("{} ms", fixed(d(), 1, 1)),
+        "state" => raw.replace('_', " "),
+        "requests" | "files" | "samples" | "live_releases" | "checksum_failures" => fixed(d(), 0, 0),
+        l if l == "bytes" || l.ends_with("_bytes") => fmt_bytes(raw.parse().unwrap()),
         _ => panic!("no formatting rule for {field}"),
     }
 }
@@ -324,6 +332,19 @@ fn raw_of(v: &Value) -> String {
         Value::String(s) => s.clone(),
         other => other.to_string(),
     }
+}
+
+#[test]
+fn the_formatting_rules_round_like_a_browser() {
+    assert_eq!(fmt_bytes(1000), "1,000 B");
+    assert_eq!(fmt_bytes(1152), "1.13 KiB");
+    assert_eq!(fmt_bytes(5 << 30), "5.00 GiB");
+    assert_eq!(fmt_fiat("0.000146250".parse().unwrap()), "$0.00015");
+    assert_eq!(fmt_fiat("0.0050".parse().unwrap()), "$0.005");
+    assert_eq!(fmt_fiat("1234.565".parse().unwrap()), "$1,234.57");
+    assert_eq!(fmt_fiat(Decimal::ZERO), "$0.00");
+    assert_eq!(expected_text("served.hit_ratio", "0.0625"), "6.3%");
+    assert_eq!(expected_text("btt.spent.btt", "1234567.5"), "1,234,567.50 BTT");
 }
 
 #[test]
@@ -521,16 +542,7 @@ fn dashboard_and_chargeback_show_the_recorded_usage() {
         if !field.starts_with("slo.") {
             assert_eq!(raw, &raw_of(v), "{field}: the page holds {raw:?}, the JSON {v}");
         }
-        assert_eq!(
-            text,
-            &expected_text(
-                field,
-                &raw.parse::<f64>()
-                    .map(Value::from)
-                    .unwrap_or_else(|_| { if raw.is_empty() { Value::Null } else { Value::String(raw.clone()) } })
-            ),
-            "{field}"
-        );
+        assert_eq!(text, &expected_text(field, raw), "{field}");
         seen.insert(field.clone());
     }
     for must in [

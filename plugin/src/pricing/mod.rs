@@ -20,6 +20,8 @@ use serde::{Deserialize, Serialize};
 
 /// Days in a billing month.
 pub const DAYS_PER_MONTH: u32 = 30;
+/// Longest period the model prices: a century.
+pub const MAX_MONTHS: u32 = 1200;
 const GIB: u64 = 1 << 30;
 const MIB: u64 = 1 << 20;
 
@@ -157,6 +159,8 @@ pub struct Pricing {
 }
 
 /// An amount in BTT, in fiat at the rate, and in fiat with the risk buffer.
+/// Arithmetic saturates at `Decimal::MAX` (about 7.9e28) instead of
+/// panicking; the price bounds keep any real figure far below it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Money {
     pub btt: Decimal,
@@ -167,13 +171,18 @@ pub struct Money {
 impl std::ops::Add for Money {
     type Output = Money;
     fn add(self, o: Money) -> Money {
-        Money { btt: self.btt + o.btt, fiat: self.fiat + o.fiat, fiat_buffered: self.fiat_buffered + o.fiat_buffered }
+        Money {
+            btt: self.btt.saturating_add(o.btt),
+            fiat: self.fiat.saturating_add(o.fiat),
+            fiat_buffered: self.fiat_buffered.saturating_add(o.fiat_buffered),
+        }
     }
 }
 
 impl Money {
-    /// Rounded for reports: BTT to the µBTT, fiat to 10 decimal places (at
-    /// BTT's price, a small bill is a fraction of a cent), no trailing zeros.
+    /// Rounded for reports, half to even: BTT to the µBTT, fiat to 10 decimal
+    /// places (at BTT's price, a small bill is a fraction of a cent), no
+    /// trailing zeros.
     pub fn rounded(&self) -> Money {
         Money {
             btt: self.btt.round_dp(6).normalize(),
@@ -220,15 +229,26 @@ impl Pricing {
         if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
             return Err(invalid("currency", format!("{currency:?} is not a three-letter currency code such as USD")));
         }
+        // Upper bounds far above any real price keep every sum of the model
+        // (exabytes, a century, 512x replication) inside Decimal's range.
+        let at_most = |key: &str, v: Decimal| {
+            let max = match key {
+                "btt.fiat_rate" => Decimal::from(1_000_000),
+                "operations.labor_per_release" => Decimal::from(1_000_000_000_000u64),
+                "storage.price_btt_per_gib_month" => Decimal::from(30_000),
+                _ => Decimal::from(1_000_000_000),
+            };
+            if v > max { Err(invalid(key, format!("{v} is above the largest accepted value, {max}"))) } else { Ok(v) }
+        };
         let positive = |key: &str, v: Decimal| {
             if v.is_sign_negative() || v.is_zero() {
                 Err(invalid(key, format!("{v} must be more than 0")))
             } else {
-                Ok(v)
+                at_most(key, v)
             }
         };
         let not_negative = |key: &str, v: Decimal| {
-            if v.is_sign_negative() { Err(invalid(key, format!("{v} must not be negative"))) } else { Ok(v) }
+            if v.is_sign_negative() { Err(invalid(key, format!("{v} must not be negative"))) } else { at_most(key, v) }
         };
         let s = &raw.storage;
         let storage_ubtt_per_gib_day = match (s.price_ubtt_per_gib_day, s.price_btt_per_gib_month) {
@@ -309,7 +329,7 @@ impl Pricing {
 
     /// An amount of BTT in all three forms.
     pub fn btt(&self, btt: Decimal) -> Money {
-        let fiat = btt * self.fiat_rate;
+        let fiat = btt.saturating_mul(self.fiat_rate);
         Money { btt, fiat, fiat_buffered: self.buffered(fiat) }
     }
 
@@ -320,28 +340,30 @@ impl Pricing {
     }
 
     fn buffered(&self, fiat: Decimal) -> Decimal {
-        fiat * (Decimal::ONE + self.risk_buffer_percent / Decimal::from(100))
+        fiat.saturating_mul(Decimal::ONE + self.risk_buffer_percent / Decimal::from(100))
     }
 
     /// BTT for retrieving `bytes` from BTFS hosts.
     pub fn retrieval(&self, bytes: u64) -> Money {
-        self.btt(ubtt(units(bytes, MIB) * self.retrieval_ubtt_per_mib))
+        self.btt(ubtt(units(bytes, MIB).saturating_mul(self.retrieval_ubtt_per_mib)))
     }
 
     /// BTT to store `bytes` once (one copy-equivalent) for `days`.
     pub fn storage_once(&self, bytes: u64, days: u32) -> Money {
-        self.btt(ubtt(units(bytes, GIB) * self.storage_ubtt_per_gib_day * Decimal::from(days)))
+        self.btt(ubtt(
+            units(bytes, GIB).saturating_mul(self.storage_ubtt_per_gib_day).saturating_mul(Decimal::from(days)),
+        ))
     }
 
     /// BTT to store `bytes` with replication for `days`.
     pub fn storage(&self, bytes: u64, days: u32) -> Money {
-        self.btt(self.storage_once(bytes, days).btt * self.replication.factor())
+        self.btt(self.storage_once(bytes, days).btt.saturating_mul(self.replication.factor()))
     }
 
-    /// Days a storage contract of `months` is billed for: never under the
-    /// minimum contract.
+    /// Days a storage contract of `months` (at most [`MAX_MONTHS`]) is billed
+    /// for: never under the minimum contract.
     pub fn billed_days(&self, months: u32) -> u32 {
-        months.saturating_mul(DAYS_PER_MONTH).max(self.min_contract_days)
+        months.min(MAX_MONTHS).saturating_mul(DAYS_PER_MONTH).max(self.min_contract_days)
     }
 
     /// The cost of one release kept `months` and read in full `runs` times.
@@ -349,7 +371,7 @@ impl Pricing {
         let days = self.billed_days(months);
         let storage = self.storage(size.stored_bytes, days);
         let per_run = self.retrieval(size.file_bytes);
-        let retrieval = self.btt(per_run.btt * Decimal::from(runs));
+        let retrieval = self.btt(per_run.btt.saturating_mul(Decimal::from(runs)));
         let operations = self.fiat(self.labor_per_release);
         ReleaseCost {
             months,
@@ -357,7 +379,8 @@ impl Pricing {
             runs,
             size,
             replication: self.replication,
-            stored_with_replication_bytes: (Decimal::from(size.stored_bytes) * self.replication.factor())
+            stored_with_replication_bytes: Decimal::from(size.stored_bytes)
+                .saturating_mul(self.replication.factor())
                 .ceil()
                 .try_into()
                 .unwrap_or(u64::MAX),
@@ -394,7 +417,7 @@ impl ReleaseSize {
             .map(|l| l.table_len())
             .sum();
         let manifest = signed.bytes.len() as u64;
-        Self { file_bytes: m.total_bytes, stored_bytes: m.total_bytes + tables + manifest }
+        Self { file_bytes: m.total_bytes, stored_bytes: m.total_bytes.saturating_add(tables).saturating_add(manifest) }
     }
 }
 

@@ -66,6 +66,11 @@ fn bad_or_missing_values_name_the_key() {
         (with("rate_date = 2026-11-20", "rate_date = \"last week\""), "btt.rate_date"),
         (with("risk_buffer_percent = 25", "risk_buffer_percent = -3"), "`btt.risk_buffer_percent`"),
         (with("[operations]", "[operations]\nsurprise = 1"), "surprise"),
+        (
+            with("price_ubtt_per_gib_day = 125000", "price_ubtt_per_gib_day = 1e20"),
+            "`storage.price_ubtt_per_gib_day`: 100000000000000000000 is above",
+        ),
+        (with("fiat_rate = \"0.00000065\"", "fiat_rate = 5000000"), "`btt.fiat_rate`"),
         ("currency = \"USD\"\n".to_string(), "storage"),
         ("not toml [".to_string(), "pricing file"),
     ];
@@ -116,6 +121,28 @@ fn storage_is_never_billed_below_the_minimum_contract() {
     let size = ReleaseSize { file_bytes: 1 << 30, stored_bytes: 1 << 30 };
     assert_eq!(p.release_cost(size, 1, 0).storage.btt, d("33.75"));
     assert_eq!(p.release_cost(size, 1, 0).retrieval.btt, Decimal::ZERO);
+}
+
+#[test]
+fn the_largest_accepted_prices_do_not_overflow() {
+    let huge = GOOD
+        .replace("price_ubtt_per_gib_day = 125000", "price_ubtt_per_gib_day = 1000000000")
+        .replace("copies = 3", "data_shards = 1\nparity_shards = 256")
+        .replace("price_ubtt_per_mib = 2500", "price_ubtt_per_mib = 1000000000")
+        .replace("fiat_rate = \"0.00000065\"", "fiat_rate = 1000000")
+        .replace("risk_buffer_percent = 25", "risk_buffer_percent = 1000");
+    let p = Pricing::parse(&huge).unwrap();
+    let size = ReleaseSize { file_bytes: 1 << 60, stored_bytes: 1 << 60 };
+    let c = p.release_cost(size, u32::MAX, u32::MAX);
+    assert_eq!(c.billed_days, MAX_MONTHS * DAYS_PER_MONTH);
+    assert!(c.total.fiat_buffered > Decimal::ZERO);
+    assert!(p.retrieval(u64::MAX).fiat_buffered > Decimal::ZERO);
+    // Beyond any real figure, sums saturate rather than panic.
+    let s = p.storage(u64::MAX, 3650);
+    assert!(s.fiat_buffered > Decimal::ZERO);
+    let max = Money { btt: Decimal::MAX, fiat: Decimal::MAX, fiat_buffered: Decimal::MAX };
+    assert_eq!(max + s, max);
+    assert_eq!(p.btt(Decimal::MAX).fiat_buffered, Decimal::MAX);
 }
 
 #[test]

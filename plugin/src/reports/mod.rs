@@ -4,7 +4,9 @@
 //!
 //! Both are sums of closed ledger records, so their bytes agree with
 //! `GetTotals` to the byte. Money is computed from the summed bytes, once
-//! per line, so it does not depend on how windows fell.
+//! per line, so it does not depend on how windows fell; each line is rounded
+//! ([`Money::rounded`], half to even) and totals are sums of the rounded
+//! lines, so a spreadsheet adding up the lines gets the total exactly.
 
 pub mod summary;
 
@@ -30,7 +32,7 @@ pub struct ChargeLine {
     pub bytes: u64,
     pub requests: u64,
     pub aborted_requests: u64,
-    /// `bytes` at the retrieval price; `None` without pricing.
+    /// `bytes` at the retrieval price, rounded; `None` without pricing.
     pub charge: Option<Money>,
 }
 
@@ -88,7 +90,7 @@ impl Chargeback {
         out.lines = lines
             .into_values()
             .map(|mut l| {
-                l.charge = pricing.map(|p| p.retrieval(l.bytes));
+                l.charge = pricing.map(|p| p.retrieval(l.bytes).rounded());
                 l
             })
             .collect();
@@ -100,7 +102,7 @@ impl Chargeback {
                 origin_egress_bytes: c.origin_egress_bytes,
                 integrity_failed_bytes: c.integrity_failed_bytes,
                 integrity_aborted_requests: c.integrity_aborted_requests,
-                spend: pricing.map(|p| p.retrieval(c.origin_egress_bytes)),
+                spend: pricing.map(|p| p.retrieval(c.origin_egress_bytes).rounded()),
             })
             .collect();
         if pricing.is_some() {

@@ -111,9 +111,10 @@ pub struct BttPanel {
     pub spent: Money,
     /// Origin egress in the period at the retrieval price.
     pub retrieval_spent: Money,
-    /// Storage of live releases for the period's days.
+    /// An estimate: storage of the releases live now, for all the period's
+    /// days (releases added or taken down during it are not prorated).
     pub storage_accrued: Money,
-    /// Tenants' bytes in the period at the retrieval price: what chargeback bills.
+    /// The tenants' charges in the period: the sum of their rounded lines.
     pub billed: Money,
 }
 
@@ -168,8 +169,10 @@ pub fn window(now: i64, days: u32) -> (i64, i64) {
     (to - i64::from(days.max(1)) * DAY_SECS, to)
 }
 
+/// Hot share of bytes, to three places: exactly what a percentage with one
+/// decimal shows.
 fn ratio(hot: u64, total: u64) -> Option<f64> {
-    (total > 0).then(|| ((hot as f64 / total as f64) * 10_000.0).round() / 10_000.0)
+    (total > 0).then(|| ((hot as f64 / total as f64) * 1_000.0).round() / 1_000.0)
 }
 
 fn date_of(t: i64) -> String {
@@ -317,7 +320,7 @@ pub fn build(i: Inputs<'_>) -> Summary {
             spent: (retrieval_spent + storage_accrued).rounded(),
             retrieval_spent: retrieval_spent.rounded(),
             storage_accrued: storage_accrued.rounded(),
-            billed: p.retrieval(served.bytes).rounded(),
+            billed: tenants.iter().filter_map(|t| t.charge).fold(Money::default(), |a, b| a + b),
         }
     });
     let pricing = p.map(|p| PricingInfo {

@@ -69,7 +69,7 @@ fn to_proto(ledger: &Ledger, e: &Entry) -> proto::UsageRecord {
 }
 
 fn money(m: Money) -> proto::Money {
-    let m = m.rounded();
+    // Lines are rounded already; totals are sums of rounded lines.
     proto::Money { btt: m.btt.to_string(), fiat: m.fiat.to_string(), fiat_buffered: m.fiat_buffered.to_string() }
 }
 

@@ -125,31 +125,42 @@ fn add_daily(
     Ok(())
 }
 
-/// Builds the derived tables of a ledger written by an older version from
-/// its closed records, once.
+/// Keeps the derived tables (`by_time`, `daily`) complete at open: a
+/// ledger from before them (or from an older index version) has them rebuilt
+/// from its closed records; records an older binary closed since the last
+/// indexing are added.
 fn reindex(txn: &redb::WriteTransaction) -> Result<(), LedgerError> {
     let mut nums = txn.open_table(META_NUM).map_err(storage)?;
     let version = nums.get("index_version").map_err(storage)?.map(|v| v.value()).unwrap_or(0);
-    if version >= INDEX_VERSION {
-        return Ok(());
-    }
-    let closed = txn.open_table(CLOSED).map_err(storage)?;
-    let mut by_time = txn.open_table(BY_TIME).map_err(storage)?;
-    let mut daily = txn.open_table(DAILY).map_err(storage)?;
-    let mut n = 0u64;
-    for row in closed.iter().map_err(storage)? {
-        let (k, v) = row.map_err(storage)?;
-        let seq = k.value();
-        let rec: Closed =
-            serde_json::from_str(v.value()).map_err(|e| LedgerError::Corrupt { seq, why: e.to_string() })?;
-        by_time.insert((rec.key.window(), seq), ()).map_err(storage)?;
-        add_daily(&mut daily, &rec.key, &rec.counters)?;
-        n += 1;
-    }
-    if n > 0 {
-        tracing::info!(records = n, "usage ledger re-indexed by time and day");
+    let last = nums.get("next_seq").map_err(storage)?.map(|v| v.value()).unwrap_or(1) - 1;
+    let from = if version < INDEX_VERSION {
+        // Start over: day sums are additive, so they must not be rebuilt on top of old ones.
+        txn.delete_table(BY_TIME).map_err(storage)?;
+        txn.delete_table(DAILY).map_err(storage)?;
+        0
+    } else {
+        nums.get("indexed_seq").map_err(storage)?.map(|v| v.value()).unwrap_or(0)
+    };
+    if from < last {
+        let closed = txn.open_table(CLOSED).map_err(storage)?;
+        let mut by_time = txn.open_table(BY_TIME).map_err(storage)?;
+        let mut daily = txn.open_table(DAILY).map_err(storage)?;
+        let mut n = 0u64;
+        for row in closed.range(from + 1..).map_err(storage)? {
+            let (k, v) = row.map_err(storage)?;
+            let seq = k.value();
+            let rec: Closed =
+                serde_json::from_str(v.value()).map_err(|e| LedgerError::Corrupt { seq, why: e.to_string() })?;
+            by_time.insert((rec.key.window(), seq), ()).map_err(storage)?;
+            add_daily(&mut daily, &rec.key, &rec.counters)?;
+            n += 1;
+        }
+        if n > 0 {
+            tracing::info!(records = n, "usage ledger indexed by time and day");
+        }
     }
     nums.insert("index_version", INDEX_VERSION).map_err(storage)?;
+    nums.insert("indexed_seq", last).map_err(storage)?;
     Ok(())
 }
 
@@ -193,9 +204,9 @@ impl Ledger {
         txn.open_table(BY_TENANT).map_err(|e| err(&e))?;
         txn.open_table(BY_TENANT_TIME).map_err(|e| err(&e))?;
         txn.open_table(MONTH).map_err(|e| err(&e))?;
+        reindex(&txn).map_err(|e| err(&e))?;
         txn.open_table(BY_TIME).map_err(|e| err(&e))?;
         txn.open_table(DAILY).map_err(|e| err(&e))?;
-        reindex(&txn).map_err(|e| err(&e))?;
         txn.commit().map_err(|e| err(&e))?;
         Ok(Self {
             db,
@@ -346,6 +357,7 @@ impl Ledger {
                 stats.closed += 1;
             }
             nums.insert("next_seq", next).map_err(storage)?;
+            nums.insert("indexed_seq", next - 1).map_err(storage)?;
             let floor = nums.get("floor").map_err(storage)?.map(|v| v.value()).unwrap_or(0);
             nums.insert("floor", floor.max(p.closed_before.max(0) as u64)).map_err(storage)?;
             last = next - 1;

@@ -70,8 +70,11 @@ fn manifest(a: &Args) -> anyhow::Result<SignedManifest> {
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
-    if a.months == 0 {
-        return Err(ConfigError("--months must be at least 1".into()).into());
+    if a.months == 0 || a.months > shardgate::pricing::MAX_MONTHS {
+        return Err(ConfigError(format!("--months must be 1 to {}", shardgate::pricing::MAX_MONTHS)).into());
+    }
+    if a.runs > 1_000_000 {
+        return Err(ConfigError("--runs must be at most 1000000".into()).into());
     }
     let pricing = Pricing::load(&a.pricing).map_err(|e| ConfigError(e.to_string()))?;
     let signed = manifest(&a)?;

@@ -225,7 +225,7 @@ fn money_json(m: &Option<proto::Money>) -> serde_json::Value {
     }
 }
 
-const CSV_HEADER: [&str; 18] = [
+const CSV_HEADER: [&str; 19] = [
     "kind",
     "from",
     "to",
@@ -240,6 +240,7 @@ const CSV_HEADER: [&str; 18] = [
     "aborted_requests",
     "origin_egress_bytes",
     "integrity_failed_bytes",
+    "integrity_aborted_requests",
     "btt",
     "fiat",
     "fiat_buffered",
@@ -316,6 +317,7 @@ async fn export(
                     &l.aborted_requests.to_string(),
                     "",
                     "",
+                    "",
                     &btt,
                     &fiat,
                     &buffered,
@@ -339,6 +341,7 @@ async fn export(
                     "",
                     &s.origin_egress_bytes.to_string(),
                     &s.integrity_failed_bytes.to_string(),
+                    &s.integrity_aborted_requests.to_string(),
                     &btt,
                     &fiat,
                     &buffered,

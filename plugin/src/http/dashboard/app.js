@@ -159,7 +159,7 @@
       spd.appendChild(fig(el("span"), "btt.retrieval_spent.btt", b.retrieval_spent.btt, fmt.btt(b.retrieval_spent.btt)));
       spd.appendChild(document.createTextNode(" retrieval + "));
       spd.appendChild(fig(el("span"), "btt.storage_accrued.btt", b.storage_accrued.btt, fmt.btt(b.storage_accrued.btt)));
-      spd.appendChild(document.createTextNode(" storage"));
+      spd.appendChild(document.createTextNode(" storage (estimate)"));
       fig($("fiat"), "btt.spent.fiat", b.spent.fiat, fmt.fiat(b.spent.fiat));
       const fd = $("fiat-detail");
       fd.textContent = "";
