@@ -14,7 +14,7 @@ use crate::config::{GrpcConfig, GrpcTlsConfig};
 use crate::gateway::Gateway;
 use crate::lifecycle::admin::AdminApi;
 use crate::lifecycle::proto::admin_service_server::AdminServiceServer;
-use crate::tenant::{hash_key, parse_key_hash};
+use crate::tenant::{bearer, hash_key, parse_key_hash};
 use crate::usage::grpc::UsageApi;
 use crate::usage::proto::usage_service_server::UsageServiceServer;
 
@@ -56,11 +56,8 @@ impl tonic::service::Interceptor for TokenAuth {
             return Err(Status::unauthenticated(format!("{what} is required (authorization: Bearer <token>)")));
         };
         let text = v.to_str().map_err(|_| Status::unauthenticated("malformed authorization metadata"))?;
-        let token = text
-            .strip_prefix("Bearer ")
-            .or_else(|| text.strip_prefix("bearer "))
-            .ok_or_else(|| Status::unauthenticated("authorization must be `Bearer <token>`"))?;
-        let h = hash_key(token.trim());
+        let token = bearer(text).ok_or_else(|| Status::unauthenticated("authorization must be `Bearer <token>`"))?;
+        let h = hash_key(token);
         if self.tokens.iter().any(|t| t == &h) {
             Ok(req)
         } else {

@@ -11,7 +11,7 @@ use super::body::{self, Body};
 use super::service::{error, json};
 use crate::gateway::Gateway;
 use crate::reports::summary::{self, MAX_DAYS};
-use crate::tenant::{hash_key, parse_key_hash};
+use crate::tenant::{bearer, hash_key, parse_key_hash};
 
 const INDEX: &str = include_str!("dashboard/index.html");
 const APP_JS: &str = include_str!("dashboard/app.js");
@@ -51,12 +51,7 @@ fn authorized<B>(gw: &Gateway, req: &Request<B>) -> Result<(), &'static str> {
     let Some(v) = req.headers().get(header::AUTHORIZATION) else {
         return Err("a finance or admin token is required (Authorization: Bearer <token>)");
     };
-    let token = v
-        .to_str()
-        .ok()
-        .and_then(|t| t.strip_prefix("Bearer ").or_else(|| t.strip_prefix("bearer ")))
-        .map(str::trim)
-        .ok_or("Authorization must be `Bearer <token>`")?;
+    let token = v.to_str().ok().and_then(bearer).ok_or("Authorization must be `Bearer <token>`")?;
     let h = hash_key(token);
     let cfg = gw.config();
     let admin = cfg.grpc.as_ref().map(|g| g.admin_tokens.as_slice()).unwrap_or(&[]);

@@ -181,10 +181,6 @@ fn date_of(t: i64) -> String {
         .unwrap_or_default()
 }
 
-fn sum(ms: impl Iterator<Item = Money>) -> Money {
-    ms.fold(Money::default(), |a, b| a + b)
-}
-
 pub fn build(i: Inputs<'_>) -> Summary {
     let (from, to) = window(i.now, i.days);
     let p = i.pricing;
@@ -192,11 +188,16 @@ pub fn build(i: Inputs<'_>) -> Summary {
     let mut releases = Vec::new();
     let mut stored = Stored { live_releases: 0, file_bytes: 0, stored_bytes: 0, replicated_bytes: None };
     let mut live_stored = 0u64;
+    let mut committed = Money::default();
     for (name, versions) in i.catalog.names() {
         for (v, r) in versions {
             let state = i.catalog.state(name, v);
             let size = ReleaseSize::of(&r.signed);
             let live = state.taken_down.is_none();
+            let contract = p.filter(|_| live).map(|p| p.storage(size.stored_bytes, p.min_contract_days));
+            if let Some(c) = contract {
+                committed = committed + c;
+            }
             if live {
                 stored.live_releases += 1;
                 stored.file_bytes += size.file_bytes;
@@ -307,12 +308,6 @@ pub fn build(i: Inputs<'_>) -> Summary {
         .collect();
 
     let btt = p.map(|p| {
-        let committed = sum(i
-            .catalog
-            .names()
-            .flat_map(|(name, vs)| vs.iter().map(move |(v, r)| (name, v, r)))
-            .filter(|(name, v, _)| i.catalog.state(name, v).taken_down.is_none())
-            .map(|(_, _, r)| p.storage(ReleaseSize::of(&r.signed).stored_bytes, p.min_contract_days)));
         let retrieval_spent = p.retrieval(served.origin_egress_bytes);
         let storage_accrued = p.storage(live_stored, i.days);
         BttPanel {

@@ -248,6 +248,13 @@ pub fn parse_key_hash(s: &str) -> Result<[u8; 32], String> {
 }
 
 /// The stored form of an API key.
+/// The credentials of an `Authorization: Bearer <token>` value (the scheme
+/// is case-insensitive); `None` for any other scheme.
+pub fn bearer(authorization: &str) -> Option<&str> {
+    let (scheme, token) = authorization.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
 pub fn hash_key(key: &str) -> [u8; 32] {
     *blake3::hash(key.as_bytes()).as_bytes()
 }
@@ -321,12 +328,8 @@ impl Tenants {
             return Ok(by_cert.unwrap_or(&self.anonymous).clone());
         };
         let text = std::str::from_utf8(value).map_err(|_| Denied::Unauthenticated("malformed Authorization header"))?;
-        let (scheme, key) =
-            text.trim().split_once(' ').ok_or(Denied::Unauthenticated("Authorization must be `Bearer <key>`"))?;
-        if !scheme.eq_ignore_ascii_case("bearer") {
-            return Err(Denied::Unauthenticated("Authorization must be `Bearer <key>`"));
-        }
-        self.by_key.get(&hash_key(key.trim())).cloned().ok_or(Denied::Unauthenticated("the API key is not valid"))
+        let key = bearer(text).ok_or(Denied::Unauthenticated("Authorization must be `Bearer <key>`"))?;
+        self.by_key.get(&hash_key(key)).cloned().ok_or(Denied::Unauthenticated("the API key is not valid"))
     }
 
     /// Whether `tenant` may read `dataset`.
