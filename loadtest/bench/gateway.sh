@@ -2,7 +2,9 @@
 # Side-by-side gateway benchmarks, all on loopback in one run:
 #   1. hot-tier 1 MiB random range reads (wrk, 32 connections) vs nginx sendfile
 #   2. cold verified streaming of a 256 MiB file vs reading the origin directly
-#      (dir origin vs nginx from page cache; btfs-api origin vs the node's own cat)
+#      (dir origin vs nginx from page cache; btfs-api origin vs the node's own cat),
+#      and what verification costs: the gateway's CPU per GB with it on and off,
+#      and chunk hashing alone (plugin/examples/verify_cost.rs)
 #   3. peak RSS with 256 concurrent whole-file streams vs the hot-tier budget
 # Writes loadtest/bench/results/gateway.md and prints it. Bounded: every load
 # step has a fixed duration or request count.
@@ -66,18 +68,40 @@ stop "$work/hot.toml"
 say "2a. cold verified streaming, dir origin (${cold_mib} MiB, hot tier 64 MiB, fresh gateway per run)"
 cold_url_path="/v1/datasets/bench/1.0.0/files/cold.bin"
 best_ngx=0; best_sg=0; best_sg_nv=0
-for run in 1 2 3; do
+cpu_on=(); cpu_off=()
+# MB/s of a whole download through a fresh gateway (config $1), and the
+# gateway's CPU seconds (user + system, all threads) per GB it served.
+cold_run() {
+  local g pid t0 t1 out bytes
+  g=$(launch "$1"); pid=$(cat "$1.pid")
+  t0=$(cpu_ticks "$pid")
+  # Twice: the second read is as cold (the 64 MiB LRU hot tier holds only the
+  # file's tail, which is evicted before the reader gets there), and the CPU
+  # figure has twice the clock ticks.
+  out=$(curl -s -o /dev/null -o /dev/null -w '%{size_download} %{time_total}\n' "$g$cold_url_path" "$g$cold_url_path" |
+    awk '{b += $1; t += $2} END {print b, t}')
+  t1=$(cpu_ticks "$pid")
+  stop "$1"
+  bytes=${out% *}
+  echo "$(mbps "$bytes" "${out#* }") $(python3 -c "import sys,os; t=int(sys.argv[1]); print(f'{t / os.sysconf(\"SC_CLK_TCK\") / (int(sys.argv[2]) / 1e9):.3f}')" "$((t1 - t0))" "$bytes")"
+}
+for run in 1 2 3 4 5; do
   r=$(curl_rate "http://127.0.0.1:$ngx_port/cold.bin"); [ "$r" -gt "$best_ngx" ] && best_ngx=$r
   p=$(free_port); gw_config "$p" 64 "$dir_origin" > "$work/cold$run.toml"
-  g=$(launch "$work/cold$run.toml")
-  r=$(curl_rate "$g$cold_url_path"); [ "$r" -gt "$best_sg" ] && best_sg=$r
-  stop "$work/cold$run.toml"
+  read -r r c < <(cold_run "$work/cold$run.toml"); [ "$r" -gt "$best_sg" ] && best_sg=$r; cpu_on+=("$c")
   p=$(free_port); { gw_config "$p" 64 "$dir_origin"; printf '[fetch]\nverify = false\n'; } > "$work/coldnv$run.toml"
-  g=$(launch "$work/coldnv$run.toml")
-  r=$(curl_rate "$g$cold_url_path"); [ "$r" -gt "$best_sg_nv" ] && best_sg_nv=$r
-  stop "$work/coldnv$run.toml"
+  read -r r c < <(cold_run "$work/coldnv$run.toml"); [ "$r" -gt "$best_sg_nv" ] && best_sg_nv=$r; cpu_off+=("$c")
 done
-say "   nginx $best_ngx MB/s, shardgate verified $best_sg MB/s, unverified $best_sg_nv MB/s (best of 3)"
+median() { printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
+cpu_on_med=$(median "${cpu_on[@]}"); cpu_off_med=$(median "${cpu_off[@]}")
+verify_pct=$(python3 -c "import sys; print(f'{(float(sys.argv[1]) - float(sys.argv[2])) * 100:.1f}')" "$cpu_on_med" "$cpu_off_med")
+say "   nginx $best_ngx MB/s, shardgate verified $best_sg MB/s, unverified $best_sg_nv MB/s (best of 5)"
+say "   gateway CPU s/GB verified ${cpu_on[*]}, unverified ${cpu_off[*]}: verification $verify_pct% of a core per GB/s"
+cargo build -q $([ "${BENCH_PROFILE:-release}" = debug ] || echo --release) -p shardgate --example verify_cost
+hash_line=$("$target_dir/examples/verify_cost" "$([ -n "$quick" ] && echo 64 || echo 512)" 3)
+say "   $hash_line"
+read -r hash_warm hash_warm_pct hash_cold hash_cold_pct < <(echo "$hash_line" |
+  sed -E 's/.*just read ([0-9.]+) GB\/s, ([0-9.]+)%.*from memory ([0-9.]+) GB\/s, ([0-9.]+)%.*/\1 \2 \3 \4/')
 
 node_line="not run (set BENCH_NODE=1)"
 if [ -n "${BENCH_NODE:-1}" ] && [ -z "$quick" ]; then
@@ -136,6 +160,8 @@ mkdir -p "$out"
   echo "| hot tier, random 1 MiB ranges, wrk -c32 ${dur}s | nginx sendfile $ngx_hot MB/s ($ngx_rps req/s) | $sg_hot MB/s ($sg_rps req/s) | $(ratio "$sg_hot" "$ngx_hot") | >= 1.0x |"
   echo "| cold, dir origin (${cold_mib} MiB, verified) | nginx from page cache $best_ngx MB/s | $best_sg MB/s | $(ratio "$best_sg" "$best_ngx") | >= 0.95x |"
   echo "| cold, dir origin (${cold_mib} MiB, verify off) | nginx from page cache $best_ngx MB/s | $best_sg_nv MB/s | $(ratio "$best_sg_nv" "$best_ngx") | (cost of verification) |"
+  echo "| verification, gateway CPU per GB served cold (median of 5, verified minus unverified) | | $cpu_on_med - $cpu_off_med core-s/GB = $verify_pct% of a core per GB/s | | <= 15% |"
+  echo "| verification alone, one thread (\`examples/verify_cost\`): 256 KiB chunks just read / from memory | | $hash_warm GB/s = $hash_warm_pct% / $hash_cold GB/s = $hash_cold_pct% of a core per GB/s | | <= 15% |"
   case "$node_line" in \|*) echo "$node_line" ;; esac
   echo "| peak RSS, $rss_streams streams | budget ${budget_mib} MiB + 64 MiB | $peak_mib MiB | | <= $((budget_mib + 64)) MiB |"
 } > "$out/gateway.md"

@@ -44,6 +44,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }   # user + system clock ticks of a process, all threads
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 
 # Starts `shardgate serve --config $1` (optionally under a command prefix:

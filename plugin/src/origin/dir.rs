@@ -7,9 +7,10 @@
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 
 use super::{ByteStream, OriginErrorKind, PathIndex};
 use crate::release::layout::ReleaseDir;
@@ -23,13 +24,19 @@ const READ_BLOCK: usize = 256 * 1024;
 pub struct DirIndex {
     root: PathBuf,
     paths: RwLock<PathIndex>,
+    /// Whether the file system takes `RWF_NOWAIT` reads (cleared on the first refusal).
+    nowait: Arc<AtomicBool>,
 }
 
 impl DirIndex {
     /// Indexes `root`: a release directory, or a directory whose immediate
     /// subdirectories are releases. Unreadable manifests are skipped with a log line.
     pub fn scan(root: &Path) -> Self {
-        let index = Self { root: root.to_path_buf(), paths: RwLock::new(PathIndex::new()) };
+        let index = Self {
+            root: root.to_path_buf(),
+            paths: RwLock::new(PathIndex::new()),
+            nowait: Arc::new(AtomicBool::new(true)),
+        };
         if root.join(crate::release::layout::MANIFEST).is_file() {
             index.add_release(&ReleaseDir::new(root));
         } else if let Ok(entries) = std::fs::read_dir(root) {
@@ -82,50 +89,153 @@ impl DirIndex {
         self.paths.read().ok().and_then(|p| p.get(hash).cloned())
     }
 
-    /// Streams `range` of a blob: each poll runs one short blocking task that
-    /// `pread`s the next `READ_BLOCK` bytes into a fresh buffer. Nothing is
-    /// read ahead of the consumer, and no thread waits on a paused reader.
+    /// Streams `range` of a blob, `READ_BLOCK` bytes per poll into a fresh
+    /// buffer. Bytes already in the page cache are read on the spot
+    /// (`preadv2` with `RWF_NOWAIT`, which never waits for the disk); the
+    /// rest by one short blocking task. Nothing is read ahead of the
+    /// consumer, and no thread waits on a paused reader.
     pub(super) async fn read(&self, hash: Blake3, range: Range<u64>) -> Result<ByteStream, OriginErrorKind> {
         let path = self.path_of(&hash).ok_or_else(|| OriginErrorKind::NotFound(hash.to_hex()))?;
         let file = std::fs::File::open(&path).map_err(|e| OriginErrorKind::Io(format!("{}: {e}", path.display())))?;
-        let state = (Some(std::sync::Arc::new(file)), range.start, range.end, path.display().to_string());
-        Ok(Box::pin(futures_util::stream::unfold(state, |(file, at, end, name)| async move {
-            let file = file?;
-            if at >= end {
-                return None;
-            }
-            let n = (end - at).min(READ_BLOCK as u64) as usize;
-            let f = file.clone();
-            let read = tokio::task::spawn_blocking(move || {
-                use std::os::unix::fs::FileExt;
-                let mut buf = BytesMut::zeroed(n);
-                loop {
-                    match f.read_at(&mut buf, at) {
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                        Err(e) => return Err(e.to_string()),
-                        Ok(got) => {
-                            buf.truncate(got);
-                            return Ok(buf.freeze());
-                        }
+        let nowait = self.nowait.clone();
+        let state = (Some(Arc::new(file)), range.start, range.end, path.display().to_string());
+        Ok(Box::pin(futures_util::stream::unfold(state, move |(file, at, end, name)| {
+            let nowait = nowait.clone();
+            async move {
+                let file = file?;
+                if at >= end {
+                    return None;
+                }
+                let n = (end - at).min(READ_BLOCK as u64) as usize;
+                let read = match read_cached(&file, &nowait, n, at) {
+                    Some(b) => Ok(Ok(b)),
+                    None => {
+                        let f = file.clone();
+                        tokio::task::spawn_blocking(move || read_block(&f, n, at)).await
                     }
+                };
+                let err = |why: String| super::OriginError {
+                    origin: "dir".into(),
+                    kind: OriginErrorKind::Io(format!("{name}: {why}")),
+                };
+                match read {
+                    Ok(Ok(b)) if b.is_empty() => {
+                        Some((Err(err(format!("file ends at {at}, before {end}"))), (None, at, end, name)))
+                    }
+                    Ok(Ok(b)) => {
+                        let next = at + b.len() as u64;
+                        Some((Ok(b), (Some(file), next, end, name)))
+                    }
+                    Ok(Err(e)) => Some((Err(err(e)), (None, at, end, name))),
+                    Err(e) => Some((Err(err(e.to_string())), (None, at, end, name))),
                 }
-            })
-            .await;
-            let err = |why: String| super::OriginError {
-                origin: "dir".into(),
-                kind: OriginErrorKind::Io(format!("{name}: {why}")),
-            };
-            match read {
-                Ok(Ok(b)) if b.is_empty() => {
-                    Some((Err(err(format!("file ends at {at}, before {end}"))), (None, at, end, name)))
-                }
-                Ok(Ok(b)) => {
-                    let next = at + b.len() as u64;
-                    Some((Ok(b), (Some(file), next, end, name)))
-                }
-                Ok(Err(e)) => Some((Err(err(e)), (None, at, end, name))),
-                Err(e) => Some((Err(err(e.to_string())), (None, at, end, name))),
             }
         })))
+    }
+}
+
+/// Up to `n` bytes at `at`, blocking on the disk if need be (an empty buffer
+/// at the end of the file).
+fn read_block(file: &std::fs::File, n: usize, at: u64) -> Result<Bytes, String> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = BytesMut::zeroed(n);
+    loop {
+        match file.read_at(&mut buf, at) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.to_string()),
+            Ok(got) => {
+                buf.truncate(got);
+                return Ok(buf.freeze());
+            }
+        }
+    }
+}
+
+/// The bytes at `at` that are in the page cache (up to `n`), read without
+/// waiting for the disk; `None` when none are, or on any error (the blocking
+/// read then answers, and reports the error). A file system without
+/// `RWF_NOWAIT` turns the attempt off for this origin.
+#[cfg(target_os = "linux")]
+fn read_cached(file: &std::fs::File, nowait: &AtomicBool, n: usize, at: u64) -> Option<Bytes> {
+    use rustix::io::{Errno, ReadWriteFlags, preadv2};
+    if !nowait.load(Ordering::Relaxed) {
+        return None;
+    }
+    let mut buf = BytesMut::zeroed(n);
+    match preadv2(file, &mut [std::io::IoSliceMut::new(&mut buf)], at, ReadWriteFlags::NOWAIT) {
+        // Zero is the end of the file, or nothing cached: the blocking read tells which.
+        Ok(0) => None,
+        Ok(got) => {
+            buf.truncate(got);
+            Some(buf.freeze())
+        }
+        Err(Errno::OPNOTSUPP | Errno::NOSYS | Errno::INVAL) => {
+            nowait.store(false, Ordering::Relaxed);
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn read_cached(_: &std::fs::File, _: &AtomicBool, _: usize, _: u64) -> Option<Bytes> {
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::StreamExt;
+
+    use super::*;
+
+    fn index_of(path: &Path, nowait: bool) -> (DirIndex, Blake3) {
+        let hash = Blake3::from(blake3::hash(path.as_os_str().as_encoded_bytes()));
+        let index = DirIndex {
+            root: path.parent().unwrap_or(path).to_path_buf(),
+            paths: RwLock::new(PathIndex::from([(hash, path.to_path_buf())])),
+            nowait: Arc::new(AtomicBool::new(nowait)),
+        };
+        (index, hash)
+    }
+
+    async fn collect(index: &DirIndex, hash: Blake3, range: Range<u64>) -> Result<Vec<u8>, String> {
+        let mut stream = index.read(hash, range).await.map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        while let Some(piece) = stream.next().await {
+            out.extend_from_slice(&piece.map_err(|e| e.to_string())?);
+        }
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn ranges_read_the_same_bytes_with_and_without_nowait() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blob");
+        let data: Vec<u8> = (0..3 * READ_BLOCK + 1234).map(|i| (i * 7 + i / 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        for nowait in [true, false] {
+            let (index, hash) = index_of(&path, nowait);
+            for range in [
+                0..data.len() as u64,
+                1..2,
+                100_000..(2 * READ_BLOCK as u64 + 17),
+                3 * READ_BLOCK as u64..data.len() as u64,
+            ] {
+                let got = collect(&index, hash, range.clone()).await.unwrap();
+                assert_eq!(got, data[range.start as usize..range.end as usize], "range {range:?}, nowait {nowait}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_file_shorter_than_the_range_is_an_error_naming_where_it_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blob");
+        std::fs::write(&path, vec![1u8; READ_BLOCK + 10]).unwrap();
+        for nowait in [true, false] {
+            let (index, hash) = index_of(&path, nowait);
+            let err = collect(&index, hash, 0..(2 * READ_BLOCK as u64)).await.unwrap_err();
+            assert!(err.contains(&format!("file ends at {}", READ_BLOCK + 10)), "{err}");
+        }
     }
 }
