@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use anyhow::Context;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -16,16 +17,11 @@ pub struct Targets {
     pub files: Arc<Vec<Target>>,
 }
 
+/// RFC 3986 unreserved characters and `/` stay as they are in a file's URL.
+const PATH_KEEP: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~').remove(b'/');
+
 fn encode(path: &str) -> String {
-    let mut out = String::with_capacity(path.len());
-    for b in path.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    utf8_percent_encode(path, PATH_KEEP).to_string()
 }
 
 fn auth(r: reqwest::RequestBuilder, key: Option<&str>) -> reqwest::RequestBuilder {

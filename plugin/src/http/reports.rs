@@ -62,7 +62,7 @@ fn authorized<B>(gw: &Gateway, req: &Request<B>) -> Result<(), &'static str> {
 /// `days` from the query: 1 to [`MAX_DAYS`], default 30.
 fn days(query: Option<&str>) -> Result<u32, String> {
     let mut days = 30;
-    for (k, v) in query.unwrap_or("").split('&').filter_map(|kv| kv.split_once('=')) {
+    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         if k == "days" {
             days = match v.parse::<u32>() {
                 Ok(n) if (1..=MAX_DAYS).contains(&n) => n,

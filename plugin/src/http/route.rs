@@ -2,6 +2,8 @@
 //! only ever produce a route or a 4xx, never a panic or a path outside a
 //! release.
 
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
+
 use crate::release::manifest::{Blake3, check_path};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,17 +55,13 @@ impl Route<'_> {
     }
 }
 
+/// What a release path keeps unescaped in a URL: RFC 3986 unreserved
+/// characters and `/`.
+const PATH_KEEP: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~').remove(b'/');
+
 /// Percent-encodes a release path for a URL (keeping `/`).
 pub fn encode_path(path: &str) -> String {
-    let mut out = String::with_capacity(path.len());
-    for b in path.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    utf8_percent_encode(path, PATH_KEEP).to_string()
 }
 
 /// Why a path is refused with 400.
@@ -140,23 +138,17 @@ fn v1<'a>(mut segs: std::str::Split<'a, char>) -> Result<Route<'a>, RouteError> 
 
 /// Percent-decodes one path segment; `None` if malformed or not UTF-8.
 fn percent_decode(s: &str) -> Option<String> {
+    // The decoder passes a malformed escape through as it is; here it is refused.
     let b = s.as_bytes();
-    if !b.contains(&b'%') {
-        return Some(s.to_string());
+    let well_formed = b
+        .iter()
+        .enumerate()
+        .filter(|&(_, &c)| c == b'%')
+        .all(|(i, _)| b.get(i + 1..i + 3).is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)));
+    if !well_formed {
+        return None;
     }
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
+    percent_decode_str(s).decode_utf8().ok().map(std::borrow::Cow::into_owned)
 }
 
 #[cfg(test)]

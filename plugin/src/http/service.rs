@@ -213,8 +213,7 @@ impl Discovery {
     fn parse(query: Option<&str>) -> Result<Self, String> {
         let mut d = Discovery::default();
         let Some(query) = query.filter(|q| !q.is_empty()) else { return Ok(d) };
-        let url = reqwest::Url::parse(&format!("http://x/?{query}")).map_err(|e| format!("bad query: {e}"))?;
-        for (k, v) in url.query_pairs() {
+        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
             let v = v.trim().to_string();
             if v.is_empty() {
                 continue;

@@ -89,7 +89,7 @@ impl DirIndex {
         self.paths.read().ok().and_then(|p| p.get(hash).cloned())
     }
 
-    /// Streams `range` of a blob, `READ_BLOCK` bytes per poll into a fresh
+    /// Streams `range` of a blob, `READ_BLOCK` bytes per poll into one fresh
     /// buffer. Bytes already in the page cache are read on the spot
     /// (`preadv2` with `RWF_NOWAIT`, which never waits for the disk); the
     /// rest by one short blocking task. Nothing is read ahead of the
@@ -97,48 +97,47 @@ impl DirIndex {
     pub(super) async fn read(&self, hash: Blake3, range: Range<u64>) -> Result<ByteStream, OriginErrorKind> {
         let path = self.path_of(&hash).ok_or_else(|| OriginErrorKind::NotFound(hash.to_hex()))?;
         let file = std::fs::File::open(&path).map_err(|e| OriginErrorKind::Io(format!("{}: {e}", path.display())))?;
-        let nowait = self.nowait.clone();
-        let state = (Some(Arc::new(file)), range.start, range.end, path.display().to_string());
-        Ok(Box::pin(futures_util::stream::unfold(state, move |(file, at, end, name)| {
-            let nowait = nowait.clone();
-            async move {
-                let file = file?;
-                if at >= end {
-                    return None;
+        let state = (Some(Arc::new(file)), range.start, range.end, path.display().to_string(), self.nowait.clone());
+        Ok(Box::pin(futures_util::stream::unfold(state, |(file, at, end, name, nowait)| async move {
+            let file = file?;
+            if at >= end {
+                return None;
+            }
+            let n = (end - at).min(READ_BLOCK as u64) as usize;
+            let mut buf = BytesMut::zeroed(n);
+            let read = match read_cached(&file, &nowait, &mut buf, at) {
+                Some(got) => {
+                    buf.truncate(got);
+                    Ok(Ok(buf.freeze()))
                 }
-                let n = (end - at).min(READ_BLOCK as u64) as usize;
-                let read = match read_cached(&file, &nowait, n, at) {
-                    Some(b) => Ok(Ok(b)),
-                    None => {
-                        let f = file.clone();
-                        tokio::task::spawn_blocking(move || read_block(&f, n, at)).await
-                    }
-                };
-                let err = |why: String| super::OriginError {
-                    origin: "dir".into(),
-                    kind: OriginErrorKind::Io(format!("{name}: {why}")),
-                };
-                match read {
-                    Ok(Ok(b)) if b.is_empty() => {
-                        Some((Err(err(format!("file ends at {at}, before {end}"))), (None, at, end, name)))
-                    }
-                    Ok(Ok(b)) => {
-                        let next = at + b.len() as u64;
-                        Some((Ok(b), (Some(file), next, end, name)))
-                    }
-                    Ok(Err(e)) => Some((Err(err(e)), (None, at, end, name))),
-                    Err(e) => Some((Err(err(e.to_string())), (None, at, end, name))),
+                None => {
+                    let f = file.clone();
+                    tokio::task::spawn_blocking(move || read_block(&f, buf, at)).await
                 }
+            };
+            let err = |why: String| super::OriginError {
+                origin: "dir".into(),
+                kind: OriginErrorKind::Io(format!("{name}: {why}")),
+            };
+            match read {
+                Ok(Ok(b)) if b.is_empty() => {
+                    Some((Err(err(format!("file ends at {at}, before {end}"))), (None, at, end, name, nowait)))
+                }
+                Ok(Ok(b)) => {
+                    let next = at + b.len() as u64;
+                    Some((Ok(b), (Some(file), next, end, name, nowait)))
+                }
+                Ok(Err(e)) => Some((Err(err(e)), (None, at, end, name, nowait))),
+                Err(e) => Some((Err(err(e.to_string())), (None, at, end, name, nowait))),
             }
         })))
     }
 }
 
-/// Up to `n` bytes at `at`, blocking on the disk if need be (an empty buffer
-/// at the end of the file).
-fn read_block(file: &std::fs::File, n: usize, at: u64) -> Result<Bytes, String> {
+/// Fills `buf` from `at`, blocking on the disk if need be; fewer bytes at
+/// the end of the file (none past it).
+fn read_block(file: &std::fs::File, mut buf: BytesMut, at: u64) -> Result<Bytes, String> {
     use std::os::unix::fs::FileExt;
-    let mut buf = BytesMut::zeroed(n);
     loop {
         match file.read_at(&mut buf, at) {
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -151,24 +150,20 @@ fn read_block(file: &std::fs::File, n: usize, at: u64) -> Result<Bytes, String> 
     }
 }
 
-/// The bytes at `at` that are in the page cache (up to `n`), read without
-/// waiting for the disk; `None` when none are, or on any error (the blocking
-/// read then answers, and reports the error). A file system without
-/// `RWF_NOWAIT` turns the attempt off for this origin.
+/// Reads into `buf` the bytes at `at` that are in the page cache, without
+/// waiting for the disk; how many, or `None` when none are or on any error
+/// (the blocking read then answers, and reports the error). A file system
+/// without `RWF_NOWAIT` turns the attempt off for this origin.
 #[cfg(target_os = "linux")]
-fn read_cached(file: &std::fs::File, nowait: &AtomicBool, n: usize, at: u64) -> Option<Bytes> {
+fn read_cached(file: &std::fs::File, nowait: &AtomicBool, buf: &mut [u8], at: u64) -> Option<usize> {
     use rustix::io::{Errno, ReadWriteFlags, preadv2};
     if !nowait.load(Ordering::Relaxed) {
         return None;
     }
-    let mut buf = BytesMut::zeroed(n);
-    match preadv2(file, &mut [std::io::IoSliceMut::new(&mut buf)], at, ReadWriteFlags::NOWAIT) {
+    match preadv2(file, &mut [std::io::IoSliceMut::new(buf)], at, ReadWriteFlags::NOWAIT) {
         // Zero is the end of the file, or nothing cached: the blocking read tells which.
         Ok(0) => None,
-        Ok(got) => {
-            buf.truncate(got);
-            Some(buf.freeze())
-        }
+        Ok(got) => Some(got),
         Err(Errno::OPNOTSUPP | Errno::NOSYS | Errno::INVAL) => {
             nowait.store(false, Ordering::Relaxed);
             None
@@ -178,7 +173,7 @@ fn read_cached(file: &std::fs::File, nowait: &AtomicBool, n: usize, at: u64) -> 
 }
 
 #[cfg(not(target_os = "linux"))]
-fn read_cached(_: &std::fs::File, _: &AtomicBool, _: usize, _: u64) -> Option<Bytes> {
+fn read_cached(_: &std::fs::File, _: &AtomicBool, _: &mut [u8], _: u64) -> Option<usize> {
     None
 }
 

@@ -351,40 +351,8 @@ fn status_of(code: u16) -> StatusCode {
     StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
-/// Decodes `%XX` escapes and `+` of a query component.
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                match std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                    Some(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
-    query
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (percent_decode(k), percent_decode(v))
-        })
-        .collect()
+    form_urlencoded::parse(query.unwrap_or("").as_bytes()).into_owned().collect()
 }
 
 async fn handle(
@@ -398,7 +366,7 @@ async fn handle(
     let resp = if path == cat_path {
         cat(&state, written, &req).await
     } else if let Some(rest) = path.strip_prefix(&gateway_base) {
-        let cid = percent_decode(rest.trim_end_matches('/'));
+        let cid = percent_encoding::percent_decode_str(rest.trim_end_matches('/')).decode_utf8_lossy().into_owned();
         gateway(&state, written, &req, &cid).await
     } else {
         full(StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "404 page not found\n")
