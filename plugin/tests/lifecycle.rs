@@ -426,16 +426,8 @@ async fn a_takedown_cuts_bodies_already_streaming() {
     // The reader pauses; the release is taken down meanwhile.
     let req = proto::TakedownRequest { name: "lc-big".into(), version: "1.0.0".into(), reason: "recalled".into() };
     admin(grpc).await.takedown(authed(req, ADMIN)).await.unwrap();
-    let mut cut = false;
-    while let Some(piece) = stream.next().await {
-        match piece {
-            Ok(b) => got += b.len() as u64,
-            Err(_) => {
-                cut = true;
-                break;
-            }
-        }
-    }
+    let (rest, cut) = drain_body(&mut stream).await;
+    got += rest;
     assert!(cut, "the body must be cut, not completed ({got} bytes read)");
     assert!(got < 16 << 20, "{got}");
     assert_eq!(g.metric("shardgate_responses_aborted_total{reason=\"taken_down\"}"), 1.0);

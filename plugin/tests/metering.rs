@@ -241,19 +241,7 @@ async fn a_response_cut_for_integrity_is_never_billed() {
     f.mock.set_fault(Some(&cid), Some(Fault::CorruptAt(5 * CHUNK + 7)));
     let resp = client().get(f.vision.url(&f.g.base, "a.bin")).bearer_auth(&f.vision_key).send().await.unwrap();
     assert_eq!(resp.status(), 200);
-    let mut got = 0u64;
-    let mut stream = resp.bytes_stream();
-    let mut cut = false;
-    use futures_util::StreamExt;
-    while let Some(piece) = stream.next().await {
-        match piece {
-            Ok(b) => got += b.len() as u64,
-            Err(_) => {
-                cut = true;
-                break;
-            }
-        }
-    }
+    let (got, cut) = drain_body(&mut resp.bytes_stream()).await;
     assert!(cut, "the body must be cut, not completed");
     assert_eq!(got, 5 * CHUNK, "exactly the verified chunks before the bad one");
     let entries = close_all(&f.g);

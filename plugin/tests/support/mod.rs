@@ -222,3 +222,19 @@ impl Drop for Served {
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().build().unwrap()
 }
+
+/// Reads the rest of a response body: the bytes received, and whether the
+/// body was cut (ended in an error) rather than completed.
+pub async fn drain_body(
+    stream: &mut (impl futures_util::Stream<Item = reqwest::Result<Bytes>> + Unpin),
+) -> (u64, bool) {
+    use futures_util::StreamExt;
+    let mut got = 0u64;
+    while let Some(piece) = stream.next().await {
+        match piece {
+            Ok(b) => got += b.len() as u64,
+            Err(_) => return (got, true),
+        }
+    }
+    (got, false)
+}
