@@ -162,13 +162,9 @@ amp() { python3 -c "import sys; print(f'{int(sys.argv[1])/int(sys.argv[2]):.2f}'
 say "   origin bytes per file byte: shardgate $(amp "$c_sg_bytes" "$one_size") ($c_sg_reqs requests), nginx $(amp "$c_ngx_bytes" "$one_size") ($c_ngx_reqs upstream requests)"
 
 errors=$((d_cold_err + d_warm_err + a_ngx_err + a_sg_err + b_ngx_cold_err + b_ngx_warm_err + b_sg_cold_err + b_sg_warm_err))
-out="loadtest/bench/results"; [ -n "$quick" ] && out="$work"   # smoke runs leave the results alone
-mkdir -p "$out"
+out=$(results_dir)
 {
-  echo "### Caching (shardgate-loadtest)$( [ -n "$quick" ] && echo ' — QUICK smoke, not a measurement')"
-  echo
-  echo "Run $(date -u +%Y-%m-%dT%H:%MZ) on $(machine)."
-  echo "Command: \`bash loadtest/bench/caching.sh\` (${BENCH_PROFILE:-release} build; nginx $(nginx -v 2>&1 | sed 's/.*\///'), dev node; loopback)."
+  results_head "Caching (shardgate-loadtest)" caching.sh "nginx $(nginx_version), dev node; loopback"
   echo "Dataset: $files_n files of $file_mib MiB ($dataset_mib MiB). shardgate-loadtest, 8 workers, ${dur}s per step; errors in all steps: $errors."
   echo
   echo "| measure | peer | shardgate | ratio | target |"

@@ -147,13 +147,9 @@ stop "$work/rss.toml"
 peak_mib=$((hwm / 1024))
 say "   peak RSS $peak_mib MiB (budget $budget_mib MiB + 64 MiB)"
 
-out="loadtest/bench/results"; [ -n "$quick" ] && out="$work"   # smoke runs leave the results alone
-mkdir -p "$out"
+out=$(results_dir)
 {
-  echo "### Gateway: hot tier, cold path, RSS$( [ -n "$quick" ] && echo ' — QUICK smoke, not a measurement')"
-  echo
-  echo "Run $(date -u +%Y-%m-%dT%H:%MZ) on $(machine)."
-  echo "Command: \`bash loadtest/bench/gateway.sh\` (${BENCH_PROFILE:-release} build; nginx $(nginx -v 2>&1 | sed 's/.*\///'), wrk, curl; all on loopback)."
+  results_head "Gateway: hot tier, cold path, RSS" gateway.sh "nginx $(nginx_version), wrk, curl; all on loopback"
   echo
   echo "| measure | peer | shardgate | ratio | target |"
   echo "|---|---|---|---|---|"

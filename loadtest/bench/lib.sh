@@ -117,3 +117,17 @@ ratio() { python3 -c "import sys; a,b=float(sys.argv[1]),float(sys.argv[2]); pri
 machine() {
   echo "$(nproc) cores, $(awk '/model name/ {sub(/.*: /,""); print; exit}' /proc/cpuinfo), $(free -g | awk '/Mem/ {print $2}') GiB RAM"
 }
+
+# Where a script writes its results table (smoke runs leave the results alone).
+results_dir() {
+  local out="loadtest/bench/results"; [ -n "$quick" ] && out="$work"
+  mkdir -p "$out"; echo "$out"
+}
+# The head of a results table: results_head TITLE SCRIPT TOOLS.
+results_head() {
+  echo "### $1$( [ -n "$quick" ] && echo ' — QUICK smoke, not a measurement')"
+  echo
+  echo "Run $(date -u +%Y-%m-%dT%H:%MZ) on $(machine)."
+  echo "Command: \`bash loadtest/bench/$2\` (${BENCH_PROFILE:-release} build; $3)."
+}
+nginx_version() { nginx -v 2>&1 | sed 's/.*\///'; }

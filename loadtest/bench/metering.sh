@@ -109,13 +109,9 @@ per_meter=$(( (m2 - m1) / 10000 ))
 say "   metering alone: $per_meter instructions per response"
 
 pct() { python3 -c "print(f'{($1/$2 - 1) * 100:+.1f}%')"; }
-out="loadtest/bench/results"; [ -n "$quick" ] && out="$work"   # smoke runs leave the results alone
-mkdir -p "$out"
+out=$(results_dir)
 {
-  echo "### Metering and limits (target: at most 3%)$( [ -n "$quick" ] && echo ' — QUICK smoke, not a measurement')"
-  echo
-  echo "Run $(date -u +%Y-%m-%dT%H:%MZ) on $(nproc) cores, $(awk '/model name/ {sub(/.*: /,""); print; exit}' /proc/cpuinfo)."
-  echo "Command: \`bash loadtest/bench/metering.sh\` (${BENCH_PROFILE:-release} build; wrk, curl, valgrind; all on loopback)."
+  results_head "Metering and limits (target: at most 3%)" metering.sh "wrk, curl, valgrind; all on loopback"
   echo
   echo "| measure | metering off | metering on | on, keyed tenant with limits | cost |"
   echo "|---|---|---|---|---|"
