@@ -13,6 +13,7 @@ pub mod http;
 pub mod lifecycle;
 pub mod metrics;
 pub mod origin;
+mod pagecache;
 pub mod pricing;
 pub mod progress;
 pub mod registry;

@@ -233,8 +233,17 @@ impl Fetcher {
     /// promoted to the hot tier. A chunk that cannot be read or fails
     /// verification is dropped from the disk tier; the caller fetches it.
     async fn from_disk(self: &Arc<Self>, file: &Arc<FileSpec>, key: ChunkKey) -> Option<Bytes> {
-        if !self.disk.as_ref().is_some_and(|d| d.contains(&key)) {
+        let disk = self.disk.as_ref()?;
+        if !disk.contains(&key) {
             return None;
+        }
+        // The common case, a warm tier: the chunk table is known and the
+        // chunk is in the page cache, so it is read and checked right here,
+        // without a task or thread hop.
+        if let Some(table) = self.cached_table(file).await
+            && let Some(data) = disk.read_cached_unverified(&key)
+        {
+            return self.check_disk_chunk(file, table.as_deref(), key, data);
         }
         // Its own task: reading a chunk table holds origin streams, which are
         // not `Sync`, and response bodies must be.
@@ -255,10 +264,23 @@ impl Fetcher {
                 return None;
             }
         };
-        // Always verified, even with `fetch.verify = false`: nothing is
-        // fsynced, so a chunk torn by a crash may have the right length.
         let table = self.table(file).await.ok()?;
-        if !chunk_matches(file, table.as_deref(), key.index, &data) {
+        self.check_disk_chunk(file, table.as_deref(), key, data)
+    }
+
+    /// Verifies a chunk read back from the disk tier: promoted to the hot
+    /// tier when it matches, dropped from the disk tier when it does not.
+    /// Always verified, even with `fetch.verify = false`: nothing is fsynced,
+    /// so a chunk torn by a crash may have the right length.
+    fn check_disk_chunk(
+        &self,
+        file: &FileSpec,
+        table: Option<&ChunkTable>,
+        key: ChunkKey,
+        data: Bytes,
+    ) -> Option<Bytes> {
+        let disk = self.disk.as_ref()?;
+        if !chunk_matches(file, table, key.index, &data) {
             self.metrics.disk_verify_failures.inc();
             self.metrics.checksum_failures.inc();
             tracing::warn!(file = %file.blake3, chunk = key.index,
@@ -269,6 +291,15 @@ impl Fetcher {
         self.metrics.disk_hits.inc();
         self.hot.insert_verified(key, data.clone());
         Some(data)
+    }
+
+    /// The file's chunk table if it needs none or it is cached (`Some(None)`
+    /// for a file without a table); `None` when it would have to be fetched.
+    async fn cached_table(&self, file: &FileSpec) -> Option<Option<Arc<ChunkTable>>> {
+        match file.table {
+            None => Some(None),
+            Some(hash) => self.tables.get(&hash).await.map(Some),
+        }
     }
 
     pub fn origins(&self) -> Arc<Vec<Origin>> {

@@ -7,12 +7,12 @@
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use bytes::{Bytes, BytesMut};
 
 use super::{ByteStream, OriginErrorKind, PathIndex};
+use crate::pagecache::{NoWait, read_full_at};
 use crate::release::layout::ReleaseDir;
 use crate::release::manifest::{Blake3, SignedManifest};
 
@@ -24,8 +24,8 @@ const READ_BLOCK: usize = 256 * 1024;
 pub struct DirIndex {
     root: PathBuf,
     paths: RwLock<PathIndex>,
-    /// Whether the file system takes `RWF_NOWAIT` reads (cleared on the first refusal).
-    nowait: Arc<AtomicBool>,
+    /// Whether the file system takes `RWF_NOWAIT` reads.
+    nowait: Arc<NoWait>,
 }
 
 impl DirIndex {
@@ -35,7 +35,7 @@ impl DirIndex {
         let index = Self {
             root: root.to_path_buf(),
             paths: RwLock::new(PathIndex::new()),
-            nowait: Arc::new(AtomicBool::new(true)),
+            nowait: Arc::new(NoWait::new(true)),
         };
         if root.join(crate::release::layout::MANIFEST).is_file() {
             index.add_release(&ReleaseDir::new(root));
@@ -105,7 +105,7 @@ impl DirIndex {
             }
             let n = (end - at).min(READ_BLOCK as u64) as usize;
             let mut buf = BytesMut::zeroed(n);
-            let read = match read_cached(&file, &nowait, &mut buf, at) {
+            let read = match nowait.read(&file, &mut buf, at) {
                 Some(got) => {
                     buf.truncate(got);
                     Ok(Ok(buf.freeze()))
@@ -137,44 +137,9 @@ impl DirIndex {
 /// Fills `buf` from `at`, blocking on the disk if need be; fewer bytes at
 /// the end of the file (none past it).
 fn read_block(file: &std::fs::File, mut buf: BytesMut, at: u64) -> Result<Bytes, String> {
-    use std::os::unix::fs::FileExt;
-    loop {
-        match file.read_at(&mut buf, at) {
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e.to_string()),
-            Ok(got) => {
-                buf.truncate(got);
-                return Ok(buf.freeze());
-            }
-        }
-    }
-}
-
-/// Reads into `buf` the bytes at `at` that are in the page cache, without
-/// waiting for the disk; how many, or `None` when none are or on any error
-/// (the blocking read then answers, and reports the error). A file system
-/// without `RWF_NOWAIT` turns the attempt off for this origin.
-#[cfg(target_os = "linux")]
-fn read_cached(file: &std::fs::File, nowait: &AtomicBool, buf: &mut [u8], at: u64) -> Option<usize> {
-    use rustix::io::{Errno, ReadWriteFlags, preadv2};
-    if !nowait.load(Ordering::Relaxed) {
-        return None;
-    }
-    match preadv2(file, &mut [std::io::IoSliceMut::new(buf)], at, ReadWriteFlags::NOWAIT) {
-        // Zero is the end of the file, or nothing cached: the blocking read tells which.
-        Ok(0) => None,
-        Ok(got) => Some(got),
-        Err(Errno::OPNOTSUPP | Errno::NOSYS | Errno::INVAL) => {
-            nowait.store(false, Ordering::Relaxed);
-            None
-        }
-        Err(_) => None,
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn read_cached(_: &std::fs::File, _: &AtomicBool, _: &mut [u8], _: u64) -> Option<usize> {
-    None
+    let got = read_full_at(file, &mut buf, at).map_err(|e| e.to_string())?;
+    buf.truncate(got);
+    Ok(buf.freeze())
 }
 
 #[cfg(test)]
@@ -188,7 +153,7 @@ mod tests {
         let index = DirIndex {
             root: path.parent().unwrap_or(path).to_path_buf(),
             paths: RwLock::new(PathIndex::from([(hash, path.to_path_buf())])),
-            nowait: Arc::new(AtomicBool::new(nowait)),
+            nowait: Arc::new(NoWait::new(nowait)),
         };
         (index, hash)
     }

@@ -26,6 +26,7 @@ use bytes::Bytes;
 use prometheus_client::metrics::counter::Counter;
 
 use super::ChunkKey;
+use crate::pagecache::NoWait;
 use crate::release::manifest::Blake3;
 
 /// Disk space is used in blocks; the budget counts them.
@@ -74,6 +75,8 @@ struct Inner {
     pending: AtomicU64,
     queue_limit: u64,
     counters: DiskCounters,
+    /// Whether the file system takes `RWF_NOWAIT` reads.
+    nowait: NoWait,
 }
 
 /// A handle on the disk tier; cheap to clone. The writer thread ends when the
@@ -200,6 +203,7 @@ impl DiskTier {
             pending: AtomicU64::new(0),
             queue_limit,
             counters,
+            nowait: NoWait::new(true),
         });
 
         let found = scan(&chunks).map_err(io_err(&chunks))?;
@@ -239,6 +243,30 @@ impl DiskTier {
             return;
         }
         inner.queue(Job::Write(key, chunk.clone()));
+    }
+
+    /// Reads a chunk back if all of it is in the page cache, without waiting
+    /// for the disk, for the async threads. (The open and the length check
+    /// may still read the directory or inode from disk when the kernel has
+    /// dropped them; on a warm tier they are cached lookups.) `None` when it
+    /// is not in the index, not all cached, of the wrong length, or on any
+    /// error: [`Self::read_unverified`] then answers, and reports what is
+    /// wrong. The bytes are **not verified**.
+    pub fn read_cached_unverified(&self, key: &ChunkKey) -> Option<Bytes> {
+        let len = self.inner.index.get(key)?;
+        let file = fs::File::open(self.inner.path(key)).ok()?;
+        if file.metadata().ok()?.len() != u64::from(len) {
+            return None;
+        }
+        let mut buf = bytes::BytesMut::zeroed(len as usize);
+        let got = self.inner.nowait.read(&file, &mut buf, 0)?;
+        (got == buf.len()).then(|| buf.freeze())
+    }
+
+    /// Whether page-cached reads are still tried (the file system has not refused them).
+    #[cfg(test)]
+    fn nowait_enabled(&self) -> bool {
+        self.inner.nowait.enabled()
     }
 
     /// Reads a chunk back (blocking: call it off the async threads). `None`
@@ -430,6 +458,13 @@ mod tests {
         assert_eq!(t.chunks(), 5);
         assert_eq!(t.read_unverified(&key(3)).unwrap().unwrap(), Bytes::from(vec![3u8; 4096]));
         assert!(t.read_unverified(&key(9)).unwrap().is_none());
+        // Just read, so in the page cache: the read that never waits finds
+        // all of it (unless this file system refuses such reads).
+        let cached = t.read_cached_unverified(&key(3));
+        if t.nowait_enabled() {
+            assert_eq!(cached, Some(Bytes::from(vec![3u8; 4096])));
+        }
+        assert!(t.read_cached_unverified(&key(9)).is_none());
         assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
         assert!(stray.exists(), "files that are not chunks are left alone");
     }
@@ -452,6 +487,7 @@ mod tests {
         std::fs::write(&path, vec![1u8; 5000]).unwrap();
         let err = t.read_unverified(&key(0)).unwrap_err();
         assert!(err.to_string().contains("5000 bytes, 4096 expected"), "{err}");
+        assert!(t.read_cached_unverified(&key(0)).is_none(), "the blocking read reports a wrong length");
         t.remove(&key(0));
         assert!(t.flush(Duration::from_secs(5)));
         assert!(!path.exists());
