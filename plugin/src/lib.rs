@@ -2,6 +2,7 @@
 //! serves and checks them.
 
 pub mod btfs;
+mod bufpool;
 pub mod config;
 pub mod drill;
 pub mod engine;

@@ -9,16 +9,17 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use super::{ByteStream, OriginErrorKind, PathIndex};
+use crate::bufpool::ChunkBuf;
 use crate::pagecache::{NoWait, read_full_at};
 use crate::release::layout::ReleaseDir;
 use crate::release::manifest::{Blake3, SignedManifest};
 
 /// Bytes per `pread` of the dir origin: the default chunk size, so each read
 /// becomes exactly one chunk and a cached chunk never pins a larger buffer.
-const READ_BLOCK: usize = 256 * 1024;
+const READ_BLOCK: usize = crate::bufpool::BUF_LEN;
 
 #[derive(Debug)]
 pub struct DirIndex {
@@ -89,8 +90,8 @@ impl DirIndex {
         self.paths.read().ok().and_then(|p| p.get(hash).cloned())
     }
 
-    /// Streams `range` of a blob, `READ_BLOCK` bytes per poll into one fresh
-    /// buffer. Bytes already in the page cache are read on the spot
+    /// Streams `range` of a blob, `READ_BLOCK` bytes per poll into one
+    /// chunk buffer (recycled when one is free). Bytes already in the page cache are read on the spot
     /// (`preadv2` with `RWF_NOWAIT`, which never waits for the disk); the
     /// rest by one short blocking task. Nothing is read ahead of the
     /// consumer, and no thread waits on a paused reader.
@@ -104,8 +105,8 @@ impl DirIndex {
                 return None;
             }
             let n = (end - at).min(READ_BLOCK as u64) as usize;
-            let mut buf = BytesMut::zeroed(n);
-            let read = match nowait.read(&file, &mut buf, at) {
+            let mut buf = ChunkBuf::new(n);
+            let read = match nowait.read(&file, buf.as_mut(), at) {
                 Some(got) => {
                     buf.truncate(got);
                     Ok(Ok(buf.freeze()))
@@ -136,8 +137,8 @@ impl DirIndex {
 
 /// Fills `buf` from `at`, blocking on the disk if need be; fewer bytes at
 /// the end of the file (none past it).
-fn read_block(file: &std::fs::File, mut buf: BytesMut, at: u64) -> Result<Bytes, String> {
-    let got = read_full_at(file, &mut buf, at).map_err(|e| e.to_string())?;
+fn read_block(file: &std::fs::File, mut buf: ChunkBuf, at: u64) -> Result<Bytes, String> {
+    let got = read_full_at(file, buf.as_mut(), at).map_err(|e| e.to_string())?;
     buf.truncate(got);
     Ok(buf.freeze())
 }

@@ -258,8 +258,8 @@ impl DiskTier {
         if file.metadata().ok()?.len() != u64::from(len) {
             return None;
         }
-        let mut buf = bytes::BytesMut::zeroed(len as usize);
-        let got = self.inner.nowait.read(&file, &mut buf, 0)?;
+        let mut buf = crate::bufpool::ChunkBuf::new(len as usize);
+        let got = self.inner.nowait.read(&file, buf.as_mut(), 0)?;
         (got == buf.len()).then(|| buf.freeze())
     }
 
