@@ -230,7 +230,7 @@ impl Fetcher {
     }
 
     /// Chunk `key` from the disk tier, verified again (disks corrupt) and
-    /// promoted to the hot tier. A chunk that cannot be read or fails
+    /// offered to the hot tier. A chunk that cannot be read or fails
     /// verification is dropped from the disk tier; the caller fetches it.
     async fn from_disk(self: &Arc<Self>, file: &Arc<FileSpec>, key: ChunkKey) -> Option<Bytes> {
         let disk = self.disk.as_ref()?;
@@ -268,8 +268,9 @@ impl Fetcher {
         self.check_disk_chunk(file, table.as_deref(), key, data)
     }
 
-    /// Verifies a chunk read back from the disk tier: promoted to the hot
-    /// tier when it matches, dropped from the disk tier when it does not.
+    /// Verifies a chunk read back from the disk tier: offered to the hot
+    /// tier when it matches (which takes it if it is popular enough),
+    /// dropped from the disk tier when it does not.
     /// Always verified, even with `fetch.verify = false`: nothing is fsynced,
     /// so a chunk torn by a crash may have the right length.
     fn check_disk_chunk(
@@ -289,7 +290,7 @@ impl Fetcher {
             return None;
         }
         self.metrics.disk_hits.inc();
-        self.hot.insert_verified(key, data.clone());
+        self.hot.insert_promoted(key, data.clone());
         Some(data)
     }
 

@@ -3,12 +3,17 @@
 //!
 //! Only verified chunks are ever inserted into the hot tier (the fetcher
 //! verifies before it inserts), so a hit is served without hashing again.
-//! Disk reads are verified again by the fetcher. Owns eviction; knows nothing
-//! of origins or HTTP.
+//! Disk reads are verified again by the fetcher. Owns eviction (LRU) and the
+//! admission of chunks read back from disk (TinyLFU, [`popularity`]); knows
+//! nothing of origins or HTTP.
 
 pub mod disk;
+mod popularity;
+
+use std::sync::Arc;
 
 use bytes::Bytes;
+use popularity::Popularity;
 
 pub use disk::{DiskCounters, DiskTier, DiskTierError};
 
@@ -34,6 +39,9 @@ impl ChunkKey {
 /// hasher is safe, and SipHash was most of a hot lookup's cost.
 type Hasher = foldhash::fast::RandomState;
 
+/// The chunk size the popularity sketch is sized for (the default).
+const TYPICAL_CHUNK: u64 = 256 * 1024;
+
 /// The tiers a fetcher reads before going to an origin.
 #[derive(Debug, Clone)]
 pub struct Tiers {
@@ -44,6 +52,10 @@ pub struct Tiers {
 #[derive(Clone)]
 pub struct HotTier {
     cache: moka::sync::Cache<ChunkKey, Bytes, Hasher>,
+    capacity: u64,
+    /// How often chunks are asked for: decides which chunks read back from
+    /// the disk tier earn a place in memory.
+    popularity: Arc<Popularity>,
 }
 
 impl std::fmt::Debug for HotTier {
@@ -54,6 +66,8 @@ impl std::fmt::Debug for HotTier {
 
 impl HotTier {
     pub fn new(capacity_bytes: u64) -> Self {
+        let popularity = Arc::new(Popularity::new(capacity_bytes / TYPICAL_CHUNK));
+        let victims = popularity.clone();
         let cache = moka::sync::Cache::builder()
             .max_capacity(capacity_bytes)
             .weigher(|_k: &ChunkKey, v: &Bytes| u32::try_from(v.len()).unwrap_or(u32::MAX))
@@ -62,11 +76,19 @@ impl HotTier {
             // not above the victim's, which drops every read-ahead chunk (read
             // zero times so far) once the tier is full.
             .eviction_policy(moka::policy::EvictionPolicy::lru())
+            .eviction_listener(move |k: Arc<ChunkKey>, _v, cause| {
+                if cause == moka::notification::RemovalCause::Size {
+                    victims.evicted(&k);
+                }
+            })
             .build_with_hasher(Hasher::default());
-        Self { cache }
+        Self { cache, capacity: capacity_bytes, popularity }
     }
 
+    /// The chunk, if it is in memory. Every lookup, hit or miss, counts
+    /// towards the chunk's popularity.
     pub fn get(&self, key: &ChunkKey) -> Option<Bytes> {
+        self.popularity.record(key);
         self.cache.get(key)
     }
 
@@ -77,6 +99,22 @@ impl HotTier {
     /// Inserts a chunk that has been verified.
     pub fn insert_verified(&self, key: ChunkKey, chunk: Bytes) {
         self.cache.insert(key, chunk);
+    }
+
+    /// Inserts a verified chunk read back from the disk tier if there is
+    /// room, or if it is asked for more often than the last chunk evicted
+    /// for room (TinyLFU admission). Otherwise it stays on disk only, so a
+    /// chunk read once from disk does not push out one read often. Chunks
+    /// from origins always go in ([`Self::insert_verified`]): a read-ahead
+    /// chunk has not been asked for yet, and must be there when it is.
+    /// Whether it went in.
+    pub fn insert_promoted(&self, key: ChunkKey, chunk: Bytes) -> bool {
+        let room = self.cache.weighted_size() + chunk.len() as u64 <= self.capacity;
+        let admit = room || self.popularity.outranks_last_victim(&key);
+        if admit {
+            self.cache.insert(key, chunk);
+        }
+        admit
     }
 
     /// Drops every chunk of a file.
