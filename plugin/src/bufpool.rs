@@ -19,7 +19,7 @@ use bytes::Bytes;
 /// read block. Buffers of other sizes (a file's short last chunk, other
 /// chunk sizes) are allocated to their exact size and freed as usual, so a
 /// cached chunk never pins more memory than it weighs.
-pub(crate) const BUF_LEN: usize = 256 * 1024;
+pub(crate) const BUF_LEN: usize = crate::release::chunk::DEFAULT_CHUNK_SIZE as usize;
 
 /// Idle buffers kept at most (4 MiB): in steady state a read takes back a
 /// buffer an eviction just freed, so a few are enough.

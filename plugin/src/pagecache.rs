@@ -14,7 +14,7 @@ impl NoWait {
         Self(AtomicBool::new(enabled))
     }
 
-    #[cfg(test)]
+    /// Whether reads are still tried (the file system has not refused one).
     pub(crate) fn enabled(&self) -> bool {
         self.0.load(Ordering::Relaxed)
     }
@@ -25,7 +25,7 @@ impl NoWait {
     #[cfg(target_os = "linux")]
     pub(crate) fn read(&self, file: &std::fs::File, buf: &mut [u8], at: u64) -> Option<usize> {
         use rustix::io::{Errno, ReadWriteFlags, preadv2};
-        if !self.0.load(Ordering::Relaxed) {
+        if !self.enabled() {
             return None;
         }
         match preadv2(file, &mut [std::io::IoSliceMut::new(buf)], at, ReadWriteFlags::NOWAIT) {

@@ -137,9 +137,13 @@ impl Gateway {
             }
             None => None,
         };
+        let hot = match &disk {
+            Some(_) => HotTier::with_disk_admission(cfg.hot_tier.capacity.0),
+            None => HotTier::new(cfg.hot_tier.capacity.0),
+        };
         let fetcher = Fetcher::new(
             origins,
-            Tiers { hot: HotTier::new(cfg.hot_tier.capacity.0), disk },
+            Tiers { hot, disk },
             cfg.fetch.clone(),
             cfg.metadata.cache_capacity.0,
             cfg.metadata.max_concurrent_fetches,

@@ -90,10 +90,10 @@ impl DirIndex {
         self.paths.read().ok().and_then(|p| p.get(hash).cloned())
     }
 
-    /// Streams `range` of a blob, `READ_BLOCK` bytes per poll into one
-    /// chunk buffer (recycled when one is free). Bytes already in the page cache are read on the spot
-    /// (`preadv2` with `RWF_NOWAIT`, which never waits for the disk); the
-    /// rest by one short blocking task. Nothing is read ahead of the
+    /// Streams `range` of a blob, `READ_BLOCK` bytes per poll into one chunk
+    /// buffer (recycled when one is free). Bytes already in the page cache
+    /// are read on the spot (`preadv2` with `RWF_NOWAIT`, which never waits
+    /// for the disk); the rest by one short blocking task. Nothing is read ahead of the
     /// consumer, and no thread waits on a paused reader.
     pub(super) async fn read(&self, hash: Blake3, range: Range<u64>) -> Result<ByteStream, OriginErrorKind> {
         let path = self.path_of(&hash).ok_or_else(|| OriginErrorKind::NotFound(hash.to_hex()))?;

@@ -253,6 +253,9 @@ impl DiskTier {
     /// error: [`Self::read_unverified`] then answers, and reports what is
     /// wrong. The bytes are **not verified**.
     pub fn read_cached_unverified(&self, key: &ChunkKey) -> Option<Bytes> {
+        if !self.inner.nowait.enabled() {
+            return None;
+        }
         let len = self.inner.index.get(key)?;
         let file = fs::File::open(self.inner.path(key)).ok()?;
         if file.metadata().ok()?.len() != u64::from(len) {
@@ -261,12 +264,6 @@ impl DiskTier {
         let mut buf = crate::bufpool::ChunkBuf::new(len as usize);
         let got = self.inner.nowait.read(&file, buf.as_mut(), 0)?;
         (got == buf.len()).then(|| buf.freeze())
-    }
-
-    /// Whether page-cached reads are still tried (the file system has not refused them).
-    #[cfg(test)]
-    fn nowait_enabled(&self) -> bool {
-        self.inner.nowait.enabled()
     }
 
     /// Reads a chunk back (blocking: call it off the async threads). `None`
@@ -461,7 +458,7 @@ mod tests {
         // Just read, so in the page cache: the read that never waits finds
         // all of it (unless this file system refuses such reads).
         let cached = t.read_cached_unverified(&key(3));
-        if t.nowait_enabled() {
+        if t.inner.nowait.enabled() {
             assert_eq!(cached, Some(Bytes::from(vec![3u8; 4096])));
         }
         assert!(t.read_cached_unverified(&key(9)).is_none());

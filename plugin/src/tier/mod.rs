@@ -39,9 +39,6 @@ impl ChunkKey {
 /// hasher is safe, and SipHash was most of a hot lookup's cost.
 type Hasher = foldhash::fast::RandomState;
 
-/// The chunk size the popularity sketch is sized for (the default).
-const TYPICAL_CHUNK: u64 = 256 * 1024;
-
 /// The tiers a fetcher reads before going to an origin.
 #[derive(Debug, Clone)]
 pub struct Tiers {
@@ -54,8 +51,8 @@ pub struct HotTier {
     cache: moka::sync::Cache<ChunkKey, Bytes, Hasher>,
     capacity: u64,
     /// How often chunks are asked for: decides which chunks read back from
-    /// the disk tier earn a place in memory.
-    popularity: Arc<Popularity>,
+    /// the disk tier earn a place in memory. Kept only with a disk tier.
+    popularity: Option<Arc<Popularity>>,
 }
 
 impl std::fmt::Debug for HotTier {
@@ -65,8 +62,19 @@ impl std::fmt::Debug for HotTier {
 }
 
 impl HotTier {
+    /// A hot tier in front of origins only.
     pub fn new(capacity_bytes: u64) -> Self {
-        let popularity = Arc::new(Popularity::new(capacity_bytes / TYPICAL_CHUNK));
+        Self::build(capacity_bytes, None)
+    }
+
+    /// A hot tier in front of a disk tier: it also counts lookups, to admit
+    /// only popular chunks read back from disk ([`Self::insert_promoted`]).
+    pub fn with_disk_admission(capacity_bytes: u64) -> Self {
+        let entries = capacity_bytes / crate::release::chunk::DEFAULT_CHUNK_SIZE;
+        Self::build(capacity_bytes, Some(Arc::new(Popularity::new(entries))))
+    }
+
+    fn build(capacity_bytes: u64, popularity: Option<Arc<Popularity>>) -> Self {
         let victims = popularity.clone();
         let cache = moka::sync::Cache::builder()
             .max_capacity(capacity_bytes)
@@ -77,18 +85,22 @@ impl HotTier {
             // zero times so far) once the tier is full.
             .eviction_policy(moka::policy::EvictionPolicy::lru())
             .eviction_listener(move |k: Arc<ChunkKey>, _v, cause| {
-                if cause == moka::notification::RemovalCause::Size {
-                    victims.evicted(&k);
+                if let Some(p) = &victims
+                    && cause == moka::notification::RemovalCause::Size
+                {
+                    p.evicted(&k);
                 }
             })
             .build_with_hasher(Hasher::default());
         Self { cache, capacity: capacity_bytes, popularity }
     }
 
-    /// The chunk, if it is in memory. Every lookup, hit or miss, counts
-    /// towards the chunk's popularity.
+    /// The chunk, if it is in memory. With a disk tier behind, every lookup,
+    /// hit or miss, counts towards the chunk's popularity.
     pub fn get(&self, key: &ChunkKey) -> Option<Bytes> {
-        self.popularity.record(key);
+        if let Some(p) = &self.popularity {
+            p.record(key);
+        }
         self.cache.get(key)
     }
 
@@ -110,7 +122,7 @@ impl HotTier {
     /// Whether it went in.
     pub fn insert_promoted(&self, key: ChunkKey, chunk: Bytes) -> bool {
         let room = self.cache.weighted_size() + chunk.len() as u64 <= self.capacity;
-        let admit = room || self.popularity.outranks_last_victim(&key);
+        let admit = room || self.popularity.as_ref().is_none_or(|p| p.outranks_last_victim(&key));
         if admit {
             self.cache.insert(key, chunk);
         }
@@ -125,5 +137,43 @@ impl HotTier {
     pub fn weighted_bytes(&self) -> u64 {
         self.cache.run_pending_tasks();
         self.cache.weighted_size()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(i: u64) -> ChunkKey {
+        ChunkKey::new(Blake3::from(blake3::hash(b"file")), 4096, i)
+    }
+
+    #[test]
+    fn a_full_tier_admits_from_disk_only_what_is_asked_for_more_than_the_last_victim() {
+        let hot = HotTier::with_disk_admission(4 * 4096);
+        let chunk = Bytes::from(vec![0u8; 4096]);
+        // Room: admitted whatever its popularity.
+        for i in 0..4 {
+            assert!(hot.insert_promoted(key(i), chunk.clone()));
+        }
+        // An origin chunk always goes in, and pushes out the least recently
+        // used chunk (never asked for) for room.
+        hot.insert_verified(key(10), chunk.clone());
+        hot.cache.run_pending_tasks();
+        assert_eq!(hot.cache.entry_count(), 4);
+        // Never asked for: stays on disk. Asked for more often than the victim: goes in.
+        assert!(!hot.insert_promoted(key(20), chunk.clone()));
+        for _ in 0..8 {
+            hot.get(&key(21));
+        }
+        assert!(hot.insert_promoted(key(21), chunk.clone()));
+        assert!(hot.contains(&key(21)));
+    }
+
+    #[test]
+    fn without_a_disk_tier_nothing_is_counted() {
+        let hot = HotTier::new(4096);
+        hot.get(&key(1));
+        assert!(hot.popularity.is_none());
     }
 }
