@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use shardgate::config::{ByteSize, Config};
-use shardgate::testing::MockOrigin;
+use shardgate::testing::{Fault, MockOrigin};
 use support::*;
 
 const CHUNK: u64 = 64 * 1024;
@@ -106,6 +106,48 @@ async fn a_restarted_gateway_serves_from_the_disk_tier_and_reverifies_every_chun
     let again = chunk_files(tier.path());
     assert_eq!(again.len(), chunks);
     assert_eq!(again.iter().map(|f| f.1).sum::<u64>(), SIZE as u64);
+    g.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_gateway_serves_from_the_disk_tier_with_every_origin_down() {
+    let rel = Release::pack("offline", &[("a/big.bin", bytes_of(SIZE, 5))], CHUNK);
+    let src = &rel.files["a/big.bin"];
+    let entry = rel.signed.manifest.file("a/big.bin").unwrap();
+    let table_cid = cid_for(&entry.chunk_table.unwrap());
+    let m = MockOrigin::start(rel.blobs.clone()).await;
+    let tier = tempfile::tempdir().unwrap();
+
+    let g = Served::start(with_disk(&rel, &m, tier.path(), 64 << 20)).await;
+    assert_eq!(&get(&rel.url(&g.base, "a/big.bin")).await, src);
+    flush(&g).await;
+    assert_eq!(std::fs::read_dir(tier.path().join("tables")).unwrap().count(), 1, "the chunk table is kept");
+    g.shutdown().await;
+
+    // Every origin answers 503: the chunks and their table come from disk.
+    m.set_fault(None, Some(Fault::Status(503)));
+    let before = m.requests();
+    let g = Served::start(with_disk(&rel, &m, tier.path(), 64 << 20)).await;
+    assert_eq!(&get(&rel.url(&g.base, "a/big.bin")).await, src);
+    assert_eq!(m.requests(), before, "nothing was asked of the origin");
+    assert_eq!(g.metric("shardgate_disk_tier_table_hits_total"), 1.0);
+    g.shutdown().await;
+
+    // A corrupted table on disk is caught, dropped, and fetched again.
+    m.set_fault(None, None);
+    let table_file = std::fs::read_dir(tier.path().join("tables")).unwrap().next().unwrap().unwrap().path();
+    let good = std::fs::read(&table_file).unwrap();
+    let mut bad = good.clone();
+    bad[40] ^= 0x01;
+    std::fs::write(&table_file, &bad).unwrap();
+    let table_requests = m.requests_for(&table_cid);
+    let g = Served::start(with_disk(&rel, &m, tier.path(), 64 << 20)).await;
+    assert_eq!(&get(&rel.url(&g.base, "a/big.bin")).await, src);
+    assert_eq!(g.metric("shardgate_disk_tier_verify_failures_total"), 1.0);
+    assert_eq!(g.metric("shardgate_disk_tier_table_hits_total"), 0.0);
+    assert_eq!(m.requests_for(&table_cid), table_requests + 1, "the bad table was fetched again");
+    flush(&g).await;
+    assert_eq!(std::fs::read(&table_file).unwrap(), good, "and written again, whole");
     g.shutdown().await;
 }
 

@@ -290,7 +290,9 @@ impl Fetcher {
             return None;
         }
         self.metrics.disk_hits.inc();
-        self.hot.insert_promoted(key, data.clone());
+        if !self.hot.insert_promoted(key, data.clone()) {
+            self.metrics.disk_promotions_refused.inc();
+        }
         Some(data)
     }
 
@@ -356,11 +358,45 @@ impl Fetcher {
         let result = self
             .tables
             .try_get_with(table_hash, async {
+                if let Some(t) = self.table_from_disk(file, table_hash).await {
+                    return Ok(Arc::new(t));
+                }
                 let _lane = self.meta.acquire().await.map_err(|_| FetchError::NoOrigin)?;
                 self.fetch_table(file, table_hash).await.map(Arc::new)
             })
             .await;
         result.map(Some).map_err(|e| (*e).clone())
+    }
+
+    /// The file's chunk table from the disk tier, verified as one from an
+    /// origin is; a table that cannot be read or fails is dropped from disk.
+    async fn table_from_disk(&self, file: &FileSpec, table_hash: Blake3) -> Option<ChunkTable> {
+        let disk = self.disk.as_ref()?;
+        let (d, f) = (disk.clone(), file.blake3);
+        let read = tokio::task::spawn_blocking(move || d.read_table_unverified(f, table_hash)).await.ok()?;
+        let bytes = match read {
+            Ok(Some(b)) => b,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::warn!(file = %file.blake3, table = %table_hash, error = %e, "disk tier table read failed; fetching it again");
+                disk.remove_table(file.blake3, table_hash);
+                return None;
+            }
+        };
+        match open_table(&bytes, &table_hash.hash(), file.layout, &file.blake3.hash()) {
+            Ok(t) => {
+                self.metrics.disk_table_hits.inc();
+                Some(t)
+            }
+            Err(e) => {
+                self.metrics.disk_verify_failures.inc();
+                self.metrics.checksum_failures.inc();
+                tracing::warn!(file = %file.blake3, table = %table_hash, error = %e,
+                    "chunk table read back from the disk tier fails verification; dropped and fetched again");
+                disk.remove_table(file.blake3, table_hash);
+                None
+            }
+        }
     }
 
     async fn fetch_table(&self, file: &FileSpec, table_hash: Blake3) -> Result<ChunkTable, FetchError> {
@@ -392,6 +428,9 @@ impl Fetcher {
             match open_table(&bytes, &table_hash.hash(), file.layout, &file.blake3.hash()) {
                 Ok(t) => {
                     self.egress(file, len, 0);
+                    if let Some(d) = &self.disk {
+                        d.offer_table(file.blake3, table_hash, Bytes::from(bytes));
+                    }
                     return Ok(t);
                 }
                 Err(e) => {

@@ -120,6 +120,9 @@ pub struct Metrics {
     pub usage_commits: Family<ReasonLabel, Counter>,
     pub hot_purged_files: Counter,
     pub disk_hits: Counter,
+    /// Chunks read back from the disk tier that the hot tier did not admit.
+    pub disk_promotions_refused: Counter,
+    pub disk_table_hits: Counter,
     pub disk_verify_failures: Counter,
     pub disk_bytes: Gauge<u64, AtomicU64>,
     pub disk: crate::tier::DiskCounters,
@@ -168,6 +171,8 @@ impl Metrics {
             usage_commits: Family::default(),
             hot_purged_files: Counter::default(),
             disk_hits: Counter::default(),
+            disk_promotions_refused: Counter::default(),
+            disk_table_hits: Counter::default(),
             disk_verify_failures: Counter::default(),
             disk_bytes: Gauge::default(),
             disk: crate::tier::DiskCounters::default(),
@@ -201,8 +206,18 @@ impl Metrics {
         registry.register("hot_tier_bytes", "Bytes held in the hot tier", m.hot_bytes.clone());
         registry.register("disk_tier_hits", "Hot-tier misses served by the disk tier", m.disk_hits.clone());
         registry.register(
+            "disk_tier_promotions_refused",
+            "Chunks read back from the disk tier and not admitted to the hot tier (asked for less than the last chunk evicted from it)",
+            m.disk_promotions_refused.clone(),
+        );
+        registry.register(
+            "disk_tier_table_hits",
+            "Chunk tables read back from the disk tier and verified, instead of fetched from an origin",
+            m.disk_table_hits.clone(),
+        );
+        registry.register(
             "disk_tier_verify_failures",
-            "Chunks read back from the disk tier that failed verification (dropped, fetched again)",
+            "Chunks and chunk tables read back from the disk tier that failed verification (dropped, fetched again)",
             m.disk_verify_failures.clone(),
         );
         registry.register("disk_tier_bytes", "Bytes held in the disk tier (4 KiB blocks)", m.disk_bytes.clone());

@@ -14,6 +14,12 @@
 //! - Eviction (budget), purges (takedown) and bad reads remove the index entry
 //!   first and queue the file's deletion; a reader that races a deletion sees
 //!   a missing file and falls back to the origin.
+//! - Chunk tables are kept too, `tables/<file hash>.<table hash>`, so a
+//!   restarted gateway can check chunks read back without asking an origin
+//!   (it serves them with every origin down). They are 32 bytes per chunk and
+//!   outside the byte budget; at start, tables of files with no chunk left in
+//!   the tier are deleted. A table read back is verified like one from an
+//!   origin (against its hash and the file's root) by the caller.
 
 use std::fs;
 use std::io::{self, Read};
@@ -55,6 +61,9 @@ pub struct DiskCounters {
 enum Job {
     Write(ChunkKey, Bytes),
     Remove(ChunkKey),
+    /// A file's chunk table: file hash, table hash, bytes.
+    WriteTable(Blake3, Blake3, Bytes),
+    RemoveTable(Blake3, Blake3),
     /// Every chunk of a file, on disk and in the index.
     Purge(Blake3),
     /// Answered once every job queued before it is done. The first pass runs
@@ -112,10 +121,31 @@ fn weight(len: u32) -> u32 {
     u32::try_from(u64::from(len).div_ceil(BLOCK) * BLOCK).unwrap_or(u32::MAX)
 }
 
+fn table_name(file: Blake3, table: Blake3) -> String {
+    format!("{file}.{table}")
+}
+
 impl Inner {
     fn path(&self, key: &ChunkKey) -> PathBuf {
         let name = file_name(key);
         self.root.join("chunks").join(&name[..2]).join(name)
+    }
+
+    fn table_path(&self, file: Blake3, table: Blake3) -> PathBuf {
+        self.root.join("tables").join(table_name(file, table))
+    }
+
+    /// Writes to `tmp/` and renames into place, so `dest` is never half written.
+    fn place(&self, name: &str, dest: &Path, data: &[u8]) -> io::Result<()> {
+        let tmp = self.root.join("tmp").join(name);
+        let placed = fs::write(&tmp, data)
+            .and_then(|()| dest.parent().map_or(Ok(()), fs::create_dir_all))
+            .and_then(|()| fs::rename(&tmp, dest));
+        if placed.is_err() {
+            // A full disk must not fill up further with half-written files.
+            let _ = fs::remove_file(&tmp);
+        }
+        placed
     }
 
     fn queue(&self, job: Job) {
@@ -127,16 +157,7 @@ impl Inner {
     /// Writes one chunk: to `tmp/`, then renamed into place, then indexed.
     fn write(&self, key: ChunkKey, data: &Bytes) -> io::Result<()> {
         let len = u32::try_from(data.len()).map_err(|_| io::Error::other("chunk larger than 4 GiB"))?;
-        let dest = self.path(&key);
-        let tmp = self.root.join("tmp").join(file_name(&key));
-        let placed = fs::write(&tmp, data)
-            .and_then(|()| dest.parent().map_or(Ok(()), fs::create_dir_all))
-            .and_then(|()| fs::rename(&tmp, &dest));
-        if let Err(e) = placed {
-            // A full disk must not fill up further with half-written chunks.
-            let _ = fs::remove_file(&tmp);
-            return Err(e);
-        }
+        self.place(&file_name(&key), &self.path(&key), data)?;
         self.index.insert(key, len);
         Ok(())
     }
@@ -148,8 +169,10 @@ impl DiskTier {
     /// it scans the directory.
     pub fn open(root: &Path, capacity: u64, queue_limit: u64, counters: DiskCounters) -> Result<Self, DiskTierError> {
         let chunks = root.join("chunks");
+        let tables = root.join("tables");
         let tmp = root.join("tmp");
         fs::create_dir_all(&chunks).map_err(io_err(&chunks))?;
+        fs::create_dir_all(&tables).map_err(io_err(&tables))?;
         // One gateway per directory: two would delete each other's files.
         let lock_path = root.join("LOCK");
         let lock = fs::OpenOptions::new()
@@ -208,11 +231,14 @@ impl DiskTier {
 
         let found = scan(&chunks).map_err(io_err(&chunks))?;
         let count = found.len();
+        let mut files = std::collections::HashSet::new();
         for (_, key, len) in found {
+            files.insert(key.file);
             inner.index.insert(key, len);
         }
         inner.index.run_pending_tasks();
-        tracing::info!(root = %root.display(), chunks = count, bytes = inner.index.weighted_size(), "disk tier open");
+        let kept = prune_tables(&tables, |file| files.contains(&file)).map_err(io_err(&tables))?;
+        tracing::info!(root = %root.display(), chunks = count, bytes = inner.index.weighted_size(), tables = kept, "disk tier open");
 
         let weak = Arc::downgrade(&inner);
         std::thread::Builder::new()
@@ -297,6 +323,36 @@ impl DiskTier {
         Ok(Some(Bytes::from(buf)))
     }
 
+    /// Queues a verified chunk table for writing (if the queue has room; a
+    /// table not written is fetched from an origin again after a restart).
+    pub fn offer_table(&self, file: Blake3, table: Blake3, bytes: Bytes) {
+        let inner = &self.inner;
+        let len = bytes.len() as u64;
+        let pending = inner.pending.fetch_add(len, Ordering::AcqRel);
+        if pending > 0 && pending + len > inner.queue_limit {
+            inner.pending.fetch_sub(len, Ordering::AcqRel);
+            inner.counters.dropped.inc();
+            return;
+        }
+        inner.queue(Job::WriteTable(file, table, bytes));
+    }
+
+    /// Reads a file's chunk table back (blocking: call it off the async
+    /// threads). `None` when it is not on disk. The bytes are **not
+    /// verified**: the caller checks them against the table's hash.
+    pub fn read_table_unverified(&self, file: Blake3, table: Blake3) -> io::Result<Option<Vec<u8>>> {
+        match fs::read(self.inner.table_path(file, table)) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Drops a chunk table (it failed verification, or could not be read).
+    pub fn remove_table(&self, file: Blake3, table: Blake3) {
+        self.inner.queue(Job::RemoveTable(file, table));
+    }
+
     /// Drops a chunk (it failed verification, or could not be read).
     pub fn remove(&self, key: &ChunkKey) {
         // The file is deleted when the index next runs its maintenance (the
@@ -304,10 +360,10 @@ impl DiskTier {
         self.inner.index.invalidate(key);
     }
 
-    /// Drops every chunk of a file: at once from the index, and on the
-    /// writer thread (after every write queued before this call) from the
-    /// index again and from disk, by listing the file's shard directory, so
-    /// no chunk survives in a file or in the queue.
+    /// Drops every chunk of a file, and its chunk table: at once from the
+    /// index, and on the writer thread (after every write queued before this
+    /// call) from the index again and from disk, by listing the file's shard
+    /// directory, so no chunk survives in a file or in the queue.
     pub fn purge_file(&self, file: Blake3) -> Result<(), String> {
         self.inner.index.invalidate_entries_if(move |k, _| k.file == file).map_err(|e| e.to_string())?;
         self.inner.queue(Job::Purge(file));
@@ -359,6 +415,39 @@ fn scan(chunks: &Path) -> io::Result<Vec<(SystemTime, ChunkKey, u32)>> {
     Ok(found)
 }
 
+/// Deletes tables whose file `keep` says no (and files that are not
+/// tables); returns how many are kept.
+fn prune_tables(tables: &Path, keep: impl Fn(Blake3) -> bool) -> io::Result<usize> {
+    let mut kept = 0;
+    for entry in fs::read_dir(tables)? {
+        let entry = entry?;
+        let file = entry.file_name().to_str().and_then(|n| {
+            let (file, table) = n.split_once('.')?;
+            table.parse::<Blake3>().ok()?;
+            file.parse::<Blake3>().ok()
+        });
+        match file {
+            Some(file) if keep(file) => kept += 1,
+            Some(_) => fs::remove_file(entry.path())?,
+            None => tracing::warn!(path = %entry.path().display(), "not a chunk table; left alone"),
+        }
+    }
+    Ok(kept)
+}
+
+/// Deletes the entries of `dir` whose names start with `prefix`.
+fn remove_prefixed(inner: &Inner, dir: &Path, prefix: &str) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        if e.file_name().to_str().is_some_and(|n| n.starts_with(prefix))
+            && let Err(err) = fs::remove_file(e.path())
+        {
+            inner.counters.errors.inc();
+            tracing::warn!(path = %e.path().display(), error = %err, "disk tier purge failed");
+        }
+    }
+}
+
 fn writer(inner: Weak<Inner>, jobs: mpsc::Receiver<Job>) {
     while let Ok(job) = jobs.recv() {
         let Some(inner) = inner.upgrade() else { break };
@@ -390,18 +479,27 @@ fn writer(inner: Weak<Inner>, jobs: mpsc::Receiver<Job>) {
                 let _ = inner.index.invalidate_entries_if(move |k, _| k.file == file);
                 inner.index.run_pending_tasks();
                 let hex = file.to_hex();
-                let shard = inner.root.join("chunks").join(&hex[..2]);
-                if let Ok(entries) = fs::read_dir(&shard) {
-                    for e in entries.flatten() {
-                        if e.file_name().to_str().is_some_and(|n| n.starts_with(hex.as_str()))
-                            && let Err(err) = fs::remove_file(e.path())
-                        {
-                            inner.counters.errors.inc();
-                            tracing::warn!(path = %e.path().display(), error = %err, "disk tier purge failed");
-                        }
-                    }
-                }
+                remove_prefixed(&inner, &inner.root.join("chunks").join(&hex[..2]), &hex);
+                remove_prefixed(&inner, &inner.root.join("tables"), &hex);
             }
+            Job::WriteTable(file, table, data) => {
+                let dest = inner.table_path(file, table);
+                if !dest.exists()
+                    && let Err(e) = inner.place(&table_name(file, table), &dest, &data)
+                {
+                    inner.counters.errors.inc();
+                    tracing::warn!(root = %inner.root.display(), table = %table, error = %e, "disk tier table write failed");
+                }
+                inner.pending.fetch_sub(data.len() as u64, Ordering::AcqRel);
+            }
+            Job::RemoveTable(file, table) => match fs::remove_file(inner.table_path(file, table)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    inner.counters.errors.inc();
+                    tracing::warn!(table = %table, error = %e, "disk tier table delete failed");
+                }
+            },
             Job::Remove(key) => {
                 // Written again after this deletion was queued: keep it.
                 if inner.index.contains_key(&key) {
@@ -464,6 +562,39 @@ mod tests {
         assert!(t.read_cached_unverified(&key(9)).is_none());
         assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
         assert!(stray.exists(), "files that are not chunks are left alone");
+    }
+
+    #[test]
+    fn tables_survive_a_reopen_only_while_their_file_has_chunks_and_go_with_a_purge() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = key(0).file;
+        let (other, kept_t, lone_t) = (
+            Blake3::from(blake3::hash(b"other")),
+            Blake3::from(blake3::hash(b"t1")),
+            Blake3::from(blake3::hash(b"t2")),
+        );
+        let (t, _) = open(dir.path(), 1 << 20, 1 << 20);
+        t.offer(key(0), &Bytes::from(vec![7u8; 4096]));
+        t.offer_table(file, kept_t, Bytes::from_static(b"table one"));
+        // A table whose file has no chunk in the tier.
+        t.offer_table(other, lone_t, Bytes::from_static(b"table two"));
+        assert!(t.flush(Duration::from_secs(5)));
+        assert_eq!(t.read_table_unverified(file, kept_t).unwrap().unwrap(), b"table one");
+        assert!(t.read_table_unverified(file, lone_t).unwrap().is_none());
+        drop(t);
+
+        let (t, _) = open(dir.path(), 1 << 20, 1 << 20);
+        assert_eq!(t.read_table_unverified(file, kept_t).unwrap().unwrap(), b"table one");
+        assert!(t.read_table_unverified(other, lone_t).unwrap().is_none(), "a table without chunks is pruned at start");
+        t.remove_table(file, kept_t);
+        assert!(t.flush(Duration::from_secs(5)));
+        assert!(t.read_table_unverified(file, kept_t).unwrap().is_none());
+
+        t.offer_table(file, kept_t, Bytes::from_static(b"table one"));
+        t.purge_file(file).unwrap();
+        assert!(t.flush(Duration::from_secs(5)));
+        assert!(t.read_table_unverified(file, kept_t).unwrap().is_none(), "a purge deletes the file's table");
+        assert_eq!(t.chunks(), 0);
     }
 
     #[test]
