@@ -372,8 +372,8 @@ impl Fetcher {
     /// origin is; a table that cannot be read or fails is dropped from disk.
     async fn table_from_disk(&self, file: &FileSpec, table_hash: Blake3) -> Option<ChunkTable> {
         let disk = self.disk.as_ref()?;
-        let (d, f) = (disk.clone(), file.blake3);
-        let read = tokio::task::spawn_blocking(move || d.read_table_unverified(f, table_hash)).await.ok()?;
+        let (d, f, len) = (disk.clone(), file.blake3, file.layout.table_len());
+        let read = tokio::task::spawn_blocking(move || d.read_table_unverified(f, table_hash, len)).await.ok()?;
         let bytes = match read {
             Ok(Some(b)) => b,
             Ok(None) => return None,

@@ -337,15 +337,26 @@ impl DiskTier {
         inner.queue(Job::WriteTable(file, table, bytes));
     }
 
-    /// Reads a file's chunk table back (blocking: call it off the async
-    /// threads). `None` when it is not on disk. The bytes are **not
-    /// verified**: the caller checks them against the table's hash.
-    pub fn read_table_unverified(&self, file: Blake3, table: Blake3) -> io::Result<Option<Vec<u8>>> {
-        match fs::read(self.inner.table_path(file, table)) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
+    /// Reads a file's chunk table of `len` bytes back (blocking: call it off
+    /// the async threads). `None` when it is not on disk; an error when it
+    /// is not `len` bytes long. The bytes are **not verified**: the caller
+    /// checks them against the table's hash.
+    pub fn read_table_unverified(&self, file: Blake3, table: Blake3, len: u64) -> io::Result<Option<Vec<u8>>> {
+        let mut f = match fs::File::open(self.inner.table_path(file, table)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let on_disk = f.metadata()?.len();
+        if on_disk != len {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("chunk table file holds {on_disk} bytes, {len} expected"),
+            ));
         }
+        let mut buf = Vec::with_capacity(len as usize);
+        f.read_to_end(&mut buf)?;
+        Ok(Some(buf))
     }
 
     /// Drops a chunk table (it failed verification, or could not be read).
@@ -579,21 +590,26 @@ mod tests {
         // A table whose file has no chunk in the tier.
         t.offer_table(other, lone_t, Bytes::from_static(b"table two"));
         assert!(t.flush(Duration::from_secs(5)));
-        assert_eq!(t.read_table_unverified(file, kept_t).unwrap().unwrap(), b"table one");
-        assert!(t.read_table_unverified(file, lone_t).unwrap().is_none());
+        assert_eq!(t.read_table_unverified(file, kept_t, 9).unwrap().unwrap(), b"table one");
+        assert!(t.read_table_unverified(file, lone_t, 9).unwrap().is_none());
         drop(t);
 
         let (t, _) = open(dir.path(), 1 << 20, 1 << 20);
-        assert_eq!(t.read_table_unverified(file, kept_t).unwrap().unwrap(), b"table one");
-        assert!(t.read_table_unverified(other, lone_t).unwrap().is_none(), "a table without chunks is pruned at start");
+        assert_eq!(t.read_table_unverified(file, kept_t, 9).unwrap().unwrap(), b"table one");
+        let err = t.read_table_unverified(file, kept_t, 10).unwrap_err();
+        assert!(err.to_string().contains("9 bytes, 10 expected"), "{err}");
+        assert!(
+            t.read_table_unverified(other, lone_t, 9).unwrap().is_none(),
+            "a table without chunks is pruned at start"
+        );
         t.remove_table(file, kept_t);
         assert!(t.flush(Duration::from_secs(5)));
-        assert!(t.read_table_unverified(file, kept_t).unwrap().is_none());
+        assert!(t.read_table_unverified(file, kept_t, 9).unwrap().is_none());
 
         t.offer_table(file, kept_t, Bytes::from_static(b"table one"));
         t.purge_file(file).unwrap();
         assert!(t.flush(Duration::from_secs(5)));
-        assert!(t.read_table_unverified(file, kept_t).unwrap().is_none(), "a purge deletes the file's table");
+        assert!(t.read_table_unverified(file, kept_t, 9).unwrap().is_none(), "a purge deletes the file's table");
         assert_eq!(t.chunks(), 0);
     }
 
