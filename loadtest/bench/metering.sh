@@ -5,13 +5,15 @@
 #     and bandwidth limits are checked on every request but never bind.
 #     Rounds are interleaved (off, on, tenant, off, on, ...) and the median
 #     of each is compared, so drift on a shared machine hits all three alike.
-#   - valgrind --tool=callgrind: instructions of the metering work per
-#     response, in isolation (plugin/examples/meter_cost.rs), against the
-#     instructions of a whole hot 1 MiB range request through the gateway with
-#     metering off; each from the difference of a long and a short run, so
-#     start-up cancels out. Instruction counts do not depend on load, though
-#     the whole-gateway count moves a few percent between runs (the hot
-#     tier's housekeeping runs on a timer).
+#     The gateway's CPU (user + system, all threads) per GB served is taken
+#     over the same rounds.
+#   - valgrind --tool=callgrind, counting only the connection tasks (where a
+#     request is parsed, identified, limited, answered and metered; not
+#     timers or background threads): instructions per hot 1 MiB range
+#     request for each variant, from the difference of a long and a short
+#     run, so the warm-up request cancels out. These counts repeat to a few
+#     instructions, so they resolve costs wrk cannot. The metering work
+#     alone is also counted in isolation (plugin/examples/meter_cost.rs).
 # Writes loadtest/bench/results/metering.md and prints it. Every step is
 # bounded in time or request count.
 #
@@ -22,7 +24,7 @@
 
 dur="${BENCH_SECONDS:-8}"; [ -n "$quick" ] && dur=2
 rounds=4; [ -n "$quick" ] && rounds=1
-cg_short=20; cg_long=220; [ -n "$quick" ] && cg_long=40
+cg_short=20; cg_long=220; cg_reps=3; [ -n "$quick" ] && { cg_long=40; cg_reps=1; }
 
 need wrk:wrk curl:curl valgrind:valgrind
 build_release
@@ -64,42 +66,64 @@ for v in off on tenant; do
   base[$v]=$(launch "$work/$v.toml")
   curl -s -o /dev/null -H "Authorization: Bearer $key" "${base[$v]}$url_path"   # warm the hot tier
 done
-declare -A runs
+declare -A runs cpu
 for r in $(seq "$rounds"); do
   for v in off on tenant; do
     hdr=(); [ "$v" = tenant ] && hdr=(-H "Authorization: Bearer $key")
+    pid=$(cat "$work/$v.toml.pid"); t0=$(cpu_ticks "$pid")
     res=$(FILE_SIZE=$size wrk -t2 -c32 -d"${dur}s" "${hdr[@]}" -s loadtest/bench/range1m.lua "${base[$v]}$url_path" 2>/dev/null)
+    t1=$(cpu_ticks "$pid")
+    n=$(awk '/requests in/ {print $1}' <<<"$res")
+    cpu[$v]="${cpu[$v]:-} $(python3 -c "print(f'{($t1 - $t0) / $(getconf CLK_TCK) / ($n / 1024):.3f}')")"
     bad=$(awk '/^not-206:/ {s+=$2} END {print s+0}' <<<"$res")
     [ "$bad" -eq 0 ] || { echo "$v: $bad answers were not 206; the measurement is void" >&2; exit 1; }
     mb=$(awk '/Transfer\/sec/ {print $2}' <<<"$res" |
       python3 -c "import sys,re; v=sys.stdin.read().strip(); m=re.match(r'([0-9.]+)([KMG]?B)',v); print(f'{float(m.group(1))*{\"B\":1e-6,\"KB\":1.024e-3,\"MB\":1.048576,\"GB\":1073.741824}[m.group(2)]:.0f}')")
     runs[$v]="${runs[$v]:-} $mb"
-    say "   round $r $v: $mb MB/s"
+    say "   round $r $v: $mb MB/s, gateway CPU ${cpu[$v]##* } core-s/GiB"
   done
 done
 for v in off on tenant; do stop "$work/$v.toml"; done
 median() { python3 -c "import statistics,sys; print(int(statistics.median(map(int, sys.argv[1:]))))" $1; }
+fmedian() { python3 -c "import statistics,sys; print(f'{statistics.median(map(float, sys.argv[1:])):.3f}')" $1; }
 m_off=$(median "${runs[off]}"); m_on=$(median "${runs[on]}"); m_ten=$(median "${runs[tenant]}")
+c_off=$(fmedian "${cpu[off]}"); c_on=$(fmedian "${cpu[on]}"); c_ten=$(fmedian "${cpu[tenant]}")
 
-say "callgrind: instructions per hot 1 MiB range request, metering off vs on"
-cg() {  # $1 variant, $2 requests: total instructions of a gateway run serving them
-  local p cfg b
-  # No periodic commit during the run: it is a cost per second, not per
-  # request, and under valgrind a second holds only a few requests.
+say "callgrind: instructions per hot 1 MiB range request in the connection tasks, per variant"
+# The per-connection task spawned by the accept loop: everything a request
+# costs in user space, and nothing that runs on a timer.
+conn_task='shardgate::http::server::serve::{{closure}}::{{closure}}'
+cg() {  # $1 variant, $2 requests: instructions in connection tasks of a gateway run serving them
+  local p cfg b hdr
+  # No periodic commit during the run: it is a cost per second, not per request.
   p=$(free_port); cfg="$work/cg-$1-$2.toml"; COMMIT_INTERVAL=1h config "$p" "$1" > "$cfg"
   # One worker thread: fewer scheduling-dependent paths, so counts repeat.
-  b=$(SG_ARGS="--threads 1" launch "$cfg" valgrind --tool=callgrind --callgrind-out-file="$cfg.cg" -q)
-  curl -s -o /dev/null "$b$url_path"   # warm: the whole file into the hot tier
+  b=$(SG_ARGS="--threads 1" launch "$cfg" valgrind --tool=callgrind --toggle-collect="$conn_task" \
+    --callgrind-out-file="$cfg.cg" -q)
+  hdr=(); [ "$1" = tenant ] && hdr=(-H "Authorization: Bearer $key")
+  curl -s -o /dev/null "${hdr[@]}" "$b$url_path"   # warm: the whole file into the hot tier
   for i in $(seq "$2"); do
     off=$(( (i * 7919 % 63) << 20 ))
-    curl -s -o /dev/null -r "$off-$((off + (1 << 20) - 1))" "$b$url_path"
+    curl -s -o /dev/null "${hdr[@]}" -r "$off-$((off + (1 << 20) - 1))" "$b$url_path"
   done
   stop "$cfg"
   awk '/^summary:/ {print $2}' "$cfg.cg"
 }
-short=$(cg off "$cg_short"); long=$(cg off "$cg_long")
-per_request=$(( (long - short) / (cg_long - cg_short) ))
-say "   whole gateway, metering off: $short instructions for $cg_short requests, $long for $cg_long: $per_request per request"
+# How often a socket write is cut short depends on timing, so the counts move
+# by about a thousand instructions per request between runs: the median of
+# $cg_reps repetitions is taken, interleaved across variants.
+declare -A per reps
+for r in $(seq "$cg_reps"); do
+  for v in off on tenant; do
+    short=$(cg "$v" "$cg_short"); long=$(cg "$v" "$cg_long")
+    n=$(( (long - short) / (cg_long - cg_short) ))
+    say "   $v: $short instructions for $cg_short requests, $long for $cg_long: $n per request"
+    # A renamed connection task would match nothing and count (nearly) zero.
+    [ "$n" -gt 5000 ] || { echo "callgrind counted $n instructions per request: does '$conn_task' still name the connection task?" >&2; exit 1; }
+    reps[$v]="${reps[$v]:-} $n"
+  done
+done
+for v in off on tenant; do per[$v]=$(median "${reps[$v]}"); done
 mc() {  # $1 responses: instructions of the isolated metering loop
   valgrind --tool=callgrind --callgrind-out-file="$work/mc-$1.cg" -q "$target_dir/examples/meter_cost" "$1" >/dev/null
   awk '/^summary:/ {print $2}' "$work/mc-$1.cg"
@@ -116,8 +140,12 @@ out=$(results_dir)
   echo "| measure | metering off | metering on | on, keyed tenant with limits | cost |"
   echo "|---|---|---|---|---|"
   echo "| hot 1 MiB ranges, wrk -c32, median of $rounds x ${dur}s (MB/s) | $m_off | $m_on | $m_ten | $(pct "$m_on" "$m_off") metering, $(pct "$m_ten" "$m_off") metering + tenant |"
-  echo "| instructions per hot 1 MiB range request (callgrind) | $per_request (whole gateway) | + $per_meter (metering work, isolated) | | $(python3 -c "print(f'+{$per_meter / $per_request * 100:.1f}%')") |"
+  echo "| gateway CPU (user + system) per GiB served, same rounds, median (core-s) | $c_off | $c_on | $c_ten | $(pct "$c_on" "$c_off") metering, $(pct "$c_ten" "$c_off") metering + tenant |"
+  echo "| instructions per request in the connection tasks (callgrind, user space only, median of $cg_reps) | ${per[off]} | ${per[on]} | ${per[tenant]} | $(pct "${per[on]}" "${per[off]}") metering, $(pct "${per[tenant]}" "${per[off]}") metering + tenant |"
+  echo "| metering work alone, isolated loop (callgrind) | | $per_meter per response | | |"
   echo
   echo "wrk rounds (MB/s): off${runs[off]}; on${runs[on]}; tenant${runs[tenant]}."
+  echo "Gateway CPU per GiB: off${cpu[off]}; on${cpu[on]}; tenant${cpu[tenant]}."
+  echo "Instructions per request: off${reps[off]}; on${reps[on]}; tenant${reps[tenant]}."
 } > "$out/metering.md"
 cat "$out/metering.md"

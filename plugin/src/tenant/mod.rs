@@ -212,8 +212,11 @@ impl Tenant {
         while cells > 0 {
             let take = cells.min(u64::from(b.burst_cells.get()));
             let c = NonZeroU32::new(take as u32).unwrap_or(NonZeroU32::MIN);
-            // `take` never exceeds the burst, so capacity is always sufficient.
-            let _ = b.limiter.until_n_ready(c).await;
+            // Within the cap, the common case, no future is built. `take`
+            // never exceeds the burst, so capacity is always sufficient.
+            if !matches!(b.limiter.check_n(c), Ok(Ok(()))) {
+                let _ = b.limiter.until_n_ready(c).await;
+            }
             cells -= take;
         }
     }
@@ -226,7 +229,8 @@ impl Tenant {
 /// Who may read what, compiled from config.
 #[derive(Debug)]
 pub struct Tenants {
-    by_key: HashMap<[u8; 32], Arc<Tenant>>,
+    /// Keyed by BLAKE3 hashes of keys, which no client can steer: a fast hasher is safe.
+    by_key: HashMap<[u8; 32], Arc<Tenant>, foldhash::fast::RandomState>,
     by_cert: HashMap<String, Arc<Tenant>>,
     by_id: HashMap<String, Arc<Tenant>>,
     anonymous: Arc<Tenant>,
@@ -270,7 +274,7 @@ pub fn new_key() -> Result<(String, String), String> {
 
 impl Tenants {
     pub fn build(tenants: &[TenantConfig], access: &AccessConfig) -> Result<Self, TenantError> {
-        let mut by_key = HashMap::new();
+        let mut by_key = HashMap::default();
         let mut by_cert = HashMap::new();
         let mut by_id = HashMap::new();
         for (index, t) in tenants.iter().enumerate() {
