@@ -19,10 +19,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::{Semaphore, watch};
 
+use crate::bufpool::ChunkBuf;
 use crate::config::FetchConfig;
 use crate::metrics::Metrics;
 use crate::origin::{BlobRef, Origin};
@@ -715,7 +716,9 @@ impl Fetcher {
                 }
             };
             let mut first = true;
-            let mut buf = BytesMut::new();
+            // A chunk that arrives in several pieces is put together here.
+            let mut buf: Option<ChunkBuf> = None;
+            let mut filled = 0;
             'stream: loop {
                 // Stay within `ahead` chunks of a pacing reader (stop if it is gone),
                 // unless another reader is already waiting for a chunk we reserved.
@@ -758,23 +761,24 @@ impl Fetcher {
                 self.egress(file, piece.len() as u64, 0);
                 while !piece.is_empty() {
                     let r = layout.chunk_range(next);
-                    let need = (r.end - r.start) as usize - buf.len();
                     let chunk_len = (r.end - r.start) as usize;
-                    let chunk = if buf.is_empty() && piece.len() == need {
+                    let chunk = if filled == 0 && piece.len() == chunk_len {
                         // The piece is exactly the chunk: keep it without copying.
                         std::mem::take(&mut piece)
                     } else {
-                        // Copy into a buffer of exactly the chunk's size, so a cached
-                        // chunk never pins a larger origin buffer or doubling slack.
-                        if buf.capacity() < chunk_len {
-                            buf.reserve(chunk_len - buf.len());
-                        }
-                        let take = need.min(piece.len());
-                        buf.extend_from_slice(&piece.split_to(take));
-                        if buf.len() < chunk_len {
+                        // Copy into a buffer of exactly the chunk's size (recycled
+                        // when it is the default size), so a cached chunk never pins
+                        // a larger origin buffer.
+                        let mut b = buf.take().unwrap_or_else(|| ChunkBuf::new(chunk_len));
+                        let take = (chunk_len - filled).min(piece.len());
+                        b.as_mut()[filled..filled + take].copy_from_slice(&piece.split_to(take));
+                        filled += take;
+                        if filled < chunk_len {
+                            buf = Some(b);
                             continue;
                         }
-                        std::mem::take(&mut buf).freeze()
+                        filled = 0;
+                        b.freeze()
                     };
                     if !self.check(file, table.as_deref(), next, &chunk) {
                         self.egress(file, 0, chunk.len() as u64);
