@@ -50,7 +50,7 @@ pub enum DiskTierError {
 pub struct DiskCounters {
     /// Chunks written.
     pub writes: Counter,
-    /// Chunks not written because the write queue was full.
+    /// Chunks (and chunk tables) not written because the write queue was full.
     pub dropped: Counter,
     /// Writes or deletions that failed.
     pub errors: Counter,
@@ -152,6 +152,20 @@ impl Inner {
         // The writer outlives every handle's sender; a send can only fail
         // during teardown, when nothing needs the job any more.
         let _ = self.jobs.send(job);
+    }
+
+    /// Queues a write of `len` bytes if the queue has room for it, else
+    /// drops it and counts the drop.
+    fn queue_write(&self, len: u64, job: impl FnOnce() -> Job) {
+        let pending = self.pending.fetch_add(len, Ordering::AcqRel);
+        // An empty queue always takes one write, however large, so a chunk
+        // size above `write_queue` still reaches the disk.
+        if pending > 0 && pending + len > self.queue_limit {
+            self.pending.fetch_sub(len, Ordering::AcqRel);
+            self.counters.dropped.inc();
+            return;
+        }
+        self.queue(job());
     }
 
     /// Writes one chunk: to `tmp/`, then renamed into place, then indexed.
@@ -259,16 +273,7 @@ impl DiskTier {
         if inner.index.contains_key(&key) {
             return;
         }
-        let len = chunk.len() as u64;
-        let pending = inner.pending.fetch_add(len, Ordering::AcqRel);
-        // An empty queue always takes one chunk, however large, so a chunk
-        // size above `write_queue` still reaches the disk.
-        if pending > 0 && pending + len > inner.queue_limit {
-            inner.pending.fetch_sub(len, Ordering::AcqRel);
-            inner.counters.dropped.inc();
-            return;
-        }
-        inner.queue(Job::Write(key, chunk.clone()));
+        inner.queue_write(chunk.len() as u64, || Job::Write(key, chunk.clone()));
     }
 
     /// Reads a chunk back if all of it is in the page cache, without waiting
@@ -326,15 +331,7 @@ impl DiskTier {
     /// Queues a verified chunk table for writing (if the queue has room; a
     /// table not written is fetched from an origin again after a restart).
     pub fn offer_table(&self, file: Blake3, table: Blake3, bytes: Bytes) {
-        let inner = &self.inner;
-        let len = bytes.len() as u64;
-        let pending = inner.pending.fetch_add(len, Ordering::AcqRel);
-        if pending > 0 && pending + len > inner.queue_limit {
-            inner.pending.fetch_sub(len, Ordering::AcqRel);
-            inner.counters.dropped.inc();
-            return;
-        }
-        inner.queue(Job::WriteTable(file, table, bytes));
+        self.inner.queue_write(bytes.len() as u64, || Job::WriteTable(file, table, bytes));
     }
 
     /// Reads a file's chunk table of `len` bytes back (blocking: call it off
