@@ -90,8 +90,10 @@ m_off=$(median "${runs[off]}"); m_on=$(median "${runs[on]}"); m_ten=$(median "${
 c_off=$(fmedian "${cpu[off]}"); c_on=$(fmedian "${cpu[on]}"); c_ten=$(fmedian "${cpu[tenant]}")
 
 say "callgrind: instructions per hot 1 MiB range request in the connection tasks, per variant"
-# The per-connection task spawned by the accept loop: everything a request
-# costs in user space, and nothing that runs on a timer.
+# The per-connection task spawned by the accept loop (the pattern also takes
+# in the accept loop's own select closures, so accepting each connection is
+# counted too): everything a request costs in user space, and nothing that
+# runs on a timer.
 conn_task='shardgate::http::server::serve::{{closure}}::{{closure}}'
 cg() {  # $1 variant, $2 requests: instructions in connection tasks of a gateway run serving them
   local p cfg b hdr

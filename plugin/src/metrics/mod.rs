@@ -224,7 +224,7 @@ impl Metrics {
         registry.register("disk_tier_writes", "Chunks written to the disk tier", m.disk.writes.clone());
         registry.register(
             "disk_tier_writes_dropped",
-            "Chunks and chunk tables not written to the disk tier because its write queue was full",
+            "Chunks not written to the disk tier because its write queue was full",
             m.disk.dropped.clone(),
         );
         registry.register("disk_tier_errors", "Disk tier writes or deletions that failed", m.disk.errors.clone());

@@ -50,7 +50,7 @@ pub enum DiskTierError {
 pub struct DiskCounters {
     /// Chunks written.
     pub writes: Counter,
-    /// Chunks (and chunk tables) not written because the write queue was full.
+    /// Chunks not written because the write queue was full.
     pub dropped: Counter,
     /// Writes or deletions that failed.
     pub errors: Counter,
@@ -152,20 +152,6 @@ impl Inner {
         // The writer outlives every handle's sender; a send can only fail
         // during teardown, when nothing needs the job any more.
         let _ = self.jobs.send(job);
-    }
-
-    /// Queues a write of `len` bytes if the queue has room for it, else
-    /// drops it and counts the drop.
-    fn queue_write(&self, len: u64, job: impl FnOnce() -> Job) {
-        let pending = self.pending.fetch_add(len, Ordering::AcqRel);
-        // An empty queue always takes one write, however large, so a chunk
-        // size above `write_queue` still reaches the disk.
-        if pending > 0 && pending + len > self.queue_limit {
-            self.pending.fetch_sub(len, Ordering::AcqRel);
-            self.counters.dropped.inc();
-            return;
-        }
-        self.queue(job());
     }
 
     /// Writes one chunk: to `tmp/`, then renamed into place, then indexed.
@@ -273,7 +259,16 @@ impl DiskTier {
         if inner.index.contains_key(&key) {
             return;
         }
-        inner.queue_write(chunk.len() as u64, || Job::Write(key, chunk.clone()));
+        let len = chunk.len() as u64;
+        let pending = inner.pending.fetch_add(len, Ordering::AcqRel);
+        // An empty queue always takes one chunk, however large, so a chunk
+        // size above `write_queue` still reaches the disk.
+        if pending > 0 && pending + len > inner.queue_limit {
+            inner.pending.fetch_sub(len, Ordering::AcqRel);
+            inner.counters.dropped.inc();
+            return;
+        }
+        inner.queue(Job::Write(key, chunk.clone()));
     }
 
     /// Reads a chunk back if all of it is in the page cache, without waiting
@@ -328,10 +323,15 @@ impl DiskTier {
         Ok(Some(Bytes::from(buf)))
     }
 
-    /// Queues a verified chunk table for writing (if the queue has room; a
-    /// table not written is fetched from an origin again after a restart).
+    /// Queues a verified chunk table for writing. Always queued (and counted
+    /// in the queue's bytes, so chunk writes wait behind it): a table is
+    /// offered once, when it is fetched, and without it no chunk of the file
+    /// on disk can be checked after a restart unless an origin answers.
+    /// Tables are small (32 bytes per chunk) and fetched on their own,
+    /// bounded lane.
     pub fn offer_table(&self, file: Blake3, table: Blake3, bytes: Bytes) {
-        self.inner.queue_write(bytes.len() as u64, || Job::WriteTable(file, table, bytes));
+        self.inner.pending.fetch_add(bytes.len() as u64, Ordering::AcqRel);
+        self.inner.queue(Job::WriteTable(file, table, bytes));
     }
 
     /// Reads a file's chunk table of `len` bytes back (blocking: call it off
@@ -423,8 +423,9 @@ fn scan(chunks: &Path) -> io::Result<Vec<(SystemTime, ChunkKey, u32)>> {
     Ok(found)
 }
 
-/// Deletes tables whose file `keep` says no (and files that are not
-/// tables); returns how many are kept.
+/// Deletes tables whose file `keep` says no (entries that are not tables are
+/// left alone, and one that cannot be deleted is logged, not fatal); returns
+/// how many are kept.
 fn prune_tables(tables: &Path, keep: impl Fn(Blake3) -> bool) -> io::Result<usize> {
     let mut kept = 0;
     for entry in fs::read_dir(tables)? {
@@ -436,7 +437,11 @@ fn prune_tables(tables: &Path, keep: impl Fn(Blake3) -> bool) -> io::Result<usiz
         });
         match file {
             Some(file) if keep(file) => kept += 1,
-            Some(_) => fs::remove_file(entry.path())?,
+            Some(_) => {
+                if let Err(e) = fs::remove_file(entry.path()) {
+                    tracing::warn!(path = %entry.path().display(), error = %e, "could not delete a stale chunk table");
+                }
+            }
             None => tracing::warn!(path = %entry.path().display(), "not a chunk table; left alone"),
         }
     }
@@ -642,10 +647,15 @@ mod tests {
         for i in 0..200 {
             t.offer(key(i), &Bytes::from(vec![0u8; 65536]));
         }
+        // A chunk table offered behind the burst is never dropped.
+        let table = Blake3::from(blake3::hash(b"table"));
+        t.offer_table(key(0).file, table, Bytes::from(vec![1u8; 65536]));
         assert!(t.flush(Duration::from_secs(10)));
         assert_eq!(c.writes.get() + c.dropped.get(), 200);
         assert_eq!(t.chunks(), c.writes.get());
         assert!(c.dropped.get() > 0, "a 2-chunk queue took a 200-chunk burst");
+        assert!(t.read_table_unverified(key(0).file, table, 65536).unwrap().is_some());
+        assert_eq!(t.inner.pending.load(Ordering::Acquire), 0, "every queued byte is accounted for");
     }
 
     #[test]
