@@ -363,7 +363,13 @@ impl Fetcher {
                     return Ok(Arc::new(t));
                 }
                 let _lane = self.meta.acquire().await.map_err(|_| FetchError::NoOrigin)?;
-                self.fetch_table(file, table_hash).await.map(Arc::new)
+                let t = Arc::new(self.fetch_table(file, table_hash).await?);
+                // The disk tier may hold chunks of the file without the table
+                // (dropped as bad, or written with verification off).
+                if let Some(d) = &self.disk {
+                    d.offer_table(file.blake3, &t);
+                }
+                Ok::<_, FetchError>(t)
             })
             .await;
         result.map(Some).map_err(|e| (*e).clone())
@@ -373,14 +379,14 @@ impl Fetcher {
     /// origin is; a table that cannot be read or fails is dropped from disk.
     async fn table_from_disk(&self, file: &FileSpec, table_hash: Blake3) -> Option<ChunkTable> {
         let disk = self.disk.as_ref()?;
-        let (d, f, len) = (disk.clone(), file.blake3, file.layout.table_len());
-        let read = tokio::task::spawn_blocking(move || d.read_table_unverified(f, table_hash, len)).await.ok()?;
+        let (d, f, cs, len) = (disk.clone(), file.blake3, file.layout.chunk_size(), file.layout.table_len());
+        let read = tokio::task::spawn_blocking(move || d.read_table_unverified(f, cs, len)).await.ok()?;
         let bytes = match read {
             Ok(Some(b)) => b,
             Ok(None) => return None,
             Err(e) => {
                 tracing::warn!(file = %file.blake3, table = %table_hash, error = %e, "disk tier table read failed; fetching it again");
-                disk.remove_table(file.blake3, table_hash);
+                disk.remove_table(file.blake3, file.layout.chunk_size());
                 return None;
             }
         };
@@ -394,7 +400,7 @@ impl Fetcher {
                 self.metrics.checksum_failures.inc();
                 tracing::warn!(file = %file.blake3, table = %table_hash, error = %e,
                     "chunk table read back from the disk tier fails verification; dropped and fetched again");
-                disk.remove_table(file.blake3, table_hash);
+                disk.remove_table(file.blake3, file.layout.chunk_size());
                 None
             }
         }
@@ -429,9 +435,6 @@ impl Fetcher {
             match open_table(&bytes, &table_hash.hash(), file.layout, &file.blake3.hash()) {
                 Ok(t) => {
                     self.egress(file, len, 0);
-                    if let Some(d) = &self.disk {
-                        d.offer_table(file.blake3, table_hash, Bytes::from(bytes));
-                    }
                     return Ok(t);
                 }
                 Err(e) => {
@@ -808,7 +811,7 @@ impl Fetcher {
                     }
                     self.hot.insert_verified(key, chunk.clone());
                     if let Some(d) = &self.disk {
-                        d.offer(key, &chunk);
+                        d.offer(key, &chunk, table.as_ref());
                     }
                     if let Some(tx) = senders.get_mut((next - chunks.start) as usize).and_then(Option::take) {
                         let _ = tx.send(Some(Ok(chunk)));

@@ -14,13 +14,15 @@
 //! - Eviction (budget), purges (takedown) and bad reads remove the index entry
 //!   first and queue the file's deletion; a reader that races a deletion sees
 //!   a missing file and falls back to the origin.
-//! - Chunk tables are kept too, `tables/<file hash>.<table hash>`, so a
-//!   restarted gateway can check chunks read back without asking an origin
-//!   (it serves them with every origin down). They are 32 bytes per chunk and
-//!   outside the byte budget; at start, tables of files with no chunk left in
-//!   the tier are deleted. A table read back is verified like one from an
-//!   origin (against its hash and the file's root) by the caller.
+//! - Each file's chunk table is kept while the tier holds any of the file's
+//!   chunks, `tables/<file hash>.<chunk size>`, so a restarted gateway can
+//!   check chunks read back without asking an origin (it serves them with
+//!   every origin down). The writer writes it with the file's first chunk and
+//!   deletes it when the last one is evicted or purged; it is 32 bytes per
+//!   chunk, outside the byte budget. A table read back is verified like one
+//!   from an origin (against its hash and the file's root) by the caller.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -33,6 +35,7 @@ use prometheus_client::metrics::counter::Counter;
 
 use super::ChunkKey;
 use crate::pagecache::NoWait;
+use crate::release::chunk::ChunkTable;
 use crate::release::manifest::Blake3;
 
 /// Disk space is used in blocks; the budget counts them.
@@ -59,11 +62,15 @@ pub struct DiskCounters {
 }
 
 enum Job {
-    Write(ChunkKey, Bytes),
+    /// A verified chunk, and the file's table when the fetcher has it.
+    Write(ChunkKey, Bytes, Option<Arc<ChunkTable>>),
     Remove(ChunkKey),
-    /// A file's chunk table: file hash, table hash, bytes.
-    WriteTable(Blake3, Blake3, Bytes),
-    RemoveTable(Blake3, Blake3),
+    /// A file's table, written if the tier holds chunks of it and not the table.
+    WriteTable(Blake3, Arc<ChunkTable>),
+    /// Deletes a file's table if no chunk of it is left.
+    RemoveTable(FileKey),
+    /// Deletes a file's table (it failed verification, or could not be read).
+    DropTable(FileKey),
     /// Every chunk of a file, on disk and in the index.
     Purge(Blake3),
     /// Answered once every job queued before it is done. The first pass runs
@@ -73,6 +80,23 @@ enum Job {
 }
 
 type Hasher = foldhash::fast::RandomState;
+
+/// A file as chunked at one chunk size: what one chunk table covers.
+type FileKey = (Blake3, u64);
+
+/// How many chunks of a file the index holds, and whether its table is on disk.
+#[derive(Debug, Default)]
+struct FileState {
+    chunks: u32,
+    table: bool,
+}
+
+type Files = Arc<std::sync::Mutex<HashMap<FileKey, FileState, Hasher>>>;
+
+fn lock_files(files: &Files) -> std::sync::MutexGuard<'_, HashMap<FileKey, FileState, Hasher>> {
+    // The map holds counts only; one left by a panic is still usable.
+    files.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 struct Inner {
     root: PathBuf,
@@ -86,6 +110,9 @@ struct Inner {
     counters: DiskCounters,
     /// Whether the file system takes `RWF_NOWAIT` reads.
     nowait: NoWait,
+    /// Files with chunks in the index (kept by the index's insertions and its
+    /// eviction listener), to keep exactly their tables on disk.
+    files: Files,
 }
 
 /// A handle on the disk tier; cheap to clone. The writer thread ends when the
@@ -121,8 +148,13 @@ fn weight(len: u32) -> u32 {
     u32::try_from(u64::from(len).div_ceil(BLOCK) * BLOCK).unwrap_or(u32::MAX)
 }
 
-fn table_name(file: Blake3, table: Blake3) -> String {
-    format!("{file}.{table}")
+fn table_name((file, chunk_size): FileKey) -> String {
+    format!("{file}.{chunk_size}")
+}
+
+fn parse_table_name(name: &str) -> Option<FileKey> {
+    let (file, chunk_size) = name.split_once('.')?;
+    Some((file.parse().ok()?, chunk_size.parse().ok()?))
 }
 
 impl Inner {
@@ -131,8 +163,38 @@ impl Inner {
         self.root.join("chunks").join(&name[..2]).join(name)
     }
 
-    fn table_path(&self, file: Blake3, table: Blake3) -> PathBuf {
-        self.root.join("tables").join(table_name(file, table))
+    fn table_path(&self, file: FileKey) -> PathBuf {
+        self.root.join("tables").join(table_name(file))
+    }
+
+    /// Writes `table` for `file` unless it is on disk already.
+    fn write_table(&self, file: FileKey, table: &ChunkTable) {
+        if lock_files(&self.files).get(&file).is_none_or(|f| f.table) {
+            return;
+        }
+        let name = table_name(file);
+        match self.place(&name, &self.table_path(file), &table.encode()) {
+            Ok(()) => {
+                if let Some(f) = lock_files(&self.files).get_mut(&file) {
+                    f.table = true;
+                }
+            }
+            Err(e) => {
+                self.counters.errors.inc();
+                tracing::warn!(root = %self.root.display(), table = %name, error = %e, "disk tier table write failed");
+            }
+        }
+    }
+
+    fn delete_table(&self, file: FileKey) {
+        match fs::remove_file(self.table_path(file)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                self.counters.errors.inc();
+                tracing::warn!(table = %table_name(file), error = %e, "disk tier table delete failed");
+            }
+        }
     }
 
     /// Writes to `tmp/` and renames into place, so `dest` is never half written.
@@ -158,6 +220,8 @@ impl Inner {
     fn write(&self, key: ChunkKey, data: &Bytes) -> io::Result<()> {
         let len = u32::try_from(data.len()).map_err(|_| io::Error::other("chunk larger than 4 GiB"))?;
         self.place(&file_name(&key), &self.path(&key), data)?;
+        // Counted before it is indexed, so its eviction never finds it uncounted.
+        lock_files(&self.files).entry((key.file, key.chunk_size)).or_default().chunks += 1;
         self.index.insert(key, len);
         Ok(())
     }
@@ -202,6 +266,8 @@ impl DiskTier {
         let (tx, rx) = mpsc::channel::<Job>();
         let evict_tx = tx.clone();
         let evictions = counters.evictions.clone();
+        let files: Files = Arc::default();
+        let counted = files.clone();
         let index = moka::sync::Cache::builder()
             .max_capacity(capacity)
             .weigher(|_k: &ChunkKey, len: &u32| weight(*len))
@@ -216,6 +282,15 @@ impl DiskTier {
                     evictions.inc();
                 }
                 let _ = evict_tx.send(Job::Remove(*k));
+                let file = (k.file, k.chunk_size);
+                let mut files = lock_files(&counted);
+                if let Some(f) = files.get_mut(&file) {
+                    f.chunks = f.chunks.saturating_sub(1);
+                    if f.chunks == 0 {
+                        files.remove(&file);
+                        let _ = evict_tx.send(Job::RemoveTable(file));
+                    }
+                }
             })
             .build_with_hasher(Hasher::default());
         let inner = Arc::new(Inner {
@@ -227,17 +302,23 @@ impl DiskTier {
             queue_limit,
             counters,
             nowait: NoWait::new(true),
+            files,
         });
 
         let found = scan(&chunks).map_err(io_err(&chunks))?;
         let count = found.len();
-        let mut files = std::collections::HashSet::new();
+        {
+            let mut files = lock_files(&inner.files);
+            for (_, key, _) in &found {
+                files.entry((key.file, key.chunk_size)).or_default().chunks += 1;
+            }
+        }
+        let kept = scan_tables(&tables, &inner.files).map_err(io_err(&tables))?;
         for (_, key, len) in found {
-            files.insert(key.file);
             inner.index.insert(key, len);
         }
+        // Chunks beyond the budget go now; so do the tables of files left without any.
         inner.index.run_pending_tasks();
-        let kept = prune_tables(&tables, |file| files.contains(&file)).map_err(io_err(&tables))?;
         tracing::info!(root = %root.display(), chunks = count, bytes = inner.index.weighted_size(), tables = kept, "disk tier open");
 
         let weak = Arc::downgrade(&inner);
@@ -254,7 +335,9 @@ impl DiskTier {
 
     /// Queues a verified chunk for writing, unless it is already on disk or
     /// the queue is full (then it is dropped and counted). Never blocks.
-    pub fn offer(&self, key: ChunkKey, chunk: &Bytes) {
+    /// `table` is the file's verified chunk table (written with the file's
+    /// first chunk), if the caller has it.
+    pub fn offer(&self, key: ChunkKey, chunk: &Bytes, table: Option<&Arc<ChunkTable>>) {
         let inner = &self.inner;
         if inner.index.contains_key(&key) {
             return;
@@ -268,7 +351,7 @@ impl DiskTier {
             inner.counters.dropped.inc();
             return;
         }
-        inner.queue(Job::Write(key, chunk.clone()));
+        inner.queue(Job::Write(key, chunk.clone(), table.cloned()));
     }
 
     /// Reads a chunk back if all of it is in the page cache, without waiting
@@ -323,23 +406,19 @@ impl DiskTier {
         Ok(Some(Bytes::from(buf)))
     }
 
-    /// Queues a verified chunk table for writing. Always queued (and counted
-    /// in the queue's bytes, so chunk writes wait behind it): a table is
-    /// offered once, when it is fetched, and without it no chunk of the file
-    /// on disk can be checked after a restart unless an origin answers.
-    /// Tables are small (32 bytes per chunk) and fetched on their own,
-    /// bounded lane.
-    pub fn offer_table(&self, file: Blake3, table: Blake3, bytes: Bytes) {
-        self.inner.pending.fetch_add(bytes.len() as u64, Ordering::AcqRel);
-        self.inner.queue(Job::WriteTable(file, table, bytes));
+    /// Queues a verified chunk table for writing, for a file whose chunks
+    /// the tier holds without it (written before with verification off, or
+    /// its table was dropped). A no-op on the writer for any other file.
+    pub fn offer_table(&self, file: Blake3, table: &Arc<ChunkTable>) {
+        self.inner.queue(Job::WriteTable(file, table.clone()));
     }
 
-    /// Reads a file's chunk table of `len` bytes back (blocking: call it off
-    /// the async threads). `None` when it is not on disk; an error when it
-    /// is not `len` bytes long. The bytes are **not verified**: the caller
-    /// checks them against the table's hash.
-    pub fn read_table_unverified(&self, file: Blake3, table: Blake3, len: u64) -> io::Result<Option<Vec<u8>>> {
-        let mut f = match fs::File::open(self.inner.table_path(file, table)) {
+    /// Reads the chunk table of `file` at `chunk_size`, `len` bytes, back
+    /// (blocking: call it off the async threads). `None` when it is not on
+    /// disk; an error when it is not `len` bytes long. The bytes are **not
+    /// verified**: the caller checks them against the table's hash.
+    pub fn read_table_unverified(&self, file: Blake3, chunk_size: u64, len: u64) -> io::Result<Option<Vec<u8>>> {
+        let mut f = match fs::File::open(self.inner.table_path((file, chunk_size))) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
@@ -356,9 +435,10 @@ impl DiskTier {
         Ok(Some(buf))
     }
 
-    /// Drops a chunk table (it failed verification, or could not be read).
-    pub fn remove_table(&self, file: Blake3, table: Blake3) {
-        self.inner.queue(Job::RemoveTable(file, table));
+    /// Drops a chunk table (it failed verification, or could not be read);
+    /// it is written again when the fetcher next offers it.
+    pub fn remove_table(&self, file: Blake3, chunk_size: u64) {
+        self.inner.queue(Job::DropTable((file, chunk_size)));
     }
 
     /// Drops a chunk (it failed verification, or could not be read).
@@ -423,25 +503,26 @@ fn scan(chunks: &Path) -> io::Result<Vec<(SystemTime, ChunkKey, u32)>> {
     Ok(found)
 }
 
-/// Deletes tables whose file `keep` says no (entries that are not tables are
-/// left alone, and one that cannot be deleted is logged, not fatal); returns
-/// how many are kept.
-fn prune_tables(tables: &Path, keep: impl Fn(Blake3) -> bool) -> io::Result<usize> {
+/// Marks the tables on disk of files with chunks, and deletes the others
+/// (entries that are not tables are left alone, and one that cannot be
+/// deleted is logged, not fatal); returns how many are kept.
+fn scan_tables(tables: &Path, files: &Files) -> io::Result<usize> {
+    let mut files = lock_files(files);
     let mut kept = 0;
     for entry in fs::read_dir(tables)? {
         let entry = entry?;
-        let file = entry.file_name().to_str().and_then(|n| {
-            let (file, table) = n.split_once('.')?;
-            table.parse::<Blake3>().ok()?;
-            file.parse::<Blake3>().ok()
-        });
-        match file {
-            Some(file) if keep(file) => kept += 1,
-            Some(_) => {
-                if let Err(e) = fs::remove_file(entry.path()) {
-                    tracing::warn!(path = %entry.path().display(), error = %e, "could not delete a stale chunk table");
+        match entry.file_name().to_str().and_then(parse_table_name) {
+            Some(file) => match files.get_mut(&file) {
+                Some(f) => {
+                    f.table = true;
+                    kept += 1;
                 }
-            }
+                None => {
+                    if let Err(e) = fs::remove_file(entry.path()) {
+                        tracing::warn!(path = %entry.path().display(), error = %e, "could not delete a stale chunk table");
+                    }
+                }
+            },
             None => tracing::warn!(path = %entry.path().display(), "not a chunk table; left alone"),
         }
     }
@@ -465,12 +546,15 @@ fn writer(inner: Weak<Inner>, jobs: mpsc::Receiver<Job>) {
     while let Ok(job) = jobs.recv() {
         let Some(inner) = inner.upgrade() else { break };
         match job {
-            Job::Write(key, data) => {
+            Job::Write(key, data, table) => {
                 let len = data.len() as u64;
                 if !inner.index.contains_key(&key) && !data.is_empty() {
                     match inner.write(key, &data) {
                         Ok(()) => {
                             inner.counters.writes.inc();
+                            if let Some(t) = table {
+                                inner.write_table((key.file, key.chunk_size), &t);
+                            }
                         }
                         Err(e) => {
                             inner.counters.errors.inc();
@@ -493,26 +577,22 @@ fn writer(inner: Weak<Inner>, jobs: mpsc::Receiver<Job>) {
                 inner.index.run_pending_tasks();
                 let hex = file.to_hex();
                 remove_prefixed(&inner, &inner.root.join("chunks").join(&hex[..2]), &hex);
+                lock_files(&inner.files).retain(|(f, _), _| *f != file);
                 remove_prefixed(&inner, &inner.root.join("tables"), &hex);
             }
-            Job::WriteTable(file, table, data) => {
-                let dest = inner.table_path(file, table);
-                if !dest.exists()
-                    && let Err(e) = inner.place(&table_name(file, table), &dest, &data)
-                {
-                    inner.counters.errors.inc();
-                    tracing::warn!(root = %inner.root.display(), table = %table, error = %e, "disk tier table write failed");
+            Job::WriteTable(file, table) => inner.write_table((file, table.layout().chunk_size()), &table),
+            Job::RemoveTable(file) => {
+                // A chunk of the file written since its last one went: keep the table.
+                if !lock_files(&inner.files).contains_key(&file) {
+                    inner.delete_table(file);
                 }
-                inner.pending.fetch_sub(data.len() as u64, Ordering::AcqRel);
             }
-            Job::RemoveTable(file, table) => match fs::remove_file(inner.table_path(file, table)) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    inner.counters.errors.inc();
-                    tracing::warn!(table = %table, error = %e, "disk tier table delete failed");
+            Job::DropTable(file) => {
+                if let Some(f) = lock_files(&inner.files).get_mut(&file) {
+                    f.table = false;
                 }
-            },
+                inner.delete_table(file);
+            }
             Job::Remove(key) => {
                 // Written again after this deletion was queued: keep it.
                 if inner.index.contains_key(&key) {
@@ -551,7 +631,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (t, _) = open(dir.path(), 1 << 20, 1 << 20);
         for i in 0..5 {
-            t.offer(key(i), &Bytes::from(vec![i as u8; 4096]));
+            t.offer(key(i), &Bytes::from(vec![i as u8; 4096]), None);
         }
         assert!(t.flush(Duration::from_secs(5)));
         assert_eq!(t.chunks(), 5);
@@ -577,42 +657,68 @@ mod tests {
         assert!(stray.exists(), "files that are not chunks are left alone");
     }
 
+    /// A file of 5 chunks of 4096 bytes (the size `key` uses), and its table.
+    fn table() -> (Blake3, Arc<ChunkTable>) {
+        let mut h = crate::release::chunk::ChunkHasher::new(4096).unwrap();
+        h.update(&vec![3u8; 5 * 4096]);
+        let d = h.finish();
+        (Blake3::from(d.root), Arc::new(d.table.unwrap()))
+    }
+
+    fn chunk_of(file: Blake3, i: u64) -> ChunkKey {
+        ChunkKey::new(file, 4096, i)
+    }
+
     #[test]
-    fn tables_survive_a_reopen_only_while_their_file_has_chunks_and_go_with_a_purge() {
+    fn a_table_is_kept_exactly_while_chunks_of_its_file_are() {
         let dir = tempfile::tempdir().unwrap();
-        let file = key(0).file;
-        let (other, kept_t, lone_t) = (
-            Blake3::from(blake3::hash(b"other")),
-            Blake3::from(blake3::hash(b"t1")),
-            Blake3::from(blake3::hash(b"t2")),
-        );
-        let (t, _) = open(dir.path(), 1 << 20, 1 << 20);
-        t.offer(key(0), &Bytes::from(vec![7u8; 4096]));
-        t.offer_table(file, kept_t, Bytes::from_static(b"table one"));
-        // A table whose file has no chunk in the tier.
-        t.offer_table(other, lone_t, Bytes::from_static(b"table two"));
+        let (file, table) = table();
+        let len = table.layout().table_len();
+        let (t, _) = open(dir.path(), 3 * 4096, 1 << 20);
+        // Offered on its own before any chunk of the file is on disk: not written.
+        t.offer_table(file, &table);
         assert!(t.flush(Duration::from_secs(5)));
-        assert_eq!(t.read_table_unverified(file, kept_t, 9).unwrap().unwrap(), b"table one");
-        assert!(t.read_table_unverified(file, lone_t, 9).unwrap().is_none());
+        assert!(t.read_table_unverified(file, 4096, len).unwrap().is_none());
+        // Written with the file's first chunk.
+        t.offer(chunk_of(file, 0), &Bytes::from(vec![3u8; 4096]), Some(&table));
+        t.offer(chunk_of(file, 1), &Bytes::from(vec![3u8; 4096]), Some(&table));
+        assert!(t.flush(Duration::from_secs(5)));
+        assert_eq!(t.read_table_unverified(file, 4096, len).unwrap().unwrap(), table.encode());
+        let err = t.read_table_unverified(file, 4096, len + 1).unwrap_err();
+        assert!(err.to_string().contains(&format!("{len} bytes, {} expected", len + 1)), "{err}");
         drop(t);
 
-        let (t, _) = open(dir.path(), 1 << 20, 1 << 20);
-        assert_eq!(t.read_table_unverified(file, kept_t, 9).unwrap().unwrap(), b"table one");
-        let err = t.read_table_unverified(file, kept_t, 10).unwrap_err();
-        assert!(err.to_string().contains("9 bytes, 10 expected"), "{err}");
-        assert!(
-            t.read_table_unverified(other, lone_t, 9).unwrap().is_none(),
-            "a table without chunks is pruned at start"
-        );
-        t.remove_table(file, kept_t);
-        assert!(t.flush(Duration::from_secs(5)));
-        assert!(t.read_table_unverified(file, kept_t, 9).unwrap().is_none());
+        // Survives a reopen with its chunks; a stray table of a file with no chunk does not.
+        let stray = dir.path().join("tables").join(table_name((key(0).file, 4096)));
+        std::fs::write(&stray, b"old").unwrap();
+        let (t, _) = open(dir.path(), 3 * 4096, 1 << 20);
+        assert!(t.read_table_unverified(file, 4096, len).unwrap().is_some());
+        assert!(!stray.exists(), "a table without chunks is deleted at start");
 
-        t.offer_table(file, kept_t, Bytes::from_static(b"table one"));
+        // Dropped as bad: offered again, it is written again (its chunks are still there).
+        t.remove_table(file, 4096);
+        assert!(t.flush(Duration::from_secs(5)));
+        assert!(t.read_table_unverified(file, 4096, len).unwrap().is_none());
+        t.offer_table(file, &table);
+        assert!(t.flush(Duration::from_secs(5)));
+        assert!(t.read_table_unverified(file, 4096, len).unwrap().is_some());
+
+        // Other files' chunks push the budget (3 blocks) past the file's two: the table goes with the last.
+        for i in 0..3 {
+            t.offer(key(i), &Bytes::from(vec![0u8; 4096]), None);
+            assert!(t.flush(Duration::from_secs(5)));
+        }
+        assert!(!t.contains(&chunk_of(file, 0)) && !t.contains(&chunk_of(file, 1)));
+        assert!(t.flush(Duration::from_secs(5)));
+        assert!(t.read_table_unverified(file, 4096, len).unwrap().is_none(), "evicted with the file's last chunk");
+
+        // A purge deletes the table with the chunks.
+        t.offer(chunk_of(file, 2), &Bytes::from(vec![3u8; 4096]), Some(&table));
+        assert!(t.flush(Duration::from_secs(5)));
+        assert!(t.read_table_unverified(file, 4096, len).unwrap().is_some());
         t.purge_file(file).unwrap();
         assert!(t.flush(Duration::from_secs(5)));
-        assert!(t.read_table_unverified(file, kept_t, 9).unwrap().is_none(), "a purge deletes the file's table");
-        assert_eq!(t.chunks(), 0);
+        assert!(t.read_table_unverified(file, 4096, len).unwrap().is_none(), "a purge deletes the file's table");
     }
 
     #[test]
@@ -627,7 +733,7 @@ mod tests {
     fn a_chunk_file_of_the_wrong_length_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let (t, _) = open(dir.path(), 1 << 20, 1 << 20);
-        t.offer(key(0), &Bytes::from(vec![1u8; 4096]));
+        t.offer(key(0), &Bytes::from(vec![1u8; 4096]), None);
         assert!(t.flush(Duration::from_secs(5)));
         let path = t.inner.path(&key(0));
         std::fs::write(&path, vec![1u8; 5000]).unwrap();
@@ -645,16 +751,12 @@ mod tests {
         // A queue of two chunks: a burst of offers overruns it.
         let (t, c) = open(dir.path(), 64 << 20, 2 * 65536);
         for i in 0..200 {
-            t.offer(key(i), &Bytes::from(vec![0u8; 65536]));
+            t.offer(key(i), &Bytes::from(vec![0u8; 65536]), None);
         }
-        // A chunk table offered behind the burst is never dropped.
-        let table = Blake3::from(blake3::hash(b"table"));
-        t.offer_table(key(0).file, table, Bytes::from(vec![1u8; 65536]));
         assert!(t.flush(Duration::from_secs(10)));
         assert_eq!(c.writes.get() + c.dropped.get(), 200);
         assert_eq!(t.chunks(), c.writes.get());
         assert!(c.dropped.get() > 0, "a 2-chunk queue took a 200-chunk burst");
-        assert!(t.read_table_unverified(key(0).file, table, 65536).unwrap().is_some());
         assert_eq!(t.inner.pending.load(Ordering::Acquire), 0, "every queued byte is accounted for");
     }
 
@@ -663,7 +765,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (t, c) = open(dir.path(), 10 * 4096, 1 << 20);
         for i in 0..30 {
-            t.offer(key(i), &Bytes::from(vec![0u8; 4000]));
+            t.offer(key(i), &Bytes::from(vec![0u8; 4000]), None);
             // One at a time, so nothing is dropped.
             assert!(t.flush(Duration::from_secs(5)));
         }
