@@ -58,8 +58,20 @@ impl Shared {
     }
 }
 
-/// Hot-tier hits and misses from a shardgate `/metrics`, if the target is one.
-pub async fn scrape(client: &reqwest::Client, base: &str) -> Option<(f64, f64)> {
+/// Cache counters from a shardgate `/metrics`.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheCounters {
+    /// Chunk lookups answered from memory or disk, and those that went to an origin.
+    pub hits: f64,
+    pub misses: f64,
+    /// Body bytes served from chunks that were cached when the response
+    /// began, and from chunks that were not.
+    pub hot_bytes: f64,
+    pub origin_bytes: f64,
+}
+
+/// Cache counters from a shardgate `/metrics`, if the target is one.
+pub async fn scrape(client: &reqwest::Client, base: &str) -> Option<CacheCounters> {
     let text = client.get(format!("{base}/metrics")).send().await.ok()?.text().await.ok()?;
     let get = |name: &str| {
         text.lines()
@@ -67,8 +79,12 @@ pub async fn scrape(client: &reqwest::Client, base: &str) -> Option<(f64, f64)> 
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum::<f64>()
     };
-    text.contains("shardgate_hot_tier_hits_total")
-        .then(|| (get("shardgate_hot_tier_hits_total"), get("shardgate_hot_tier_misses_total")))
+    text.contains("shardgate_hot_tier_hits_total").then(|| CacheCounters {
+        hits: get("shardgate_hot_tier_hits_total"),
+        misses: get("shardgate_hot_tier_misses_total"),
+        hot_bytes: get("shardgate_served_bytes_total{source=\"hot\"}"),
+        origin_bytes: get("shardgate_served_bytes_total{source=\"origin\"}"),
+    })
 }
 
 #[derive(Debug, Serialize)]
@@ -101,8 +117,14 @@ pub struct Report {
     pub errors: BTreeMap<String, u64>,
     /// Seconds each worker spent waiting with no bytes (pauses over 50 ms).
     pub stall_seconds: Vec<f64>,
-    /// The target's hot-tier hit ratio over the run, when it is shardgate.
+    /// The target's hot-tier hit ratio over the run, when it is shardgate:
+    /// chunk lookups. A miss fetches the rest of its range in one origin
+    /// request, and the request's next lookups hit what it fetched, so this
+    /// overstates what the cache saved; see `cached_byte_ratio`.
     pub hot_tier_hit_ratio: Option<f64>,
+    /// The share of body bytes the target served from chunks that were
+    /// already cached (memory or disk) when the response began.
+    pub cached_byte_ratio: Option<f64>,
     /// Set when the server answered ranges wrongly.
     pub range_warning: Option<String>,
 }
@@ -113,8 +135,8 @@ impl Report {
         targets: &Targets,
         elapsed: Duration,
         workers: Vec<WorkerStats>,
-        before: Option<(f64, f64)>,
-        after: Option<(f64, f64)>,
+        before: Option<CacheCounters>,
+        after: Option<CacheCounters>,
     ) -> Self {
         let secs = elapsed.as_secs_f64().max(1e-6);
         let mut ttfb =
@@ -133,12 +155,15 @@ impl Report {
             }
             stall_seconds.push((w.stall.as_secs_f64() * 1000.0).round() / 1000.0);
         }
-        let hot_tier_hit_ratio = match (before, after) {
-            (Some((h0, m0)), Some((h1, m1))) if (h1 - h0) + (m1 - m0) > 0.0 => {
-                Some((h1 - h0) / ((h1 - h0) + (m1 - m0)))
+        let share = |part: fn(&CacheCounters) -> f64, rest: fn(&CacheCounters) -> f64| match (before, after) {
+            (Some(b), Some(a)) => {
+                let (p, r) = (part(&a) - part(&b), rest(&a) - rest(&b));
+                (p + r > 0.0).then(|| p / (p + r))
             }
             _ => None,
         };
+        let hot_tier_hit_ratio = share(|c| c.hits, |c| c.misses);
+        let cached_byte_ratio = share(|c| c.hot_bytes, |c| c.origin_bytes);
         let range_bad: u64 = ["range_ignored", "bad_content_range"].iter().filter_map(|k| errors.get(*k)).sum();
         let range_warning = (range_bad > 0).then(|| {
             format!(
@@ -158,6 +183,7 @@ impl Report {
             errors,
             stall_seconds,
             hot_tier_hit_ratio,
+            cached_byte_ratio,
             range_warning,
         }
     }
@@ -183,7 +209,11 @@ impl Report {
         let stall: Vec<String> = self.stall_seconds.iter().map(|s| format!("{s:.2}")).collect();
         s += &format!("stall (s)      per worker: {}\n", stall.join(" "));
         if let Some(r) = self.hot_tier_hit_ratio {
-            s += &format!("hot tier       {:.1}% hits\n", r * 100.0);
+            s += &format!("hot tier       {:.1}% of chunk lookups hit", r * 100.0);
+            if let Some(b) = self.cached_byte_ratio {
+                s += &format!(", {:.1}% of bytes served from cache", b * 100.0);
+            }
+            s += "\n";
         }
         if self.errors.is_empty() {
             s += "errors         none\n";

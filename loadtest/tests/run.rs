@@ -86,6 +86,9 @@ fn mixed_loaders_against_shardgate_report_latency_and_hit_ratio() {
     assert!(r["latency"]["p99_ms"].as_f64().unwrap() >= r["latency"]["p50_ms"].as_f64().unwrap());
     let ratio = r["hot_tier_hit_ratio"].as_f64().expect("shardgate's /metrics gives a hit ratio");
     assert!(ratio > 0.0 && ratio <= 1.0, "{ratio}");
+    let bytes = r["cached_byte_ratio"].as_f64().expect("shardgate's /metrics gives a byte ratio");
+    // The first reads of each file are cold, the rest hot.
+    assert!(bytes > 0.0 && bytes < 1.0, "{bytes}");
     assert_eq!(r["stall_seconds"].as_array().unwrap().len(), 3);
     assert!(r["range_warning"].is_null());
 }
