@@ -380,30 +380,11 @@ impl DiskTier {
     /// **not verified**: the caller checks them before use.
     pub fn read_unverified(&self, key: &ChunkKey) -> io::Result<Option<Bytes>> {
         let Some(len) = self.inner.index.get(key) else { return Ok(None) };
-        let mut file = match fs::File::open(self.inner.path(key)) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                self.inner.index.invalidate(key);
-                return Ok(None);
-            }
-            Err(e) => return Err(e),
-        };
-        let on_disk = file.metadata()?.len();
-        if on_disk != u64::from(len) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("chunk file holds {on_disk} bytes, {len} expected"),
-            ));
+        let read = read_exact_file(&self.inner.path(key), u64::from(len), "chunk file")?;
+        if read.is_none() {
+            self.inner.index.invalidate(key);
         }
-        let mut buf = Vec::with_capacity(len as usize);
-        (&mut file).take(u64::from(len)).read_to_end(&mut buf)?;
-        if buf.len() != len as usize {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("chunk file ended after {} of {len} bytes", buf.len()),
-            ));
-        }
-        Ok(Some(Bytes::from(buf)))
+        Ok(read.map(Bytes::from))
     }
 
     /// Queues a verified chunk table for writing, for a file whose chunks
@@ -418,21 +399,7 @@ impl DiskTier {
     /// disk; an error when it is not `len` bytes long. The bytes are **not
     /// verified**: the caller checks them against the table's hash.
     pub fn read_table_unverified(&self, file: Blake3, chunk_size: u64, len: u64) -> io::Result<Option<Vec<u8>>> {
-        let mut f = match fs::File::open(self.inner.table_path((file, chunk_size))) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        let on_disk = f.metadata()?.len();
-        if on_disk != len {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("chunk table file holds {on_disk} bytes, {len} expected"),
-            ));
-        }
-        let mut buf = Vec::with_capacity(len as usize);
-        f.read_to_end(&mut buf)?;
-        Ok(Some(buf))
+        read_exact_file(&self.inner.table_path((file, chunk_size)), len, "chunk table file")
     }
 
     /// Drops a chunk table (it failed verification, or could not be read);
@@ -476,6 +443,32 @@ impl DiskTier {
         self.inner.queue(Job::Flush(tx, true));
         rx.recv_timeout(timeout).is_ok()
     }
+}
+
+/// The whole of the file at `path`, which must be `len` bytes long (`what`
+/// names it in errors); `None` when it does not exist.
+fn read_exact_file(path: &Path, len: u64, what: &str) -> io::Result<Option<Vec<u8>>> {
+    let mut file = match fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let on_disk = file.metadata()?.len();
+    if on_disk != len {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{what} holds {on_disk} bytes, {len} expected"),
+        ));
+    }
+    let mut buf = Vec::with_capacity(len as usize);
+    (&mut file).take(len).read_to_end(&mut buf)?;
+    if buf.len() as u64 != len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("{what} ended after {} of {len} bytes", buf.len()),
+        ));
+    }
+    Ok(Some(buf))
 }
 
 /// Chunk files under `chunks/`, oldest first.
