@@ -21,9 +21,13 @@ use bytes::Bytes;
 /// cached chunk never pins more memory than it weighs.
 pub(crate) const BUF_LEN: usize = crate::release::chunk::DEFAULT_CHUNK_SIZE as usize;
 
-/// Idle buffers kept at most (4 MiB): in steady state a read takes back a
-/// buffer an eviction just freed, so a few are enough.
-const MAX_FREE: usize = 16;
+/// Idle buffers kept at most (16 MiB). In steady state a read takes back a
+/// buffer an eviction just freed, but the hot tier applies its inserts, and
+/// so its evictions, in batches of up to 64 (its cache's write-log flush
+/// point): one batch frees up to 64 buffers at once. A list of 16 dropped
+/// most of each batch, and the reads after it allocated and faulted in
+/// fresh buffers: twice the page faults on a cold stream.
+const MAX_FREE: usize = 64;
 
 static FREE: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 

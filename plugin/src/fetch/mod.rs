@@ -719,7 +719,9 @@ impl Fetcher {
                 }
             };
             let mut first = true;
-            // A chunk that arrives in several pieces is put together here.
+            let own_buffers = origin.yields_own_buffers();
+            // A chunk that arrives in several pieces (or in a slice of an HTTP
+            // client's read buffer) is put together here.
             let mut buf: Option<ChunkBuf> = None;
             let mut filled = 0;
             'stream: loop {
@@ -765,8 +767,8 @@ impl Fetcher {
                 while !piece.is_empty() {
                     let r = layout.chunk_range(next);
                     let chunk_len = (r.end - r.start) as usize;
-                    let chunk = if filled == 0 && piece.len() == chunk_len {
-                        // The piece is exactly the chunk: keep it without copying.
+                    let chunk = if filled == 0 && piece.len() == chunk_len && own_buffers {
+                        // The piece is exactly the chunk, in a buffer of its own: keep it.
                         std::mem::take(&mut piece)
                     } else {
                         // Copy into a buffer of exactly the chunk's size (recycled

@@ -127,6 +127,15 @@ impl Origin {
         }
     }
 
+    /// Whether each piece this origin yields is a buffer of its own (a file
+    /// read fills one chunk buffer), which a cached chunk may keep without
+    /// copying. An HTTP client's pieces are slices of its read buffer:
+    /// keeping one would pin that larger buffer in the hot tier and make the
+    /// client allocate, and fault in, a fresh one for every read.
+    pub fn yields_own_buffers(&self) -> bool {
+        matches!(self.kind, Kind::Dir(_))
+    }
+
     fn error(&self, kind: OriginErrorKind) -> OriginError {
         OriginError { origin: self.name.clone(), kind }
     }
