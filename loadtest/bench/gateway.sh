@@ -68,35 +68,37 @@ stop "$work/hot.toml"
 say "2a. cold verified streaming, dir origin (${cold_mib} MiB, hot tier 64 MiB, fresh gateway per run)"
 cold_url_path="/v1/datasets/bench/1.0.0/files/cold.bin"
 best_ngx=0; best_sg=0; best_sg_nv=0
-cpu_on=(); cpu_off=()
-# MB/s of a whole download through a fresh gateway (config $1), and the
-# gateway's CPU seconds (user + system, all threads) per GB it served.
+cpu_on=(); cpu_off=(); faults_on=()
+# MB/s of a whole download through a fresh gateway (config $1), the
+# gateway's CPU seconds (user + system, all threads) per GB it served, and
+# its minor page faults per GB (mostly fresh pages the kernel had to zero).
 cold_run() {
-  local g pid t0 t1 out bytes
+  local g pid t0 t1 f0 f1 out bytes
   g=$(launch "$1"); pid=$(cat "$1.pid")
-  t0=$(cpu_ticks "$pid")
+  t0=$(cpu_ticks "$pid"); f0=$(minor_faults "$pid")
   # Twice: the second read is as cold (the 64 MiB LRU hot tier holds only the
   # file's tail, which is evicted before the reader gets there), and the CPU
   # figure has twice the clock ticks.
   out=$(curl -s -o /dev/null -o /dev/null -w '%{size_download} %{time_total}\n' "$g$cold_url_path" "$g$cold_url_path" |
     awk '{b += $1; t += $2} END {print b, t}')
-  t1=$(cpu_ticks "$pid")
+  t1=$(cpu_ticks "$pid"); f1=$(minor_faults "$pid")
   stop "$1"
   bytes=${out% *}
-  echo "$(mbps "$bytes" "${out#* }") $(python3 -c "import sys,os; t=int(sys.argv[1]); print(f'{t / os.sysconf(\"SC_CLK_TCK\") / (int(sys.argv[2]) / 1e9):.3f}')" "$((t1 - t0))" "$bytes")"
+  echo "$(mbps "$bytes" "${out#* }") $(per_gb "$(ticks_s $((t1 - t0)))" "$bytes") $(per_gb $((f1 - f0)) "$bytes" 0)"
 }
 for run in 1 2 3 4 5; do
   r=$(curl_rate "http://127.0.0.1:$ngx_port/cold.bin"); [ "$r" -gt "$best_ngx" ] && best_ngx=$r
   p=$(free_port); gw_config "$p" 64 "$dir_origin" > "$work/cold$run.toml"
-  read -r r c < <(cold_run "$work/cold$run.toml"); [ "$r" -gt "$best_sg" ] && best_sg=$r; cpu_on+=("$c")
+  read -r r c f < <(cold_run "$work/cold$run.toml"); [ "$r" -gt "$best_sg" ] && best_sg=$r; cpu_on+=("$c"); faults_on+=("$f")
   p=$(free_port); { gw_config "$p" 64 "$dir_origin"; printf '[fetch]\nverify = false\n'; } > "$work/coldnv$run.toml"
-  read -r r c < <(cold_run "$work/coldnv$run.toml"); [ "$r" -gt "$best_sg_nv" ] && best_sg_nv=$r; cpu_off+=("$c")
+  read -r r c _ < <(cold_run "$work/coldnv$run.toml"); [ "$r" -gt "$best_sg_nv" ] && best_sg_nv=$r; cpu_off+=("$c")
 done
 median() { printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
-cpu_on_med=$(median "${cpu_on[@]}"); cpu_off_med=$(median "${cpu_off[@]}")
+cpu_on_med=$(median "${cpu_on[@]}"); cpu_off_med=$(median "${cpu_off[@]}"); faults_med=$(median "${faults_on[@]}")
 verify_pct=$(python3 -c "import sys; print(f'{(float(sys.argv[1]) - float(sys.argv[2])) * 100:.1f}')" "$cpu_on_med" "$cpu_off_med")
 say "   nginx $best_ngx MB/s, shardgate verified $best_sg MB/s, unverified $best_sg_nv MB/s (best of 5)"
 say "   gateway CPU s/GB verified ${cpu_on[*]}, unverified ${cpu_off[*]}: verification $verify_pct% of a core per GB/s"
+say "   gateway page faults per GB served, verified: ${faults_on[*]}"
 cargo build -q $([ "${BENCH_PROFILE:-release}" = debug ] || echo --release) -p shardgate --example verify_cost
 hash_line=$("$target_dir/examples/verify_cost" "$([ -n "$quick" ] && echo 64 || echo 512)" 3)
 say "   $hash_line"
@@ -113,16 +115,23 @@ if [ -n "${BENCH_NODE:-1}" ] && [ -z "$quick" ]; then
   "$sg" publish "$work/rel" --node "$DEV_NODE_API" --api-prefix "$DEV_NODE_API_PREFIX" >/dev/null
   cid=$(python3 -c "import json,sys; p=json.load(open(sys.argv[1])); m=json.load(open(sys.argv[2])); f=[x for x in m['files'] if x['path']=='cold.bin'][0]; print(p['blobs'][f['blake3']]['cid'])" "$work/rel/placement.json" "$work/rel/manifest.json")
   node_origin=$'[[origins]]\nkind = "btfs-api"\nurl = "'"$DEV_NODE_API"$'"\napi_prefix = "'"$DEV_NODE_API_PREFIX"'"'
-  best_node=0; best_sgn=0
-  for run in 1 2; do
+  best_node=0; best_sgn=0; node_cpu=(); node_cpu_sg=(); gw_cpu=()
+  cold_bytes=$((cold_mib << 20))
+  for run in 1 2 3; do
+    n0=$(cpu_ticks "$DEV_NODE_PID")
     r=$(curl_rate -X POST "$DEV_NODE_API$DEV_NODE_API_PREFIX/cat?arg=$cid"); [ "$r" -gt "$best_node" ] && best_node=$r
+    node_cpu+=("$(per_gb "$(ticks_s $(($(cpu_ticks "$DEV_NODE_PID") - n0)))" $cold_bytes 2)")
     p=$(free_port); gw_config "$p" 64 "$node_origin" > "$work/node$run.toml"
-    g=$(launch "$work/node$run.toml")
+    g=$(launch "$work/node$run.toml"); gpid=$(cat "$work/node$run.toml.pid")
+    n0=$(cpu_ticks "$DEV_NODE_PID"); g0=$(cpu_ticks "$gpid")
     r=$(curl_rate "$g$cold_url_path"); [ "$r" -gt "$best_sgn" ] && best_sgn=$r
+    node_cpu_sg+=("$(per_gb "$(ticks_s $(($(cpu_ticks "$DEV_NODE_PID") - n0)))" $cold_bytes 2)")
+    gw_cpu+=("$(per_gb "$(ticks_s $(($(cpu_ticks "$gpid") - g0)))" $cold_bytes 2)")
     stop "$work/node$run.toml"
   done
-  node_line="| cold, btfs-api origin (${cold_mib} MiB) | node \`cat\` $best_node MB/s | shardgate $best_sgn MB/s | $(python3 -c "print(f'{$best_sgn/$best_node:.2f}x')") | >= 0.95x |"
-  say "   node $best_node MB/s, shardgate $best_sgn MB/s"
+  # CPU per GB (median): the node alone, and the node and the gateway when the gateway reads it.
+  node_line="| cold, btfs-api origin (${cold_mib} MiB), best of 3 | node \`cat\` $best_node MB/s (node $(median "${node_cpu[@]}") core-s/GB) | shardgate $best_sgn MB/s (node $(median "${node_cpu_sg[@]}") + gateway $(median "${gw_cpu[@]}") core-s/GB) | $(ratio "$best_sgn" "$best_node") | >= 0.95x |"
+  say "   node $best_node MB/s, shardgate $best_sgn MB/s; CPU s/GB node alone ${node_cpu[*]}, node via gateway ${node_cpu_sg[*]}, gateway ${gw_cpu[*]}"
 fi
 
 say "3. RSS with $rss_streams concurrent whole-file streams (hot tier ${budget_mib} MiB, 8 files of ${hot_mib} MiB)"
@@ -157,6 +166,7 @@ out=$(results_dir)
   echo "| cold, dir origin (${cold_mib} MiB, verified) | nginx from page cache $best_ngx MB/s | $best_sg MB/s | $(ratio "$best_sg" "$best_ngx") | >= 0.95x |"
   echo "| cold, dir origin (${cold_mib} MiB, verify off) | nginx from page cache $best_ngx MB/s | $best_sg_nv MB/s | $(ratio "$best_sg_nv" "$best_ngx") | (cost of verification) |"
   echo "| verification, gateway CPU per GB served cold (median of 5, verified minus unverified) | | $cpu_on_med - $cpu_off_med core-s/GB = $verify_pct% of a core per GB/s | | <= 15% |"
+  echo "| gateway page faults per GB served cold (dir origin, verified, median of 5) | | $faults_med | | |"
   echo "| verification alone, one thread (\`examples/verify_cost\`): 256 KiB chunks just read / from memory | | $hash_warm GB/s = $hash_warm_pct% / $hash_cold GB/s = $hash_cold_pct% of a core per GB/s | | <= 15% |"
   case "$node_line" in \|*) echo "$node_line" ;; esac
   echo "| peak RSS, $rss_streams streams | budget ${budget_mib} MiB + 64 MiB | $peak_mib MiB | | <= $((budget_mib + 64)) MiB |"

@@ -45,6 +45,9 @@ cleanup() {
 trap cleanup EXIT
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }   # user + system clock ticks of a process, all threads
+minor_faults() { awk '{print $10}' "/proc/$1/stat"; }      # page faults served without I/O (fresh or reclaimed pages), all threads
+per_gb() { python3 -c "import sys; print(f'{float(sys.argv[1]) / (int(sys.argv[2]) / 1e9):.${3:-3}f}')" "$1" "$2"; }  # amount bytes [decimals]
+ticks_s() { python3 -c "import sys,os; print(int(sys.argv[1]) / os.sysconf('SC_CLK_TCK'))" "$1"; }  # clock ticks -> seconds
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 
 # Starts `shardgate serve --config $1` (optionally under a command prefix:
