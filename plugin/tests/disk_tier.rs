@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use shardgate::config::{ByteSize, Config};
 use shardgate::testing::{Fault, MockOrigin};
+use shardgate::tier::ChunkKey;
 use support::*;
 
 const CHUNK: u64 = 64 * 1024;
@@ -148,6 +149,84 @@ async fn a_restarted_gateway_serves_from_the_disk_tier_with_every_origin_down() 
     assert_eq!(m.requests_for(&table_cid), table_requests + 1, "the bad table was fetched again");
     flush(&g).await;
     assert_eq!(std::fs::read(&table_file).unwrap(), good, "and written again, whole");
+    g.shutdown().await;
+}
+
+/// A purge (what a takedown does) is final: a span that was fetching the
+/// file when it came caches none of the chunks it fetches after it, in
+/// memory or on disk. A fetch begun after the purge caches again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunks_fetched_across_a_purge_are_not_cached() {
+    let rel = Release::pack("fence", &[("f.bin", bytes_of(SIZE, 4))], CHUNK);
+    let src = rel.files["f.bin"].clone();
+    let file = rel.signed.manifest.file("f.bin").unwrap().blake3;
+    let cid = cid_for(&file);
+    let chunks = (SIZE as u64).div_ceil(CHUNK);
+    let m = MockOrigin::start(rel.blobs.clone()).await;
+    let tier = tempfile::tempdir().unwrap();
+    let mut cfg = with_disk(&rel, &m, tier.path(), 64 << 20);
+    cfg.fetch.stall_timeout = Duration::from_secs(5);
+    // One span fetches the whole file; it runs on after its reader leaves.
+    cfg.fetch.span = ByteSize(SIZE as u64 + CHUNK);
+    let g = Served::start(cfg).await;
+    let stall = 3 * CHUNK + 1000;
+    m.set_fault_times(Some(&cid), Fault::StallAfter { bytes: stall, dur: Duration::from_millis(1500) }, 1);
+    let url = rel.url(&g.base, "f.bin");
+    let reader = tokio::spawn(async move { client().get(&url).send().await.unwrap().bytes().await });
+    // The origin stalls mid-file with three chunks fetched; the reader
+    // leaves (a takedown cuts its body) and the file is purged.
+    let t0 = std::time::Instant::now();
+    while data_requests(&m, &cid) == 0 || g.metric("shardgate_chunks_verified_total") < 3.0 {
+        assert!(t0.elapsed() < Duration::from_secs(10), "the origin never reached the stall");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let stalled = std::time::Instant::now();
+    reader.abort();
+    g.gw.fetcher().purge_file(file).unwrap();
+    assert!(stalled.elapsed() < Duration::from_millis(1000), "the purge must fall inside the stall");
+    // The span fetches and verifies the rest after the stall.
+    while g.metric("shardgate_chunks_verified_total") < chunks as f64 {
+        assert!(t0.elapsed() < Duration::from_secs(10), "the span never finished");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    flush(&g).await;
+    // The gateway may not have seen the reader leave before the span ran
+    // ahead of it, and then fetched the reader's next chunks again: those
+    // requests began after the purge, and their chunks may be cached.
+    let refetched: std::collections::HashSet<u64> = m
+        .request_log()
+        .into_iter()
+        .filter(|(c, _, _)| c == &cid)
+        .skip(1)
+        .flat_map(|(_, at, len)| at / CHUNK..(at + len.unwrap_or(SIZE as u64 - at)).div_ceil(CHUNK))
+        .collect();
+    let on_disk: Vec<u64> = chunk_files(tier.path())
+        .into_iter()
+        .filter_map(|(p, _)| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            name.starts_with(&file.to_hex()).then(|| name.rsplit('.').next().unwrap().parse().unwrap())
+        })
+        .collect();
+    for i in 0..chunks {
+        if refetched.contains(&i) {
+            continue;
+        }
+        assert!(!on_disk.contains(&i), "chunk {i}, fetched across the purge, was written to disk");
+        let key = ChunkKey { file, chunk_size: CHUNK, index: i };
+        assert!(!g.gw.fetcher().hot().contains(&key), "chunk {i}, fetched across the purge, is in the hot tier");
+    }
+    assert!(refetched.len() < (chunks - 3) as usize, "the span's chunks were all fetched again: {refetched:?}");
+    let of_file = |root: &Path| {
+        chunk_files(root)
+            .into_iter()
+            .filter(|(p, _)| p.file_name().unwrap().to_string_lossy().starts_with(&file.to_hex()))
+            .count()
+    };
+    // A fetch begun after the purge caches as usual.
+    assert_eq!(get(&rel.url(&g.base, "f.bin")).await, src);
+    flush(&g).await;
+    assert!(of_file(tier.path()) > 0, "a fetch after the purge wrote nothing to disk");
+    assert!(g.gw.fetcher().hot().weighted_bytes() > 0);
     g.shutdown().await;
 }
 

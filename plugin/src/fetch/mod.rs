@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
@@ -115,12 +115,25 @@ const CACHE_SCAN: u64 = 256;
 const PACE_RECHECK: std::time::Duration = std::time::Duration::from_millis(20);
 type Slot = watch::Receiver<Option<ChunkResult>>;
 
+/// The purges so far, and the last purge of each purged file. Work that
+/// began before a file's purge (a span fetching it, a read back from the
+/// disk tier) still hands its verified chunks to the readers waiting for
+/// them, but caches none of them after the purge: a takedown's purge is
+/// final. One entry per purged file, kept for the process's life
+/// (takedowns are rare).
+#[derive(Debug, Default)]
+struct PurgeLog {
+    seq: u64,
+    last: HashMap<Blake3, u64>,
+}
+
 pub struct Fetcher {
     origins: ArcSwap<Vec<Origin>>,
     hot: HotTier,
     disk: Option<DiskTier>,
     tables: moka::future::Cache<Blake3, Arc<ChunkTable>>,
     inflight: Mutex<HashMap<ChunkKey, Slot>>,
+    purges: RwLock<PurgeLog>,
     bulk: Semaphore,
     meta: Semaphore,
     cfg: FetchConfig,
@@ -193,6 +206,7 @@ impl Fetcher {
             disk: tiers.disk,
             tables,
             inflight: Mutex::new(HashMap::new()),
+            purges: RwLock::default(),
             bulk: Semaphore::new(cfg.max_concurrent_fetches),
             meta: Semaphore::new(meta_concurrency),
             cfg,
@@ -221,13 +235,37 @@ impl Fetcher {
         self.hot.contains(key) || self.disk.as_ref().is_some_and(|d| d.contains(key))
     }
 
-    /// Drops every chunk of a file from both tiers.
+    /// Drops every chunk of a file from both tiers. Chunks that work begun
+    /// before this call fetches or reads back later are not cached.
     pub fn purge_file(&self, file: Blake3) -> Result<(), String> {
+        // Held throughout: an insertion is either before it (and dropped by
+        // it) or after it (and checked against it), never in between.
+        let mut log = self.purges.write().unwrap_or_else(PoisonError::into_inner);
+        log.seq += 1;
+        let seq = log.seq;
+        log.last.insert(file, seq);
         self.hot.purge_file(file)?;
         match &self.disk {
             Some(d) => d.purge_file(file),
             None => Ok(()),
         }
+    }
+
+    /// Where the purge log stands: taken when work that may cache chunks begins.
+    fn purge_mark(&self) -> u64 {
+        self.purges.read().unwrap_or_else(PoisonError::into_inner).seq
+    }
+
+    /// Runs `cache` (which puts a chunk of `file` in a tier) unless the file
+    /// was purged after `mark`. Whether it ran.
+    fn cache_unless_purged(&self, file: Blake3, mark: u64, cache: impl FnOnce()) -> bool {
+        let log = self.purges.read().unwrap_or_else(PoisonError::into_inner);
+        if log.last.get(&file).is_some_and(|&purged| purged > mark) {
+            tracing::debug!(%file, "chunk fetched across a purge of its file; not cached");
+            return false;
+        }
+        cache();
+        true
     }
 
     /// Chunk `key` from the disk tier, verified again (disks corrupt) and
@@ -238,21 +276,22 @@ impl Fetcher {
         if !disk.contains(&key) {
             return None;
         }
+        let mark = self.purge_mark();
         // The common case, a warm tier: the chunk table is known and the
         // chunk is in the page cache, so it is read and checked right here,
         // without a task or thread hop.
         if let Some(table) = self.cached_table(file).await
             && let Some(data) = disk.read_cached_unverified(&key)
         {
-            return self.check_disk_chunk(file, table.as_deref(), key, data);
+            return self.check_disk_chunk(file, table.as_deref(), key, data, mark);
         }
         // Its own task: reading a chunk table holds origin streams, which are
         // not `Sync`, and response bodies must be.
         let (this, file) = (self.clone(), file.clone());
-        tokio::spawn(async move { this.read_disk(&file, key).await }).await.ok().flatten()
+        tokio::spawn(async move { this.read_disk(&file, key, mark).await }).await.ok().flatten()
     }
 
-    async fn read_disk(&self, file: &FileSpec, key: ChunkKey) -> Option<Bytes> {
+    async fn read_disk(&self, file: &FileSpec, key: ChunkKey, mark: u64) -> Option<Bytes> {
         let disk = self.disk.as_ref()?;
         let d = disk.clone();
         let read = tokio::task::spawn_blocking(move || d.read_unverified(&key)).await.ok()?;
@@ -266,12 +305,13 @@ impl Fetcher {
             }
         };
         let table = self.table(file).await.ok()?;
-        self.check_disk_chunk(file, table.as_deref(), key, data)
+        self.check_disk_chunk(file, table.as_deref(), key, data, mark)
     }
 
     /// Verifies a chunk read back from the disk tier: offered to the hot
-    /// tier when it matches (which takes it if it is popular enough),
-    /// dropped from the disk tier when it does not.
+    /// tier when it matches (which takes it if it is popular enough, and
+    /// the file was not purged after `mark`), dropped from the disk tier
+    /// when it does not.
     /// Always verified, even with `fetch.verify = false`: nothing is fsynced,
     /// so a chunk torn by a crash may have the right length.
     fn check_disk_chunk(
@@ -280,6 +320,7 @@ impl Fetcher {
         table: Option<&ChunkTable>,
         key: ChunkKey,
         data: Bytes,
+        mark: u64,
     ) -> Option<Bytes> {
         let disk = self.disk.as_ref()?;
         if !chunk_matches(file, table, key.index, &data) {
@@ -291,9 +332,11 @@ impl Fetcher {
             return None;
         }
         self.metrics.disk_hits.inc();
-        if !self.hot.insert_promoted(key, data.clone()) {
-            self.metrics.disk_promotions_refused.inc();
-        }
+        self.cache_unless_purged(file.blake3, mark, || {
+            if !self.hot.insert_promoted(key, data.clone()) {
+                self.metrics.disk_promotions_refused.inc();
+            }
+        });
         Some(data)
     }
 
@@ -668,6 +711,7 @@ impl Fetcher {
                 }
             }
         };
+        let mark = self.purge_mark();
         // Reader-paced spans are bounded by their reader; the rest share the bulk lane.
         let _permit = if pace.is_none() {
             match self.bulk.acquire().await {
@@ -811,10 +855,12 @@ impl Fetcher {
                         // Not ours to deliver: someone else is fetching (or has) it.
                         return;
                     }
-                    self.hot.insert_verified(key, chunk.clone());
-                    if let Some(d) = &self.disk {
-                        d.offer(key, &chunk, table.as_ref());
-                    }
+                    self.cache_unless_purged(file.blake3, mark, || {
+                        self.hot.insert_verified(key, chunk.clone());
+                        if let Some(d) = &self.disk {
+                            d.offer(key, &chunk, table.as_ref());
+                        }
+                    });
                     if let Some(tx) = senders.get_mut((next - chunks.start) as usize).and_then(Option::take) {
                         let _ = tx.send(Some(Ok(chunk)));
                     }
