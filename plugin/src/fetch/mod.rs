@@ -298,9 +298,13 @@ impl Fetcher {
         let data = match read {
             Ok(Some(data)) => data,
             Ok(None) => return None,
-            Err(e) => {
-                tracing::warn!(file = %file.blake3, chunk = key.index, error = %e, "disk tier read failed; fetching again");
+            Err(e) if crate::tier::disk::read_error_is_damage(&e) => {
+                tracing::warn!(file = %file.blake3, chunk = key.index, error = %e, "disk tier chunk is damaged; dropped and fetched again");
                 disk.remove(&key);
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!(file = %file.blake3, chunk = key.index, error = %e, "disk tier read failed; kept, and fetched from an origin this time");
                 return None;
             }
         };
@@ -427,9 +431,13 @@ impl Fetcher {
         let bytes = match read {
             Ok(Some(b)) => b,
             Ok(None) => return None,
-            Err(e) => {
-                tracing::warn!(file = %file.blake3, table = %table_hash, error = %e, "disk tier table read failed; fetching it again");
+            Err(e) if crate::tier::disk::read_error_is_damage(&e) => {
+                tracing::warn!(file = %file.blake3, table = %table_hash, error = %e, "disk tier table is damaged; dropped and fetched again");
                 disk.remove_table(file.blake3, file.layout.chunk_size());
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!(file = %file.blake3, table = %table_hash, error = %e, "disk tier table read failed; kept, and fetched from an origin this time");
                 return None;
             }
         };

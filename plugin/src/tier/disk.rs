@@ -445,6 +445,15 @@ impl DiskTier {
     }
 }
 
+/// Whether a read error says the file itself is bad (the wrong length, cut
+/// short, or a device error reading it), so it should be dropped. Any other
+/// error (out of descriptors or memory, say) may pass: the file is kept, and
+/// this read goes to an origin.
+pub fn read_error_is_damage(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof)
+        || e.raw_os_error() == Some(rustix::io::Errno::IO.raw_os_error())
+}
+
 /// The whole of the file at `path`, which must be `len` bytes long (`what`
 /// names it in errors); `None` when it does not exist.
 fn read_exact_file(path: &Path, len: u64, what: &str) -> io::Result<Option<Vec<u8>>> {
@@ -609,6 +618,18 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn only_a_bad_file_or_device_counts_as_damage() {
+        use rustix::io::Errno;
+        let err = |kind, msg: &str| io::Error::new(kind, msg.to_string());
+        assert!(read_error_is_damage(&err(io::ErrorKind::InvalidData, "chunk file holds 1 bytes, 2 expected")));
+        assert!(read_error_is_damage(&err(io::ErrorKind::UnexpectedEof, "chunk file ended after 1 of 2 bytes")));
+        assert!(read_error_is_damage(&io::Error::from_raw_os_error(Errno::IO.raw_os_error())));
+        for passing in [Errno::MFILE, Errno::NFILE, Errno::NOMEM, Errno::INTR, Errno::ACCESS] {
+            assert!(!read_error_is_damage(&io::Error::from_raw_os_error(passing.raw_os_error())), "{passing:?}");
+        }
+    }
 
     fn key(i: u64) -> ChunkKey {
         ChunkKey::new(Blake3::from(blake3::hash(b"file")), 4096, i)
