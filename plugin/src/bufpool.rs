@@ -1,4 +1,5 @@
-//! Recycled chunk buffers for reads from files (the dir origin, the disk tier).
+//! Recycled chunk buffers: for reads from files (the dir origin, the disk
+//! tier), and for chunks put together from an HTTP origin's pieces.
 //!
 //! A fresh 256 KiB buffer costs page faults, and zeroing by the allocator or
 //! the kernel: about a tenth of the gateway's time on a cold stream. A chunk

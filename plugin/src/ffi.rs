@@ -414,7 +414,7 @@ pub unsafe extern "C" fn shardgate_verify_chunk(
             let not_found = || Failure(SHARDGATE_ERR_NOT_FOUND, format!("{release}: {path} is not served"));
             let version = catalog.resolve(name, segment).ok_or_else(not_found)?;
             let file = catalog.file(name, version.version(), path).ok_or_else(not_found)?;
-            let spec = FileSpec::from_ref(&file).ok_or_else(|| {
+            let spec = FileSpec::from_ref(&file, gw.fetcher().purge_mark()).ok_or_else(|| {
                 Failure(SHARDGATE_ERR_ENGINE, format!("{path}: the manifest's chunk layout is invalid"))
             })?;
             rt.block_on(gw.fetcher().verify_chunk(&spec, chunk_index, data)).map_err(|e| match e {

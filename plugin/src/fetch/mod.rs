@@ -87,10 +87,16 @@ pub struct FileSpec {
     pub table_cid: Option<String>,
     /// The release this file is read for: origin egress is counted against it.
     pub release: Option<ReleaseTag>,
+    /// Where the fetcher's purge log stood when the file was resolved for
+    /// this read ([`Fetcher::purge_mark`]): nothing fetched for it is cached
+    /// if the file was purged since.
+    pub purge_mark: u64,
 }
 
 impl FileSpec {
-    pub fn from_ref(f: &FileRef) -> Option<Self> {
+    /// The file to read, resolved when the purge log stood at `purge_mark`
+    /// ([`Fetcher::purge_mark`], taken once its release was found live).
+    pub fn from_ref(f: &FileRef, purge_mark: u64) -> Option<Self> {
         let e = f.entry();
         Some(Self {
             blake3: e.blake3,
@@ -99,6 +105,7 @@ impl FileSpec {
             cid: f.release.cid_of(&e.blake3).map(str::to_string),
             table_cid: e.chunk_table.and_then(|t| f.release.cid_of(&t).map(str::to_string)),
             release: Some(f.release.tag()),
+            purge_mark,
         })
     }
 }
@@ -251,47 +258,48 @@ impl Fetcher {
         }
     }
 
-    /// Where the purge log stands: taken when work that may cache chunks begins.
-    fn purge_mark(&self) -> u64 {
+    /// Where the purge log stands: taken when a read resolves its file
+    /// ([`FileSpec::purge_mark`]), so the spans and read-aheads the read
+    /// starts later cache nothing of a file purged after that.
+    pub fn purge_mark(&self) -> u64 {
         self.purges.read().unwrap_or_else(PoisonError::into_inner).seq
     }
 
     /// Runs `cache` (which puts a chunk of `file` in a tier) unless the file
-    /// was purged after `mark`. Whether it ran.
-    fn cache_unless_purged(&self, file: Blake3, mark: u64, cache: impl FnOnce()) -> bool {
+    /// was purged after `mark`.
+    fn cache_unless_purged(&self, file: Blake3, mark: u64, cache: impl FnOnce()) {
         let log = self.purges.read().unwrap_or_else(PoisonError::into_inner);
         if log.last.get(&file).is_some_and(|&purged| purged > mark) {
             tracing::debug!(%file, "chunk fetched across a purge of its file; not cached");
-            return false;
+            return;
         }
         cache();
-        true
     }
 
     /// Chunk `key` from the disk tier, verified again (disks corrupt) and
-    /// offered to the hot tier. A chunk that cannot be read or fails
-    /// verification is dropped from the disk tier; the caller fetches it.
+    /// offered to the hot tier. A chunk that fails verification, or whose
+    /// read error says it is damaged, is dropped from the disk tier; the
+    /// caller fetches it (after a passing read error, the chunk is kept).
     async fn from_disk(self: &Arc<Self>, file: &Arc<FileSpec>, key: ChunkKey) -> Option<Bytes> {
         let disk = self.disk.as_ref()?;
         if !disk.contains(&key) {
             return None;
         }
-        let mark = self.purge_mark();
         // The common case, a warm tier: the chunk table is known and the
         // chunk is in the page cache, so it is read and checked right here,
         // without a task or thread hop.
         if let Some(table) = self.cached_table(file).await
             && let Some(data) = disk.read_cached_unverified(&key)
         {
-            return self.check_disk_chunk(file, table.as_deref(), key, data, mark);
+            return self.check_disk_chunk(file, table.as_deref(), key, data);
         }
         // Its own task: reading a chunk table holds origin streams, which are
         // not `Sync`, and response bodies must be.
         let (this, file) = (self.clone(), file.clone());
-        tokio::spawn(async move { this.read_disk(&file, key, mark).await }).await.ok().flatten()
+        tokio::spawn(async move { this.read_disk(&file, key).await }).await.ok().flatten()
     }
 
-    async fn read_disk(&self, file: &FileSpec, key: ChunkKey, mark: u64) -> Option<Bytes> {
+    async fn read_disk(&self, file: &FileSpec, key: ChunkKey) -> Option<Bytes> {
         let disk = self.disk.as_ref()?;
         let d = disk.clone();
         let read = tokio::task::spawn_blocking(move || d.read_unverified(&key)).await.ok()?;
@@ -309,13 +317,13 @@ impl Fetcher {
             }
         };
         let table = self.table(file).await.ok()?;
-        self.check_disk_chunk(file, table.as_deref(), key, data, mark)
+        self.check_disk_chunk(file, table.as_deref(), key, data)
     }
 
     /// Verifies a chunk read back from the disk tier: offered to the hot
     /// tier when it matches (which takes it if it is popular enough, and
-    /// the file was not purged after `mark`), dropped from the disk tier
-    /// when it does not.
+    /// the file was not purged since the read resolved it), dropped from
+    /// the disk tier when it does not.
     /// Always verified, even with `fetch.verify = false`: nothing is fsynced,
     /// so a chunk torn by a crash may have the right length.
     fn check_disk_chunk(
@@ -324,7 +332,6 @@ impl Fetcher {
         table: Option<&ChunkTable>,
         key: ChunkKey,
         data: Bytes,
-        mark: u64,
     ) -> Option<Bytes> {
         let disk = self.disk.as_ref()?;
         if !chunk_matches(file, table, key.index, &data) {
@@ -336,7 +343,7 @@ impl Fetcher {
             return None;
         }
         self.metrics.disk_hits.inc();
-        self.cache_unless_purged(file.blake3, mark, || {
+        self.cache_unless_purged(file.blake3, file.purge_mark, || {
             if !self.hot.insert_promoted(key, data.clone()) {
                 self.metrics.disk_promotions_refused.inc();
             }
@@ -423,7 +430,8 @@ impl Fetcher {
     }
 
     /// The file's chunk table from the disk tier, verified as one from an
-    /// origin is; a table that cannot be read or fails is dropped from disk.
+    /// origin is; a table that fails, or whose read error says it is
+    /// damaged, is dropped from disk (after a passing read error, it is kept).
     async fn table_from_disk(&self, file: &FileSpec, table_hash: Blake3) -> Option<ChunkTable> {
         let disk = self.disk.as_ref()?;
         let (d, f, cs, len) = (disk.clone(), file.blake3, file.layout.chunk_size(), file.layout.table_len());
@@ -719,7 +727,7 @@ impl Fetcher {
                 }
             }
         };
-        let mark = self.purge_mark();
+        let mark = file.purge_mark;
         // Reader-paced spans are bounded by their reader; the rest share the bulk lane.
         let _permit = if pace.is_none() {
             match self.bulk.acquire().await {

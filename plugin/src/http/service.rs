@@ -639,7 +639,7 @@ async fn serve_file<B>(
     tenant: Arc<Tenant>,
 ) -> Response<Body> {
     let entry = f.entry();
-    let Some(spec) = FileSpec::from_ref(f) else {
+    let Some(spec) = FileSpec::from_ref(f, gw.fetcher().purge_mark()) else {
         return error(StatusCode::INTERNAL_SERVER_ERROR, "file has an invalid chunk layout");
     };
     let spec = Arc::new(spec);

@@ -378,7 +378,8 @@ impl AdminService for AdminApi {
             let _one_at_a_time = PREWARM.acquire().await;
             let bytes_total: u64 = files.iter().map(|f| f.entry().size).sum();
             let mut p = proto::PrewarmProgress { bytes_total, ..Default::default() };
-            let specs: Vec<_> = files.iter().filter_map(FileSpec::from_ref).map(Arc::new).collect();
+            let mark = gw.fetcher().purge_mark();
+            let specs: Vec<_> = files.iter().filter_map(|f| FileSpec::from_ref(f, mark)).map(Arc::new).collect();
             p.chunks_total = specs.iter().map(|s| s.layout.chunk_count()).sum();
             let span = gw.config().fetch.span.0;
             for spec in specs {

@@ -69,7 +69,7 @@ enum Job {
     WriteTable(Blake3, Arc<ChunkTable>),
     /// Deletes a file's table if no chunk of it is left.
     RemoveTable(FileKey),
-    /// Deletes a file's table (it failed verification, or could not be read).
+    /// Deletes a file's table (it failed verification, or is damaged).
     DropTable(FileKey),
     /// Every chunk of a file, on disk and in the index.
     Purge(Blake3),
@@ -402,13 +402,13 @@ impl DiskTier {
         read_exact_file(&self.inner.table_path((file, chunk_size)), len, "chunk table file")
     }
 
-    /// Drops a chunk table (it failed verification, or could not be read);
-    /// it is written again when the fetcher next offers it.
+    /// Drops a chunk table (it failed verification, or is damaged); it is
+    /// written again when the fetcher next offers it.
     pub fn remove_table(&self, file: Blake3, chunk_size: u64) {
         self.inner.queue(Job::DropTable((file, chunk_size)));
     }
 
-    /// Drops a chunk (it failed verification, or could not be read).
+    /// Drops a chunk (it failed verification, or is damaged).
     pub fn remove(&self, key: &ChunkKey) {
         // The file is deleted when the index next runs its maintenance (the
         // writer thread runs it); a read meanwhile misses.
@@ -445,13 +445,16 @@ impl DiskTier {
     }
 }
 
-/// Whether a read error says the file itself is bad (the wrong length, cut
-/// short, or a device error reading it), so it should be dropped. Any other
-/// error (out of descriptors or memory, say) may pass: the file is kept, and
-/// this read goes to an origin.
+/// Whether a read error means the file should be dropped. Only a shortage
+/// that passes (out of descriptors or memory, an interrupted or would-block
+/// call) keeps the file, and sends this one read to an origin; anything else
+/// (the wrong length, cut short, EIO, a corrupt file system, permissions)
+/// drops it, so a file that cannot be read neither holds budget nor hides
+/// its chunks from being written again.
 pub fn read_error_is_damage(e: &io::Error) -> bool {
-    matches!(e.kind(), io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof)
-        || e.raw_os_error() == Some(rustix::io::Errno::IO.raw_os_error())
+    use rustix::io::Errno;
+    let passing = [Errno::MFILE, Errno::NFILE, Errno::NOMEM, Errno::INTR, Errno::AGAIN];
+    !e.raw_os_error().is_some_and(|code| passing.iter().any(|p| p.raw_os_error() == code))
 }
 
 /// The whole of the file at `path`, which must be `len` bytes long (`what`
@@ -626,7 +629,10 @@ mod tests {
         assert!(read_error_is_damage(&err(io::ErrorKind::InvalidData, "chunk file holds 1 bytes, 2 expected")));
         assert!(read_error_is_damage(&err(io::ErrorKind::UnexpectedEof, "chunk file ended after 1 of 2 bytes")));
         assert!(read_error_is_damage(&io::Error::from_raw_os_error(Errno::IO.raw_os_error())));
-        for passing in [Errno::MFILE, Errno::NFILE, Errno::NOMEM, Errno::INTR, Errno::ACCESS] {
+        for bad in [Errno::ACCESS, Errno::ISDIR, Errno::STALE, Errno::UCLEAN, Errno::BADMSG] {
+            assert!(read_error_is_damage(&io::Error::from_raw_os_error(bad.raw_os_error())), "{bad:?}");
+        }
+        for passing in [Errno::MFILE, Errno::NFILE, Errno::NOMEM, Errno::INTR, Errno::AGAIN] {
             assert!(!read_error_is_damage(&io::Error::from_raw_os_error(passing.raw_os_error())), "{passing:?}");
         }
     }
