@@ -242,8 +242,9 @@ impl Fetcher {
         self.hot.contains(key) || self.disk.as_ref().is_some_and(|d| d.contains(key))
     }
 
-    /// Drops every chunk of a file from both tiers. Chunks that work begun
-    /// before this call fetches or reads back later are not cached.
+    /// Drops every chunk of a file from both tiers. Chunks that reads which
+    /// resolved the file before this call fetch or read back later are not
+    /// cached.
     pub fn purge_file(&self, file: Blake3) -> Result<(), String> {
         // Held throughout: an insertion is either before it (and dropped by
         // it) or after it (and checked against it), never in between.
@@ -727,7 +728,6 @@ impl Fetcher {
                 }
             }
         };
-        let mark = file.purge_mark;
         // Reader-paced spans are bounded by their reader; the rest share the bulk lane.
         let _permit = if pace.is_none() {
             match self.bulk.acquire().await {
@@ -871,7 +871,7 @@ impl Fetcher {
                         // Not ours to deliver: someone else is fetching (or has) it.
                         return;
                     }
-                    self.cache_unless_purged(file.blake3, mark, || {
+                    self.cache_unless_purged(file.blake3, file.purge_mark, || {
                         self.hot.insert_verified(key, chunk.clone());
                         if let Some(d) = &self.disk {
                             d.offer(key, &chunk, table.as_ref());

@@ -623,7 +623,7 @@ mod tests {
     use std::time::Duration;
 
     #[test]
-    fn only_a_bad_file_or_device_counts_as_damage() {
+    fn only_a_passing_shortage_keeps_an_unreadable_file() {
         use rustix::io::Errno;
         let err = |kind, msg: &str| io::Error::new(kind, msg.to_string());
         assert!(read_error_is_damage(&err(io::ErrorKind::InvalidData, "chunk file holds 1 bytes, 2 expected")));
