@@ -22,13 +22,13 @@ use bytes::Bytes;
 /// cached chunk never pins more memory than it weighs.
 pub(crate) const BUF_LEN: usize = crate::release::chunk::DEFAULT_CHUNK_SIZE as usize;
 
-/// Idle buffers kept at most (16 MiB). In steady state a read takes back a
-/// buffer an eviction just freed, but the hot tier applies its inserts, and
-/// so its evictions, in batches of up to 64 (its cache's write-log flush
-/// point): one batch frees up to 64 buffers at once. A list of 16 dropped
-/// most of each batch, and the reads after it allocated and faulted in
-/// fresh buffers: twice the page faults on a cold stream.
-const MAX_FREE: usize = 64;
+/// Idle buffers kept at most (8 MiB). In steady state a read takes back a
+/// buffer an eviction just freed, but the hot tier evicts in batches, one
+/// for every 16 inserts (`tier::APPLY_EVERY`), so one batch can free 16
+/// buffers or more at once. A list shorter than a batch drops most of it,
+/// and the reads after it allocate and fault in fresh buffers: with a
+/// 16-buffer list and batches of 64, twice the page faults on a cold stream.
+const MAX_FREE: usize = 32;
 
 static FREE: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 

@@ -11,6 +11,7 @@ pub mod disk;
 mod popularity;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use bytes::Bytes;
 use popularity::Popularity;
@@ -39,6 +40,14 @@ impl ChunkKey {
 /// hasher is safe, and SipHash was most of a hot lookup's cost.
 type Hasher = foldhash::fast::RandomState;
 
+/// Inserts between two runs of the cache's pending work. The cache makes an
+/// insert visible at once but weighs it, and evicts for it, only when it
+/// applies its write log, by itself every 64 writes. Until then the tier is
+/// over its budget by what is pending: 64 chunks of 256 KiB is 16 MiB over a
+/// byte budget that operators size RAM by. Applying every 16 bounds that at
+/// 4 MiB, and frees evicted buffers in batches the buffer pool can take back.
+const APPLY_EVERY: u32 = 16;
+
 /// The tiers a fetcher reads before going to an origin.
 #[derive(Debug, Clone)]
 pub struct Tiers {
@@ -50,6 +59,8 @@ pub struct Tiers {
 pub struct HotTier {
     cache: moka::sync::Cache<ChunkKey, Bytes, Hasher>,
     capacity: u64,
+    /// Inserts since the cache last applied its pending work (see [`APPLY_EVERY`]).
+    unapplied: Arc<AtomicU32>,
     /// How often chunks are asked for: decides which chunks read back from
     /// the disk tier earn a place in memory. Kept only with a disk tier.
     popularity: Option<Arc<Popularity>>,
@@ -92,7 +103,7 @@ impl HotTier {
                 }
             })
             .build_with_hasher(Hasher::default());
-        Self { cache, capacity: capacity_bytes, popularity }
+        Self { cache, capacity: capacity_bytes, unapplied: Arc::default(), popularity }
     }
 
     /// The chunk, if it is in memory. With a disk tier behind, every lookup,
@@ -110,7 +121,15 @@ impl HotTier {
 
     /// Inserts a chunk that has been verified.
     pub fn insert_verified(&self, key: ChunkKey, chunk: Bytes) {
+        self.insert(key, chunk);
+    }
+
+    fn insert(&self, key: ChunkKey, chunk: Bytes) {
         self.cache.insert(key, chunk);
+        if self.unapplied.fetch_add(1, Ordering::Relaxed) + 1 >= APPLY_EVERY {
+            self.unapplied.store(0, Ordering::Relaxed);
+            self.cache.run_pending_tasks();
+        }
     }
 
     /// Inserts a verified chunk read back from the disk tier if there is
@@ -124,7 +143,7 @@ impl HotTier {
         let room = self.cache.weighted_size() + chunk.len() as u64 <= self.capacity;
         let admit = room || self.popularity.as_ref().is_none_or(|p| p.outranks_last_victim(&key));
         if admit {
-            self.cache.insert(key, chunk);
+            self.insert(key, chunk);
         }
         admit
     }
@@ -168,6 +187,17 @@ mod tests {
         }
         assert!(hot.insert_promoted(key(21), chunk.clone()));
         assert!(hot.contains(&key(21)));
+    }
+
+    #[test]
+    fn the_tier_holds_at_most_a_batch_of_inserts_over_its_budget() {
+        let hot = HotTier::new(4 * 4096);
+        for i in 0..200 {
+            hot.insert_verified(key(i), Bytes::from(vec![0u8; 4096]));
+            // Entries are visible, and hold memory, before the cache weighs them.
+            let held = hot.cache.iter().count();
+            assert!(held <= 4 + APPLY_EVERY as usize, "{held} chunks held after insert {i}, budget 4");
+        }
     }
 
     #[test]
