@@ -41,12 +41,18 @@ impl ChunkKey {
 type Hasher = foldhash::fast::RandomState;
 
 /// Inserts between two runs of the cache's pending work. The cache makes an
-/// insert visible at once but weighs it, and evicts for it, only when it
-/// applies its write log, by itself every 64 writes. Until then the tier is
-/// over its budget by what is pending: 64 chunks of 256 KiB is 16 MiB over a
-/// byte budget that operators size RAM by. Applying every 16 bounds that at
-/// 4 MiB, and frees evicted buffers in batches the buffer pool can take back.
+/// insert visible (and its bytes held) at once, but weighs it and evicts for
+/// it only when it applies its write log: by itself when 64 writes or reads
+/// are queued, or 300 ms after its last run, and only if no other thread is
+/// running it. Until then the tier is over its budget by the inserts queued,
+/// up to 64 chunks of 256 KiB (16 MiB) and more under contention, over a byte
+/// budget that operators size RAM by. Every 16th insert runs the work itself,
+/// waiting for a run already under way rather than skipping it, so at most
+/// about 16 inserts are ever unweighed. (Evicted chunks are freed a little
+/// later still: the cache's map reclaims removed entries by epoch.)
 const APPLY_EVERY: u32 = 16;
+// The counter wraps: a power of two keeps every 16th insert a runner across the wrap.
+const _: () = assert!(APPLY_EVERY.is_power_of_two());
 
 /// The tiers a fetcher reads before going to an origin.
 #[derive(Debug, Clone)]
@@ -59,8 +65,8 @@ pub struct Tiers {
 pub struct HotTier {
     cache: moka::sync::Cache<ChunkKey, Bytes, Hasher>,
     capacity: u64,
-    /// Inserts since the cache last applied its pending work (see [`APPLY_EVERY`]).
-    unapplied: Arc<AtomicU32>,
+    /// Inserts so far, wrapping: every [`APPLY_EVERY`]th runs the cache's pending work.
+    inserts: Arc<AtomicU32>,
     /// How often chunks are asked for: decides which chunks read back from
     /// the disk tier earn a place in memory. Kept only with a disk tier.
     popularity: Option<Arc<Popularity>>,
@@ -95,6 +101,8 @@ impl HotTier {
             // not above the victim's, which drops every read-ahead chunk (read
             // zero times so far) once the tier is full.
             .eviction_policy(moka::policy::EvictionPolicy::lru())
+            // Runs inside the cache's maintenance, under its lock: it must never
+            // call back into the cache (insert, run_pending_tasks), or it deadlocks.
             .eviction_listener(move |k: Arc<ChunkKey>, _v, cause| {
                 if let Some(p) = &victims
                     && cause == moka::notification::RemovalCause::Size
@@ -103,7 +111,7 @@ impl HotTier {
                 }
             })
             .build_with_hasher(Hasher::default());
-        Self { cache, capacity: capacity_bytes, unapplied: Arc::default(), popularity }
+        Self { cache, capacity: capacity_bytes, inserts: Arc::default(), popularity }
     }
 
     /// The chunk, if it is in memory. With a disk tier behind, every lookup,
@@ -126,8 +134,9 @@ impl HotTier {
 
     fn insert(&self, key: ChunkKey, chunk: Bytes) {
         self.cache.insert(key, chunk);
-        if self.unapplied.fetch_add(1, Ordering::Relaxed) + 1 >= APPLY_EVERY {
-            self.unapplied.store(0, Ordering::Relaxed);
+        // Exactly one insert in every APPLY_EVERY runs the work, however many threads insert.
+        let n = self.inserts.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+        if n.is_multiple_of(APPLY_EVERY) {
             self.cache.run_pending_tasks();
         }
     }
@@ -190,7 +199,7 @@ mod tests {
     }
 
     #[test]
-    fn the_tier_holds_at_most_a_batch_of_inserts_over_its_budget() {
+    fn the_tier_maps_at_most_a_batch_of_chunks_over_its_budget() {
         let hot = HotTier::new(4 * 4096);
         for i in 0..200 {
             hot.insert_verified(key(i), Bytes::from(vec![0u8; 4096]));
