@@ -6,6 +6,9 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::{Request, Status};
@@ -14,6 +17,7 @@ use crate::config::{GrpcConfig, GrpcTlsConfig};
 use crate::gateway::Gateway;
 use crate::lifecycle::admin::AdminApi;
 use crate::lifecycle::proto::admin_service_server::AdminServiceServer;
+use crate::listener::{Accepted, Limits};
 use crate::tenant::{bearer, hash_key, parse_key_hash};
 use crate::usage::grpc::UsageApi;
 use crate::usage::proto::usage_service_server::UsageServiceServer;
@@ -66,17 +70,10 @@ impl tonic::service::Interceptor for TokenAuth {
     }
 }
 
-fn tls_config(t: &GrpcTlsConfig) -> Result<tonic::transport::ServerTlsConfig, GrpcError> {
-    crate::btfs::install_crypto_provider();
-    let read = |p: &std::path::Path| {
-        std::fs::read(p).map_err(|e| GrpcError::Tls { path: p.display().to_string(), why: e.to_string() })
-    };
-    let identity = tonic::transport::Identity::from_pem(read(&t.cert)?, read(&t.key)?);
-    Ok(tonic::transport::ServerTlsConfig::new().identity(identity))
-}
-
 /// Serves the usage and admin APIs on `listener` until `shutdown` resolves.
-/// Open usage streams end when it does.
+/// Open usage streams end when it does. Connections go through the same
+/// accept loop as the HTTP listener ([`crate::listener`]): a connection
+/// limit, and timers for connections that hold a slot without a request.
 pub async fn serve(
     gw: Arc<Gateway>,
     cfg: &GrpcConfig,
@@ -98,23 +95,51 @@ pub async fn serve(
     let v1alpha = reflection(tonic_reflection::server::Builder::configure())
         .build_v1alpha()
         .map_err(|e| GrpcError::Serve(e.to_string()))?;
+    let tls = cfg.tls.as_ref().map(tls_acceptor).transpose()?;
     let (stop_tx, stop) = watch::channel(false);
     let shutdown = async move {
         shutdown.await;
         let _ = stop_tx.send(true);
     };
-    let mut server = tonic::transport::Server::builder();
-    if let Some(t) = &cfg.tls {
-        server = server.tls_config(tls_config(t)?).map_err(|e| GrpcError::Serve(e.to_string()))?;
-    }
     let usage = UsageApi::new(gw.clone(), stop.clone());
-    server
-        .add_service(health_svc)
+    let routes = tonic::service::Routes::new(health_svc)
         .add_service(v1)
         .add_service(v1alpha)
         .add_service(UsageServiceServer::with_interceptor(usage, billing))
-        .add_service(AdminServiceServer::with_interceptor(AdminApi::new(gw, stop), admin))
-        .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), shutdown)
-        .await
-        .map_err(|e| GrpcError::Serve(e.to_string()))
+        .add_service(AdminServiceServer::with_interceptor(AdminApi::new(gw.clone(), stop), admin))
+        .prepare();
+    let mut builder = auto::Builder::new(TokioExecutor::new()).http2_only();
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(16 * 1024)
+        .keep_alive_interval(Some(std::time::Duration::from_secs(30)))
+        .keep_alive_timeout(std::time::Duration::from_secs(20));
+    let limits = Limits {
+        name: "grpc",
+        max_connections: cfg.max_connections,
+        header_read_timeout: cfg.header_read_timeout,
+        idle_timeout: cfg.idle_timeout,
+        write_timeout: cfg.write_timeout,
+        shutdown_grace: std::time::Duration::from_secs(5),
+    };
+    let metrics = gw.metrics().listener(true);
+    let make_service = move |_: Accepted| TowerToHyperService::new(routes.clone());
+    crate::listener::serve(listener, tls, builder, limits, metrics, make_service, shutdown).await;
+    Ok(())
+}
+
+/// TLS for the gRPC listener: ALPN h2 only.
+fn tls_acceptor(t: &GrpcTlsConfig) -> Result<tokio_rustls::TlsAcceptor, GrpcError> {
+    let cfg = crate::config::TlsConfig {
+        cert: t.cert.clone(),
+        key: t.key.clone(),
+        client_ca: None,
+        client_auth: Default::default(),
+    };
+    let acceptor = crate::http::server::tls_acceptor(&cfg)
+        .map_err(|e| GrpcError::Tls { path: t.cert.display().to_string(), why: e.to_string() })?;
+    let mut config = (**acceptor.config()).clone();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }

@@ -12,6 +12,7 @@ pub mod gateway;
 pub mod grpc;
 pub mod http;
 pub mod lifecycle;
+pub mod listener;
 pub mod metrics;
 pub mod origin;
 mod pagecache;

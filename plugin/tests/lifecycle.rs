@@ -37,10 +37,9 @@ async fn start_grpc(g: &Served) -> (std::net::SocketAddr, tokio::sync::oneshot::
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let cfg = GrpcConfig {
-        listen: addr,
         billing_tokens: vec![hash_line(BILLING)],
         admin_tokens: vec![hash_line(ADMIN)],
-        tls: None,
+        ..GrpcConfig::new(addr)
     };
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let gw = g.gw.clone();

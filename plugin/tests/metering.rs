@@ -276,10 +276,9 @@ async fn grpc(f: &Fixture, token: &str) -> (std::net::SocketAddr, tokio::sync::o
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let cfg = GrpcConfig {
-        listen: addr,
         billing_tokens: vec![format!("blake3:{}", hex::encode(shardgate::tenant::hash_key(token)))],
         admin_tokens: vec![],
-        tls: None,
+        ..GrpcConfig::new(addr)
     };
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let gw = f.g.gw.clone();

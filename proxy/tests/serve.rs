@@ -134,6 +134,56 @@ fn a_bad_config_exits_64_with_one_line_naming_the_key() {
 }
 
 #[test]
+fn config_numbers_that_once_panicked_exit_64_naming_the_key() {
+    let t = tempfile::tempdir().unwrap();
+    let cases = [
+        ("[access.anonymous]\nrequest_rate = 1e-20\n", "request_rate"),
+        ("[access.anonymous]\nrequest_rate = 1e300\n", "request_rate"),
+        ("[server]\nmax_connections = 18446744073709551615\n", "server.max_connections"),
+        ("[server]\nheader_read_timeout = \"1000000000y\"\n", "server.header_read_timeout"),
+        ("[usage]\nretention = \"1000000000y\"\n", "usage.retention"),
+        ("[fetch]\nstall_timeout = \"0s\"\n", "fetch.stall_timeout"),
+    ];
+    for (text, key) in cases {
+        std::fs::write(t.path().join("bad.toml"), text).unwrap();
+        let out = run(&["serve", "--config", "bad.toml"], t.path());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{text}: {stderr}");
+        assert!(stderr.contains(key), "{text}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{text}: {stderr}");
+    }
+}
+
+#[test]
+fn the_reloader_survives_a_config_that_once_panicked_and_applies_the_next_good_one() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    setup(d);
+    write_config(d, &["rel-a"], "");
+    let srv = Server::start(&d.join("gw.toml"));
+    assert_eq!(get(&format!("{}/v1/datasets/rel-a/1.0.0/files/data.bin", srv.base)).0, 200);
+    // This value used to panic the reload task; every later SIGHUP was then ignored.
+    write_config(d, &["rel-a", "rel-b"], "[access.anonymous]\nrequest_rate = 1e-20\n");
+    srv.signal("HUP");
+    let t0 = Instant::now();
+    while !srv.logs().contains("reload refused") {
+        assert!(t0.elapsed() < Duration::from_secs(10), "no refusal logged: {}", srv.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(srv.logs().contains("request_rate"), "{}", srv.logs());
+    assert!(!srv.logs().contains("panicked"), "{}", srv.logs());
+    assert_eq!(get(&format!("{}/v1/datasets/rel-b/1.0.0/files/data.bin", srv.base)).0, 404);
+    // The next good config is applied: the reloader is alive.
+    write_config(d, &["rel-a", "rel-b"], "");
+    srv.signal("HUP");
+    let t0 = Instant::now();
+    while get(&format!("{}/v1/datasets/rel-b/1.0.0/files/data.bin", srv.base)).0 != 200 {
+        assert!(t0.elapsed() < Duration::from_secs(10), "the reloader is gone: {}", srv.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
 fn an_untrusted_release_is_refused_at_load_with_a_reason() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path();

@@ -175,6 +175,51 @@ pub struct GrpcConfig {
     /// TLS for the gRPC listener; plaintext HTTP/2 when absent.
     #[serde(default)]
     pub tls: Option<GrpcTlsConfig>,
+    /// Connections served at once; further connections wait in the accept queue.
+    #[serde(default = "default_grpc_max_connections")]
+    pub max_connections: usize,
+    /// Time a new connection has, from accept, to send its first request (TLS handshake included).
+    #[serde(default = "default_grpc_header_read_timeout", with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A connection with no call in flight for this long is closed (an open
+    /// usage stream is a call in flight).
+    #[serde(default = "default_grpc_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// A client that takes no bytes for this long is disconnected.
+    #[serde(default = "default_grpc_write_timeout", with = "humantime_serde")]
+    pub write_timeout: Duration,
+}
+
+impl GrpcConfig {
+    /// A listener on `listen` with no tokens, no TLS and the default limits.
+    pub fn new(listen: SocketAddr) -> Self {
+        Self {
+            listen,
+            billing_tokens: Vec::new(),
+            admin_tokens: Vec::new(),
+            tls: None,
+            max_connections: default_grpc_max_connections(),
+            header_read_timeout: default_grpc_header_read_timeout(),
+            idle_timeout: default_grpc_idle_timeout(),
+            write_timeout: default_grpc_write_timeout(),
+        }
+    }
+}
+
+fn default_grpc_max_connections() -> usize {
+    256
+}
+
+fn default_grpc_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_grpc_idle_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+
+fn default_grpc_write_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -197,10 +242,17 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Largest request head (request line plus headers), in bytes.
     pub max_header_bytes: usize,
-    /// Time a client has to send a complete request head. An idle HTTP/1.1
-    /// keep-alive connection waiting for its next request is closed after it too.
+    /// Time a new connection has, from accept, to deliver its first complete
+    /// request head (TLS handshake included), and an HTTP/1.1 request head
+    /// has once it starts.
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
+    /// A connection with no request in flight for this long is closed (HTTP/1.1
+    /// keep-alive between requests, HTTP/2 with no streams). While every
+    /// connection slot is taken and a client waits, connections idle for a
+    /// second are closed to make room.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
     /// A client that takes no bytes for this long is disconnected (slow reader).
     #[serde(with = "humantime_serde")]
     pub write_timeout: Duration,
@@ -219,6 +271,7 @@ impl Default for ServerConfig {
             max_connections: 4096,
             max_header_bytes: 16 * 1024,
             header_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
             write_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(30),
             max_ranges: 64,
@@ -475,29 +528,38 @@ impl Config {
     /// Checks values serde cannot: ranges, cross-field rules.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let s = &self.server;
-        if s.max_connections == 0 {
-            return Err(invalid("server.max_connections", "must be at least 1"));
-        }
-        if s.max_header_bytes < 1024 {
-            return Err(invalid("server.max_header_bytes", "must be at least 1024"));
-        }
-        if s.max_ranges == 0 {
-            return Err(invalid("server.max_ranges", "must be at least 1"));
+        count("server.max_connections", s.max_connections as u64, 1, MAX_CONNECTIONS)?;
+        count("server.max_header_bytes", s.max_header_bytes as u64, 1024, 1024 * 1024)?;
+        count("server.max_ranges", s.max_ranges as u64, 1, 10_000)?;
+        let ms = Duration::from_millis;
+        let hour = Duration::from_secs(3600);
+        duration("server.header_read_timeout", s.header_read_timeout, ms(100), hour)?;
+        duration("server.idle_timeout", s.idle_timeout, ms(100), 24 * hour)?;
+        duration("server.write_timeout", s.write_timeout, ms(100), hour)?;
+        duration("server.shutdown_grace", s.shutdown_grace, Duration::ZERO, hour)?;
+        let f = &self.fetch;
+        duration("fetch.connect_timeout", f.connect_timeout, ms(1), hour)?;
+        duration("fetch.first_byte_timeout", f.first_byte_timeout, ms(1), hour)?;
+        duration("fetch.stall_timeout", f.stall_timeout, ms(1), hour)?;
+        count("fetch.readahead_chunks", u64::from(f.readahead_chunks), 0, 65_536)?;
+        count("fetch.max_concurrent_fetches", f.max_concurrent_fetches as u64, 1, 100_000)?;
+        count("metadata.max_concurrent_fetches", self.metadata.max_concurrent_fetches as u64, 1, 100_000)?;
+        if let Some(g) = &self.grpc {
+            count("grpc.max_connections", g.max_connections as u64, 1, MAX_CONNECTIONS)?;
+            duration("grpc.header_read_timeout", g.header_read_timeout, ms(100), hour)?;
+            duration("grpc.idle_timeout", g.idle_timeout, ms(100), 24 * hour)?;
+            duration("grpc.write_timeout", g.write_timeout, ms(100), hour)?;
         }
         for (i, k) in self.trust.keys.iter().enumerate() {
             if k.starts_with("ed25519:") {
                 k.parse::<PublicKey>().map_err(|e| invalid(format!("trust.keys[{i}]"), e.to_string()))?;
             }
         }
-        let f = &self.fetch;
         if f.span.0 < DEFAULT_CHUNK_SIZE.min(64 * 1024) || f.span.0 > 256 * 1024 * 1024 {
             return Err(invalid("fetch.span", "must be between 64KiB and 256MiB"));
         }
         if f.max_span.0 < f.span.0 {
             return Err(invalid("fetch.max_span", "must be at least fetch.span"));
-        }
-        if f.max_concurrent_fetches == 0 {
-            return Err(invalid("fetch.max_concurrent_fetches", "must be at least 1"));
         }
         let d = &self.disk_tier;
         if d.path.is_some() && d.capacity.0 < 1024 * 1024 {
@@ -505,9 +567,6 @@ impl Config {
         }
         if d.path.is_some() && d.write_queue.0 < f.span.0.min(DEFAULT_CHUNK_SIZE) {
             return Err(invalid("disk_tier.write_queue", "must hold at least one chunk"));
-        }
-        if self.metadata.max_concurrent_fetches == 0 {
-            return Err(invalid("metadata.max_concurrent_fetches", "must be at least 1"));
         }
         for (i, o) in self.origins.iter().enumerate() {
             match o {
@@ -540,9 +599,7 @@ impl Config {
         if u.commit_interval.is_zero() || u.commit_interval > Duration::from_secs(3600) {
             return Err(invalid("usage.commit_interval", "must be between 1ms and 1h"));
         }
-        if u.retention < Duration::from_secs(3600) {
-            return Err(invalid("usage.retention", "must be at least 1h"));
-        }
+        duration("usage.retention", u.retention, hour, 100 * 365 * 24 * hour)?;
         if let Some(id) = &u.instance_id
             && (id.is_empty()
                 || id.len() > 128
@@ -582,6 +639,26 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Most connections a listener may hold (a semaphore's permits, file descriptors).
+const MAX_CONNECTIONS: u64 = 1_000_000;
+
+/// A whole number key within `min..=max`.
+fn count(key: &str, n: u64, min: u64, max: u64) -> Result<(), ConfigError> {
+    if n < min || n > max {
+        return Err(invalid(key, format!("{n} must be between {min} and {max}")));
+    }
+    Ok(())
+}
+
+/// A duration key within `min..=max`.
+fn duration(key: &str, d: Duration, min: Duration, max: Duration) -> Result<(), ConfigError> {
+    if d < min || d > max {
+        let show = |d: Duration| humantime_serde::re::humantime::format_duration(d).to_string();
+        return Err(invalid(key, format!("{} must be between {} and {}", show(d), show(min), show(max))));
+    }
+    Ok(())
 }
 
 fn check_url(url: &str) -> Result<(), String> {

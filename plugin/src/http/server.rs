@@ -1,6 +1,7 @@
-//! The listener: accepts TCP (optionally TLS) connections up to a limit and
-//! serves HTTP/1.1 and HTTP/2 on them with hyper, with header-size, header
-//! read and slow-reader limits, and graceful draining on shutdown.
+//! The HTTP listener: TLS set-up, and hyper's HTTP/1.1 and HTTP/2 settings
+//! (header size and read time) over the shared accept loop in
+//! [`crate::listener`], which owns connection limits, idle and slow-client
+//! timers and draining.
 
 use std::future::Future;
 use std::path::Path;
@@ -8,16 +9,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
-use tokio_io_timeout::TimeoutStream;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{ClientAuth, ServerConfig, TlsConfig};
 use crate::gateway::Gateway;
 use crate::http::service::PeerNames;
+use crate::listener::{Accepted, Limits};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -70,7 +70,7 @@ pub async fn bind(cfg: &ServerConfig) -> Result<TcpListener, ServerError> {
 }
 
 /// Serves until `shutdown` resolves, then stops accepting and lets in-flight
-/// responses finish for up to `cfg.shutdown_grace`.
+/// responses finish for up to `cfg.shutdown_grace` (see [`crate::listener`]).
 pub async fn serve(
     gw: Arc<Gateway>,
     listener: TcpListener,
@@ -91,91 +91,24 @@ pub async fn serve(
         .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX))
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20));
-    let builder = Arc::new(builder);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(cfg.max_connections));
-    // Every connection task, so shutdown can cut the ones that outlive the
-    // grace period and wait until their bodies (and usage meters) are dropped.
-    let mut conns = tokio::task::JoinSet::new();
-    tokio::pin!(shutdown);
-    loop {
-        while conns.try_join_next().is_some() {}
-        let permit = tokio::select! {
-            _ = &mut shutdown => break,
-            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-        };
-        let (stream, peer) = tokio::select! {
-            _ = &mut shutdown => break,
-            a = listener.accept() => match a {
-                Ok(x) => x,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
+    let limits = Limits {
+        name: "http",
+        max_connections: cfg.max_connections,
+        header_read_timeout: cfg.header_read_timeout,
+        idle_timeout: cfg.idle_timeout,
+        write_timeout: cfg.write_timeout,
+        shutdown_grace: cfg.shutdown_grace,
+    };
+    let metrics = gw.metrics().listener(false);
+    let make_service = move |a: Accepted| {
+        // rustls verified the chain against client_ca; only then are the names trusted.
+        let names = a.client_cert.as_deref().map(crate::tenant::cert::names).unwrap_or_default();
+        let peer = PeerNames(Arc::new(names));
         let gw = gw.clone();
-        let builder = builder.clone();
-        let tls = tls.clone();
-        let watcher = graceful.watcher();
-        let write_timeout = cfg.write_timeout;
-        let handshake_timeout = cfg.header_read_timeout;
-        conns.spawn(async move {
-            let _permit = permit;
-            gw.metrics().connections.inc();
-            let svc_gw = gw.clone();
-            let service = move |peer: PeerNames| {
-                let svc_gw = svc_gw.clone();
-                service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(peer.clone());
-                    super::service::handle(svc_gw.clone(), req)
-                })
-            };
-            let mut timed = TimeoutStream::new(stream);
-            timed.set_write_timeout(Some(write_timeout));
-            let timed = Box::pin(timed);
-            let result = match tls {
-                None => {
-                    watcher.watch(builder.serve_connection(TokioIo::new(timed), service(PeerNames::default()))).await
-                }
-                Some(acceptor) => match tokio::time::timeout(handshake_timeout, acceptor.accept(timed)).await {
-                    Ok(Ok(tls_stream)) => {
-                        // rustls has verified the chain against client_ca; only then are the names trusted.
-                        let names = tls_stream
-                            .get_ref()
-                            .1
-                            .peer_certificates()
-                            .and_then(|c| c.first())
-                            .map(|c| crate::tenant::cert::names(c.as_ref()))
-                            .unwrap_or_default();
-                        let svc = service(PeerNames(Arc::new(names)));
-                        watcher.watch(builder.serve_connection(TokioIo::new(tls_stream), svc)).await
-                    }
-                    Ok(Err(e)) => {
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        Ok(())
-                    }
-                    Err(_) => Ok(()),
-                },
-            };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-            gw.metrics().connections.dec();
-        });
-    }
-    drop(listener);
-    let grace = cfg.shutdown_grace;
-    tracing::info!(?grace, "draining connections");
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
-        tracing::warn!(
-            connections = conns.len(),
-            "shutdown grace period ended with responses still in flight; cutting them"
-        );
-        conns.abort_all();
-    }
-    while conns.join_next().await.is_some() {}
+        service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(peer.clone());
+            super::service::handle(gw.clone(), req)
+        })
+    };
+    crate::listener::serve(listener, tls, builder, limits, metrics, make_service, shutdown).await;
 }

@@ -33,6 +33,14 @@ pub struct ReasonLabel {
     pub reason: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabel {
+    /// `http` or `grpc`.
+    pub listener: &'static str,
+    /// `header_timeout`, `idle` or `pressure`.
+    pub reason: &'static str,
+}
+
 /// Response latencies kept finely enough for a p99 on the dashboard:
 /// buckets grow by 10% from 100 µs, so a quantile is read to within 10%.
 pub struct Latency {
@@ -115,6 +123,8 @@ pub struct Metrics {
     pub requests: Family<RequestLabel, Counter>,
     pub aborted: Family<ReasonLabel, Counter>,
     pub connections: Gauge,
+    pub grpc_connections: Gauge,
+    pub connections_closed: Family<ListenerLabel, Counter>,
     pub releases: Gauge,
     pub reloads: Family<ReasonLabel, Counter>,
     pub usage_commits: Family<ReasonLabel, Counter>,
@@ -166,6 +176,8 @@ impl Metrics {
             requests: Family::default(),
             aborted: Family::default(),
             connections: Gauge::default(),
+            grpc_connections: Gauge::default(),
+            connections_closed: Family::default(),
             releases: Gauge::default(),
             reloads: Family::default(),
             usage_commits: Family::default(),
@@ -236,6 +248,12 @@ impl Metrics {
         registry.register("http_requests", "HTTP requests answered, by route and status", m.requests.clone());
         registry.register("responses_aborted", "Responses cut off after headers were sent", m.aborted.clone());
         registry.register("open_connections", "Client connections open", m.connections.clone());
+        registry.register("grpc_open_connections", "gRPC client connections open", m.grpc_connections.clone());
+        registry.register(
+            "connections_closed",
+            "Connections the server closed because they held a slot without a request, by listener and reason",
+            m.connections_closed.clone(),
+        );
         registry.register("releases_served", "Releases in the catalog", m.releases.clone());
         registry.register("config_reloads", "Config reloads by outcome", m.reloads.clone());
         registry.register("usage_commits", "Usage ledger commits by outcome", m.usage_commits.clone());
@@ -250,6 +268,12 @@ impl Metrics {
             m.checksum_failures.clone(),
         );
         Metrics { registry, ..m }
+    }
+
+    /// The counters of a listener's connections.
+    pub fn listener(&self, grpc: bool) -> crate::listener::ListenerMetrics {
+        let open = if grpc { self.grpc_connections.clone() } else { self.connections.clone() };
+        crate::listener::ListenerMetrics { open, closed: self.connections_closed.clone() }
     }
 
     pub fn origin(name: &str) -> OriginLabel {

@@ -118,6 +118,11 @@ pub struct Tenant {
     bandwidth: Option<Bandwidth>,
 }
 
+/// Slowest request rate: one a day.
+const MIN_REQUEST_RATE: f64 = 1.0 / 86_400.0;
+/// Fastest request rate a limiter is kept for (governor counts nanoseconds).
+const MAX_REQUEST_RATE: f64 = 1e8;
+
 /// Most governor cells per second: its clock counts nanoseconds, so a cell
 /// must stand for at least ~10 ns of the rate or the quota degenerates.
 const MAX_CELLS_PER_SEC: u64 = 100_000_000;
@@ -164,11 +169,15 @@ impl Tenant {
     fn build(id: String, name: String, datasets: Vec<glob::Pattern>, limits: &Limits) -> Result<Self, String> {
         let requests = match limits.request_rate {
             None => None,
-            Some(rate) if !(rate.is_finite() && rate > 0.0) => {
-                return Err(format!("request_rate {rate} must be above 0"));
+            Some(rate) if !(rate.is_finite() && (MIN_REQUEST_RATE..=MAX_REQUEST_RATE).contains(&rate)) => {
+                return Err(format!(
+                    "request_rate {rate} must be between {MIN_REQUEST_RATE} (one a day) and {MAX_REQUEST_RATE} \
+                     requests per second"
+                ));
             }
             Some(rate) => {
-                let period = Duration::from_secs_f64(1.0 / rate);
+                let period =
+                    Duration::try_from_secs_f64(1.0 / rate).map_err(|e| format!("request_rate {rate}: {e}"))?;
                 let burst = limits.request_burst.unwrap_or((rate.ceil() as u32).max(1));
                 let burst = NonZeroU32::new(burst).ok_or("request_burst must be at least 1")?;
                 let quota = Quota::with_period(period).ok_or("request_rate is too high")?.allow_burst(burst);

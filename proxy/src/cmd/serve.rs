@@ -3,6 +3,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use futures_util::FutureExt;
 use shardgate::config::{ByteSize, Config};
 use shardgate::engine::{Engine, EngineError};
 use shardgate::gateway::Gateway;
@@ -106,10 +107,18 @@ fn spawn_reloader(
             return;
         };
         while hup.recv().await.is_some() {
-            let outcome = match reload() {
-                Ok(cfg) => gw.reload(cfg).await.map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
+            // Validation refuses every bad value; should anything still
+            // panic, this reload is refused and the next SIGHUP is still heard.
+            let attempt = async {
+                match reload() {
+                    Ok(cfg) => gw.reload(cfg).await.map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                }
             };
+            let outcome = std::panic::AssertUnwindSafe(attempt)
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| Err("the reload panicked (a bug); nothing was applied".into()));
             match outcome {
                 Ok(()) => tracing::info!("config reloaded"),
                 Err(e) => {
