@@ -11,7 +11,7 @@
 #include <stdint.h>
 
 // The version of this ABI. It changes when a call's signature or meaning does.
-#define SHARDGATE_ABI_VERSION 1
+#define SHARDGATE_ABI_VERSION 2
 
 // Success.
 #define SHARDGATE_OK 0
@@ -36,6 +36,10 @@
 
 // A bug inside the library was caught at the boundary.
 #define SHARDGATE_ERR_PANIC -6
+
+// The release was taken down: its bytes are no longer vouched for (the
+// error carries the reason). Since ABI version 2.
+#define SHARDGATE_ERR_TAKEN_DOWN -7
 
 // An engine, as the host sees it. 0 is never a valid handle.
 typedef uint64_t shardgate_handle;

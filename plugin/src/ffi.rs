@@ -27,10 +27,9 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::engine::Engine;
-use crate::fetch::FileSpec;
 
 /// The version of this ABI. It changes when a call's signature or meaning does.
-pub const SHARDGATE_ABI_VERSION: u32 = 1;
+pub const SHARDGATE_ABI_VERSION: u32 = 2;
 
 /// Success.
 pub const SHARDGATE_OK: i32 = 0;
@@ -48,6 +47,9 @@ pub const SHARDGATE_ERR_ENGINE: i32 = -4;
 pub const SHARDGATE_ERR_NOT_FOUND: i32 = -5;
 /// A bug inside the library was caught at the boundary.
 pub const SHARDGATE_ERR_PANIC: i32 = -6;
+/// The release was taken down: its bytes are no longer vouched for (the
+/// error carries the reason). Since ABI version 2.
+pub const SHARDGATE_ERR_TAKEN_DOWN: i32 = -7;
 
 /// An engine, as the host sees it. 0 is never a valid handle.
 pub type ShardgateHandle = u64;
@@ -410,17 +412,23 @@ pub unsafe extern "C" fn shardgate_verify_chunk(
             .rsplit_once('@')
             .ok_or_else(|| Failure::argument(&format!("release {release:?} is not NAME@VERSION")))?;
         let ok = with_engine(handle, |rt, gw, _| {
-            let catalog = gw.registry().snapshot();
-            let not_found = || Failure(SHARDGATE_ERR_NOT_FOUND, format!("{release}: {path} is not served"));
-            let version = catalog.resolve(name, segment).ok_or_else(not_found)?;
-            let file = catalog.file(name, version.version(), path).ok_or_else(not_found)?;
-            let spec = FileSpec::from_ref(&file, gw.fetcher().purge_mark()).ok_or_else(|| {
-                Failure(SHARDGATE_ERR_ENGINE, format!("{path}: the manifest's chunk layout is invalid"))
+            // The same door as every HTTP request: a taken-down, unloaded or
+            // unknown release is refused here, not vouched for.
+            let mut open = crate::door::open_file(gw, name, segment, path).map_err(|e| {
+                let code = match e {
+                    crate::door::OpenError::TakenDown { .. } => SHARDGATE_ERR_TAKEN_DOWN,
+                    crate::door::OpenError::BadLayout { .. } => SHARDGATE_ERR_ENGINE,
+                    _ => SHARDGATE_ERR_NOT_FOUND,
+                };
+                Failure(code, e.to_string())
             })?;
-            rt.block_on(gw.fetcher().verify_chunk(&spec, chunk_index, data)).map_err(|e| match e {
+            let ok = rt.block_on(gw.fetcher().verify_chunk(&open.spec, chunk_index, data)).map_err(|e| match e {
                 crate::fetch::FetchError::OutOfRange { .. } => Failure::argument(&e.to_string()),
                 other => Failure(SHARDGATE_ERR_ENGINE, other.to_string()),
-            })
+            })?;
+            // A takedown that landed while the table was fetched: no verdict.
+            open.liveness.check().map_err(|e| Failure(SHARDGATE_ERR_TAKEN_DOWN, e.to_string()))?;
+            Ok(ok)
         })?;
         if ok {
             Ok(())

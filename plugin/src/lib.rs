@@ -4,6 +4,7 @@
 pub mod btfs;
 mod bufpool;
 pub mod config;
+pub mod door;
 pub mod drill;
 pub mod engine;
 pub mod fetch;

@@ -45,8 +45,13 @@ const DURATIONS: &[&str] = &[
     "reports.file_ttfb_p99_objective",
 ];
 
+/// Mostly values in range (so gateways really start), often values at and past the edges.
+fn weighted(valid: BoxedStrategy<String>, edges: BoxedStrategy<String>) -> impl Strategy<Value = String> {
+    prop_oneof![3 => valid, 2 => edges]
+}
+
 fn int_value() -> impl Strategy<Value = String> {
-    prop_oneof![
+    let edges = prop_oneof![
         Just(0i64),
         Just(1),
         Just(-1),
@@ -56,13 +61,12 @@ fn int_value() -> impl Strategy<Value = String> {
         Just(i64::from(u32::MAX)),
         Just(i64::MAX),
         any::<i64>(),
-        0i64..100_000,
-    ]
-    .prop_map(|n| n.to_string())
+    ];
+    weighted((1i64..1000).prop_map(|n| n.to_string()).boxed(), edges.prop_map(|n| n.to_string()).boxed())
 }
 
 fn float_value() -> impl Strategy<Value = String> {
-    prop_oneof![
+    let edges = prop_oneof![
         Just("0.0".to_string()),
         Just("-1.0".into()),
         Just("1e-20".into()),
@@ -73,25 +77,26 @@ fn float_value() -> impl Strategy<Value = String> {
         Just("nan".into()),
         Just("inf".into()),
         any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| format!("{f:e}")),
-    ]
+    ];
+    weighted((1u32..1000).prop_map(|n| format!("{n}.5")).boxed(), edges.boxed())
 }
 
 fn size_value() -> impl Strategy<Value = String> {
-    prop_oneof![
+    let edges = prop_oneof![
         Just("0".to_string()),
         Just("1".into()),
         Just("4096".into()),
         Just("\"64KiB\"".into()),
-        Just("\"1MiB\"".into()),
         Just("\"1GiB\"".into()),
         Just("\"15EiB\"".into()),
         Just(i64::MAX.to_string()),
         (0i64..i64::MAX).prop_map(|n| n.to_string()),
-    ]
+    ];
+    weighted(Just("\"4MiB\"".to_string()).boxed(), edges.boxed())
 }
 
 fn duration_value() -> impl Strategy<Value = String> {
-    prop_oneof![
+    let edges = prop_oneof![
         Just("0s"),
         Just("1ns"),
         Just("1ms"),
@@ -101,8 +106,8 @@ fn duration_value() -> impl Strategy<Value = String> {
         Just("30days"),
         Just("100years"),
         Just("1000000000years"),
-    ]
-    .prop_map(|d| format!("\"{d}\""))
+    ];
+    weighted(Just("\"2h\"".to_string()).boxed(), edges.prop_map(|d| format!("\"{d}\"")).boxed())
 }
 
 /// A config text setting a random subset of numeric keys.

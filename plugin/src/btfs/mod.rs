@@ -5,6 +5,8 @@
 //! Owns the wire details of `add`, `cat` and `pin/ls`; knows nothing of
 //! releases beyond bytes and CIDs.
 
+pub mod cid;
+
 use std::path::Path;
 use std::time::Duration;
 

@@ -641,6 +641,45 @@ impl Config {
     }
 }
 
+/// Keys a reload cannot apply: listeners, the fetcher's and tiers' shapes,
+/// stores. Origin timeouts (`fetch.*_timeout`) are rebuilt with the origins
+/// and `usage.pricing` is re-read, so those reload.
+const RESTART_ONLY: &[&str] = &["server", "grpc", "fetch", "hot_tier", "disk_tier", "metadata", "usage", "registry"];
+const RELOADABLE: &[&str] =
+    &["fetch.connect_timeout", "fetch.first_byte_timeout", "fetch.stall_timeout", "usage.pricing"];
+
+impl Config {
+    /// The restart-only keys whose values differ in `new`, by full name
+    /// (such as `fetch.verify`). A reload that would change one is refused,
+    /// so the config a gateway reports is always the one in force.
+    pub fn restart_only_changes(&self, new: &Config) -> Vec<String> {
+        let (Ok(a), Ok(b)) = (serde_json::to_value(self), serde_json::to_value(new)) else {
+            return vec!["(config could not be compared)".into()];
+        };
+        let mut changed = Vec::new();
+        for section in RESTART_ONLY {
+            diff_keys(section, a.get(section), b.get(section), &mut changed);
+        }
+        changed.retain(|k| !RELOADABLE.iter().any(|r| k == r || k.starts_with(&format!("{r}."))));
+        changed
+    }
+}
+
+/// Collects the dotted names of leaves that differ between `a` and `b`.
+fn diff_keys(path: &str, a: Option<&serde_json::Value>, b: Option<&serde_json::Value>, out: &mut Vec<String>) {
+    use serde_json::Value;
+    match (a, b) {
+        (Some(Value::Object(x)), Some(Value::Object(y))) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            for k in keys {
+                diff_keys(&format!("{path}.{k}"), x.get(k), y.get(k), out);
+            }
+        }
+        (x, y) if x != y => out.push(path.to_string()),
+        _ => {}
+    }
+}
+
 /// Most connections a listener may hold (a semaphore's permits, file descriptors).
 const MAX_CONNECTIONS: u64 = 1_000_000;
 

@@ -37,6 +37,9 @@ pub enum GatewayError {
     DiskTier(String),
     #[error("usage.pricing: {0}")]
     Pricing(#[from] crate::pricing::PricingError),
+    /// A reload would change keys only a restart applies; nothing was applied.
+    #[error("{} need{} a restart; the reload was refused and nothing was applied", .0.join(", "), if .0.len() == 1 { "s" } else { "" })]
+    RestartOnly(Vec<String>),
 }
 
 pub struct Gateway {
@@ -49,6 +52,9 @@ pub struct Gateway {
     metrics: Arc<Metrics>,
     origin_ok: AtomicBool,
     loaded: AtomicBool,
+    /// Configured or registered releases that could not be loaded, and why;
+    /// retried in the background until they load.
+    unloaded: ArcSwap<Vec<String>>,
     meter: Arc<Meter>,
     ledger: Arc<Ledger>,
     /// Tells the ledger committer to make its final commit and stop.
@@ -116,6 +122,13 @@ impl Gateway {
     pub async fn start(cfg: Config) -> Result<Arc<Self>, GatewayError> {
         cfg.validate()?;
         let metrics = Arc::new(Metrics::new());
+        metrics.verification.set(i64::from(cfg.fetch.verify));
+        if !cfg.fetch.verify {
+            tracing::warn!(
+                "fetch.verify = false: chunks from origins are NOT verified and unverified bytes may be served; \
+                 this setting is for benchmarks only"
+            );
+        }
         let (ledger, meter) = open_usage(&cfg).await?;
         let path = cfg.registry.path.clone();
         if path.is_none() {
@@ -161,6 +174,7 @@ impl Gateway {
             metrics,
             origin_ok: AtomicBool::new(false),
             loaded: AtomicBool::new(false),
+            unloaded: ArcSwap::from_pointee(Vec::new()),
             meter,
             ledger,
             committer: Mutex::new(None),
@@ -180,8 +194,9 @@ impl Gateway {
         let trusted = trusted_keys(cfg)?;
         let origins = self.fetcher.origins();
         let (mut catalog, errors) = registry::load(&cfg.releases, &trusted, &origins).await;
+        let mut unloaded: Vec<String> = errors.iter().map(ToString::to_string).collect();
         for e in &errors {
-            tracing::error!(error = %e, "release refused");
+            tracing::error!(error = %e, "release refused; retried in the background");
         }
         let store = self.store.clone();
         let (registered, lifecycle) =
@@ -197,7 +212,10 @@ impl Gateway {
                 Ok(())
             }) {
                 Ok(()) => {}
-                Err(e) => tracing::error!(error = %e, "registered release refused"),
+                Err(e) => {
+                    tracing::error!(error = %e, "registered release refused");
+                    unloaded.push(e.to_string());
+                }
             }
         }
         catalog.set_lifecycle(lifecycle);
@@ -207,17 +225,59 @@ impl Gateway {
             }
         }
         self.metrics.releases.set(catalog.release_count() as i64);
+        self.metrics.releases_unloaded.set(unloaded.len() as i64);
+        self.unloaded.store(Arc::new(unloaded));
         self.registry.replace(catalog);
         self.loaded.store(true, Ordering::Release);
         Ok(())
     }
 
-    /// Applies a new configuration: releases, trusted keys and origins. A
-    /// config that does not validate is refused and the old one kept.
-    /// Listener settings (address, TLS, connection limits) need a restart.
+    /// Releases that could not be loaded, with why (empty when all are served).
+    pub fn unloaded(&self) -> Arc<Vec<String>> {
+        self.unloaded.load_full()
+    }
+
+    /// Retries loading while any release is not loaded: after 1 s, then
+    /// backing off to every 10 s, so a release whose origins heal is served
+    /// within seconds without a SIGHUP. Stops when the gateway is dropped.
+    pub fn spawn_release_retry(self: &Arc<Self>) {
+        const FIRST: Duration = Duration::from_secs(1);
+        const MOST: Duration = Duration::from_secs(10);
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut wait = FIRST;
+            loop {
+                tokio::time::sleep(wait).await;
+                let Some(gw) = weak.upgrade() else { break };
+                if gw.unloaded().is_empty() {
+                    wait = FIRST;
+                    continue;
+                }
+                let before = gw.unloaded().len();
+                if let Err(e) = gw.load_releases(&gw.config()).await {
+                    tracing::warn!(error = %e, "retrying unloaded releases failed");
+                }
+                let after = gw.unloaded().len();
+                if after < before {
+                    tracing::info!(loaded = before - after, still_unloaded = after, "releases loaded on retry");
+                }
+                wait = if after == 0 { FIRST } else { (wait * 2).min(MOST) };
+            }
+        });
+    }
+
+    /// Applies a new configuration: releases, trusted keys, origins, tenants,
+    /// pricing and reports. A config that does not validate, or that changes
+    /// a restart-only key ([`Config::restart_only_changes`]: listeners,
+    /// `fetch.verify` and the fetcher's shape, tiers, stores), is refused
+    /// whole and the old one kept.
     pub async fn reload(&self, cfg: Config) -> Result<(), GatewayError> {
         let result = async {
             cfg.validate()?;
+            let changed = self.config().restart_only_changes(&cfg);
+            if !changed.is_empty() {
+                return Err(GatewayError::RestartOnly(changed));
+            }
             trusted_keys(&cfg)?;
             // Rate and bandwidth limiters start afresh with the new tenant table.
             let tenants = build_tenants(&cfg)?;
@@ -366,8 +426,24 @@ impl Gateway {
         &self.ledger
     }
 
+    /// Releases loaded (every configured one), and an origin answers.
     pub fn ready(&self) -> bool {
-        self.loaded.load(Ordering::Acquire) && self.origin_ok.load(Ordering::Acquire)
+        self.not_ready_reasons().is_empty()
+    }
+
+    /// Why `/readyz` says not ready, one line each; empty when ready.
+    pub fn not_ready_reasons(&self) -> Vec<String> {
+        let mut why = Vec::new();
+        if !self.loaded.load(Ordering::Acquire) {
+            why.push("releases are still loading".to_string());
+        }
+        if !self.origin_ok.load(Ordering::Acquire) {
+            why.push("no origin answers yet".to_string());
+        }
+        for u in self.unloaded().iter() {
+            why.push(format!("not loaded (retrying): {u}"));
+        }
+        why
     }
 
     /// The cost model, when `usage.pricing` is set.

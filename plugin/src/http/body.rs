@@ -44,24 +44,7 @@ pub enum Piece {
     Range(Range<u64>),
 }
 
-/// Whether a streaming body's release is still served: checked before each
-/// chunk, but only re-evaluated when the catalog has been swapped.
-pub struct Liveness {
-    pub epoch: Arc<std::sync::atomic::AtomicU64>,
-    pub seen: u64,
-    pub still_served: Box<dyn Fn() -> bool + Send + Sync>,
-}
-
-impl Liveness {
-    fn ok(&mut self) -> bool {
-        let now = self.epoch.load(std::sync::atomic::Ordering::Acquire);
-        if now == self.seen {
-            return true;
-        }
-        self.seen = now;
-        (self.still_served)()
-    }
-}
+pub use crate::door::Liveness;
 
 /// A chunk fetched before the headers were sent, to be used first.
 pub type Primed = Option<(u64, Bytes, Source)>;
@@ -152,7 +135,7 @@ fn stream(state: ChunkedState) -> impl Stream<Item = Result<Frame<Bytes>, BodyEr
                 Some((Ok(Frame::data(b)), Some(st)))
             }
             Piece::Range(r) => {
-                if st.live.as_mut().is_some_and(|l| !l.ok()) {
+                if st.live.as_mut().is_some_and(|l| l.check().is_err()) {
                     // Taken down mid-stream: not one more byte of it leaves.
                     st.metrics.aborted.get_or_create(&ReasonLabel { reason: "taken_down" }).inc();
                     return Some((Err(BodyError("the release was taken down".into())), None));

@@ -17,10 +17,11 @@ use http::{Method, Request, Response, StatusCode};
 use super::body::{self, Body, Piece};
 use super::range::{self, MultipartPlan, RangeRequest};
 use super::route::{Route, parse_route};
-use crate::fetch::{FileSpec, Source};
+use crate::door::{self, OpenError, OpenFile};
+use crate::fetch::Source;
 use crate::gateway::Gateway;
 use crate::metrics::RequestLabel;
-use crate::registry::{Catalog, FileRef, Resolved};
+use crate::registry::{Catalog, Resolved};
 use crate::tenant::{Denied, Tenant, Tenants};
 use crate::usage::{Meter, ReleaseTag, ResponseMeter};
 
@@ -83,8 +84,7 @@ async fn route<B>(gw: &Arc<Gateway>, req: &Request<B>, started: Instant) -> (&'s
     let plain = "text/plain; charset=utf-8";
     let resp = match route {
         Route::Healthz => text(StatusCode::OK, "ok\n", plain),
-        Route::Readyz if gw.ready() => text(StatusCode::OK, "ready\n", plain),
-        Route::Readyz => text(StatusCode::SERVICE_UNAVAILABLE, "not ready: no origin answers yet\n", plain),
+        Route::Readyz => readyz(gw),
         Route::Metrics => {
             gw.metrics().hot_bytes.set(gw.fetcher().hot().weighted_bytes());
             if let Some(d) = gw.fetcher().disk() {
@@ -102,80 +102,98 @@ async fn route<B>(gw: &Arc<Gateway>, req: &Request<B>, started: Instant) -> (&'s
             r
         }
         _ => {
-            // Everything under /v1: who is asking, may they, and are they within their rate.
-            // All of it happens before any origin work.
-            let tenants = gw.tenants();
+            // Everything under /v1 goes through the front door: who is asking,
+            // may they, within quota and rate, all before any origin work.
             let cert_names = req.extensions().get::<PeerNames>().map(|p| p.0.as_slice()).unwrap_or(&[]);
-            let tenant = match tenants
-                .identify(req.headers().get(header::AUTHORIZATION).map(HeaderValue::as_bytes), cert_names)
-            {
+            let creds = door::Credentials {
+                authorization: req.headers().get(header::AUTHORIZATION).map(HeaderValue::as_bytes),
+                cert_names,
+            };
+            let target = match &route {
+                Route::Dataset { name } | Route::Manifest { name, .. } | Route::File { name, .. } => {
+                    door::Target::Dataset(name)
+                }
+                Route::Blob { hash } => door::Target::Blob(hash),
+                _ => door::Target::Any,
+            };
+            let tenant = match door::admit(gw, creds, target) {
                 Ok(t) => t,
                 Err(d) => return (label, denied(&d)),
             };
-            // One snapshot decides who may read a blob, whether it is taken down, and what is served.
-            let blob_catalog = gw.registry().snapshot();
-            let blob_ref = match &route {
-                Route::Blob { hash } => blob_catalog.blob(hash),
-                _ => None,
-            };
-            let dataset: Option<String> = match &route {
-                Route::Dataset { name } | Route::Manifest { name, .. } | Route::File { name, .. } => {
-                    Some(name.to_string())
-                }
-                Route::Blob { .. } => blob_ref.as_ref().map(|f| f.release.name().to_string()),
-                _ => None,
-            };
-            if let Some(d) = &dataset
-                && let Err(e) = tenants.authorize(&tenant, d)
-            {
-                return (label, denied(&e));
-            }
-            if let Err(e) = gw.check_quota(&tenant) {
-                return (label, denied(&e));
-            }
-            if let Err(e) = tenant.admit() {
-                return (label, denied(&e));
-            }
             match route {
                 Route::ListDatasets => match Discovery::parse(req.uri().query()) {
-                    Ok(q) => list_datasets(gw, &tenants, &tenant, &q),
+                    Ok(q) => list_datasets(gw, &gw.tenants(), &tenant, &q),
                     Err(e) => error(StatusCode::BAD_REQUEST, e),
                 },
                 Route::Dataset { name } => describe_dataset(gw, name),
                 Route::Manifest { name, version } => manifest(gw, req, name, version, &tenant),
-                Route::File { name, version, path } => {
-                    let catalog = gw.registry().snapshot();
-                    let Some(resolved) = catalog.resolve(name, version) else {
-                        return (label, not_a_version(name, version));
-                    };
-                    let v = resolved.version();
-                    match catalog.file(name, v, &path) {
-                        Some(f) => {
-                            if let Some(gone) = taken_down(&catalog, name, v) {
-                                return (label, gone);
-                            }
-                            let location =
-                                format!("/v1/datasets/{name}/{v}/files/{}", super::route::encode_path(&path));
-                            let resp = serve_file(gw, req, &f, started, tenant).await;
-                            lifecycle_headers(resp, &catalog, name, &resolved, &location)
+                Route::File { name, version, path } => match door::open_file(gw, name, version, &path) {
+                    Ok(open) => {
+                        let v = open.file.release.version().clone();
+                        let location = format!("/v1/datasets/{name}/{v}/files/{}", super::route::encode_path(&path));
+                        let (catalog, resolved) = (open.catalog.clone(), open.resolved.clone());
+                        let resp = serve_file(gw, req, open, started, tenant).await;
+                        match resolved {
+                            Some(r) => lifecycle_headers(resp, &catalog, name, &r, &location),
+                            None => resp,
                         }
-                        None => error(StatusCode::NOT_FOUND, format!("{name}@{v} has no file {path:?}")),
                     }
-                }
-                Route::Blob { hash } => match blob_ref.clone() {
-                    Some(f) => {
-                        if let Some(gone) = taken_down(&blob_catalog, f.release.name(), f.release.version()) {
-                            return (label, gone);
-                        }
-                        serve_file(gw, req, &f, started, tenant).await
-                    }
-                    None => error(StatusCode::NOT_FOUND, format!("no served release holds blob {hash}")),
+                    Err(e) => not_opened(&e),
+                },
+                Route::Blob { hash } => match door::open_blob(gw, &hash, &tenant) {
+                    Ok(open) => serve_file(gw, req, open, started, tenant).await,
+                    Err(e) => not_opened(&e),
                 },
                 _ => error(StatusCode::NOT_FOUND, format!("no route for {}", req.uri().path())),
             }
         }
     };
     (label, resp)
+}
+
+/// The answer for a release or file the door would not open.
+fn not_opened(e: &OpenError) -> Response<Body> {
+    match e {
+        OpenError::TakenDown { name, reason, at, successor, .. } => {
+            let successor = successor.as_ref().map(|s| format!("/v1/datasets/{name}/{s}"));
+            let body = serde_json::json!({
+                "error": e.to_string(),
+                "status": 451,
+                "reason": reason,
+                "taken_down_at": jiff::Timestamp::from_second(*at).map(|t| t.to_string()).unwrap_or_default(),
+                "successor": successor,
+            });
+            let mut r = Response::new(body::full(body.to_string()));
+            *r.status_mut() = StatusCode::UNAVAILABLE_FOR_LEGAL_REASONS;
+            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            r
+        }
+        OpenError::NotLoaded { .. } => {
+            // It may be one of the releases still being retried: come back soon.
+            let mut r = error(StatusCode::SERVICE_UNAVAILABLE, e);
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            r
+        }
+        OpenError::BadLayout { .. } => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        _ => error(StatusCode::NOT_FOUND, e),
+    }
+}
+
+/// `/readyz`: 200 when releases are loaded and an origin answers, else 503;
+/// the body says why, and always says when verification is off.
+fn readyz(gw: &Gateway) -> Response<Body> {
+    let reasons = gw.not_ready_reasons();
+    let mut body = if reasons.is_empty() {
+        String::from("ready\n")
+    } else {
+        reasons.iter().map(|r| format!("not ready: {r}\n")).collect()
+    };
+    if !gw.config().fetch.verify {
+        body.push_str("warning: fetch.verify = false: chunks from origins are not verified\n");
+    }
+    let status = if reasons.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    text(status, body, "text/plain; charset=utf-8")
 }
 
 /// The answer to a request refused before any origin work.
@@ -187,6 +205,7 @@ fn denied(d: &Denied) -> Response<Body> {
             r
         }
         Denied::Forbidden { .. } => error(StatusCode::FORBIDDEN, d),
+        Denied::Hidden(_) => error(StatusCode::NOT_FOUND, d),
         Denied::RateLimited { retry_after, .. } | Denied::QuotaExhausted { retry_after, .. } => {
             let mut r = error(StatusCode::TOO_MANY_REQUESTS, d);
             let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
@@ -372,17 +391,11 @@ impl Billing {
 }
 
 fn manifest<B>(gw: &Gateway, req: &Request<B>, name: &str, version: &str, tenant: &Tenant) -> Response<Body> {
-    let catalog = gw.registry().snapshot();
-    let Some(resolved) = catalog.resolve(name, version) else {
-        return not_a_version(name, version);
+    let (catalog, resolved, release) = match door::open_release(gw, name, version) {
+        Ok(x) => x,
+        Err(e) => return not_opened(&e),
     };
     let v = resolved.version();
-    let Some(release) = catalog.release(name, v) else {
-        return error(StatusCode::NOT_FOUND, format!("{name}@{v} is not served"));
-    };
-    if let Some(gone) = taken_down(&catalog, name, v) {
-        return gone;
-    }
     let etag = format!("\"{}\"", release.signed.id);
     let bytes = Bytes::from(release.signed.bytes.clone());
     let resp = respond_in_memory(gw, req, bytes, &etag, "application/json");
@@ -390,29 +403,6 @@ fn manifest<B>(gw: &Gateway, req: &Request<B>, name: &str, version: &str, tenant
         b.whole(&resp);
     }
     lifecycle_headers(resp, &catalog, name, &resolved, &format!("/v1/datasets/{name}/{v}/manifest"))
-}
-
-fn not_a_version(name: &str, segment: &str) -> Response<Body> {
-    error(StatusCode::NOT_FOUND, format!("{segment:?} is neither a served version nor a tag of {name}"))
-}
-
-/// 451 for a release that was taken down, with the reason and the successor if any.
-fn taken_down(catalog: &Catalog, name: &str, v: &semver::Version) -> Option<Response<Body>> {
-    let state = catalog.state(name, v);
-    let t = state.taken_down.as_ref()?;
-    let successor = state.successor().map(|s| format!("/v1/datasets/{name}/{s}"));
-    let body = serde_json::json!({
-        "error": format!("{name}@{v} was taken down: {}", t.reason),
-        "status": 451,
-        "reason": t.reason,
-        "taken_down_at": jiff::Timestamp::from_second(t.at).map(|t| t.to_string()).unwrap_or_default(),
-        "successor": successor,
-    });
-    let mut r = Response::new(body::full(body.to_string()));
-    *r.status_mut() = StatusCode::UNAVAILABLE_FOR_LEGAL_REASONS;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Some(r)
 }
 
 /// Headers that tell a client where a tag led and what state the release is in.
@@ -634,15 +624,12 @@ fn respond_in_memory<B>(
 async fn serve_file<B>(
     gw: &Arc<Gateway>,
     req: &Request<B>,
-    f: &FileRef,
+    open: OpenFile,
     started: Instant,
     tenant: Arc<Tenant>,
 ) -> Response<Body> {
+    let OpenFile { file: f, spec, mut liveness, .. } = open;
     let entry = f.entry();
-    let Some(spec) = FileSpec::from_ref(f, gw.fetcher().purge_mark()) else {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, "file has an invalid chunk layout");
-    };
-    let spec = Arc::new(spec);
     let etag = format!("\"{}\"", entry.blake3);
     let len = entry.size;
     let p = plan(req, len, &etag, &entry.media_type, gw.config().server.max_ranges);
@@ -724,18 +711,17 @@ async fn serve_file<B>(
             }
         }
     }
+    // A takedown (or a reload that dropped the release) that landed while
+    // the first chunk was fetched is seen here, before any byte leaves.
+    if let Err(e) = liveness.check() {
+        gw.metrics().aborted.get_or_create(&crate::metrics::ReasonLabel { reason: "taken_down" }).inc();
+        return not_opened(&e);
+    }
     let shaper = tenant.shapes_bandwidth().then_some(tenant);
     let content_length =
         parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok()).unwrap_or(0);
     let meter = billing.map(|b| (b.streaming(content_length), cold.unwrap_or_default()));
-    let live = {
-        let epoch = gw.registry().epoch();
-        let seen = epoch.load(std::sync::atomic::Ordering::Acquire);
-        let (g, name, version) = (gw.clone(), f.release.name().to_string(), f.release.version().clone());
-        let still_served = Box::new(move || g.registry().snapshot().state(&name, &version).taken_down.is_none());
-        Some(body::Liveness { epoch, seen, still_served })
-    };
-    let hooks = body::Hooks { shaper, meter, live };
+    let hooks = body::Hooks { shaper, meter, live: Some(liveness) };
     let body = body::chunked(fetcher, spec, pieces, primed, gw.metrics().clone(), hooks);
     Response::from_parts(parts, body)
 }

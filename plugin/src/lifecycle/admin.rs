@@ -15,9 +15,8 @@ use tonic::{Request, Response, Status};
 use super::proto::admin_service_server::AdminService;
 use super::proto::{self};
 use super::{Deprecation, ReleaseState, StoreError, Takedown, check_tag};
-use crate::fetch::FileSpec;
 use crate::gateway::Gateway;
-use crate::registry::{self, Catalog, FileRef, LoadError};
+use crate::registry::{self, Catalog, LoadError};
 use crate::release::manifest::SignedManifest;
 use crate::usage::unix_now;
 
@@ -130,7 +129,9 @@ impl Gateway {
 
     /// Fetches `spec` (a path or `cid:<CID>`) through the gateway's origins.
     pub async fn fetch_source(&self, spec: &str) -> Result<Vec<u8>, AdminError> {
-        registry::read_source(spec, &self.fetcher().origins()).await.map_err(AdminError::Unavailable)
+        registry::read_source(spec, &self.fetcher().origins(), |b| Ok(b.to_vec()))
+            .await
+            .map_err(AdminError::Unavailable)
     }
 
     /// Applies a lifecycle change: store first, then the catalog.
@@ -355,48 +356,33 @@ impl AdminService for AdminApi {
     async fn prewarm(&self, req: Request<proto::PrewarmRequest>) -> Result<Response<Self::PrewarmStream>, Status> {
         let r = req.into_inner();
         let v = version(&r.version)?;
-        let catalog = self.gw.registry().snapshot();
-        let Some(release) = catalog.release(&r.name, &v).cloned() else {
-            return Err(AdminError::NotFound(format!("{}@{v} is not served here", r.name)).into());
-        };
-        if catalog.state(&r.name, &v).taken_down.is_some() {
-            return Err(AdminError::FailedPrecondition(format!("{}@{v} is taken down", r.name)).into());
-        }
-        let mut files = Vec::new();
-        for (index, f) in release.signed.manifest.files.iter().enumerate() {
-            if r.files.is_empty() || r.files.iter().any(|p| p == &f.path) {
-                files.push(FileRef { release: release.clone(), index });
-            }
-        }
-        if let Some(missing) = r.files.iter().find(|p| !files.iter().any(|f| &f.entry().path == *p)) {
-            return Err(AdminError::NotFound(format!("{}@{v} has no file {missing:?}", r.name)).into());
-        }
+        // Opened through the front door before anything awaits: the purge
+        // mark and liveness baseline are taken now, so a takedown that lands
+        // while this waits for its turn keeps its chunks out of the tiers.
+        let opened = crate::door::open_files(&self.gw, &r.name, &v.to_string(), &r.files).map_err(|e| match e {
+            crate::door::OpenError::TakenDown { .. } => AdminError::FailedPrecondition(e.to_string()),
+            crate::door::OpenError::BadLayout { .. } => AdminError::Invalid(e.to_string()),
+            _ => AdminError::NotFound(e.to_string()),
+        })?;
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let gw = self.gw.clone();
         let mut stop = self.stop.clone();
         tokio::spawn(async move {
             let _one_at_a_time = PREWARM.acquire().await;
-            let bytes_total: u64 = files.iter().map(|f| f.entry().size).sum();
+            let bytes_total: u64 = opened.iter().map(|o| o.file.entry().size).sum();
             let mut p = proto::PrewarmProgress { bytes_total, ..Default::default() };
-            let mark = gw.fetcher().purge_mark();
-            let specs: Vec<_> = files.iter().filter_map(|f| FileSpec::from_ref(f, mark)).map(Arc::new).collect();
-            p.chunks_total = specs.iter().map(|s| s.layout.chunk_count()).sum();
+            p.chunks_total = opened.iter().map(|o| o.spec.layout.chunk_count()).sum();
             let span = gw.config().fetch.span.0;
-            for spec in specs {
-                p.file = files
-                    .iter()
-                    .find(|f| f.entry().blake3 == spec.blake3)
-                    .map(|f| f.entry().path.clone())
-                    .unwrap_or_default();
+            for mut open in opened {
+                let spec = open.spec.clone();
+                p.file = open.file.entry().path.clone();
                 let per_span = (span / spec.layout.chunk_size()).max(1);
                 let count = spec.layout.chunk_count();
                 for i in 0..count {
                     if *stop.borrow_and_update() {
                         return;
                     }
-                    if i % per_span == 0
-                        && gw.registry().snapshot().state(release.name(), release.version()).taken_down.is_some()
-                    {
+                    if i % per_span == 0 && open.liveness.check().is_err() {
                         let _ = tx
                             .send(Err(Status::failed_precondition("the release was taken down during the pre-warm")))
                             .await;

@@ -126,6 +126,9 @@ pub struct Metrics {
     pub grpc_connections: Gauge,
     pub connections_closed: Family<ListenerLabel, Counter>,
     pub releases: Gauge,
+    pub releases_unloaded: Gauge,
+    /// 1 when chunks from origins are verified, 0 with `fetch.verify = false`.
+    pub verification: Gauge,
     pub reloads: Family<ReasonLabel, Counter>,
     pub usage_commits: Family<ReasonLabel, Counter>,
     pub hot_purged_files: Counter,
@@ -179,6 +182,8 @@ impl Metrics {
             grpc_connections: Gauge::default(),
             connections_closed: Family::default(),
             releases: Gauge::default(),
+            releases_unloaded: Gauge::default(),
+            verification: Gauge::default(),
             reloads: Family::default(),
             usage_commits: Family::default(),
             hot_purged_files: Counter::default(),
@@ -255,6 +260,16 @@ impl Metrics {
             m.connections_closed.clone(),
         );
         registry.register("releases_served", "Releases in the catalog", m.releases.clone());
+        registry.register(
+            "releases_unloaded",
+            "Configured or registered releases that could not be loaded (retried in the background)",
+            m.releases_unloaded.clone(),
+        );
+        registry.register(
+            "verification_enabled",
+            "1 when chunks from origins are verified; 0 when fetch.verify = false (unverified bytes may be served)",
+            m.verification.clone(),
+        );
         registry.register("config_reloads", "Config reloads by outcome", m.reloads.clone());
         registry.register("usage_commits", "Usage ledger commits by outcome", m.usage_commits.clone());
         registry.register(

@@ -184,11 +184,15 @@ impl Catalog {
 
     /// A release holding the blob: a live one if any is, else a taken-down one.
     pub fn blob(&self, hash: &Blake3) -> Option<FileRef> {
+        self.blob_where(hash, |_| true)
+    }
+
+    /// Like [`Catalog::blob`], among the releases whose dataset `may_read` accepts.
+    pub fn blob_where(&self, hash: &Blake3, may_read: impl Fn(&str) -> bool) -> Option<FileRef> {
         let refs = self.by_blake3.get(hash)?;
-        refs.iter()
-            .find(|f| self.state(f.release.name(), f.release.version()).taken_down.is_none())
-            .or_else(|| refs.first())
-            .cloned()
+        let mut readable = refs.iter().filter(|f| may_read(f.release.name()));
+        let first = readable.clone().next();
+        readable.find(|f| self.state(f.release.name(), f.release.version()).taken_down.is_none()).or(first).cloned()
     }
 
     pub fn release_count(&self) -> usize {
@@ -220,20 +224,40 @@ impl Registry {
     }
 }
 
-/// Reads a manifest or placement given as a path or `cid:<CID>`.
-pub(crate) async fn read_source(spec: &str, origins: &[Origin]) -> Result<Vec<u8>, String> {
-    if let Some(cid) = spec.strip_prefix("cid:") {
-        let mut last = "no btfs-api origin is configured to fetch it from".to_string();
-        for node in origins.iter().filter_map(Origin::node) {
-            // Metadata is small; 16 MiB bounds a hostile answer.
-            match fetch_small(node, cid).await {
-                Ok(b) => return Ok(b),
-                Err(e) => last = e,
+/// Reads a manifest or placement given as a path or `cid:<CID>`, and
+/// accepts it with `accept` (parse, signature, match). A CID is fetched from
+/// each `btfs-api` origin in turn until one answers bytes that match the CID
+/// (where its form can be checked) and that `accept` takes: one origin that
+/// answers damaged bytes does not lose the release.
+pub(crate) async fn read_source<T>(
+    spec: &str,
+    origins: &[Origin],
+    accept: impl Fn(&[u8]) -> Result<T, String>,
+) -> Result<T, String> {
+    let Some(cid) = spec.strip_prefix("cid:") else {
+        let bytes = tokio::fs::read(spec).await.map_err(|e| e.to_string())?;
+        return accept(&bytes);
+    };
+    let mut tried = Vec::new();
+    for origin in origins {
+        let Some(node) = origin.node() else { continue };
+        // Metadata is small; 16 MiB bounds a hostile answer.
+        let outcome = match fetch_small(node, cid).await {
+            Ok(b) => crate::btfs::cid::check(cid, &b).and_then(|()| accept(&b)),
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(t) => return Ok(t),
+            Err(why) => {
+                tracing::warn!(origin = origin.name(), %cid, error = %why, "metadata from this origin refused; trying the next");
+                tried.push(format!("origin {}: {why}", origin.name()));
             }
         }
-        return Err(last);
     }
-    tokio::fs::read(spec).await.map_err(|e| e.to_string())
+    if tried.is_empty() {
+        return Err("no btfs-api origin is configured to fetch it from".into());
+    }
+    Err(tried.join("; "))
 }
 
 async fn fetch_small(node: &crate::btfs::NodeClient, cid: &str) -> Result<Vec<u8>, String> {
@@ -266,17 +290,23 @@ pub async fn load(sources: &[ReleaseSource], trusted: &[PublicKey], origins: &[O
 
 async fn load_one(src: &ReleaseSource, trusted: &[PublicKey], origins: &[Origin]) -> Result<Release, LoadError> {
     let what = format!("release {}", src.manifest);
-    let bytes =
-        read_source(&src.manifest, origins).await.map_err(|why| LoadError::Source { what: what.clone(), why })?;
-    let signed =
-        SignedManifest::parse(&bytes).map_err(|e| LoadError::Source { what: what.clone(), why: e.to_string() })?;
+    // Parsed and checked per origin: bytes that fail either move to the next origin.
+    let signed = read_source(&src.manifest, origins, |bytes| {
+        let signed = SignedManifest::parse(bytes).map_err(|e| e.to_string())?;
+        signed.check_trust(trusted).map_err(|e| {
+            format!("release {}@{} (id {}): {e}", signed.manifest.name, signed.manifest.version, signed.id)
+        })?;
+        Ok(signed)
+    })
+    .await
+    .map_err(|why| LoadError::Source { what: what.clone(), why })?;
     let refused = |why: String| refused(&signed, why);
-    signed.check_trust(trusted).map_err(|e| refused(e.to_string()))?;
     let placement = match &src.placement {
-        Some(spec) => {
-            let b = read_source(spec, origins).await.map_err(|why| refused(format!("placement {spec}: {why}")))?;
-            Some(matching_placement(&b, &signed).map_err(|why| refused(format!("placement {spec}: {why}")))?)
-        }
+        Some(spec) => Some(
+            read_source(spec, origins, |b| matching_placement(b, &signed))
+                .await
+                .map_err(|why| refused(format!("placement {spec}: {why}")))?,
+        ),
         None => {
             // A local release directory may hold its placement beside the manifest.
             (!src.manifest.starts_with("cid:"))

@@ -99,6 +99,10 @@ pub enum Denied {
     /// 403.
     #[error("tenant {tenant} may not read dataset {dataset}")]
     Forbidden { tenant: String, dataset: String },
+    /// 404: the caller may not learn that the thing exists (a blob held only
+    /// by datasets it may not read answers as an unknown blob would).
+    #[error("{0}")]
+    Hidden(String),
     /// 429 with `Retry-After`.
     #[error("tenant {tenant} is over its request rate; retry in {}s", retry_after.as_secs().max(1))]
     RateLimited { tenant: String, retry_after: Duration },

@@ -11,6 +11,8 @@
 //!   `length` reads to the end; unknown query parameters (`timeout`, ...) are
 //!   ignored. Success is `200`, `application/octet-stream`, with
 //!   `Content-Length` set, streamed in frames of at most 64 KiB.
+//! - `POST {api_prefix}/version`: `200` with `{"Version":"mock"}`, or the
+//!   status of an all-CIDs `Status` fault, so a prober sees a sick node.
 //! - `GET {gateway_prefix}/CID` with an optional single `Range: bytes=a-b`,
 //!   `bytes=a-` or `bytes=-n`: `206` with `Content-Range`, `200` without a
 //!   Range, `416` when unsatisfiable, `404` for an unknown CID. No token.
@@ -365,6 +367,16 @@ async fn handle(
     let gateway_base = format!("{}/", state.gateway_prefix);
     let resp = if path == cat_path {
         cat(&state, written, &req).await
+    } else if path == format!("{}/version", state.api_prefix) {
+        // What a prober asks: answers as a sick node would while every CID fails with a status.
+        let sick = lock(&state.faults).get(&None).and_then(|slot| match slot.fault {
+            Fault::Status(code) => StatusCode::from_u16(code).ok(),
+            _ => None,
+        });
+        match sick {
+            Some(code) => full(code, "application/json", "{\"Message\":\"injected\",\"Code\":0,\"Type\":\"error\"}"),
+            None => full(StatusCode::OK, "application/json", "{\"Version\":\"mock\"}"),
+        }
     } else if let Some(rest) = path.strip_prefix(&gateway_base) {
         let cid = percent_encoding::percent_decode_str(rest.trim_end_matches('/')).decode_utf8_lossy().into_owned();
         gateway(&state, written, &req, &cid).await

@@ -1,0 +1,270 @@
+//! The front door: every protocol that serves release bytes (the HTTP
+//! routes, `/v1/blobs`, the C ABI, pre-warm) admits its caller and opens its
+//! file here, so a rule added once holds everywhere.
+//!
+//! - [`admit`]: identify the caller, authorize the dataset, check the
+//!   monthly quota (bytes in flight included) and take one request from the
+//!   rate. Nothing here costs an origin anything.
+//! - [`open_file`], [`open_blob`], [`open_release`]: resolve name, tag or
+//!   version and path in one catalog snapshot, refuse what is not served,
+//!   not loaded, or taken down, and take the liveness baseline and the purge
+//!   mark **before** the caller awaits anything, so a takedown that lands
+//!   while the first chunk is fetched is seen before a byte leaves.
+//!
+//! Must not: fetch bytes, or know about any protocol's wire format.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::fetch::FileSpec;
+use crate::gateway::Gateway;
+use crate::registry::{Catalog, FileRef, Release, Resolved};
+use crate::release::manifest::Blake3;
+use crate::tenant::{Denied, Tenant};
+
+/// What a caller presented.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Credentials<'a> {
+    /// The `Authorization` header's value, if any.
+    pub authorization: Option<&'a [u8]>,
+    /// Names from a verified TLS client certificate.
+    pub cert_names: &'a [String],
+}
+
+/// What a request reads, for authorization.
+#[derive(Debug, Clone, Copy)]
+pub enum Target<'a> {
+    /// Nothing in particular (discovery).
+    Any,
+    /// A dataset by name.
+    Dataset(&'a str),
+    /// A blob by hash: readable when some dataset holding it is.
+    Blob(&'a Blake3),
+}
+
+/// Identifies the caller, checks that it may read the target, that its
+/// monthly quota is not spent (counting bytes of responses still in
+/// flight), and takes one request from its rate.
+pub fn admit(gw: &Gateway, creds: Credentials<'_>, target: Target<'_>) -> Result<Arc<Tenant>, Denied> {
+    let tenants = gw.tenants();
+    let tenant = tenants.identify(creds.authorization, creds.cert_names)?;
+    match target {
+        Target::Any => {}
+        Target::Dataset(d) => tenants.authorize(&tenant, d)?,
+        Target::Blob(hash) => {
+            // Held only where the caller may not read: the same answer as no such blob.
+            let catalog = gw.registry().snapshot();
+            if catalog.blob(hash).is_some() && catalog.blob_where(hash, |d| tenants.can_see(&tenant, d)).is_none() {
+                return Err(Denied::Hidden(OpenError::UnknownBlob { hash: hash.to_string() }.to_string()));
+            }
+        }
+    }
+    gw.check_quota(&tenant)?;
+    tenant.admit()?;
+    Ok(tenant)
+}
+
+/// Why a release or file could not be opened.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum OpenError {
+    #[error("no dataset named {name:?} is served")]
+    UnknownDataset { name: String },
+    #[error("{segment:?} is neither a served version nor a tag of {name}")]
+    UnknownVersion { name: String, segment: String },
+    /// Not served, while some configured releases are not loaded yet: it may be one of them.
+    #[error("{name}@{segment} is not served; {count} configured release(s) are not loaded yet ({why})")]
+    NotLoaded { name: String, segment: String, count: usize, why: String },
+    #[error("{name}@{version} has no file {path:?}")]
+    UnknownFile { name: String, version: String, path: String },
+    #[error("no served release holds blob {hash}")]
+    UnknownBlob { hash: String },
+    #[error("{name}@{version} was taken down: {reason}")]
+    TakenDown { name: String, version: semver::Version, reason: String, at: i64, successor: Option<String> },
+    #[error("{path}: the manifest's chunk layout is invalid")]
+    BadLayout { path: String },
+}
+
+impl OpenError {
+    /// Not found in any form (unknown dataset, version, file or blob).
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self,
+            OpenError::UnknownDataset { .. }
+                | OpenError::UnknownVersion { .. }
+                | OpenError::UnknownFile { .. }
+                | OpenError::UnknownBlob { .. }
+        )
+    }
+}
+
+/// Whether an opened release is still served: checked before each chunk
+/// leaves, re-evaluated only when the catalog has been swapped since the
+/// baseline, which is taken when the file is opened.
+pub struct Liveness {
+    epoch: Arc<AtomicU64>,
+    seen: u64,
+    gw: std::sync::Weak<Gateway>,
+    release: Arc<Release>,
+}
+
+impl std::fmt::Debug for Liveness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Liveness").field("seen", &self.seen).finish_non_exhaustive()
+    }
+}
+
+/// Taken before a catalog snapshot is read: the purge mark and the catalog
+/// epoch. A swap after it (even one racing the snapshot) makes the body
+/// check its release again before the next chunk.
+#[derive(Debug, Clone, Copy)]
+struct Baseline {
+    mark: u64,
+    seen: u64,
+}
+
+impl Baseline {
+    fn take(gw: &Gateway) -> Self {
+        let seen = gw.registry().epoch().load(Ordering::Acquire);
+        Self { mark: gw.fetcher().purge_mark(), seen }
+    }
+}
+
+impl Liveness {
+    fn new(gw: &Arc<Gateway>, release: Arc<Release>, seen: u64) -> Self {
+        Self { epoch: gw.registry().epoch(), seen, gw: Arc::downgrade(gw), release }
+    }
+
+    /// `Ok` while the release is served and not taken down; the refusal once it is not.
+    pub fn check(&mut self) -> Result<(), OpenError> {
+        let now = self.epoch.load(Ordering::Acquire);
+        if now == self.seen {
+            return Ok(());
+        }
+        let Some(gw) = self.gw.upgrade() else {
+            return Err(OpenError::UnknownDataset { name: self.release.name().to_string() });
+        };
+        let catalog = gw.registry().snapshot();
+        let (name, version) = (self.release.name(), self.release.version());
+        // A release that left the catalog (its key untrusted, its source
+        // removed) or was replaced is no longer served either.
+        match catalog.release(name, version) {
+            Some(r) if r.signed.id == self.release.signed.id => {}
+            _ => {
+                return Err(OpenError::UnknownVersion { name: name.to_string(), segment: version.to_string() });
+            }
+        }
+        taken_down(&catalog, name, version)?;
+        self.seen = now;
+        Ok(())
+    }
+}
+
+/// An opened file: what to stream, and the checks taken when it was opened.
+#[derive(Debug)]
+pub struct OpenFile {
+    pub file: FileRef,
+    pub spec: Arc<FileSpec>,
+    /// What the version segment named (`None` for a blob).
+    pub resolved: Option<Resolved>,
+    /// The snapshot the file was resolved in.
+    pub catalog: Arc<Catalog>,
+    pub liveness: Liveness,
+}
+
+/// Refuses a taken-down release.
+pub fn taken_down(catalog: &Catalog, name: &str, v: &semver::Version) -> Result<(), OpenError> {
+    let state = catalog.state(name, v);
+    match &state.taken_down {
+        None => Ok(()),
+        Some(t) => Err(OpenError::TakenDown {
+            name: name.to_string(),
+            version: v.clone(),
+            reason: t.reason.clone(),
+            at: t.at,
+            successor: state.successor().map(|s| s.to_string()),
+        }),
+    }
+}
+
+/// Resolves `name` and a version or tag to a served, live release.
+pub fn open_release(
+    gw: &Gateway,
+    name: &str,
+    segment: &str,
+) -> Result<(Arc<Catalog>, Resolved, Arc<Release>), OpenError> {
+    let catalog = gw.registry().snapshot();
+    let resolved = catalog.resolve(name, segment);
+    let release = resolved.as_ref().and_then(|r| catalog.release(name, r.version()).cloned());
+    let (Some(resolved), Some(release)) = (resolved, release) else {
+        let unloaded = gw.unloaded();
+        if !unloaded.is_empty() {
+            let why = unloaded.iter().map(|u| u.to_string()).collect::<Vec<_>>().join("; ");
+            return Err(OpenError::NotLoaded {
+                name: name.to_string(),
+                segment: segment.to_string(),
+                count: unloaded.len(),
+                why,
+            });
+        }
+        if catalog.versions(name).is_none() {
+            return Err(OpenError::UnknownDataset { name: name.to_string() });
+        }
+        return Err(OpenError::UnknownVersion { name: name.to_string(), segment: segment.to_string() });
+    };
+    taken_down(&catalog, name, resolved.version())?;
+    Ok((catalog, resolved, release))
+}
+
+/// Opens `path` of release `name@segment` (a version or a tag).
+pub fn open_file(gw: &Arc<Gateway>, name: &str, segment: &str, path: &str) -> Result<OpenFile, OpenError> {
+    // Before the snapshot: a purge after the mark keeps this read's chunks
+    // out of the tiers, and a swap after the epoch is checked again.
+    let base = Baseline::take(gw);
+    let (catalog, resolved, _) = open_release(gw, name, segment)?;
+    let v = resolved.version();
+    let Some(file) = catalog.file(name, v, path) else {
+        return Err(OpenError::UnknownFile { name: name.to_string(), version: v.to_string(), path: path.to_string() });
+    };
+    opened(gw, file, Some(resolved), catalog, base)
+}
+
+/// Opens the blob `hash` in a live release that holds it and that `tenant`
+/// may read; a blob held only by taken-down releases is refused as taken down.
+pub fn open_blob(gw: &Arc<Gateway>, hash: &Blake3, tenant: &Tenant) -> Result<OpenFile, OpenError> {
+    let base = Baseline::take(gw);
+    let catalog = gw.registry().snapshot();
+    let tenants = gw.tenants();
+    let Some(file) = catalog.blob_where(hash, |d| tenants.can_see(tenant, d)) else {
+        return Err(OpenError::UnknownBlob { hash: hash.to_string() });
+    };
+    taken_down(&catalog, file.release.name(), file.release.version())?;
+    opened(gw, file, None, catalog, base)
+}
+
+/// Opens every file of a served, live release (or the named ones), for pre-warm.
+pub fn open_files(gw: &Arc<Gateway>, name: &str, segment: &str, paths: &[String]) -> Result<Vec<OpenFile>, OpenError> {
+    let base = Baseline::take(gw);
+    let (catalog, resolved, release) = open_release(gw, name, segment)?;
+    let v = resolved.version().clone();
+    if let Some(missing) = paths.iter().find(|p| catalog.file(name, &v, p).is_none()) {
+        return Err(OpenError::UnknownFile { name: name.to_string(), version: v.to_string(), path: missing.clone() });
+    }
+    (0..release.signed.manifest.files.len())
+        .map(|index| FileRef { release: release.clone(), index })
+        .filter(|f| paths.is_empty() || paths.iter().any(|p| p == &f.entry().path))
+        .map(|f| opened(gw, f, Some(resolved.clone()), catalog.clone(), base))
+        .collect()
+}
+
+fn opened(
+    gw: &Arc<Gateway>,
+    file: FileRef,
+    resolved: Option<Resolved>,
+    catalog: Arc<Catalog>,
+    base: Baseline,
+) -> Result<OpenFile, OpenError> {
+    let spec =
+        FileSpec::from_ref(&file, base.mark).ok_or_else(|| OpenError::BadLayout { path: file.entry().path.clone() })?;
+    let liveness = Liveness::new(gw, file.release.clone(), base.seen);
+    Ok(OpenFile { file, spec: Arc::new(spec), resolved, catalog, liveness })
+}
