@@ -148,44 +148,6 @@ fn get_json(url: &str, token: Option<&str>) -> (u16, Value) {
     (code, serde_json::from_slice(&body).unwrap_or(Value::Null))
 }
 
-fn chromium() -> Option<PathBuf> {
-    for c in ["/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"] {
-        if Path::new(c).exists() {
-            return Some(c.into());
-        }
-    }
-    assert!(
-        std::env::var_os("SHARDGATE_REQUIRE_HOSTS").is_none(),
-        "chromium is required (SHARDGATE_REQUIRE_HOSTS is set); install Debian's chromium"
-    );
-    None
-}
-
-/// Runs headless Chromium on `url` with a fresh profile.
-fn chrome(bin: &Path, profile: &Path, extra: &[&str], url: &str) -> Vec<u8> {
-    let out = Command::new(bin)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--hide-scrollbars",
-            "--virtual-time-budget=20000",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .args(extra)
-        .arg(url)
-        .output()
-        .expect("chromium runs");
-    assert!(out.status.success(), "chromium {extra:?}: {}", String::from_utf8_lossy(&out.stderr));
-    out.stdout
-}
-
 // ---- the page's formatting rules, written independently of app.js ----
 
 fn group(int: &str) -> String {

@@ -325,3 +325,79 @@ fn a_client_certificate_names_the_tenant_over_mtls() {
     let rogue = status(&["--cert", "rogue.crt", "--key", "rogue.key"]);
     assert!(rogue == "000" || rogue == "401", "a certificate from an untrusted CA was accepted: {rogue}");
 }
+
+/// A document that marks itself when its script runs.
+const SVG_WITH_SCRIPT: &str = r#"<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><script>document.documentElement.setAttribute('data-owned', 'pwned-' + document.domain)</script></svg>"#;
+const XHTML_WITH_SCRIPT: &str = r#"<html xmlns="http://www.w3.org/1999/xhtml"><body><script>document.documentElement.setAttribute('data-owned', 'pwned-' + document.domain)</script></body></html>"#;
+
+#[test]
+fn dataset_files_never_run_script_in_a_browser() {
+    let Some(chrome_bin) = chromium() else {
+        eprintln!("skipped: chromium is not installed");
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    keygen(d);
+    let src = d.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("evil.svg"), SVG_WITH_SCRIPT).unwrap();
+    std::fs::write(src.join("evil.xhtml"), XHTML_WITH_SCRIPT).unwrap();
+    std::fs::write(src.join("evil.xml"), XHTML_WITH_SCRIPT).unwrap();
+    ok(&["pack", "src", "--name", "evil", "--version", "1.0.0", "--key", "key", "--out", "evil"], d);
+    write_config(d, &["evil"], "");
+    let srv = Server::start(&d.join("gw.toml"));
+
+    // The control: the same SVG from a plain file server runs its script, so
+    // the check below can see a script that runs.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut plain = Command::new("python3")
+        .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1"])
+        .current_dir(&src)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let control = format!("http://127.0.0.1:{port}/evil.svg");
+    let t0 = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "the control file server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let profile = tempfile::tempdir().unwrap();
+    let dom = String::from_utf8_lossy(&chrome(&chrome_bin, profile.path(), &["--dump-dom"], &control)).into_owned();
+    let _ = plain.kill();
+    let _ = plain.wait();
+    assert!(
+        dom.contains("data-owned=\"pwned-127.0.0.1\""),
+        "the control's script did not run, so this test cannot see one: {dom}"
+    );
+
+    for file in ["evil.svg", "evil.xhtml", "evil.xml"] {
+        let url = format!("{}/v1/datasets/evil/1.0.0/files/{file}", srv.base);
+        let head = Command::new("curl").args(["-s", "-D", "-", "-o", "/dev/null", &url]).output().unwrap();
+        let head = String::from_utf8_lossy(&head.stdout).to_ascii_lowercase();
+        // pack labels what it can recognise as inert (text/plain); the gateway
+        // sends any type a browser would run (the manifest says image/svg+xml
+        // for the SVG) as an opaque attachment.
+        let inert = ["content-type: application/octet-stream", "content-type: text/plain"];
+        assert!(inert.iter().any(|t| head.contains(t)), "{file}: {head}");
+        if file == "evil.svg" {
+            assert_eq!(manifest(&d.join("evil"))["files"][0]["media_type"], "image/svg+xml");
+            assert!(head.contains("content-disposition: attachment"), "{file}: {head}");
+        }
+        assert!(head.contains("content-security-policy: sandbox"), "{file}: {head}");
+        assert!(head.contains("x-content-type-options: nosniff"), "{file}: {head}");
+        // An attachment renders no document, so Chromium may never finish:
+        // then nothing ran. A document that ran the script would be dumped.
+        let profile = tempfile::tempdir().unwrap();
+        let limit = Duration::from_secs(8);
+        if let Some(dom) = chrome_within(&chrome_bin, profile.path(), &["--dump-dom"], &url, limit) {
+            let dom = String::from_utf8_lossy(&dom);
+            assert!(
+                !dom.contains("data-owned=\"pwned"),
+                "{file}: a script in dataset bytes ran on the gateway's origin: {dom}"
+            );
+        }
+    }
+}

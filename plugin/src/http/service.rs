@@ -55,6 +55,7 @@ pub(super) fn error(status: StatusCode, message: impl std::fmt::Display) -> Resp
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     r
 }
 
@@ -449,21 +450,60 @@ fn lifecycle_headers(
     resp
 }
 
-/// Common headers of every representation response.
+/// Dataset bytes as the response will label them: a media type a browser
+/// could run script in (HTML, XHTML, SVG, any XML, JavaScript) is sent as
+/// `application/octet-stream`, and so is one that does not parse. The type
+/// is read as RFC 9110 does: surrounding whitespace, case and parameters do
+/// not hide it.
+pub(super) fn served_media_type(raw: &str) -> &str {
+    const OPAQUE: &str = "application/octet-stream";
+    let essence = raw.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let Some((kind, sub)) = essence.split_once('/') else { return OPAQUE };
+    let token = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b));
+    if !token(kind) || !token(sub) || HeaderValue::from_str(raw.trim()).is_err() {
+        return OPAQUE;
+    }
+    let active = matches!(
+        essence.as_str(),
+        "text/html"
+            | "application/xhtml+xml"
+            | "image/svg+xml"
+            | "text/xml"
+            | "application/xml"
+            | "text/xsl"
+            | "application/xslt+xml"
+            | "text/javascript"
+            | "application/javascript"
+            | "application/x-javascript"
+            | "text/ecmascript"
+            | "application/ecmascript"
+            | "multipart/x-mixed-replace"
+            | "application/x-shockwave-flash"
+    ) || sub.ends_with("+xml")
+        || sub == "xml";
+    if active { OPAQUE } else { raw.trim() }
+}
+
+/// Common headers of every representation response. No browser runs
+/// dataset bytes on this origin (which also serves the dashboard): the
+/// type is never sniffed, a sandbox policy gives the document an opaque
+/// origin with no scripts, and a type a browser would run is sent as an
+/// attachment under an opaque type.
 fn representation_headers(h: &mut HeaderMap, etag: &str, content_type: &str) {
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     if let Ok(v) = HeaderValue::from_str(etag) {
         h.insert(header::ETAG, v);
     }
-    let ct = if content_type.to_ascii_lowercase().starts_with("text/html") {
-        "application/octet-stream"
-    } else {
-        content_type
-    };
+    let served = served_media_type(content_type);
     h.insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_str(ct).unwrap_or(HeaderValue::from_static("application/octet-stream")),
+        HeaderValue::from_str(served).unwrap_or(HeaderValue::from_static("application/octet-stream")),
     );
+    if served != content_type.trim() {
+        h.insert(header::CONTENT_DISPOSITION, HeaderValue::from_static("attachment"));
+    }
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("sandbox; default-src 'none'"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static(IMMUTABLE));
 }
 
@@ -632,7 +672,8 @@ async fn serve_file<B>(
     let entry = f.entry();
     let etag = format!("\"{}\"", entry.blake3);
     let len = entry.size;
-    let p = plan(req, len, &etag, &entry.media_type, gw.config().server.max_ranges);
+    let media = served_media_type(&entry.media_type);
+    let p = plan(req, len, &etag, media, gw.config().server.max_ranges);
     let billing = Billing::new(gw, &tenant, f.release.tag());
     let (head, pieces) = match head_for(p, len, &etag, &entry.media_type) {
         Head::Send(h, p) => (h, p),
@@ -734,5 +775,46 @@ fn add_timing(h: &mut HeaderMap, started: Instant, first: Option<(Source, std::t
     }
     if let Ok(v) = HeaderValue::from_str(&v) {
         h.insert(HeaderName::from_static("server-timing"), v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn media_types_a_browser_could_run_are_never_sent_as_themselves() {
+        for t in [
+            "text/html",
+            " text/html",
+            "TEXT/HTML; charset=utf-8",
+            "\ttext/html",
+            "image/svg+xml",
+            " image/SVG+xml ",
+            "application/xhtml+xml",
+            "application/xml",
+            "text/xml",
+            "application/rss+xml",
+            "text/javascript",
+            "application/javascript; charset=utf-8",
+            "not a type",
+            "",
+            "text/html\r\nx: y",
+        ] {
+            assert_eq!(served_media_type(t), "application/octet-stream", "{t:?}");
+            let mut h = HeaderMap::new();
+            representation_headers(&mut h, "\"e\"", t);
+            assert_eq!(h[header::CONTENT_TYPE], "application/octet-stream", "{t:?}");
+            assert_eq!(h[header::CONTENT_DISPOSITION], "attachment", "{t:?}");
+            assert_eq!(h[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+            assert!(h[header::CONTENT_SECURITY_POLICY].to_str().unwrap().starts_with("sandbox"));
+        }
+        for t in ["application/vnd.apache.parquet", "image/png", "application/json", "text/plain; charset=utf-8"] {
+            assert_eq!(served_media_type(t), t);
+            let mut h = HeaderMap::new();
+            representation_headers(&mut h, "\"e\"", t);
+            assert!(h.get(header::CONTENT_DISPOSITION).is_none(), "{t}");
+            assert_eq!(h[header::CONTENT_SECURITY_POLICY], "sandbox; default-src 'none'");
+        }
     }
 }

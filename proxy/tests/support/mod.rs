@@ -252,3 +252,59 @@ pub fn signed_cert(d: &Path, name: &str, cn: &str, ext: &str) {
         ],
     );
 }
+
+const CHROME_FLAGS: &[&str] = &[
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--virtual-time-budget=20000",
+];
+
+/// Debian's Chromium, if installed (required when `SHARDGATE_REQUIRE_HOSTS` is set).
+pub fn chromium() -> Option<PathBuf> {
+    for c in ["/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"] {
+        if Path::new(c).exists() {
+            return Some(c.into());
+        }
+    }
+    assert!(
+        std::env::var_os("SHARDGATE_REQUIRE_HOSTS").is_none(),
+        "chromium is required (SHARDGATE_REQUIRE_HOSTS is set); install Debian's chromium"
+    );
+    None
+}
+
+/// Runs headless Chromium on `url` with a fresh profile.
+pub fn chrome(bin: &Path, profile: &Path, extra: &[&str], url: &str) -> Vec<u8> {
+    let out = Command::new(bin)
+        .args(CHROME_FLAGS)
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(extra)
+        .arg(url)
+        .output()
+        .expect("chromium runs");
+    assert!(out.status.success(), "chromium {extra:?}: {}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
+/// Like [`chrome`], but gives up after `limit`: `None` when Chromium did not
+/// finish, as when a response is an attachment and no document is rendered.
+pub fn chrome_within(bin: &Path, profile: &Path, extra: &[&str], url: &str, limit: Duration) -> Option<Vec<u8>> {
+    let out = Command::new("timeout")
+        .args(["-s", "KILL", &limit.as_secs().max(1).to_string()])
+        .arg(bin)
+        .args(CHROME_FLAGS)
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(extra)
+        .arg(url)
+        .output()
+        .expect("timeout and chromium run");
+    out.status.success().then_some(out.stdout)
+}
