@@ -93,7 +93,12 @@ async fn a_failing_or_corrupt_origin_fails_over_to_the_next() {
     let rel = Release::pack("failover", &dataset(), CHUNK);
     let m1 = MockOrigin::start(rel.blobs.clone()).await;
     let m2 = MockOrigin::start(rel.blobs.clone()).await;
-    let g = Served::start(config_for(&rel, &[&m1, &m2])).await;
+    // Each fault kind must fail over within its own request, so the first
+    // origin must still be asked first after the last one: ejection (tested
+    // on its own below) would rightly keep it out of the way.
+    let mut cfg = config_for(&rel, &[&m1, &m2]);
+    cfg.fetch.outlier.consecutive_failures = 0;
+    let g = Served::start(cfg).await;
     let client = client();
     let src = &rel.files["a/big.bin"];
 
@@ -308,4 +313,82 @@ async fn a_paused_reader_does_not_hold_back_other_readers() {
     }
     drop(a);
     g.shutdown().await;
+}
+
+/// Reads every file of `r` once, in order, and returns how long it took.
+async fn read_all_files(r: &Release, base: &str) -> Duration {
+    let client = client();
+    let t0 = std::time::Instant::now();
+    for (path, want) in &r.files {
+        let got = client.get(r.url(base, path)).send().await.unwrap();
+        assert_eq!(got.status(), 200, "{path}");
+        assert_eq!(&got.bytes().await.unwrap()[..], &want[..], "{path}");
+    }
+    t0.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalling_first_origin_is_ejected_and_costs_at_most_twice_a_healthy_one() {
+    // 100 files of 1 MB. Ejection costs exactly one stall_timeout (the first
+    // read that meets the stall); on loopback a read takes a few ms, so the
+    // files are large enough that 100 reads outlast one 100 ms timer.
+    let files: Vec<(String, Vec<u8>)> = (0..100).map(|i| (format!("f{i:03}.bin"), bytes_of(1_000_000, i))).collect();
+    let refs: Vec<(&str, Vec<u8>)> = files.iter().map(|(p, b)| (p.as_str(), b.clone())).collect();
+    let r = Release::pack("outlier", &refs, 256 * 1024);
+    let healthy = MockOrigin::start(r.blobs.clone()).await;
+    let stalling = MockOrigin::start(r.blobs.clone()).await;
+    stalling.set_fault(None, Some(Fault::StallAfter { bytes: 0, dur: Duration::from_secs(60) }));
+
+    // A healthy origin alone: the baseline.
+    let mut cfg = config_for(&r, &[&healthy]);
+    cfg.fetch.stall_timeout = Duration::from_millis(100);
+    let alone = Served::start(cfg).await;
+    let baseline = read_all_files(&r, &alone.base).await;
+    alone.shutdown().await;
+
+    // The stalling origin first (names: mock0 stalls, mock1 is healthy).
+    let mut cfg = config_for(&r, &[&stalling, &healthy]);
+    cfg.fetch.stall_timeout = Duration::from_millis(100);
+    let g = Served::start(cfg).await;
+    let took = read_all_files(&r, &g.base).await;
+    eprintln!("100 reads: {baseline:?} with a healthy origin alone, {took:?} with a stalling one first");
+    let text = g.gw.metrics().render();
+    assert!(text.contains("shardgate_origin_state{origin=\"mock0\"} 1"), "{text}");
+    assert!(text.contains("shardgate_origin_ejections_total{origin=\"mock0\"} 1"), "{text}");
+    assert!(
+        took <= baseline * 2,
+        "100 reads took {took:?} with a stalling first origin, {baseline:?} with a healthy one alone"
+    );
+    // Without ejection every read would wait out the stall first.
+    assert_eq!(stalling.requests(), 1, "the ejected origin was asked again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ejected_origin_is_probed_and_restored_when_it_answers_well() {
+    let r = Release::pack(
+        "probe",
+        &[("a.bin", bytes_of(8192, 1)), ("b.bin", bytes_of(8192, 2)), ("c.bin", bytes_of(8192, 3))],
+        256 * 1024,
+    );
+    let first = MockOrigin::start(r.blobs.clone()).await;
+    let second = MockOrigin::start(r.blobs.clone()).await;
+    first.set_fault(None, Some(Fault::Status(500)));
+    let mut cfg = config_for(&r, &[&first, &second]);
+    cfg.fetch.outlier.consecutive_failures = 1;
+    cfg.fetch.outlier.base_ejection = Duration::from_millis(300);
+    cfg.hot_tier.capacity = shardgate::config::ByteSize(1 << 20);
+    let g = Served::start(cfg).await;
+    let get = |p: &str| client().get(r.url(&g.base, p)).send();
+    assert_eq!(get("a.bin").await.unwrap().status(), 200);
+    assert_eq!(g.gw.fetcher().outliers().standing("mock0"), shardgate::origin::outlier::Standing::Ejected);
+    let asked = first.requests();
+    assert_eq!(get("b.bin").await.unwrap().status(), 200);
+    assert_eq!(first.requests(), asked, "an ejected origin was asked first");
+    // It heals; after its ejection one request probes it and restores it.
+    first.set_fault(None, None);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(get("c.bin").await.unwrap().status(), 200);
+    assert_eq!(first.requests(), asked + 1, "the probe did not go to the healed origin");
+    assert_eq!(g.gw.fetcher().outliers().standing("mock0"), shardgate::origin::outlier::Standing::Healthy);
+    assert!(g.gw.metrics().render().contains("shardgate_origin_state{origin=\"mock0\"} 0"));
 }

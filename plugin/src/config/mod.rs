@@ -391,6 +391,30 @@ pub struct FetchConfig {
     /// Longest pause between body bytes before the origin is abandoned.
     #[serde(with = "humantime_serde")]
     pub stall_timeout: Duration,
+    /// Outlier ejection: origins that keep failing are tried last for a while.
+    pub outlier: OutlierConfig,
+}
+
+/// `[fetch.outlier]`: an origin that fails `consecutive_failures` times in a
+/// row (errors, timeouts, stalls, bad bytes) is tried only after the others
+/// for `base_ejection`, doubling with each ejection in a row up to
+/// `max_ejection`; then one request probes it, and a good answer restores it.
+/// Applied on reload.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutlierConfig {
+    /// Failures in a row that eject an origin; 0 turns ejection off.
+    pub consecutive_failures: u32,
+    #[serde(with = "humantime_serde")]
+    pub base_ejection: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_ejection: Duration,
+}
+
+impl Default for OutlierConfig {
+    fn default() -> Self {
+        Self { consecutive_failures: 2, base_ejection: Duration::from_secs(10), max_ejection: Duration::from_secs(300) }
+    }
 }
 
 impl Default for FetchConfig {
@@ -404,6 +428,7 @@ impl Default for FetchConfig {
             connect_timeout: Duration::from_secs(3),
             first_byte_timeout: Duration::from_secs(15),
             stall_timeout: Duration::from_secs(15),
+            outlier: OutlierConfig::default(),
         }
     }
 }
@@ -541,6 +566,9 @@ impl Config {
         duration("fetch.connect_timeout", f.connect_timeout, ms(1), hour)?;
         duration("fetch.first_byte_timeout", f.first_byte_timeout, ms(1), hour)?;
         duration("fetch.stall_timeout", f.stall_timeout, ms(1), hour)?;
+        count("fetch.outlier.consecutive_failures", u64::from(f.outlier.consecutive_failures), 0, 1000)?;
+        duration("fetch.outlier.base_ejection", f.outlier.base_ejection, ms(1), hour)?;
+        duration("fetch.outlier.max_ejection", f.outlier.max_ejection, f.outlier.base_ejection, 24 * hour)?;
         count("fetch.readahead_chunks", u64::from(f.readahead_chunks), 0, 65_536)?;
         count("fetch.max_concurrent_fetches", f.max_concurrent_fetches as u64, 1, 100_000)?;
         count("metadata.max_concurrent_fetches", self.metadata.max_concurrent_fetches as u64, 1, 100_000)?;
@@ -646,7 +674,7 @@ impl Config {
 /// and `usage.pricing` is re-read, so those reload.
 const RESTART_ONLY: &[&str] = &["server", "grpc", "fetch", "hot_tier", "disk_tier", "metadata", "usage", "registry"];
 const RELOADABLE: &[&str] =
-    &["fetch.connect_timeout", "fetch.first_byte_timeout", "fetch.stall_timeout", "usage.pricing"];
+    &["fetch.connect_timeout", "fetch.first_byte_timeout", "fetch.stall_timeout", "fetch.outlier", "usage.pricing"];
 
 impl Config {
     /// The restart-only keys whose values differ in `new`, by full name

@@ -19,6 +19,8 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
+
+use crate::origin::outlier::{Outliers, Turn};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::{Semaphore, watch};
@@ -26,7 +28,7 @@ use tokio::sync::{Semaphore, watch};
 use crate::bufpool::ChunkBuf;
 use crate::config::FetchConfig;
 use crate::metrics::Metrics;
-use crate::origin::{BlobRef, Origin};
+use crate::origin::{BlobRef, Origin, OriginError, OriginErrorKind};
 use crate::registry::FileRef;
 use crate::release::chunk::{ChunkLayout, ChunkTable, chunk_cv, open_table};
 use crate::release::manifest::Blake3;
@@ -146,11 +148,63 @@ pub struct Fetcher {
     cfg: FetchConfig,
     metrics: Arc<Metrics>,
     meter: Arc<Meter>,
+    outliers: Outliers,
 }
 
 impl std::fmt::Debug for Fetcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Fetcher").field("hot", &self.hot).finish()
+    }
+}
+
+/// Reports one origin attempt to outlier ejection: the first verdict
+/// counts; an attempt that holds the origin's probe and ends with none (its
+/// reader left) frees the probe for another request.
+struct ProbeGuard<'a> {
+    outliers: &'a Outliers,
+    origin: &'a str,
+    turn: Turn,
+    settled: bool,
+}
+
+impl<'a> ProbeGuard<'a> {
+    fn new(outliers: &'a Outliers, origin: &'a str, turn: Turn) -> Self {
+        Self { outliers, origin, turn, settled: false }
+    }
+
+    fn success(&mut self) {
+        if !self.settled {
+            self.settled = true;
+            self.outliers.success(self.origin);
+        }
+    }
+
+    /// Bytes that failed verification.
+    fn failure(&mut self) {
+        self.settled = true;
+        self.outliers.failure(self.origin, false);
+    }
+
+    /// An origin error: a timeout or stall (which costs every request that
+    /// meets it the whole timer) ejects at once; a blob the origin does not
+    /// hold says nothing of its health.
+    fn error(&mut self, e: &OriginError) {
+        match e.kind {
+            OriginErrorKind::NotFound(_) => {}
+            OriginErrorKind::FirstByteTimeout(_) | OriginErrorKind::Stalled(_) => {
+                self.settled = true;
+                self.outliers.failure(self.origin, true);
+            }
+            _ => self.failure(),
+        }
+    }
+}
+
+impl Drop for ProbeGuard<'_> {
+    fn drop(&mut self) {
+        if !self.settled && self.turn == Turn::Probe {
+            self.outliers.probe_abandoned(self.origin);
+        }
     }
 }
 
@@ -207,6 +261,7 @@ impl Fetcher {
             .max_capacity(table_cache_bytes)
             .weigher(|_k: &Blake3, t: &Arc<ChunkTable>| u32::try_from(t.entries().len() * 32 + 64).unwrap_or(u32::MAX))
             .build();
+        let outliers = Outliers::new(cfg.outlier, metrics.origin_state.clone(), metrics.origin_ejections.clone());
         Arc::new(Self {
             origins: ArcSwap::from_pointee(origins),
             hot: tiers.hot,
@@ -219,6 +274,7 @@ impl Fetcher {
             cfg,
             metrics,
             meter,
+            outliers,
         })
     }
 
@@ -365,8 +421,15 @@ impl Fetcher {
         self.origins.load_full()
     }
 
-    /// Replaces the origins (config reload). In-flight fetches finish on the old ones.
-    pub fn set_origins(&self, origins: Vec<Origin>) {
+    /// Outlier ejection's view of the origins.
+    pub fn outliers(&self) -> &Outliers {
+        &self.outliers
+    }
+
+    /// Replaces the origins (config reload). In-flight fetches finish on the
+    /// old ones; what outlier ejection knows of an origin is kept by name.
+    pub fn set_origins(&self, origins: Vec<Origin>, outlier: crate::config::OutlierConfig) {
+        self.outliers.set_config(outlier);
         self.origins.store(Arc::new(origins));
     }
 
@@ -480,24 +543,29 @@ impl Fetcher {
             return Err(FetchError::NoOrigin);
         }
         let mut detail = Vec::new();
-        for origin in origins.iter() {
+        for (i, turn) in self.outliers.order(origins.iter().map(Origin::name)) {
+            let origin = &origins[i];
+            let mut probe = ProbeGuard::new(&self.outliers, origin.name(), turn);
             let label = Metrics::origin(origin.name());
             self.metrics.origin_requests.get_or_create(&label).inc();
             let bytes = match read_all(origin, blob, 0..len).await {
                 Ok(b) => b,
                 Err(e) => {
                     self.metrics.origin_errors.get_or_create(&label).inc();
-                    detail.push(e);
+                    probe.error(&e);
+                    detail.push(e.to_string());
                     continue;
                 }
             };
             self.metrics.origin_bytes.get_or_create(&label).inc_by(len);
             match open_table(&bytes, &table_hash.hash(), file.layout, &file.blake3.hash()) {
                 Ok(t) => {
+                    probe.success();
                     self.egress(file, len, 0);
                     return Ok(t);
                 }
                 Err(e) => {
+                    probe.failure();
                     self.egress(file, len, len);
                     self.metrics.verify_failures.get_or_create(&label).inc();
                     self.metrics.checksum_failures.inc();
@@ -761,10 +829,12 @@ impl Fetcher {
         let blob = BlobRef { blake3: file.blake3, cid: file.cid.as_deref(), size: layout.size() };
         let mut next = chunks.start;
         let mut detail = Vec::new();
-        for origin in origins.iter() {
+        for (i, turn) in self.outliers.order(origins.iter().map(Origin::name)) {
             if next == chunks.end {
                 break;
             }
+            let origin = &origins[i];
+            let mut probe = ProbeGuard::new(&self.outliers, origin.name(), turn);
             let label = Metrics::origin(origin.name());
             let bytes = layout.chunk_range(next).start..layout.chunk_range(chunks.end - 1).end;
             self.metrics.origin_requests.get_or_create(&label).inc();
@@ -772,6 +842,7 @@ impl Fetcher {
             let mut stream = match origin.read(blob, bytes).await {
                 Ok(s) => s,
                 Err(e) => {
+                    probe.error(&e);
                     self.metrics.origin_errors.get_or_create(&label).inc();
                     tracing::debug!(origin = origin.name(), error = %e, "origin read failed");
                     detail.push(e.to_string());
@@ -809,6 +880,7 @@ impl Fetcher {
                 let mut piece = match item {
                     Ok(p) => p,
                     Err(e) => {
+                        probe.error(&e);
                         self.metrics.origin_errors.get_or_create(&label).inc();
                         tracing::warn!(origin = origin.name(), cid = ?file.cid, offset = layout.chunk_range(next).start, error = %e, "origin stream failed");
                         detail.push(e.to_string());
@@ -846,6 +918,7 @@ impl Fetcher {
                         b.freeze()
                     };
                     if !self.check(file, table.as_deref(), next, &chunk) {
+                        probe.failure();
                         self.egress(file, 0, chunk.len() as u64);
                         self.metrics.verify_failures.get_or_create(&label).inc();
                         self.metrics.checksum_failures.inc();
@@ -858,6 +931,7 @@ impl Fetcher {
                         ));
                         break 'stream;
                     }
+                    probe.success();
                     let key = ChunkKey::new(file.blake3, file.layout.chunk_size(), next);
                     // Extend the reservation *before* handing over the last reserved
                     // chunk, so the reader never finds its next chunk unclaimed and
@@ -940,11 +1014,11 @@ fn chunk_matches(file: &FileSpec, table: Option<&ChunkTable>, index: u64, data: 
     }
 }
 
-async fn read_all(origin: &Origin, blob: BlobRef<'_>, range: Range<u64>) -> Result<Vec<u8>, String> {
-    let mut s = origin.read(blob, range.clone()).await.map_err(|e| e.to_string())?;
+async fn read_all(origin: &Origin, blob: BlobRef<'_>, range: Range<u64>) -> Result<Vec<u8>, OriginError> {
+    let mut s = origin.read(blob, range.clone()).await?;
     let mut out = Vec::with_capacity((range.end - range.start) as usize);
     while let Some(piece) = s.next().await {
-        out.extend_from_slice(&piece.map_err(|e| e.to_string())?);
+        out.extend_from_slice(&piece?);
     }
     Ok(out)
 }

@@ -283,7 +283,7 @@ impl Gateway {
             let tenants = build_tenants(&cfg)?;
             let origins = origin::build(&cfg.origins, &cfg.fetch)?;
             let pricing = load_pricing(&cfg).await?;
-            self.fetcher.set_origins(origins);
+            self.fetcher.set_origins(origins, cfg.fetch.outlier);
             self.pricing.store(pricing);
             self.load_releases(&cfg).await?;
             self.tenants.store(Arc::new(tenants));

@@ -116,6 +116,9 @@ pub struct Metrics {
     pub origin_requests: Family<OriginLabel, Counter>,
     pub origin_bytes: Family<OriginLabel, Counter>,
     pub origin_first_byte_seconds: Family<OriginLabel, Histogram, fn() -> Histogram>,
+    /// 0 healthy, 1 ejected, 2 probing (outlier ejection).
+    pub origin_state: Family<OriginLabel, Gauge>,
+    pub origin_ejections: Family<OriginLabel, Counter>,
     pub served_bytes: Family<SourceLabel, Counter>,
     pub hot_hits: Counter,
     pub hot_misses: Counter,
@@ -172,6 +175,8 @@ impl Metrics {
             origin_requests: Family::default(),
             origin_bytes: Family::default(),
             origin_first_byte_seconds: Family::new_with_constructor(latency_histogram),
+            origin_state: Family::default(),
+            origin_ejections: Family::default(),
             served_bytes: Family::default(),
             hot_hits: Counter::default(),
             hot_misses: Counter::default(),
@@ -216,6 +221,16 @@ impl Metrics {
             "origin_first_byte_seconds",
             "Time from sending an origin request to its first body bytes",
             m.origin_first_byte_seconds.clone(),
+        );
+        registry.register(
+            "origin_state",
+            "Outlier ejection: 0 healthy, 1 ejected (tried only after the others), 2 probing",
+            m.origin_state.clone(),
+        );
+        registry.register(
+            "origin_ejections",
+            "Times an origin was ejected after failures in a row",
+            m.origin_ejections.clone(),
         );
         registry.register("served_bytes", "Verified body bytes written to clients, by source", m.served_bytes.clone());
         registry.register("hot_tier_hits", "Chunk lookups served by the hot tier", m.hot_hits.clone());

@@ -6,6 +6,7 @@
 //! whether bytes are good: verification belongs to [`crate::fetch`].
 
 mod dir;
+pub mod outlier;
 
 use std::collections::HashMap;
 use std::ops::Range;
