@@ -258,8 +258,12 @@ async fn a_spent_monthly_quota_answers_429_before_origin_work() {
     let a = f.vision.url(&f.g.base, "a.bin");
     let k = Some(f.capped_key.as_str());
     assert_eq!(get(&a, k, &[]).await.0, 200);
-    // 1 000 000 of 1 500 000: still under.
-    assert_eq!(get(&a, k, &[("range", "bytes=0-599999")]).await.0, 206);
+    // 1 000 000 of 1 500 000: still under, so admitted; the quota is a hard
+    // cap, so the body stops within a chunk of it (it used to run 100 000 over).
+    let resp = client().get(&a).bearer_auth(&f.capped_key).header("range", "bytes=0-599999").send().await.unwrap();
+    assert_eq!(resp.status(), 206);
+    let (got, cut) = drain_body(&mut resp.bytes_stream()).await;
+    assert!(cut && (500_000 - CHUNK..=500_000 + CHUNK).contains(&got), "{got} bytes, cut {cut}");
     let before = f.mock.requests();
     let resp = client().get(&a).bearer_auth(&f.capped_key).send().await.unwrap();
     assert_eq!(resp.status(), 429);
@@ -270,6 +274,47 @@ async fn a_spent_monthly_quota_answers_429_before_origin_work() {
     assert_eq!(f.mock.requests(), before, "a refused request costs the origin nothing");
     // Other tenants are unaffected.
     assert_eq!(get(&a, Some(&f.vision_key), &[("range", "bytes=0-9")]).await.0, 206);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_downloads_cannot_overrun_the_monthly_quota_by_more_than_a_chunk_each() {
+    let f = fixture().await;
+    let a = f.vision.url(&f.g.base, "a.bin");
+    // Warm the file, so the six bodies stream as fast as they can.
+    assert_eq!(get(&a, Some(&f.vision_key), &[]).await.0, 200);
+    let quota = 1_500_000u64;
+    let parallel = 6u64;
+    let mut tasks = Vec::new();
+    for _ in 0..parallel {
+        let (url, key) = (a.clone(), f.capped_key.clone());
+        tasks.push(tokio::spawn(async move {
+            let resp = client().get(url).bearer_auth(key).send().await.unwrap();
+            let status = resp.status().as_u16();
+            let mut stream = resp.bytes_stream();
+            let (got, cut) = drain_body(&mut stream).await;
+            (status, got, cut)
+        }));
+    }
+    let mut received = 0;
+    let mut outcomes = Vec::new();
+    for t in tasks {
+        let (status, got, cut) = t.await.unwrap();
+        if status == 200 {
+            received += got;
+        }
+        outcomes.push((status, got, cut));
+    }
+    // Before: every download passed the same check and all 6 MB were served.
+    assert!(received <= quota + parallel * CHUNK, "{received} bytes served against a {quota}-byte quota: {outcomes:?}");
+    assert!(received >= quota - CHUNK, "the quota was not used: {outcomes:?}");
+    // The ledger bills what the clients took, and the next request is refused.
+    let billed = tenant_bytes(&close_all(&f.g), "capped");
+    assert!(
+        billed <= quota + parallel * CHUNK && billed >= received.saturating_sub(parallel * CHUNK),
+        "{billed} vs {received}"
+    );
+    let resp = client().get(&a).bearer_auth(&f.capped_key).send().await.unwrap();
+    assert_eq!(resp.status(), 429);
 }
 
 async fn grpc(f: &Fixture, token: &str) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {

@@ -401,7 +401,9 @@ impl Gateway {
     /// Refuses a tenant whose monthly quota is spent (before any origin work).
     pub fn check_quota(&self, tenant: &Tenant) -> Result<(), Denied> {
         let Some(quota) = tenant.monthly_quota else { return Ok(()) };
-        let (used, month_end) = self.meter.month_bytes(&tenant.id);
+        // Bytes of responses still streaming count too: parallel downloads
+        // cannot each pass this check against the same remaining quota.
+        let (used, month_end) = self.meter.month_bytes_with_in_flight(&tenant.id);
         if used < quota {
             return Ok(());
         }

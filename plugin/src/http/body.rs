@@ -140,6 +140,11 @@ fn stream(state: ChunkedState) -> impl Stream<Item = Result<Frame<Bytes>, BodyEr
                     st.metrics.aborted.get_or_create(&ReasonLabel { reason: "taken_down" }).inc();
                     return Some((Err(BodyError("the release was taken down".into())), None));
                 }
+                if st.meter.as_ref().is_some_and(|(m, _)| m.quota_spent()) {
+                    // Parallel responses spent the monthly quota: this one stops here.
+                    st.metrics.aborted.get_or_create(&ReasonLabel { reason: "quota" }).inc();
+                    return Some((Err(BodyError("the tenant's monthly quota is spent".into())), None));
+                }
                 let cs = st.file.layout.chunk_size();
                 let index = r.start / cs;
                 let chunk_start = index * cs;

@@ -386,8 +386,8 @@ impl Billing {
         }
     }
 
-    fn streaming(self, expected: u64) -> ResponseMeter {
-        ResponseMeter::new(self.meter, self.tenant, self.release, expected)
+    fn streaming(self, expected: u64, quota: Option<u64>) -> ResponseMeter {
+        ResponseMeter::new(self.meter, self.tenant, self.release, expected).with_quota(quota)
     }
 }
 
@@ -758,10 +758,11 @@ async fn serve_file<B>(
         gw.metrics().aborted.get_or_create(&crate::metrics::ReasonLabel { reason: "taken_down" }).inc();
         return not_opened(&e);
     }
+    let quota = tenant.monthly_quota;
     let shaper = tenant.shapes_bandwidth().then_some(tenant);
     let content_length =
         parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok()).unwrap_or(0);
-    let meter = billing.map(|b| (b.streaming(content_length), cold.unwrap_or_default()));
+    let meter = billing.map(|b| (b.streaming(content_length, quota), cold.unwrap_or_default()));
     let hooks = body::Hooks { shaper, meter, live: Some(liveness) };
     let body = body::chunked(fetcher, spec, pieces, primed, gw.metrics().clone(), hooks);
     Response::from_parts(parts, body)

@@ -9,6 +9,7 @@
 //! and every later count goes to a window at or above it.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::{Counters, RecordKey, ReleaseTag, Source, WINDOW_SECS, month_bounds, unix_now, window_of};
@@ -42,6 +43,9 @@ struct State {
 pub struct Meter {
     state: Mutex<State>,
     clock: Clock,
+    /// Bytes handed to clients by responses still open, per tenant with a
+    /// monthly quota: counted against the quota until the response records.
+    in_flight: Mutex<HashMap<Arc<str>, Arc<AtomicU64>, foldhash::fast::RandomState>>,
 }
 
 impl std::fmt::Debug for Meter {
@@ -67,7 +71,27 @@ impl Meter {
                 month_bytes: HashMap::default(),
             }),
             clock,
+            in_flight: Mutex::default(),
         }
+    }
+
+    /// The counter of bytes in flight to `tenant`'s open responses.
+    fn in_flight_counter(&self, tenant: &Arc<str>) -> Arc<AtomicU64> {
+        let mut map = self.in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.entry(tenant.clone()).or_default().clone()
+    }
+
+    /// Bytes billed to `tenant` this month plus bytes its open responses
+    /// have handed out, for quota checks.
+    pub fn month_bytes_with_in_flight(&self, tenant: &str) -> (u64, i64) {
+        let in_flight = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(tenant)
+            .map_or(0, |c| c.load(Ordering::Acquire));
+        let (used, end) = self.month_bytes(tenant);
+        (used.saturating_add(in_flight), end)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -201,6 +225,8 @@ pub struct ResponseMeter {
     sent: [u64; 2],
     confirmed: [u64; 2],
     failed: bool,
+    /// The tenant's monthly quota and its bytes in flight, when it has one.
+    quota: Option<(u64, Arc<AtomicU64>)>,
 }
 
 impl std::fmt::Debug for ResponseMeter {
@@ -211,7 +237,23 @@ impl std::fmt::Debug for ResponseMeter {
 
 impl ResponseMeter {
     pub fn new(meter: Arc<Meter>, tenant: Arc<str>, release: ReleaseTag, expected: u64) -> Self {
-        Self { meter, tenant, release, expected, sent: [0; 2], confirmed: [0; 2], failed: false }
+        Self { meter, tenant, release, expected, sent: [0; 2], confirmed: [0; 2], failed: false, quota: None }
+    }
+
+    /// Counts this response's bytes against `quota` while it streams, so
+    /// parallel responses cannot overrun the tenant's monthly quota by more
+    /// than a frame each ([`ResponseMeter::quota_spent`]).
+    pub fn with_quota(mut self, quota: Option<u64>) -> Self {
+        self.quota = quota.map(|q| (q, self.meter.in_flight_counter(&self.tenant)));
+        self
+    }
+
+    /// Whether the tenant's quota is spent, counting every open response's
+    /// bytes: the body stops before its next frame.
+    pub fn quota_spent(&self) -> bool {
+        let Some((quota, in_flight)) = &self.quota else { return false };
+        let (used, _) = self.meter.month_bytes(&self.tenant);
+        used.saturating_add(in_flight.load(Ordering::Acquire)) >= *quota
     }
 
     /// hyper asked for the next frame: everything handed over so far was taken.
@@ -222,6 +264,9 @@ impl ResponseMeter {
     /// A frame of `n` bytes from `source` is handed to hyper.
     pub fn handed(&mut self, n: u64, source: Source) {
         self.sent[source as usize] += n;
+        if let Some((_, in_flight)) = &self.quota {
+            in_flight.fetch_add(n, Ordering::AcqRel);
+        }
     }
 
     /// The gateway cut the response (no verified bytes could be had).
@@ -240,6 +285,10 @@ impl Drop for ResponseMeter {
         } else {
             let [hot, origin] = self.confirmed;
             self.meter.record_response(&self.tenant, &self.release, hot, origin, true);
+        }
+        // Recorded (into the month's bytes) before it leaves the in-flight count.
+        if let Some((_, in_flight)) = &self.quota {
+            in_flight.fetch_sub(hot + origin, Ordering::AcqRel);
         }
     }
 }
