@@ -60,8 +60,10 @@ pub enum Source {
 /// Chunks of a file that were cold at some moment (see [`Fetcher::cold_set`]).
 #[derive(Debug, Clone, Default)]
 pub struct ColdSet {
-    base: u64,
-    bits: Vec<u64>,
+    /// One bitmap per covered range, sorted by start: its size follows the
+    /// chunks a request covers, never the distance between its ranges (a
+    /// multipart request for a huge file's first and last byte holds two bits).
+    ranges: Vec<(Range<u64>, Vec<u64>)>,
 }
 
 impl ColdSet {
@@ -74,8 +76,16 @@ impl ColdSet {
     }
 
     pub fn contains(&self, index: u64) -> bool {
-        let Some(at) = index.checked_sub(self.base) else { return false };
-        self.bits.get((at / 64) as usize).is_some_and(|w| w & (1 << (at % 64)) != 0)
+        // A response covers at most `server.max_ranges` ranges; they may overlap.
+        self.ranges.iter().filter(|(r, _)| r.contains(&index)).any(|(r, bits)| {
+            let at = index - r.start;
+            bits.get((at / 64) as usize).is_some_and(|w| w & (1 << (at % 64)) != 0)
+        })
+    }
+
+    /// Words of bitmap held, for tests of the bound.
+    pub fn words(&self) -> usize {
+        self.ranges.iter().map(|(_, b)| b.len()).sum()
     }
 }
 
@@ -455,18 +465,22 @@ impl Fetcher {
     /// bytes from those chunks are origin bytes, even when the response's own
     /// span or read-ahead has put them in the hot tier by the time it reads them.
     pub fn cold_set(&self, file: &FileSpec, ranges: &[Range<u64>]) -> ColdSet {
-        let base = ranges.iter().map(|r| r.start).min().unwrap_or(0);
-        let end = ranges.iter().map(|r| r.end).max().unwrap_or(0).max(base);
-        let mut bits = vec![0u64; (end - base).div_ceil(64) as usize];
-        for r in ranges {
-            for i in r.clone() {
-                if !self.cached_key(&ChunkKey::new(file.blake3, file.layout.chunk_size(), i)) {
-                    let at = i - base;
-                    bits[(at / 64) as usize] |= 1 << (at % 64);
+        let cs = file.layout.chunk_size();
+        let ranges = ranges
+            .iter()
+            .filter(|r| r.end > r.start)
+            .map(|r| {
+                let mut bits = vec![0u64; (r.end - r.start).div_ceil(64) as usize];
+                for i in r.clone() {
+                    if !self.cached_key(&ChunkKey::new(file.blake3, cs, i)) {
+                        let at = i - r.start;
+                        bits[(at / 64) as usize] |= 1 << (at % 64);
+                    }
                 }
-            }
-        }
-        ColdSet { base, bits }
+                (r.clone(), bits)
+            })
+            .collect();
+        ColdSet { ranges }
     }
 
     /// The verified chunk table of a multi-chunk file.
@@ -1021,4 +1035,42 @@ async fn read_all(origin: &Origin, blob: BlobRef<'_>, range: Range<u64>) -> Resu
         out.extend_from_slice(&piece?);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tier::HotTier;
+
+    #[test]
+    fn a_cold_set_holds_the_chunks_a_request_covers_not_the_file() {
+        let fetcher = Fetcher::new(
+            Vec::new(),
+            Tiers { hot: HotTier::new(1 << 20), disk: None },
+            FetchConfig::default(),
+            1 << 20,
+            1,
+            Arc::new(Metrics::new()),
+            Arc::new(Meter::default()),
+        );
+        // A 1 PiB file: 2^32 chunks of 256 KiB.
+        let layout = ChunkLayout::new(1 << 50, 256 * 1024).unwrap_or_else(|e| panic!("{e}"));
+        let spec = FileSpec {
+            blake3: Blake3([1; 32]),
+            layout,
+            table: None,
+            cid: None,
+            table_cid: None,
+            release: None,
+            purge_mark: 0,
+        };
+        let last = layout.chunk_count() - 1;
+        // The first and last byte (a multipart request), and a range overlapping the first.
+        let ranges = [0..1, last..last + 1, 0..3];
+        let cold = fetcher.cold_set(&spec, &ranges);
+        assert_eq!(cold.words(), 3, "one word per covered range, however far apart");
+        assert!(cold.contains(0) && cold.contains(2) && cold.contains(last));
+        assert!(!cold.contains(3) && !cold.contains(last / 2));
+        assert_eq!(cold.counts(&ranges), (0, 5));
+    }
 }
