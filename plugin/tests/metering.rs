@@ -526,3 +526,41 @@ async fn list_services_v1alpha(addr: std::net::SocketAddr) -> Vec<String> {
         other => panic!("unexpected reflection answer {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_egress_of_a_span_still_running_at_a_graceful_stop_is_committed() {
+    let r = Release::pack("tail", &[("big.bin", bytes_of(4_000_000, 5))], 256 * 1024);
+    let mock = MockOrigin::start(r.blobs.clone()).await;
+    // The first chunk of a cold read starts one origin request for a 4 MiB
+    // span; its tail arrives after the client has hung up.
+    let file = r.signed.manifest.files[0].blake3;
+    mock.set_fault(
+        Some(&cid_for(&file)),
+        Some(Fault::StallAfter { bytes: 512 * 1024, dur: Duration::from_millis(300) }),
+    );
+    let g = Served::start(config_for(&r, &[&mock])).await;
+    let resp = client().get(r.url(&g.base, "big.bin")).header("range", "bytes=0-3999999").send().await.unwrap();
+    assert_eq!(resp.status(), 206);
+    let mut stream = resp.bytes_stream();
+    use futures_util::StreamExt;
+    assert!(stream.next().await.unwrap().is_ok());
+    drop(stream);
+    assert!(mock.bytes_sent() < 4_000_000, "the span ended before the stop; nothing to test");
+    // Stop as SIGTERM does: the listener drains, then the gateway's final commit.
+    let gw = g.gw.clone();
+    g.shutdown().await;
+    gw.shutdown().await;
+    // Whatever the span still receives after the stop shows in the metric.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let received: f64 = gw
+        .metrics()
+        .render()
+        .lines()
+        .filter(|l| l.starts_with("shardgate_origin_fetched_bytes_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    let entries = gw.ledger().list(0, 100_000, None).unwrap();
+    let egress = dataset_costs(&entries).origin_egress_bytes;
+    assert!(received > 512.0 * 1024.0, "the span's tail never arrived ({received} bytes); nothing to test");
+    assert_eq!(egress as f64, received, "origin bytes received after the final commit were not billed to the release");
+}

@@ -159,6 +159,9 @@ pub struct Fetcher {
     metrics: Arc<Metrics>,
     meter: Arc<Meter>,
     outliers: Outliers,
+    /// Every span task, so a graceful stop can let them record their origin
+    /// egress before the final usage commit.
+    spans: tokio_util::task::TaskTracker,
 }
 
 impl std::fmt::Debug for Fetcher {
@@ -285,6 +288,7 @@ impl Fetcher {
             metrics,
             meter,
             outliers,
+            spans: tokio_util::task::TaskTracker::new(),
         })
     }
 
@@ -429,6 +433,20 @@ impl Fetcher {
 
     pub fn origins(&self) -> Arc<Vec<Origin>> {
         self.origins.load_full()
+    }
+
+    /// Waits (up to `limit`) for span tasks still running, which record the
+    /// origin egress they cause as they go; called once every response has
+    /// ended, before the final usage commit. Spans started later still run.
+    pub async fn quiesce(&self, limit: std::time::Duration) {
+        self.spans.close();
+        if tokio::time::timeout(limit, self.spans.wait()).await.is_err() {
+            tracing::warn!(
+                spans = self.spans.len(),
+                "origin fetches still running at shutdown; their egress after this is not counted"
+            );
+        }
+        self.spans.reopen();
     }
 
     /// Outlier ejection's view of the origins.
@@ -734,7 +752,7 @@ impl Fetcher {
         readahead: Option<Arc<ReadAhead>>,
     ) {
         let this = self.clone();
-        tokio::spawn(async move {
+        self.spans.spawn(async move {
             let next = AtomicU64::new(chunks.start);
             let reserved = AtomicU64::new(chunks.start + senders.len() as u64);
             let _guard = SpanGuard {

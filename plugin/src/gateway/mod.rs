@@ -384,6 +384,9 @@ impl Gateway {
     /// Stops the engine's background work and makes the final usage commit,
     /// closing every window. Call after the listeners have drained.
     pub async fn shutdown(&self) {
+        // Origin fetches still running (a span past the end of a response that
+        // finished, a read-ahead winding down) record their egress first.
+        self.fetcher.quiesce(Duration::from_secs(10)).await;
         // Queued disk-tier writes and deletions (takedown purges among them) are carried out.
         if let Some(d) = self.fetcher.disk() {
             let d = d.clone();

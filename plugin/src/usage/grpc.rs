@@ -113,9 +113,8 @@ impl UsageService for UsageApi {
             return Err(Status::invalid_argument("tenant is empty; leave it unset for all tenants"));
         }
         let ledger = self.ledger.clone();
-        let last = ledger.last_seq();
-        let entries = blocking(move || ledger.list(after, limit as usize, r.tenant.as_deref())).await?;
-        let next = entries.last().map(|e| self.ledger.cursor(e.seq)).unwrap_or(r.after_cursor);
+        let (entries, next, last) = blocking(move || ledger.page(after, limit as usize, r.tenant.as_deref())).await?;
+        let next = if entries.is_empty() { r.after_cursor } else { self.ledger.cursor(next) };
         Ok(Response::new(proto::ListUsageResponse {
             records: entries.iter().map(|e| to_proto(&self.ledger, e)).collect(),
             next_cursor: next,

@@ -247,7 +247,11 @@ impl Ledger {
         }
         let seq: u64 = seq.parse().map_err(|_| bad())?;
         if seq > self.last_seq() {
-            return Err(LedgerError::CursorAhead { cursor: cursor.to_string(), last: self.cursor(self.last_seq()) });
+            // The watch moves an instant after a commit is readable: ask the store.
+            let durable = self.num("next_seq")?.saturating_sub(1);
+            if seq > durable {
+                return Err(LedgerError::CursorAhead { cursor: cursor.to_string(), last: self.cursor(durable) });
+            }
         }
         Ok(seq)
     }
@@ -377,6 +381,17 @@ impl Ledger {
 
     /// Up to `limit` closed records after sequence `after`, oldest first,
     /// optionally of one tenant only.
+    /// One page of [`Ledger::list`] with its cursors: `next` (where the next
+    /// page starts) never passes `last` (the newest closed record), even
+    /// while commits land: a record can be readable an instant before the
+    /// newest-sequence watch moves, so `last` covers every listed record.
+    pub fn page(&self, after: u64, limit: usize, tenant: Option<&str>) -> Result<(Vec<Entry>, u64, u64), LedgerError> {
+        let entries = self.list(after, limit, tenant)?;
+        let next = entries.last().map_or(after, |e| e.seq);
+        let last = self.last_seq().max(self.num("next_seq")?.saturating_sub(1)).max(next);
+        Ok((entries, next, last))
+    }
+
     pub fn list(&self, after: u64, limit: usize, tenant: Option<&str>) -> Result<Vec<Entry>, LedgerError> {
         let txn = self.db.begin_read().map_err(storage)?;
         let closed = txn.open_table(CLOSED).map_err(storage)?;

@@ -304,3 +304,34 @@ fn ledger_lists_a_period_and_sums_days_and_reindexes_an_older_ledger() {
     assert!(l.period(day - DAY_SECS, day + DAY_SECS).unwrap().is_empty());
     assert_eq!(l.daily(day - DAY_SECS, day + DAY_SECS).unwrap().len(), 4);
 }
+
+#[test]
+fn a_page_never_hands_out_a_next_cursor_past_its_last_cursor_while_commits_land() {
+    let l = Arc::new(Ledger::open(None, Some("gw-race")).unwrap());
+    let writer = {
+        let l = l.clone();
+        std::thread::spawn(move || {
+            // Each commit closes the previous window: a record a minute.
+            for i in 0..300 {
+                let w = T0 + 60 * i;
+                l.commit(drained(&[(tenant_key("a", w, Source::Hot), bytes(1))], w)).unwrap();
+            }
+        })
+    };
+    let mut after = 0;
+    let mut pages = 0;
+    while !writer.is_finished() || after < l.last_seq() {
+        let (entries, next, last) = l.page(after, 7, None).unwrap();
+        assert!(next <= last, "next {next} past last {last}");
+        // The next page's cursor is always accepted.
+        assert_eq!(l.parse_cursor(&l.cursor(next)).unwrap(), next);
+        if let Some(e) = entries.last() {
+            assert_eq!(e.seq, next);
+        }
+        after = next;
+        pages += 1;
+        assert!(pages < 100_000, "paging did not finish");
+    }
+    writer.join().unwrap();
+    assert_eq!(after, l.last_seq(), "every record was paged");
+}
