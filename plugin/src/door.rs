@@ -196,7 +196,7 @@ pub fn open_release(
     let resolved = catalog.resolve(name, segment);
     let release = resolved.as_ref().and_then(|r| catalog.release(name, r.version()).cloned());
     let (Some(resolved), Some(release)) = (resolved, release) else {
-        let unloaded = gw.unloaded();
+        let unloaded: Vec<_> = gw.unloaded().iter().filter(|u| u.retry).cloned().collect();
         if !unloaded.is_empty() {
             let why = unloaded.iter().map(|u| u.to_string()).collect::<Vec<_>>().join("; ");
             return Err(OpenError::NotLoaded {

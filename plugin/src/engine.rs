@@ -15,29 +15,37 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::config::{Config, GrpcConfig, TlsConfig};
+use crate::error::{Classify, ErrorClass};
 use crate::gateway::{Gateway, GatewayError};
 use crate::http::server;
 
-/// Why the engine could not start.
+/// Why the engine could not start. [`Classify`] says whose fault it is: only
+/// a config error makes the sidecar exit 64 (a failing ledger or disk does not).
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    /// The configuration, a TLS file, a release or a store is unusable:
-    /// fix the config (the sidecar exits 64).
-    #[error("{0}")]
-    Config(String),
+    /// The gateway would not start (config, a store, the disk tier).
+    #[error(transparent)]
+    Gateway(#[from] GatewayError),
+    /// A TLS certificate or key is unusable.
+    #[error("{what}: {source}")]
+    Tls { what: &'static str, source: server::ServerError },
     /// A listener could not be bound.
     #[error("{what}: {detail}")]
     Bind { what: &'static str, detail: String },
 }
 
-fn bind_err(what: &'static str, e: impl std::fmt::Display) -> EngineError {
-    EngineError::Bind { what, detail: e.to_string() }
+impl Classify for EngineError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            EngineError::Gateway(e) => e.class(),
+            EngineError::Tls { .. } => ErrorClass::Config,
+            EngineError::Bind { .. } => ErrorClass::Network,
+        }
+    }
 }
 
-impl From<GatewayError> for EngineError {
-    fn from(e: GatewayError) -> Self {
-        EngineError::Config(e.to_string())
-    }
+fn bind_err(what: &'static str, e: impl std::fmt::Display) -> EngineError {
+    EngineError::Bind { what, detail: e.to_string() }
 }
 
 /// A started engine. Dropping it without [`Engine::stop`] stops serving
@@ -67,7 +75,7 @@ impl Engine {
             .as_ref()
             .map(server::tls_acceptor)
             .transpose()
-            .map_err(|e| EngineError::Config(e.to_string()))?;
+            .map_err(|source| EngineError::Tls { what: "server.tls", source })?;
         if let Some(t) = cfg.grpc.as_ref().and_then(|g| g.tls.as_ref()) {
             // Check the PEM files now, so a bad one stops start-up.
             let check = TlsConfig {
@@ -76,7 +84,7 @@ impl Engine {
                 client_ca: None,
                 client_auth: Default::default(),
             };
-            server::tls_acceptor(&check).map_err(|e| EngineError::Config(format!("grpc.tls: {e}")))?;
+            server::tls_acceptor(&check).map_err(|source| EngineError::Tls { what: "grpc.tls", source })?;
         }
         let gw = Gateway::start(cfg.clone()).await?;
         gw.spawn_prober(Duration::from_secs(5));

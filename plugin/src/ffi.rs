@@ -188,9 +188,12 @@ pub unsafe extern "C" fn shardgate_start(
             .thread_name("shardgate-embedded")
             .build()
             .map_err(|e| Failure(SHARDGATE_ERR_ENGINE, format!("tokio runtime: {e}")))?;
-        let engine = rt.block_on(Engine::start(cfg)).map_err(|e| match e {
-            crate::engine::EngineError::Config(m) => Failure(SHARDGATE_ERR_CONFIG, m),
-            other => Failure(SHARDGATE_ERR_ENGINE, other.to_string()),
+        let engine = rt.block_on(Engine::start(cfg)).map_err(|e| {
+            let code = match crate::error::Classify::class(&e) {
+                crate::error::ErrorClass::Config => SHARDGATE_ERR_CONFIG,
+                _ => SHARDGATE_ERR_ENGINE,
+            };
+            Failure(code, e.to_string())
         })?;
         let h = NEXT_HANDLE.fetch_add(1, Ordering::Relaxed);
         let embedded = Embedded { rt: RwLock::new(Some(rt)), engine: Mutex::new(Some(engine)), base };

@@ -7,6 +7,7 @@ pub mod config;
 pub mod door;
 pub mod drill;
 pub mod engine;
+pub mod error;
 pub mod fetch;
 pub mod ffi;
 pub mod gateway;

@@ -195,6 +195,10 @@ async fn a_release_no_origin_could_supply_is_served_once_an_origin_heals() {
     let resp = client().get(r.url(&base, "a.bin")).send().await.unwrap();
     assert_eq!(resp.status(), 503);
     assert!(resp.headers().contains_key("retry-after"));
+    let list = client().get(format!("{base}/v1/datasets")).send().await.unwrap().bytes().await.unwrap();
+    let list: serde_json::Value = serde_json::from_slice(&list).unwrap();
+    assert_eq!(list["not_loaded"][0]["retrying"], true, "{list}");
+    assert!(list["not_loaded"][0]["error"].as_str().unwrap().contains("mock1"), "{list}");
     // The second origin heals; no SIGHUP.
     sick.set_fault(None, None);
     let t0 = Instant::now();

@@ -155,6 +155,28 @@ fn config_numbers_that_once_panicked_exit_64_naming_the_key() {
 }
 
 #[test]
+fn a_failing_store_exits_1_not_64_and_names_the_store() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    // Not redb files: the stores cannot be opened. That is a broken disk or
+    // file, not a bad config, so the exit status is 1, not 64.
+    std::fs::write(d.join("ledger.redb"), vec![0xa5u8; 8192]).unwrap();
+    std::fs::write(d.join("registry.redb"), vec![0x5au8; 8192]).unwrap();
+    std::fs::write(d.join("tier-is-a-file"), b"x").unwrap();
+    for (extra, names) in [
+        ("[usage]\nledger = \"ledger.redb\"\n", "usage ledger"),
+        ("[registry]\npath = \"registry.redb\"\n", "release registry"),
+        ("[disk_tier]\npath = \"tier-is-a-file\"\n", "tier-is-a-file"),
+    ] {
+        std::fs::write(d.join("gw.toml"), format!("[server]\nlisten = \"127.0.0.1:0\"\n{extra}")).unwrap();
+        let out = run(&["serve", "--config", "gw.toml"], d);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{extra}: {stderr}");
+        assert!(stderr.contains(names), "{extra}: {stderr}");
+    }
+}
+
+#[test]
 fn the_reloader_survives_a_config_that_once_panicked_and_applies_the_next_good_one() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path();

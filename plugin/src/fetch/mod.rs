@@ -38,16 +38,74 @@ use crate::usage::{Meter, ReleaseTag};
 /// Why verified bytes could not be had.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum FetchError {
-    #[error("chunk {chunk} of {file}: every origin failed ({detail})")]
-    AllOriginsFailed { file: Blake3, chunk: u64, detail: String },
-    #[error("chunk table of {file}: every origin failed ({detail})")]
-    Table { file: Blake3, detail: String },
+    #[error("chunk {chunk} of {file}: every origin failed ({})", Failures(.failures))]
+    AllOriginsFailed { file: Blake3, chunk: u64, failures: Arc<Vec<OriginFailure>> },
+    #[error("chunk table of {file}: every origin failed ({})", Failures(.failures))]
+    Table { file: Blake3, failures: Arc<Vec<OriginFailure>> },
     #[error("no origin is configured")]
     NoOrigin,
     #[error("fetch of chunk {chunk} of {file} was abandoned")]
     Abandoned { file: Blake3, chunk: u64 },
     #[error("chunk {chunk} is past the end of {file}")]
     OutOfRange { file: Blake3, chunk: u64 },
+}
+
+/// What one origin did wrong in a fetch: kept per origin, so an error names
+/// each and its class (an unreachable origin, or bytes that failed verification).
+#[derive(Debug, Clone)]
+pub enum OriginFailure {
+    /// The origin could not supply the bytes.
+    Error(OriginError),
+    /// The origin supplied bytes that failed verification.
+    BadBytes { origin: String, what: String },
+    /// A limit of this gateway, no origin's doing.
+    Refused(String),
+}
+
+impl std::fmt::Display for OriginFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OriginFailure::Error(e) => write!(f, "{e}"),
+            OriginFailure::BadBytes { origin, what } => write!(f, "origin {origin}: {what}"),
+            OriginFailure::Refused(why) => f.write_str(why),
+        }
+    }
+}
+
+struct Failures<'a>(&'a [OriginFailure]);
+
+impl std::fmt::Display for Failures<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("no origin could serve it");
+        }
+        for (i, x) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl crate::error::Classify for FetchError {
+    /// Integrity when any origin answered bytes that failed verification
+    /// (the alarming cause, whatever the others did), else origin.
+    fn class(&self) -> crate::error::ErrorClass {
+        use crate::error::ErrorClass;
+        match self {
+            FetchError::AllOriginsFailed { failures, .. } | FetchError::Table { failures, .. } => {
+                if failures.iter().any(|f| matches!(f, OriginFailure::BadBytes { .. })) {
+                    ErrorClass::Integrity
+                } else {
+                    ErrorClass::Origin
+                }
+            }
+            FetchError::NoOrigin => ErrorClass::Config,
+            FetchError::Abandoned { .. } | FetchError::OutOfRange { .. } => ErrorClass::Client,
+        }
+    }
 }
 
 /// Where a chunk came from, for metering and `X-Shardgate-Cache`.
@@ -566,7 +624,9 @@ impl Fetcher {
         if len > MAX_TABLE_BYTES {
             return Err(FetchError::Table {
                 file: file.blake3,
-                detail: format!("a {len}-byte chunk table is larger than the {MAX_TABLE_BYTES}-byte limit"),
+                failures: Arc::new(vec![OriginFailure::Refused(format!(
+                    "a {len}-byte chunk table is larger than the {MAX_TABLE_BYTES}-byte limit"
+                ))]),
             });
         }
         let blob = BlobRef { blake3: table_hash, cid: file.table_cid.as_deref(), size: len };
@@ -585,7 +645,7 @@ impl Fetcher {
                 Err(e) => {
                     self.metrics.origin_errors.get_or_create(&label).inc();
                     probe.error(&e);
-                    detail.push(e.to_string());
+                    detail.push(OriginFailure::Error(e));
                     continue;
                 }
             };
@@ -603,11 +663,14 @@ impl Fetcher {
                     self.metrics.checksum_failures.inc();
                     tracing::warn!(origin = origin.name(), cid = ?file.table_cid, table = %table_hash, error = %e,
                         "origin returned a bad chunk table");
-                    detail.push(format!("{}: {e}", origin.name()));
+                    detail.push(OriginFailure::BadBytes {
+                        origin: origin.name().to_string(),
+                        what: format!("chunk table {table_hash}: {e}"),
+                    });
                 }
             }
         }
-        Err(FetchError::Table { file: file.blake3, detail: detail.join("; ") })
+        Err(FetchError::Table { file: file.blake3, failures: Arc::new(detail) })
     }
 
     /// Verified chunk `index`, from the hot tier or an origin. Chunks up to
@@ -818,8 +881,8 @@ impl Fetcher {
         let fail_rest = |senders: &mut Vec<Option<watch::Sender<Option<ChunkResult>>>>, from: u64, err: FetchError| {
             for i in from..chunks.start + senders.len() as u64 {
                 let e = match &err {
-                    FetchError::AllOriginsFailed { file, detail, .. } => {
-                        FetchError::AllOriginsFailed { file: *file, chunk: i, detail: detail.clone() }
+                    FetchError::AllOriginsFailed { file, failures, .. } => {
+                        FetchError::AllOriginsFailed { file: *file, chunk: i, failures: failures.clone() }
                     }
                     other => other.clone(),
                 };
@@ -877,7 +940,7 @@ impl Fetcher {
                     probe.error(&e);
                     self.metrics.origin_errors.get_or_create(&label).inc();
                     tracing::debug!(origin = origin.name(), error = %e, "origin read failed");
-                    detail.push(e.to_string());
+                    detail.push(OriginFailure::Error(e));
                     continue;
                 }
             };
@@ -915,7 +978,7 @@ impl Fetcher {
                         probe.error(&e);
                         self.metrics.origin_errors.get_or_create(&label).inc();
                         tracing::warn!(origin = origin.name(), cid = ?file.cid, offset = layout.chunk_range(next).start, error = %e, "origin stream failed");
-                        detail.push(e.to_string());
+                        detail.push(OriginFailure::Error(e));
                         break 'stream;
                     }
                 };
@@ -956,11 +1019,10 @@ impl Fetcher {
                         self.metrics.checksum_failures.inc();
                         tracing::warn!(origin = origin.name(), cid = ?file.cid, file = %file.blake3, chunk = next,
                             offset = r.start, "origin returned bytes that fail verification; trying the next origin");
-                        detail.push(format!(
-                            "{}: chunk {next} at offset {} failed verification",
-                            origin.name(),
-                            r.start
-                        ));
+                        detail.push(OriginFailure::BadBytes {
+                            origin: origin.name().to_string(),
+                            what: format!("chunk {next} at offset {} failed verification", r.start),
+                        });
                         break 'stream;
                     }
                     probe.success();
@@ -997,9 +1059,9 @@ impl Fetcher {
             }
         }
         if next < chunks.end {
-            let detail = if detail.is_empty() { "no origin could serve it".into() } else { detail.join("; ") };
-            tracing::warn!(file = %file.blake3, chunk = next, %detail, "chunk unavailable from every origin");
-            fail_rest(&mut senders, next, FetchError::AllOriginsFailed { file: file.blake3, chunk: next, detail });
+            let err = FetchError::AllOriginsFailed { file: file.blake3, chunk: next, failures: Arc::new(detail) };
+            tracing::warn!(error = %err, "chunk unavailable from every origin");
+            fail_rest(&mut senders, next, err);
         }
     }
 

@@ -37,6 +37,9 @@ pub enum GatewayError {
     DiskTier(String),
     #[error("usage.pricing: {0}")]
     Pricing(#[from] crate::pricing::PricingError),
+    /// The tenant table does not build (a config error).
+    #[error(transparent)]
+    Tenants(#[from] crate::tenant::TenantError),
     /// A reload would change keys only a restart applies; nothing was applied.
     #[error("{} need{} a restart; the reload was refused and nothing was applied", .0.join(", "), if .0.len() == 1 { "s" } else { "" })]
     RestartOnly(Vec<String>),
@@ -54,7 +57,7 @@ pub struct Gateway {
     loaded: AtomicBool,
     /// Configured or registered releases that could not be loaded, and why;
     /// retried in the background until they load.
-    unloaded: ArcSwap<Vec<String>>,
+    unloaded: ArcSwap<Vec<registry::Unloaded>>,
     meter: Arc<Meter>,
     ledger: Arc<Ledger>,
     /// Tells the ledger committer to make its final commit and stop.
@@ -80,8 +83,25 @@ pub(crate) fn trusted_keys(cfg: &Config) -> Result<Vec<PublicKey>, GatewayError>
 }
 
 fn build_tenants(cfg: &Config) -> Result<Tenants, GatewayError> {
-    Tenants::build(&cfg.tenants, &cfg.access)
-        .map_err(|e| GatewayError::Config(ConfigError::Invalid { key: "tenants".into(), why: e.to_string() }))
+    Ok(Tenants::build(&cfg.tenants, &cfg.access)?)
+}
+
+impl crate::error::Classify for GatewayError {
+    fn class(&self) -> crate::error::ErrorClass {
+        use crate::error::ErrorClass;
+        match self {
+            // Origins are only built from config here (a URL that does not parse).
+            GatewayError::Config(_)
+            | GatewayError::Origin(_)
+            | GatewayError::Trust { .. }
+            | GatewayError::Pricing(_)
+            | GatewayError::Tenants(_)
+            | GatewayError::RestartOnly(_) => ErrorClass::Config,
+            GatewayError::Ledger(e) => e.class(),
+            GatewayError::Registry(e) => e.class(),
+            GatewayError::DiskTier(_) => ErrorClass::Storage,
+        }
+    }
 }
 
 /// Reads `usage.pricing`, if set.
@@ -194,10 +214,14 @@ impl Gateway {
         let trusted = trusted_keys(cfg)?;
         let origins = self.fetcher.origins();
         let (mut catalog, errors) = registry::load(&cfg.releases, &trusted, &origins).await;
-        let mut unloaded: Vec<String> = errors.iter().map(ToString::to_string).collect();
         for e in &errors {
-            tracing::error!(error = %e, "release refused; retried in the background");
+            if e.retry {
+                tracing::error!(error = %e, "release not loaded; retried in the background");
+            } else {
+                tracing::error!(error = %e, "release refused");
+            }
         }
+        let mut unloaded = errors;
         let store = self.store.clone();
         let (registered, lifecycle) =
             tokio::task::spawn_blocking(move || Ok::<_, StoreError>((store.registered()?, store.lifecycle()?)))
@@ -214,7 +238,7 @@ impl Gateway {
                 Ok(()) => {}
                 Err(e) => {
                     tracing::error!(error = %e, "registered release refused");
-                    unloaded.push(e.to_string());
+                    unloaded.push(registry::Unloaded { error: e.to_string(), retry: false });
                 }
             }
         }
@@ -233,7 +257,7 @@ impl Gateway {
     }
 
     /// Releases that could not be loaded, with why (empty when all are served).
-    pub fn unloaded(&self) -> Arc<Vec<String>> {
+    pub fn unloaded(&self) -> Arc<Vec<registry::Unloaded>> {
         self.unloaded.load_full()
     }
 
@@ -249,15 +273,16 @@ impl Gateway {
             loop {
                 tokio::time::sleep(wait).await;
                 let Some(gw) = weak.upgrade() else { break };
-                if gw.unloaded().is_empty() {
+                let retryable = |gw: &Gateway| gw.unloaded().iter().filter(|u| u.retry).count();
+                if retryable(&gw) == 0 {
                     wait = FIRST;
                     continue;
                 }
-                let before = gw.unloaded().len();
+                let before = retryable(&gw);
                 if let Err(e) = gw.load_releases(&gw.config()).await {
                     tracing::warn!(error = %e, "retrying unloaded releases failed");
                 }
-                let after = gw.unloaded().len();
+                let after = retryable(&gw);
                 if after < before {
                     tracing::info!(loaded = before - after, still_unloaded = after, "releases loaded on retry");
                 }
@@ -446,7 +471,8 @@ impl Gateway {
             why.push("no origin answers yet".to_string());
         }
         for u in self.unloaded().iter() {
-            why.push(format!("not loaded (retrying): {u}"));
+            let retrying = if u.retry { " (retrying)" } else { "" };
+            why.push(format!("not loaded{retrying}: {u}"));
         }
         why
     }

@@ -16,7 +16,7 @@ use futures_util::Stream;
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use hyper::body::Frame;
 
-use crate::fetch::{ColdSet, FetchError, Fetcher, FileSpec, ReadAhead, Source};
+use crate::fetch::{ColdSet, Fetcher, FileSpec, ReadAhead, Source};
 use crate::metrics::{Metrics, ReasonLabel, SourceLabel};
 use crate::tenant::Tenant;
 use crate::usage::{self, ResponseMeter};
@@ -161,10 +161,8 @@ fn stream(state: ChunkedState) -> impl Stream<Item = Result<Frame<Bytes>, BodyEr
                 let (chunk, source) = match got {
                     Ok(c) => c,
                     Err(e) => {
-                        let reason = match e {
-                            FetchError::AllOriginsFailed { .. } | FetchError::Table { .. } => "integrity_or_origin",
-                            _ => "fetch",
-                        };
+                        // Labelled by the real cause: bad bytes (integrity) or no bytes (origin).
+                        let reason = crate::error::Classify::class(&e).label();
                         st.metrics.aborted.get_or_create(&ReasonLabel { reason }).inc();
                         if let Some((m, _)) = &mut st.meter {
                             m.failed();
@@ -180,7 +178,7 @@ fn stream(state: ChunkedState) -> impl Stream<Item = Result<Frame<Bytes>, BodyEr
                 let from = (r.start - chunk_start) as usize;
                 let to = ((r.end.min(chunk_start + chunk.len() as u64)) - chunk_start) as usize;
                 if to <= from || to > chunk.len() {
-                    st.metrics.aborted.get_or_create(&ReasonLabel { reason: "integrity_or_origin" }).inc();
+                    st.metrics.aborted.get_or_create(&ReasonLabel { reason: "integrity" }).inc();
                     if let Some((m, _)) = &mut st.meter {
                         m.failed();
                     }

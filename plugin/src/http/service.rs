@@ -318,7 +318,11 @@ fn list_datasets(gw: &Gateway, tenants: &Tenants, tenant: &Tenant, q: &Discovery
             }))
         })
         .collect();
-    json(StatusCode::OK, &serde_json::json!({ "datasets": datasets }))
+    // Configured releases this gateway could not load, so a reader missing
+    // one knows why (and whether it is being retried).
+    let not_loaded: Vec<serde_json::Value> =
+        gw.unloaded().iter().map(|u| serde_json::json!({ "error": u.error, "retrying": u.retry })).collect();
+    json(StatusCode::OK, &serde_json::json!({ "datasets": datasets, "not_loaded": not_loaded }))
 }
 
 fn describe_dataset(gw: &Gateway, name: &str) -> Response<Body> {

@@ -270,19 +270,34 @@ async fn fetch_small(node: &crate::btfs::NodeClient, cid: &str) -> Result<Vec<u8
     Ok(body.to_vec())
 }
 
+/// A configured release that could not be loaded.
+#[derive(Debug, Clone)]
+pub struct Unloaded {
+    pub error: String,
+    /// Fetched from origins (by CID), so it may load once they heal: it is
+    /// retried in the background, and requests that may be for it answer 503.
+    pub retry: bool,
+}
+
+impl std::fmt::Display for Unloaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.error)
+    }
+}
+
 /// Loads every configured release. Releases that fail are left out and
 /// reported; the rest are served.
-pub async fn load(sources: &[ReleaseSource], trusted: &[PublicKey], origins: &[Origin]) -> (Catalog, Vec<LoadError>) {
+pub async fn load(sources: &[ReleaseSource], trusted: &[PublicKey], origins: &[Origin]) -> (Catalog, Vec<Unloaded>) {
     let mut catalog = Catalog::default();
     let mut errors = Vec::new();
     for src in sources {
-        match load_one(src, trusted, origins).await {
-            Ok(release) => {
-                if let Err(e) = catalog.insert(release) {
-                    errors.push(e);
-                }
-            }
-            Err(e) => errors.push(e),
+        let retry = src.manifest.starts_with("cid:") || src.placement.as_deref().is_some_and(|p| p.starts_with("cid:"));
+        let outcome = match load_one(src, trusted, origins).await {
+            Ok(release) => catalog.insert(release).map_err(|e| Unloaded { error: e.to_string(), retry: false }),
+            Err(e) => Err(Unloaded { error: e.to_string(), retry }),
+        };
+        if let Err(u) = outcome {
+            errors.push(u);
         }
     }
     (catalog, errors)

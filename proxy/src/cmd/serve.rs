@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use futures_util::FutureExt;
 use shardgate::config::{ByteSize, Config};
-use shardgate::engine::{Engine, EngineError};
+use shardgate::engine::Engine;
+use shardgate::error::{Classify, ErrorClass};
 use shardgate::gateway::Gateway;
 
 use super::{ConfigError, parse_size};
@@ -79,9 +80,10 @@ pub async fn run_gateway(
     // take the default action (exit) and skip the final usage commit.
     let shutdown = shutdown_signal();
     let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
-    let engine = Engine::start(cfg).await.map_err(|e| match e {
-        EngineError::Config(m) => anyhow::Error::new(ConfigError(m)),
-        other => anyhow::Error::new(other),
+    // Only a config error exits 64; a failing ledger, registry or disk exits 1.
+    let engine = Engine::start(cfg).await.map_err(|e| match e.class() {
+        ErrorClass::Config => anyhow::Error::new(ConfigError(e.to_string())),
+        _ => anyhow::Error::new(e),
     })?;
     match on_ready {
         Some(f) => f(engine.addr()),
