@@ -50,6 +50,8 @@ pub struct Gateway {
     /// `usage.pricing`, read at start and on reload.
     pricing: ArcSwapOption<Pricing>,
     tenants: ArcSwap<Tenants>,
+    /// Tokens that may read the finance summary: finance and admin tokens.
+    report_tokens: ArcSwap<crate::tenant::TokenSet>,
     registry: Registry,
     fetcher: Arc<Fetcher>,
     metrics: Arc<Metrics>,
@@ -80,6 +82,15 @@ pub(crate) fn trusted_keys(cfg: &Config) -> Result<Vec<PublicKey>, GatewayError>
         .iter()
         .map(|k| PublicKey::load(k).map_err(|e| GatewayError::Trust { spec: k.clone(), why: e.to_string() }))
         .collect()
+}
+
+fn report_tokens(cfg: &Config) -> Result<crate::tenant::TokenSet, GatewayError> {
+    let admin = cfg.grpc.as_ref().map(|g| g.admin_tokens.as_slice()).unwrap_or(&[]);
+    crate::tenant::TokenSet::parse([
+        ("reports.finance_tokens", cfg.reports.finance_tokens.as_slice()),
+        ("grpc.admin_tokens", admin),
+    ])
+    .map_err(|(key, why)| GatewayError::Config(ConfigError::Invalid { key, why }))
 }
 
 fn build_tenants(cfg: &Config) -> Result<Tenants, GatewayError> {
@@ -189,6 +200,7 @@ impl Gateway {
             config: ArcSwap::from_pointee(cfg.clone()),
             pricing: ArcSwapOption::new(pricing),
             tenants: ArcSwap::from_pointee(tenants),
+            report_tokens: ArcSwap::from_pointee(report_tokens(&cfg)?),
             registry: Registry::default(),
             fetcher,
             metrics,
@@ -312,6 +324,7 @@ impl Gateway {
             self.pricing.store(pricing);
             self.load_releases(&cfg).await?;
             self.tenants.store(Arc::new(tenants));
+            self.report_tokens.store(Arc::new(report_tokens(&cfg)?));
             self.config.store(Arc::new(cfg));
             Ok(())
         }
@@ -484,6 +497,11 @@ impl Gateway {
 
     pub fn config(&self) -> Arc<Config> {
         self.config.load_full()
+    }
+
+    /// Finance and admin tokens, for `/v1/reports/summary`.
+    pub fn report_tokens(&self) -> Arc<crate::tenant::TokenSet> {
+        self.report_tokens.load_full()
     }
 
     pub fn tenants(&self) -> Arc<Tenants> {

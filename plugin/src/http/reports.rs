@@ -11,7 +11,7 @@ use super::body::{self, Body};
 use super::service::{error, json};
 use crate::gateway::Gateway;
 use crate::reports::summary::{self, MAX_DAYS};
-use crate::tenant::{bearer, hash_key, parse_key_hash};
+use crate::tenant::TokenRefusal;
 
 const INDEX: &str = include_str!("dashboard/index.html");
 const APP_JS: &str = include_str!("dashboard/app.js");
@@ -46,17 +46,14 @@ fn unauthorized(why: &str) -> Response<Body> {
 }
 
 /// Checks `Authorization: Bearer <token>` against `reports.finance_tokens`
-/// and `grpc.admin_tokens` (hashes; config validation has parsed them).
+/// and `grpc.admin_tokens` (parsed once, at start and on reload).
 fn authorized<B>(gw: &Gateway, req: &Request<B>) -> Result<(), &'static str> {
-    let Some(v) = req.headers().get(header::AUTHORIZATION) else {
-        return Err("a finance or admin token is required (Authorization: Bearer <token>)");
-    };
-    let token = v.to_str().ok().and_then(bearer).ok_or("Authorization must be `Bearer <token>`")?;
-    let h = hash_key(token);
-    let cfg = gw.config();
-    let admin = cfg.grpc.as_ref().map(|g| g.admin_tokens.as_slice()).unwrap_or(&[]);
-    let known = cfg.reports.finance_tokens.iter().chain(admin).filter_map(|t| parse_key_hash(t).ok());
-    if known.into_iter().any(|k| k == h) { Ok(()) } else { Err("the finance or admin token is not valid") }
+    match gw.report_tokens().check(req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes())) {
+        Ok(()) => Ok(()),
+        Err(TokenRefusal::Missing) => Err("a finance or admin token is required (Authorization: Bearer <token>)"),
+        Err(TokenRefusal::Malformed) => Err("Authorization must be `Bearer <token>`"),
+        Err(TokenRefusal::Unknown) => Err("the finance or admin token is not valid"),
+    }
 }
 
 /// `days` from the query: 1 to [`MAX_DAYS`], default 30.

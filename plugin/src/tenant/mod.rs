@@ -368,3 +368,41 @@ impl Tenants {
 
 #[cfg(test)]
 mod tests;
+
+/// A set of bearer tokens stored as hashes (`blake3:<hex>`), parsed once
+/// from config; checking a request hashes its token once.
+#[derive(Debug, Clone, Default)]
+pub struct TokenSet {
+    hashes: Arc<Vec<[u8; 32]>>,
+}
+
+/// Why a bearer token was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenRefusal {
+    Missing,
+    Malformed,
+    Unknown,
+}
+
+impl TokenSet {
+    /// Parses `(list name, hashes)` lists into one set; an error is the key
+    /// (such as `grpc.admin_tokens[1]`) and why.
+    pub fn parse<'a>(lists: impl IntoIterator<Item = (&'a str, &'a [String])>) -> Result<Self, (String, String)> {
+        let mut hashes = Vec::new();
+        for (list, items) in lists {
+            for (i, t) in items.iter().enumerate() {
+                hashes.push(parse_key_hash(t).map_err(|why| (format!("{list}[{i}]"), why))?);
+            }
+        }
+        Ok(Self { hashes: Arc::new(hashes) })
+    }
+
+    /// Checks an `Authorization` value (`Bearer <token>`).
+    pub fn check(&self, authorization: Option<&[u8]>) -> Result<(), TokenRefusal> {
+        let value = authorization.ok_or(TokenRefusal::Missing)?;
+        let text = std::str::from_utf8(value).map_err(|_| TokenRefusal::Malformed)?;
+        let token = bearer(text).ok_or(TokenRefusal::Malformed)?;
+        let h = hash_key(token);
+        if self.hashes.iter().any(|k| k == &h) { Ok(()) } else { Err(TokenRefusal::Unknown) }
+    }
+}

@@ -12,7 +12,6 @@
 //! never reopen: once a window has closed, later responses land in a later
 //! window.
 
-pub mod grpc;
 pub mod ledger;
 pub mod meter;
 

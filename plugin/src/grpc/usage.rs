@@ -9,12 +9,12 @@ use tokio::sync::watch;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::ledger::{Entry, Ledger, LedgerError};
-use super::proto::usage_service_server::UsageService;
-use super::proto::{self, usage_record};
-use super::{RecordKey, Source, WINDOW_SECS, unix_now};
 use crate::pricing::Money;
 use crate::reports::Chargeback;
+use crate::usage::ledger::{Entry, Ledger, LedgerError};
+use crate::usage::proto::usage_service_server::UsageService;
+use crate::usage::proto::{self, usage_record};
+use crate::usage::{RecordKey, Source, WINDOW_SECS, unix_now};
 
 const DEFAULT_LIMIT: u32 = 1000;
 const MAX_LIMIT: u32 = 10_000;

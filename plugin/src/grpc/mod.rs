@@ -1,7 +1,14 @@
-//! The gRPC listener: `shardgate.usage.v1.UsageService` behind billing
-//! tokens, `shardgate.admin.v1.AdminService` behind admin tokens, and the
-//! open `grpc.health.v1.Health` and server reflection (v1 and v1alpha) that
-//! load balancers and grpcurl expect.
+//! Every gRPC adapter in one place: the listener, the token checks (hashes
+//! parsed once, at start), `shardgate.usage.v1.UsageService` ([`usage`])
+//! behind billing tokens, `shardgate.admin.v1.AdminService` ([`admin`])
+//! behind admin tokens, and the open `grpc.health.v1.Health` and server
+//! reflection (v1 and v1alpha) that load balancers and grpcurl expect.
+//!
+//! Must not: hold logic of its own beyond mapping protobuf to the engine's
+//! operations and their errors to statuses.
+
+pub mod admin;
+pub mod usage;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -13,13 +20,13 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::{Request, Status};
 
+use self::admin::AdminApi;
+use self::usage::UsageApi;
 use crate::config::{GrpcConfig, GrpcTlsConfig};
 use crate::gateway::Gateway;
-use crate::lifecycle::admin::AdminApi;
 use crate::lifecycle::proto::admin_service_server::AdminServiceServer;
 use crate::listener::{Accepted, Limits};
-use crate::tenant::{bearer, hash_key, parse_key_hash};
-use crate::usage::grpc::UsageApi;
+use crate::tenant::{TokenRefusal, TokenSet};
 use crate::usage::proto::usage_service_server::UsageServiceServer;
 
 /// Every service's encoded descriptors, for server reflection.
@@ -27,45 +34,38 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("shar
 
 #[derive(Debug, thiserror::Error)]
 pub enum GrpcError {
-    #[error("grpc.{list}[{index}]: {why}")]
-    Token { list: &'static str, index: usize, why: String },
+    #[error("grpc.{key}: {why}")]
+    Token { key: String, why: String },
     #[error("grpc.tls {path}: {why}")]
     Tls { path: String, why: String },
     #[error("gRPC server: {0}")]
     Serve(String),
 }
 
-/// Checks `authorization: Bearer <token>` against configured hashes.
+/// Checks `authorization: Bearer <token>` against one token list, parsed once.
 #[derive(Clone)]
 struct TokenAuth {
-    tokens: Arc<Vec<[u8; 32]>>,
+    tokens: TokenSet,
     what: &'static str,
 }
 
 impl TokenAuth {
     fn new(list: &'static str, hashes: &[String], what: &'static str) -> Result<Self, GrpcError> {
-        let tokens = hashes
-            .iter()
-            .enumerate()
-            .map(|(index, t)| parse_key_hash(t).map_err(|why| GrpcError::Token { list, index, why }))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self { tokens: Arc::new(tokens), what })
+        let tokens = TokenSet::parse([(list, hashes)]).map_err(|(key, why)| GrpcError::Token { key, why })?;
+        Ok(Self { tokens, what })
     }
 }
 
 impl tonic::service::Interceptor for TokenAuth {
     fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
         let what = self.what;
-        let Some(v) = req.metadata().get("authorization") else {
-            return Err(Status::unauthenticated(format!("{what} is required (authorization: Bearer <token>)")));
-        };
-        let text = v.to_str().map_err(|_| Status::unauthenticated("malformed authorization metadata"))?;
-        let token = bearer(text).ok_or_else(|| Status::unauthenticated("authorization must be `Bearer <token>`"))?;
-        let h = hash_key(token);
-        if self.tokens.iter().any(|t| t == &h) {
-            Ok(req)
-        } else {
-            Err(Status::unauthenticated(format!("the {what} is not valid")))
+        match self.tokens.check(req.metadata().get("authorization").map(|v| v.as_bytes())) {
+            Ok(()) => Ok(req),
+            Err(TokenRefusal::Missing) => {
+                Err(Status::unauthenticated(format!("{what} is required (authorization: Bearer <token>)")))
+            }
+            Err(TokenRefusal::Malformed) => Err(Status::unauthenticated("authorization must be `Bearer <token>`")),
+            Err(TokenRefusal::Unknown) => Err(Status::unauthenticated(format!("the {what} is not valid"))),
         }
     }
 }

@@ -1,0 +1,193 @@
+//! The admin API over gRPC (`shardgate.admin.v1.AdminService`): a thin
+//! adapter from protobuf to the gateway's admin operations
+//! ([`crate::lifecycle::admin`]), behind admin tokens checked in
+//! [`super::TokenAuth`].
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::gateway::Gateway;
+use crate::lifecycle::admin::{AdminError, version};
+use crate::lifecycle::proto::admin_service_server::AdminService;
+use crate::lifecycle::proto::{self};
+use crate::registry::{self, Catalog};
+
+/// Pre-warms one release at a time, so pre-warming never takes more than
+/// one span's worth of origin and CPU from foreground traffic.
+static PREWARM: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
+#[derive(Debug, Clone)]
+pub struct AdminApi {
+    gw: Arc<Gateway>,
+    stop: watch::Receiver<bool>,
+}
+
+impl AdminApi {
+    pub fn new(gw: Arc<Gateway>, stop: watch::Receiver<bool>) -> Self {
+        Self { gw, stop }
+    }
+}
+
+fn info(c: &Catalog, r: &registry::Release) -> proto::ReleaseInfo {
+    let (name, v) = (r.name(), r.version());
+    let state = c.state(name, v);
+    let m = &r.signed.manifest;
+    let proto_state = match state.label() {
+        "taken_down" => proto::State::TakenDown,
+        "deprecated" => proto::State::Deprecated,
+        _ => proto::State::Active,
+    };
+    let reason = state
+        .taken_down
+        .as_ref()
+        .map(|t| t.reason.clone())
+        .or_else(|| state.deprecated.as_ref().map(|d| d.reason.clone()))
+        .unwrap_or_default();
+    proto::ReleaseInfo {
+        name: name.to_string(),
+        version: v.to_string(),
+        release_id: r.signed.id.to_hex(),
+        signer: r.signed.signer.to_string(),
+        state: proto_state.into(),
+        files: m.files.len() as u64,
+        total_bytes: m.total_bytes,
+        tags: c.lifecycle().tags_of(name, v),
+        successor_version: state.successor().map(ToString::to_string).unwrap_or_default(),
+        sunset: state.deprecated.as_ref().and_then(|d| d.sunset).unwrap_or(0),
+        reason,
+        origin: if c.is_registered(name, v) { "registry" } else { "config" }.into(),
+    }
+}
+
+type ProgressStream = Pin<Box<dyn Stream<Item = Result<proto::PrewarmProgress, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AdminService for AdminApi {
+    async fn register_release(
+        &self,
+        req: Request<proto::RegisterReleaseRequest>,
+    ) -> Result<Response<proto::RegisterReleaseResponse>, Status> {
+        use proto::register_release_request::{Manifest, Placement};
+        let r = req.into_inner();
+        let manifest = match r.manifest {
+            Some(Manifest::ManifestBytes(b)) => b,
+            Some(Manifest::ManifestCid(cid)) => self.gw.fetch_source(&format!("cid:{cid}")).await?,
+            None => return Err(Status::invalid_argument("manifest_bytes or manifest_cid is required")),
+        };
+        let placement = match r.placement {
+            Some(Placement::PlacementBytes(b)) => Some(b),
+            Some(Placement::PlacementCid(cid)) => Some(self.gw.fetch_source(&format!("cid:{cid}")).await?),
+            None => None,
+        };
+        let reg = self.gw.register_release(manifest, placement).await?;
+        Ok(Response::new(proto::RegisterReleaseResponse {
+            name: reg.name,
+            version: reg.version,
+            release_id: reg.release_id,
+            already_registered: reg.already_registered,
+        }))
+    }
+
+    async fn set_tag(&self, req: Request<proto::SetTagRequest>) -> Result<Response<proto::SetTagResponse>, Status> {
+        let r = req.into_inner();
+        let previous = self.gw.set_tag(&r.name, &r.tag, &r.version).await?;
+        Ok(Response::new(proto::SetTagResponse { previous_version: previous.unwrap_or_default() }))
+    }
+
+    async fn deprecate(
+        &self,
+        req: Request<proto::DeprecateRequest>,
+    ) -> Result<Response<proto::DeprecateResponse>, Status> {
+        let r = req.into_inner();
+        let successor = Some(r.successor_version.as_str()).filter(|s| !s.is_empty());
+        let sunset = Some(r.sunset).filter(|s| *s > 0);
+        self.gw.deprecate(&r.name, &r.version, successor, sunset, &r.reason).await?;
+        Ok(Response::new(proto::DeprecateResponse {}))
+    }
+
+    async fn takedown(
+        &self,
+        req: Request<proto::TakedownRequest>,
+    ) -> Result<Response<proto::TakedownResponse>, Status> {
+        let r = req.into_inner();
+        let purged = self.gw.takedown(&r.name, &r.version, &r.reason).await?;
+        Ok(Response::new(proto::TakedownResponse { purged_files: purged }))
+    }
+
+    type PrewarmStream = ProgressStream;
+
+    async fn prewarm(&self, req: Request<proto::PrewarmRequest>) -> Result<Response<Self::PrewarmStream>, Status> {
+        let r = req.into_inner();
+        let v = version(&r.version)?;
+        // Opened through the front door before anything awaits: the purge
+        // mark and liveness baseline are taken now, so a takedown that lands
+        // while this waits for its turn keeps its chunks out of the tiers.
+        let opened = crate::door::open_files(&self.gw, &r.name, &v.to_string(), &r.files).map_err(|e| match e {
+            crate::door::OpenError::TakenDown { .. } => AdminError::FailedPrecondition(e.to_string()),
+            crate::door::OpenError::BadLayout { .. } => AdminError::Invalid(e.to_string()),
+            _ => AdminError::NotFound(e.to_string()),
+        })?;
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let gw = self.gw.clone();
+        let mut stop = self.stop.clone();
+        tokio::spawn(async move {
+            let _one_at_a_time = PREWARM.acquire().await;
+            let bytes_total: u64 = opened.iter().map(|o| o.file.entry().size).sum();
+            let mut p = proto::PrewarmProgress { bytes_total, ..Default::default() };
+            p.chunks_total = opened.iter().map(|o| o.spec.layout.chunk_count()).sum();
+            let span = gw.config().fetch.span.0;
+            for mut open in opened {
+                let spec = open.spec.clone();
+                p.file = open.file.entry().path.clone();
+                let per_span = (span / spec.layout.chunk_size()).max(1);
+                let count = spec.layout.chunk_count();
+                for i in 0..count {
+                    if *stop.borrow_and_update() {
+                        return;
+                    }
+                    if i % per_span == 0 && open.liveness.check().is_err() {
+                        let _ = tx
+                            .send(Err(Status::failed_precondition("the release was taken down during the pre-warm")))
+                            .await;
+                        return;
+                    }
+                    let end = (i - i % per_span + per_span).min(count);
+                    match gw.fetcher().chunk(&spec, i, end).await {
+                        Ok((b, _)) => p.bytes_done += b.len() as u64,
+                        Err(e) => {
+                            let _ = tx.send(Err(Status::unavailable(format!("{}: {e}", p.file)))).await;
+                            return;
+                        }
+                    }
+                    p.chunks_done += 1;
+                    // Low priority: give way to foreground requests between chunks.
+                    tokio::task::yield_now().await;
+                    let step = (i + 1) % per_span == 0 || i + 1 == count;
+                    if step && tx.send(Ok(p.clone())).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn list_releases(
+        &self,
+        req: Request<proto::ListReleasesRequest>,
+    ) -> Result<Response<proto::ListReleasesResponse>, Status> {
+        let r = req.into_inner();
+        let c = self.gw.registry().snapshot();
+        let releases = c
+            .names()
+            .filter(|(n, _)| r.name.as_deref().is_none_or(|want| want == n.as_str()))
+            .flat_map(|(_, versions)| versions.values())
+            .map(|rel| info(&c, rel))
+            .collect();
+        Ok(Response::new(proto::ListReleasesResponse { releases }))
+    }
+}
