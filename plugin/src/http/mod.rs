@@ -5,6 +5,8 @@
 //! touches origins directly.
 
 pub mod body;
+mod discovery;
+mod file;
 pub mod range;
 mod reports;
 pub mod route;
