@@ -80,6 +80,37 @@ impl ListenerMetrics {
     }
 }
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What serves a connection: a hyper service whose futures and errors can
+/// cross threads.
+pub trait ConnService<B>:
+    hyper::service::Service<
+        Request<hyper::body::Incoming>,
+        Response = Response<B>,
+        Future: Send + 'static,
+        Error: Into<BoxError>,
+    > + Send
+    + 'static
+{
+}
+
+impl<S, B> ConnService<B> for S where
+    S: hyper::service::Service<
+            Request<hyper::body::Incoming>,
+            Response = Response<B>,
+            Future: Send + 'static,
+            Error: Into<BoxError>,
+        > + Send
+        + 'static
+{
+}
+
+/// A response body a connection can send from any thread.
+pub trait ConnBody: Body<Data: Send, Error: Into<BoxError>> + Send + 'static {}
+
+impl<B> ConnBody for B where B: Body<Data: Send, Error: Into<BoxError>> + Send + 'static {}
+
 /// A connection as a service factory sees it.
 #[derive(Debug, Clone)]
 pub struct Accepted {
@@ -225,12 +256,8 @@ pub async fn serve<M, S, B>(
     shutdown: impl Future<Output = ()>,
 ) where
     M: Fn(Accepted) -> S + Send + Sync + 'static,
-    S: hyper::service::Service<Request<hyper::body::Incoming>, Response = Response<B>> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: ConnService<B>,
+    B: ConnBody,
 {
     let shared = Arc::new(Shared { builder, tls, limits, metrics, make_service });
     let limits = &shared.limits;
@@ -331,12 +358,8 @@ impl<M> Shared<M> {
         pressure: watch::Receiver<u64>,
     ) where
         M: Fn(Accepted) -> S,
-        S: hyper::service::Service<Request<hyper::body::Incoming>, Response = Response<B>> + Send + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-        B: Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        S: ConnService<B>,
+        B: ConnBody,
     {
         let deadline = Instant::now() + self.limits.header_read_timeout;
         let mut timed = TimeoutStream::new(stream);
@@ -390,12 +413,8 @@ impl<M> Shared<M> {
     ) -> Ended
     where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-        S: hyper::service::Service<Request<hyper::body::Incoming>, Response = Response<B>> + Send + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-        B: Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        S: ConnService<B>,
+        B: ConnBody,
     {
         let limits = &self.limits;
         let svc = Tracked { inner: svc, activity: activity.clone() };
