@@ -94,7 +94,7 @@ say "callgrind: instructions per hot 1 MiB range request in the connection tasks
 # in the accept loop's own select closures, so accepting each connection is
 # counted too): everything a request costs in user space, and nothing that
 # runs on a timer.
-conn_task='shardgate::http::server::serve::{{closure}}::{{closure}}'
+conn_task='shardgate::listener::serve::{{closure}}::{{closure}}'
 cg() {  # $1 variant, $2 requests: instructions in connection tasks of a gateway run serving them
   local p cfg b hdr
   # No periodic commit during the run: it is a cost per second, not per request.

@@ -306,9 +306,9 @@ pub async fn serve<M, S, B>(
         let pressure = pressure_rx.clone();
         conns.spawn(async move {
             let _permit = permit;
-            shared.metrics.open.inc();
+            // Decremented on drop, so an aborted task (shutdown) is counted out too.
+            let _open = OpenGuard::new(shared.metrics.open.clone());
             shared.connection(stream, peer, stop, pressure).await;
-            shared.metrics.open.dec();
         });
     }
     drop(listener);
@@ -324,6 +324,22 @@ pub async fn serve<M, S, B>(
         );
         conns.abort_all();
         while conns.join_next().await.is_some() {}
+    }
+}
+
+/// Counts a connection in the open gauge while it lives.
+struct OpenGuard(Gauge);
+
+impl OpenGuard {
+    fn new(g: Gauge) -> Self {
+        g.inc();
+        Self(g)
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
@@ -369,7 +385,7 @@ impl<M> Shared<M> {
         let ended = match &self.tls {
             None => {
                 let svc = (self.make_service)(Accepted { peer, client_cert: None });
-                self.drive(TokioIo::new(timed), svc, activity, &mut stop, pressure).await
+                self.drive(TokioIo::new(timed), svc, activity, deadline, &mut stop, pressure).await
             }
             Some(acceptor) => {
                 let handshake = tokio::select! {
@@ -382,7 +398,7 @@ impl<M> Shared<M> {
                         let client_cert =
                             tls_stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec());
                         let svc = (self.make_service)(Accepted { peer, client_cert });
-                        self.drive(TokioIo::new(tls_stream), svc, activity, &mut stop, pressure).await
+                        self.drive(TokioIo::new(tls_stream), svc, activity, deadline, &mut stop, pressure).await
                     }
                     Ok(Err(e)) => {
                         tracing::debug!(listener = self.limits.name, %peer, error = %e, "TLS handshake failed");
@@ -408,6 +424,7 @@ impl<M> Shared<M> {
         io: I,
         svc: S,
         activity: Arc<Activity>,
+        first_deadline: Instant,
         stop: &mut watch::Receiver<bool>,
         mut pressure: watch::Receiver<u64>,
     ) -> Ended
@@ -423,7 +440,8 @@ impl<M> Shared<M> {
         pressure.mark_unchanged();
         let mut pressure_open = true;
         let mut draining = false;
-        let mut check = Instant::now() + limits.header_read_timeout;
+        // The first request's deadline runs from accept (a TLS handshake spent part of it).
+        let mut check = first_deadline;
         let ended = loop {
             tokio::select! {
                 r = conn.as_mut() => {

@@ -125,10 +125,11 @@ pub struct ColdSet {
 }
 
 impl ColdSet {
-    /// Hot and total chunks over `ranges`, as `Fetcher::cached` counts them.
-    pub fn counts(&self, ranges: &[Range<u64>]) -> (u64, u64) {
-        ranges.iter().fold((0, 0), |(hot, total), r| {
-            let cold = r.clone().filter(|&i| self.contains(i)).count() as u64;
+    /// Hot and total chunks over the ranges the set was taken for, as
+    /// `Fetcher::cached` counts them (one popcount per bitmap word).
+    pub fn counts(&self) -> (u64, u64) {
+        self.ranges.iter().fold((0, 0), |(hot, total), (r, bits)| {
+            let cold: u64 = bits.iter().map(|w| u64::from(w.count_ones())).sum();
             (hot + (r.end - r.start) - cold, total + (r.end - r.start))
         })
     }
@@ -233,14 +234,16 @@ impl std::fmt::Debug for Fetcher {
 /// reader left) frees the probe for another request.
 struct ProbeGuard<'a> {
     outliers: &'a Outliers,
+    /// The origin's index in the origin list.
+    index: usize,
     origin: &'a str,
     turn: Turn,
     settled: bool,
 }
 
 impl<'a> ProbeGuard<'a> {
-    fn new(outliers: &'a Outliers, origin: &'a str, turn: Turn) -> Self {
-        Self { outliers, origin, turn, settled: false }
+    fn new(outliers: &'a Outliers, index: usize, origin: &'a str, turn: Turn) -> Self {
+        Self { outliers, index, origin, turn, settled: false }
     }
 
     fn success(&mut self) {
@@ -250,10 +253,10 @@ impl<'a> ProbeGuard<'a> {
         }
     }
 
-    /// Bytes that failed verification.
+    /// Bytes that failed verification, or a body that ended short.
     fn failure(&mut self) {
         self.settled = true;
-        self.outliers.failure(self.origin, false);
+        self.outliers.failure(self.origin, false, self.turn == Turn::Probe);
     }
 
     /// An origin error: a timeout or stall (which costs every request that
@@ -264,7 +267,7 @@ impl<'a> ProbeGuard<'a> {
             OriginErrorKind::NotFound(_) => {}
             OriginErrorKind::FirstByteTimeout(_) | OriginErrorKind::Stalled(_) => {
                 self.settled = true;
-                self.outliers.failure(self.origin, true);
+                self.outliers.failure(self.origin, true, self.turn == Turn::Probe);
             }
             _ => self.failure(),
         }
@@ -507,6 +510,16 @@ impl Fetcher {
         self.spans.reopen();
     }
 
+    /// The origins in this request's order (ejected ones last), each with
+    /// its guard; see [`ProbeGuard`].
+    fn probe_guards<'a>(&'a self, origins: &'a [Origin]) -> Vec<ProbeGuard<'a>> {
+        self.outliers
+            .order(origins.iter().map(Origin::name))
+            .into_iter()
+            .map(|(i, turn)| ProbeGuard::new(&self.outliers, i, origins[i].name(), turn))
+            .collect()
+    }
+
     /// Outlier ejection's view of the origins.
     pub fn outliers(&self) -> &Outliers {
         &self.outliers
@@ -635,9 +648,11 @@ impl Fetcher {
             return Err(FetchError::NoOrigin);
         }
         let mut detail = Vec::new();
-        for (i, turn) in self.outliers.order(origins.iter().map(Origin::name)) {
-            let origin = &origins[i];
-            let mut probe = ProbeGuard::new(&self.outliers, origin.name(), turn);
+        // A guard per origin up front: a probe this request claimed but never
+        // reached (it succeeded earlier) is handed back when the guards drop.
+        let mut guards = self.probe_guards(&origins);
+        for probe in guards.iter_mut() {
+            let origin = &origins[probe.index];
             let label = Metrics::origin(origin.name());
             self.metrics.origin_requests.get_or_create(&label).inc();
             let bytes = match read_all(origin, blob, 0..len).await {
@@ -924,12 +939,12 @@ impl Fetcher {
         let blob = BlobRef { blake3: file.blake3, cid: file.cid.as_deref(), size: layout.size() };
         let mut next = chunks.start;
         let mut detail = Vec::new();
-        for (i, turn) in self.outliers.order(origins.iter().map(Origin::name)) {
+        let mut guards = self.probe_guards(&origins);
+        for probe in guards.iter_mut() {
             if next == chunks.end {
                 break;
             }
-            let origin = &origins[i];
-            let mut probe = ProbeGuard::new(&self.outliers, origin.name(), turn);
+            let origin = &origins[probe.index];
             let label = Metrics::origin(origin.name());
             let bytes = layout.chunk_range(next).start..layout.chunk_range(chunks.end - 1).end;
             self.metrics.origin_requests.get_or_create(&label).inc();
@@ -971,7 +986,22 @@ impl Fetcher {
                         }
                     }
                 }
-                let Some(item) = stream.next().await else { break 'stream };
+                let Some(item) = stream.next().await else {
+                    if next < chunks.end {
+                        // The body ended before the span did, without an error.
+                        let want = layout.chunk_range(chunks.end - 1).end - layout.chunk_range(chunks.start).start;
+                        let got =
+                            layout.chunk_range(next).start - layout.chunk_range(chunks.start).start + filled as u64;
+                        let e = OriginError {
+                            origin: origin.name().to_string(),
+                            kind: OriginErrorKind::Short { got, want },
+                        };
+                        self.metrics.origin_errors.get_or_create(&label).inc();
+                        probe.failure();
+                        detail.push(OriginFailure::Error(e));
+                    }
+                    break 'stream;
+                };
                 let mut piece = match item {
                     Ok(p) => p,
                     Err(e) => {
@@ -1151,6 +1181,6 @@ mod tests {
         assert_eq!(cold.words(), 3, "one word per covered range, however far apart");
         assert!(cold.contains(0) && cold.contains(2) && cold.contains(last));
         assert!(!cold.contains(3) && !cold.contains(last / 2));
-        assert_eq!(cold.counts(&ranges), (0, 5));
+        assert_eq!(cold.counts(), (0, 5));
     }
 }

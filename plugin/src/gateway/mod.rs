@@ -223,6 +223,11 @@ impl Gateway {
         // Admin changes read the catalog, write the store and swap: a reload
         // in between would undo one or the other.
         let _admin = self.admin.lock().await;
+        self.load_releases_locked(cfg).await
+    }
+
+    /// [`Gateway::load_releases`] with the admin lock already held.
+    async fn load_releases_locked(&self, cfg: &Config) -> Result<(), GatewayError> {
         let trusted = trusted_keys(cfg)?;
         let origins = self.fetcher.origins();
         let (mut catalog, errors) = registry::load(&cfg.releases, &trusted, &origins).await;
@@ -250,7 +255,7 @@ impl Gateway {
                 Ok(()) => {}
                 Err(e) => {
                     tracing::error!(error = %e, "registered release refused");
-                    unloaded.push(registry::Unloaded { error: e.to_string(), retry: false });
+                    unloaded.push(registry::Unloaded { error: e.to_string(), retry: false, source: None });
                 }
             }
         }
@@ -266,6 +271,45 @@ impl Gateway {
         self.registry.replace(catalog);
         self.loaded.store(true, Ordering::Release);
         Ok(())
+    }
+
+    /// Tries again the configured releases that are waiting on their
+    /// origins, adding those that load now to the catalog in force. Releases
+    /// already served are left as they are (a retry never drops one because
+    /// an origin is still unwell).
+    async fn retry_unloaded(&self) {
+        let _admin = self.admin.lock().await;
+        let cfg = self.config();
+        let Ok(trusted) = trusted_keys(&cfg) else { return };
+        let origins = self.fetcher.origins();
+        let mut next = (*self.registry.snapshot()).clone();
+        let mut still = Vec::new();
+        let mut loaded = 0;
+        for u in self.unloaded().iter() {
+            let Some(src) = u.source.as_ref().filter(|_| u.retry) else {
+                still.push(u.clone());
+                continue;
+            };
+            match registry::load_source(src, &trusted, &origins).await {
+                Ok(release) => {
+                    let what = format!("{}@{}", release.name(), release.version());
+                    match next.insert(release) {
+                        Ok(()) => {
+                            tracing::info!(release = %what, "release loaded on retry");
+                            loaded += 1;
+                        }
+                        Err(e) => still.push(registry::Unloaded { error: e.to_string(), retry: false, source: None }),
+                    }
+                }
+                Err(u) => still.push(u),
+            }
+        }
+        if loaded > 0 {
+            self.metrics.releases.set(next.release_count() as i64);
+            self.registry.replace(next);
+        }
+        self.metrics.releases_unloaded.set(still.len() as i64);
+        self.unloaded.store(Arc::new(still));
     }
 
     /// Releases that could not be loaded, with why (empty when all are served).
@@ -291,9 +335,7 @@ impl Gateway {
                     continue;
                 }
                 let before = retryable(&gw);
-                if let Err(e) = gw.load_releases(&gw.config()).await {
-                    tracing::warn!(error = %e, "retrying unloaded releases failed");
-                }
+                gw.retry_unloaded().await;
                 let after = retryable(&gw);
                 if after < before {
                     tracing::info!(loaded = before - after, still_unloaded = after, "releases loaded on retry");
@@ -320,11 +362,15 @@ impl Gateway {
             let tenants = build_tenants(&cfg)?;
             let origins = origin::build(&cfg.origins, &cfg.fetch)?;
             let pricing = load_pricing(&cfg).await?;
+            let tokens = report_tokens(&cfg)?;
+            // Under the admin lock throughout, so the background retry never
+            // loads releases from a config this reload has replaced.
+            let _admin = self.admin.lock().await;
             self.fetcher.set_origins(origins, cfg.fetch.outlier);
             self.pricing.store(pricing);
-            self.load_releases(&cfg).await?;
+            self.load_releases_locked(&cfg).await?;
             self.tenants.store(Arc::new(tenants));
-            self.report_tokens.store(Arc::new(report_tokens(&cfg)?));
+            self.report_tokens.store(Arc::new(tokens));
             self.config.store(Arc::new(cfg));
             Ok(())
         }
@@ -469,12 +515,16 @@ impl Gateway {
         &self.ledger
     }
 
-    /// Releases loaded (every configured one), and an origin answers.
+    /// Releases loaded (every one that may still load), and an origin answers.
     pub fn ready(&self) -> bool {
         self.not_ready_reasons().is_empty()
     }
 
-    /// Why `/readyz` says not ready, one line each; empty when ready.
+    /// Why `/readyz` says not ready, one line each; empty when ready. A
+    /// release still being retried (by CID) keeps the gateway unready; one
+    /// refused for good (an untrusted or invalid manifest) is a warning
+    /// ([`Gateway::readiness_warnings`]), or one bad manifest would take
+    /// every replica out of a balancer's rotation.
     pub fn not_ready_reasons(&self) -> Vec<String> {
         let mut why = Vec::new();
         if !self.loaded.load(Ordering::Acquire) {
@@ -483,11 +533,20 @@ impl Gateway {
         if !self.origin_ok.load(Ordering::Acquire) {
             why.push("no origin answers yet".to_string());
         }
-        for u in self.unloaded().iter() {
-            let retrying = if u.retry { " (retrying)" } else { "" };
-            why.push(format!("not loaded{retrying}: {u}"));
+        for u in self.unloaded().iter().filter(|u| u.retry) {
+            why.push(format!("not loaded (retrying): {u}"));
         }
         why
+    }
+
+    /// What `/readyz` reports without being unready: releases refused for
+    /// good, verification off.
+    pub fn readiness_warnings(&self) -> Vec<String> {
+        let mut w: Vec<String> = self.unloaded().iter().filter(|u| !u.retry).map(|u| format!("refused: {u}")).collect();
+        if !self.config().fetch.verify {
+            w.push("fetch.verify = false: chunks from origins are not verified".into());
+        }
+        w
     }
 
     /// The cost model, when `usage.pricing` is set.

@@ -192,6 +192,12 @@ fn stream(state: ChunkedState) -> impl Stream<Item = Result<Frame<Bytes>, BodyEr
                 if let Some(t) = &st.shaper {
                     t.shape(slice.len() as u64).await;
                 }
+                // Again after the waits (the chunk's fetch, the tenant's
+                // bandwidth): a takedown that landed meanwhile stops it here.
+                if st.live.as_mut().is_some_and(|l| l.check().is_err()) {
+                    st.metrics.aborted.get_or_create(&ReasonLabel { reason: "taken_down" }).inc();
+                    return Some((Err(BodyError("the release was taken down".into())), None));
+                }
                 let source = match &st.meter {
                     Some((_, cold)) if cold.contains(index) => Source::Origin,
                     Some(_) => Source::Hot,

@@ -369,7 +369,7 @@ pub(super) async fn serve_file<B>(
     let body_wanted = req.method() != Method::HEAD && !pieces.is_empty();
     let cold = (billing.is_some() && body_wanted).then(|| fetcher.cold_set(&spec, &covering));
     let (hot, total) = match &cold {
-        Some(c) => c.counts(&covering),
+        Some(c) => c.counts(),
         None => covering.iter().fold((0, 0), |(h, t), c| {
             let (a, b) = fetcher.cached(&spec, c.clone());
             (h + a, t + b)

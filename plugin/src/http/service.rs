@@ -182,8 +182,8 @@ fn readyz(gw: &Gateway) -> Response<Body> {
     } else {
         reasons.iter().map(|r| format!("not ready: {r}\n")).collect()
     };
-    if !gw.config().fetch.verify {
-        body.push_str("warning: fetch.verify = false: chunks from origins are not verified\n");
+    for w in gw.readiness_warnings() {
+        body.push_str(&format!("warning: {w}\n"));
     }
     let status = if reasons.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     text(status, body, "text/plain; charset=utf-8")

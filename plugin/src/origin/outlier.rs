@@ -128,18 +128,26 @@ impl Outliers {
     }
 
     /// The origin failed (error, bad bytes; `costly`: a timeout or stall,
-    /// which ejects at once since every request meeting it waits the whole timer).
-    pub fn failure(&self, origin: &str, costly: bool) {
+    /// which ejects at once since every request meeting it waits the whole
+    /// timer). `probe`: this attempt held the origin's probe. While an origin
+    /// is out, only its probe's verdict counts: the other requests that were
+    /// already under way against it (or tried it as a last resort) say
+    /// nothing new, so one stall does not run the ejection up to its most.
+    pub fn failure(&self, origin: &str, costly: bool, probe: bool) {
         let cfg = *self.cfg.lock().unwrap_or_else(PoisonError::into_inner);
         if !cfg.enabled() {
             return;
         }
         let st = self.state(origin);
         let mut s = st.lock().unwrap_or_else(PoisonError::into_inner);
+        if s.until.is_some() && !probe {
+            return;
+        }
         s.consecutive = s.consecutive.saturating_add(1);
-        let probing = s.probe_in_flight;
-        s.probe_in_flight = false;
-        if probing || costly || s.consecutive >= cfg.consecutive_failures {
+        if probe {
+            s.probe_in_flight = false;
+        }
+        if probe || costly || s.consecutive >= cfg.consecutive_failures {
             s.ejections = s.ejections.saturating_add(1);
             let factor = 1u32.checked_shl(s.ejections.saturating_sub(1).min(16)).unwrap_or(u32::MAX);
             let time = cfg.base_ejection.saturating_mul(factor).min(cfg.max_ejection);
@@ -193,12 +201,12 @@ mod tests {
     #[test]
     fn failures_in_a_row_eject_and_a_good_answer_restores() {
         let o = outliers(2);
-        o.failure("a", false);
+        o.failure("a", false, false);
         assert_eq!(o.turn("a"), Turn::InPlace, "one failure is not enough");
         o.success("a");
-        o.failure("a", false);
+        o.failure("a", false, false);
         assert_eq!(o.turn("a"), Turn::InPlace, "a success in between resets the count");
-        o.failure("a", false);
+        o.failure("a", false, false);
         assert_eq!(o.standing("a"), Standing::Ejected);
         assert_eq!(o.order(["a", "b"].into_iter()), vec![(1, Turn::InPlace), (0, Turn::Last)]);
         std::thread::sleep(Duration::from_millis(60));
@@ -213,11 +221,11 @@ mod tests {
     #[test]
     fn a_failed_probe_ejects_again_for_longer_up_to_the_most() {
         let o = outliers(1);
-        o.failure("a", false);
+        o.failure("a", false, false);
         for want in [100u64, 150, 150] {
             std::thread::sleep(Duration::from_millis(160));
             assert_eq!(o.turn("a"), Turn::Probe);
-            o.failure("a", false);
+            o.failure("a", false, true);
             let s = o.state("a");
             let until = s.lock().unwrap().until.unwrap();
             let left = until.saturating_duration_since(Instant::now());
@@ -229,10 +237,22 @@ mod tests {
     }
 
     #[test]
+    fn failures_of_requests_already_under_way_do_not_lengthen_an_ejection() {
+        let o = outliers(1);
+        o.failure("a", true, false);
+        let until = |o: &Outliers| o.state("a").lock().unwrap().until.unwrap();
+        let first = until(&o);
+        for _ in 0..5 {
+            o.failure("a", true, false);
+        }
+        assert_eq!(until(&o), first, "stalls of spans already in flight doubled the ejection");
+    }
+
+    #[test]
     fn zero_turns_ejection_off() {
         let o = outliers(0);
         for _ in 0..10 {
-            o.failure("a", false);
+            o.failure("a", false, false);
         }
         assert_eq!(o.turn("a"), Turn::InPlace);
     }

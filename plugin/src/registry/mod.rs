@@ -277,6 +277,8 @@ pub struct Unloaded {
     /// Fetched from origins (by CID), so it may load once they heal: it is
     /// retried in the background, and requests that may be for it answer 503.
     pub retry: bool,
+    /// The configured source, to retry.
+    pub source: Option<ReleaseSource>,
 }
 
 impl std::fmt::Display for Unloaded {
@@ -291,16 +293,27 @@ pub async fn load(sources: &[ReleaseSource], trusted: &[PublicKey], origins: &[O
     let mut catalog = Catalog::default();
     let mut errors = Vec::new();
     for src in sources {
-        let retry = src.manifest.starts_with("cid:") || src.placement.as_deref().is_some_and(|p| p.starts_with("cid:"));
-        let outcome = match load_one(src, trusted, origins).await {
-            Ok(release) => catalog.insert(release).map_err(|e| Unloaded { error: e.to_string(), retry: false }),
-            Err(e) => Err(Unloaded { error: e.to_string(), retry }),
+        let outcome = match load_source(src, trusted, origins).await {
+            Ok(release) => {
+                catalog.insert(release).map_err(|e| Unloaded { error: e.to_string(), retry: false, source: None })
+            }
+            Err(u) => Err(u),
         };
         if let Err(u) = outcome {
             errors.push(u);
         }
     }
     (catalog, errors)
+}
+
+/// Loads one configured release; a failure says whether a retry may help.
+pub async fn load_source(src: &ReleaseSource, trusted: &[PublicKey], origins: &[Origin]) -> Result<Release, Unloaded> {
+    let retry = src.manifest.starts_with("cid:") || src.placement.as_deref().is_some_and(|p| p.starts_with("cid:"));
+    load_one(src, trusted, origins).await.map_err(|e| Unloaded {
+        error: e.to_string(),
+        retry,
+        source: Some(src.clone()),
+    })
 }
 
 async fn load_one(src: &ReleaseSource, trusted: &[PublicKey], origins: &[Origin]) -> Result<Release, LoadError> {
