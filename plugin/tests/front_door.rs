@@ -177,6 +177,30 @@ async fn a_release_by_cid_survives_a_first_origin_that_flips_truncates_or_fails(
 }
 
 #[tokio::test]
+async fn a_reload_to_a_release_by_cid_survives_a_first_origin_that_flips_truncates_or_fails() {
+    for fault in [Fault::CorruptRandom, Fault::TruncateAfter(100), Fault::Status(500)] {
+        let r = Release::pack("reloadcid", &[("a.bin", bytes_of(300_000, 7))], CHUNK);
+        let (mocks, src, placement_cid) = by_cid(&r, 2).await;
+        let (bad, good) = (&mocks[0], &mocks[1]);
+        bad.set_fault(Some(&cid_for(&r.signed.id)), Some(fault.clone()));
+        if fault != Fault::CorruptRandom {
+            bad.set_fault(Some(&placement_cid), Some(fault.clone()));
+        }
+        // Start serving nothing, then reload to the release by CID.
+        let mut cfg = config_for(&r, &[bad, good]);
+        cfg.releases = vec![];
+        let g = Served::start(cfg.clone()).await;
+        assert_eq!(client().get(r.url(&g.base, "a.bin")).send().await.unwrap().status(), 404);
+        cfg.releases = vec![src];
+        g.gw.reload(cfg).await.unwrap();
+        assert!(g.gw.unloaded().is_empty(), "{fault:?}: {:?}", g.gw.unloaded());
+        let resp = client().get(r.url(&g.base, "a.bin")).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{fault:?}");
+        assert_eq!(resp.bytes().await.unwrap(), r.files["a.bin"], "{fault:?}");
+    }
+}
+
+#[tokio::test]
 async fn a_release_no_origin_could_supply_is_served_once_an_origin_heals() {
     let r = Release::pack("healing", &[("a.bin", bytes_of(300_000, 6))], CHUNK);
     let (mocks, src, _) = by_cid(&r, 2).await;
