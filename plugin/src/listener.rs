@@ -11,7 +11,10 @@
 //! - while every slot is taken and another client waits, connections with
 //!   no request in flight that have been idle for [`PRESSURE_MIN_IDLE`] are
 //!   closed first, as nginx reuses keep-alive connections under pressure;
-//! - a client that takes no bytes for `write_timeout` is cut (slow reader).
+//! - a client that takes no bytes for `write_timeout` is cut (slow reader):
+//!   a socket write that blocks that long, or (HTTP/2, where a client that
+//!   never opens its flow-control window makes no write block) response
+//!   bodies that wait that long for hyper to ask for their next frame.
 //!
 //! Requests in flight are never cut by these timers: a long body to a
 //! reader that keeps reading is served to its end.
@@ -125,6 +128,13 @@ struct Activity {
     in_flight: AtomicUsize,
     served: AtomicBool,
     idle_since: Mutex<Instant>,
+    /// When the connection began; the times below count milliseconds from it.
+    born: Instant,
+    /// Response bodies that handed hyper a frame and have not been asked for
+    /// the next: the client has yet to take what they sent.
+    bodies_waiting: AtomicUsize,
+    /// When hyper last asked any body of this connection for a frame.
+    last_taken_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Activity {
@@ -133,7 +143,26 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             served: AtomicBool::new(false),
             idle_since: Mutex::new(Instant::now()),
+            born: Instant::now(),
+            bodies_waiting: AtomicUsize::new(0),
+            last_taken_ms: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    fn taken(&self) {
+        let ms = u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_taken_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// How long bodies have waited on a client that takes nothing (an HTTP/2
+    /// client that never opens its flow-control window never makes a socket
+    /// write block, so the write timeout cannot see it).
+    fn reader_stalled_for(&self) -> Option<Duration> {
+        if self.bodies_waiting.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let last = Duration::from_millis(self.last_taken_ms.load(Ordering::Relaxed));
+        Some(self.born.elapsed().saturating_sub(last))
     }
 
     fn begin(self: &Arc<Self>) -> RequestGuard {
@@ -203,7 +232,7 @@ where
         match std::task::ready!(this.inner.poll(cx)) {
             Ok(resp) => {
                 let guard = this.guard.take();
-                Poll::Ready(Ok(resp.map(|inner| TrackedBody { inner, _guard: guard })))
+                Poll::Ready(Ok(resp.map(|inner| TrackedBody { inner, waiting: false, guard })))
             }
             Err(e) => {
                 this.guard.take();
@@ -214,11 +243,23 @@ where
 }
 
 pin_project_lite::pin_project! {
-    /// A response body that keeps its connection busy until it ends or is dropped.
+    /// A response body that keeps its connection busy until it ends or is
+    /// dropped, and tells the connection whether its client takes what it sends.
     pub struct TrackedBody<B> {
         #[pin]
         inner: B,
-        _guard: Option<RequestGuard>,
+        // A frame was handed over and the next has not been asked for.
+        waiting: bool,
+        guard: Option<RequestGuard>,
+    }
+
+    impl<B> PinnedDrop for TrackedBody<B> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if *this.waiting && let Some(g) = this.guard.as_ref() {
+                g.0.bodies_waiting.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
     }
 }
 
@@ -227,7 +268,21 @@ impl<B: Body> Body for TrackedBody<B> {
     type Error = B::Error;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        self.project().inner.poll_frame(cx)
+        let this = self.project();
+        if let Some(g) = this.guard.as_ref() {
+            // hyper asks for the next frame: the client took the last one.
+            g.0.taken();
+            if *this.waiting {
+                *this.waiting = false;
+                g.0.bodies_waiting.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        let polled = this.inner.poll_frame(cx);
+        if let (Poll::Ready(Some(Ok(_))), Some(g)) = (&polled, this.guard.as_ref()) {
+            *this.waiting = true;
+            g.0.bodies_waiting.fetch_add(1, Ordering::AcqRel);
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -359,6 +414,8 @@ enum Ended {
     HeaderTimeout,
     /// No request in flight for `idle_timeout`.
     Idle,
+    /// Responses waited `write_timeout` on a client that took nothing.
+    SlowReader,
     /// Idle while another client waited for a slot.
     Pressure,
     /// Draining for shutdown; the caller's grace period bounds it.
@@ -413,6 +470,7 @@ impl<M> Shared<M> {
             Ended::HeaderTimeout => "header_timeout",
             Ended::Idle => "idle",
             Ended::Pressure => "pressure",
+            Ended::SlowReader => "slow_reader",
         };
         tracing::debug!(listener = self.limits.name, %peer, reason, "connection closed by the server");
         self.metrics.closed(self.limits.name, reason);
@@ -440,8 +498,15 @@ impl<M> Shared<M> {
         pressure.mark_unchanged();
         let mut pressure_open = true;
         let mut draining = false;
+        // The timers are checked at least this often, so a request that
+        // starts while the next deadline is far off is still watched.
+        let period = limits
+            .idle_timeout
+            .min(limits.header_read_timeout)
+            .min(limits.write_timeout / 4)
+            .max(Duration::from_millis(50));
         // The first request's deadline runs from accept (a TLS handshake spent part of it).
-        let mut check = first_deadline;
+        let mut check = first_deadline.min(Instant::now() + period);
         let ended = loop {
             tokio::select! {
                 r = conn.as_mut() => {
@@ -457,7 +522,10 @@ impl<M> Shared<M> {
                 }
                 _ = tokio::time::sleep_until(check) => {
                     let Some(since) = activity.idle() else {
-                        check = Instant::now() + limits.idle_timeout.min(limits.header_read_timeout);
+                        if activity.reader_stalled_for().is_some_and(|d| d >= limits.write_timeout) {
+                            break Ended::SlowReader;
+                        }
+                        check = Instant::now() + period;
                         continue;
                     };
                     let (limit, why) = if activity.served.load(Ordering::Relaxed) {
@@ -468,7 +536,7 @@ impl<M> Shared<M> {
                     if since.elapsed() >= limit {
                         break why;
                     }
-                    check = since + limit;
+                    check = (since + limit).min(Instant::now() + period);
                 }
                 changed = pressure.changed(), if pressure_open => {
                     if changed.is_err() {

@@ -296,3 +296,38 @@ async fn grpc_connections_that_send_nothing_do_not_lock_out_others() {
     }
     engine.stop().await;
 }
+
+#[tokio::test]
+async fn an_http2_client_that_never_opens_its_window_is_cut_after_the_write_timeout() {
+    // An HTTP/2 client that takes no data never makes a socket write block
+    // (it simply grants no flow-control window), so only the listener's own
+    // check of bodies waiting on the client can see it.
+    let r = Release::pack("stalled", &[("big.bin", bytes_of(4 << 20, 3))], 256 * 1024);
+    let mock = shardgate::testing::MockOrigin::start(r.blobs.clone()).await;
+    let mut cfg = config_for(&r, &[&mock]);
+    cfg.server.write_timeout = Duration::from_secs(1);
+    let g = Served::start(cfg).await;
+    let h2 = reqwest::Client::builder().no_proxy().http2_prior_knowledge().build().unwrap();
+    let resp = h2.get(r.url(&g.base, "big.bin")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    // Hold the response without reading it.
+    let t0 = Instant::now();
+    let closed = "shardgate_connections_closed_total{listener=\"http\",reason=\"slow_reader\"} 1";
+    while !g.gw.metrics().render().contains(closed) {
+        assert!(t0.elapsed() < Duration::from_secs(6), "a client that takes nothing still holds its connection");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(t0.elapsed() >= Duration::from_millis(800), "cut before the write timeout: {:?}", t0.elapsed());
+    drop(resp);
+    // A client that reads is not cut, however long its body takes.
+    let resp = h2.get(r.url(&g.base, "big.bin")).send().await.unwrap();
+    let mut stream = resp.bytes_stream();
+    let mut got = 0usize;
+    use futures_util::StreamExt;
+    while let Some(b) = stream.next().await {
+        got += b.unwrap().len();
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    assert_eq!(got, 4 << 20);
+}
