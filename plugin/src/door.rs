@@ -84,19 +84,6 @@ pub enum OpenError {
     BadLayout { path: String },
 }
 
-impl OpenError {
-    /// Not found in any form (unknown dataset, version, file or blob).
-    pub fn is_not_found(&self) -> bool {
-        matches!(
-            self,
-            OpenError::UnknownDataset { .. }
-                | OpenError::UnknownVersion { .. }
-                | OpenError::UnknownFile { .. }
-                | OpenError::UnknownBlob { .. }
-        )
-    }
-}
-
 /// Whether an opened release is still served: checked before each chunk
 /// leaves, re-evaluated only when the catalog has been swapped since the
 /// baseline, which is taken when the file is opened.

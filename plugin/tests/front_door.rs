@@ -152,6 +152,17 @@ async fn by_cid(r: &Release, n: usize) -> (Vec<MockOrigin>, ReleaseSource, Strin
     (mocks, src, placement_cid)
 }
 
+/// Two origins holding `r` by CID; the first answers the manifest (and,
+/// unless the fault is a flipped byte, the placement) with `fault`.
+async fn bad_first_origin(r: &Release, fault: &Fault) -> (Vec<MockOrigin>, ReleaseSource) {
+    let (mocks, src, placement_cid) = by_cid(r, 2).await;
+    mocks[0].set_fault(Some(&cid_for(&r.signed.id)), Some(fault.clone()));
+    if *fault != Fault::CorruptRandom {
+        mocks[0].set_fault(Some(&placement_cid), Some(fault.clone()));
+    }
+    (mocks, src)
+}
+
 /// Both origins answer; the first answers damaged manifests and placements.
 /// (A flipped byte inside a placement's JSON is caught by its raw-leaf CID on
 /// a real node; these mocks' CIDs are not real, so that case is left to the
@@ -160,12 +171,8 @@ async fn by_cid(r: &Release, n: usize) -> (Vec<MockOrigin>, ReleaseSource, Strin
 async fn a_release_by_cid_survives_a_first_origin_that_flips_truncates_or_fails() {
     for fault in [Fault::CorruptRandom, Fault::TruncateAfter(100), Fault::Status(500)] {
         let r = Release::pack("bycid", &[("a.bin", bytes_of(300_000, 4))], CHUNK);
-        let (mocks, src, placement_cid) = by_cid(&r, 2).await;
+        let (mocks, src) = bad_first_origin(&r, &fault).await;
         let (bad, good) = (&mocks[0], &mocks[1]);
-        bad.set_fault(Some(&cid_for(&r.signed.id)), Some(fault.clone()));
-        if fault != Fault::CorruptRandom {
-            bad.set_fault(Some(&placement_cid), Some(fault.clone()));
-        }
         let mut cfg = config_for(&r, &[bad, good]);
         cfg.releases = vec![src];
         let g = Served::start(cfg).await;
@@ -180,12 +187,8 @@ async fn a_release_by_cid_survives_a_first_origin_that_flips_truncates_or_fails(
 async fn a_reload_to_a_release_by_cid_survives_a_first_origin_that_flips_truncates_or_fails() {
     for fault in [Fault::CorruptRandom, Fault::TruncateAfter(100), Fault::Status(500)] {
         let r = Release::pack("reloadcid", &[("a.bin", bytes_of(300_000, 7))], CHUNK);
-        let (mocks, src, placement_cid) = by_cid(&r, 2).await;
+        let (mocks, src) = bad_first_origin(&r, &fault).await;
         let (bad, good) = (&mocks[0], &mocks[1]);
-        bad.set_fault(Some(&cid_for(&r.signed.id)), Some(fault.clone()));
-        if fault != Fault::CorruptRandom {
-            bad.set_fault(Some(&placement_cid), Some(fault.clone()));
-        }
         // Start serving nothing, then reload to the release by CID.
         let mut cfg = config_for(&r, &[bad, good]);
         cfg.releases = vec![];

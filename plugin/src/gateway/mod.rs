@@ -277,10 +277,11 @@ impl Gateway {
     /// origins, adding those that load now to the catalog in force. Releases
     /// already served are left as they are (a retry never drops one because
     /// an origin is still unwell).
-    async fn retry_unloaded(&self) {
+    /// Returns how many are still waiting.
+    async fn retry_unloaded(&self) -> usize {
         let _admin = self.admin.lock().await;
         let cfg = self.config();
-        let Ok(trusted) = trusted_keys(&cfg) else { return };
+        let Ok(trusted) = trusted_keys(&cfg) else { return self.unloaded().iter().filter(|u| u.retry).count() };
         let origins = self.fetcher.origins();
         let mut next = (*self.registry.snapshot()).clone();
         let mut still = Vec::new();
@@ -309,7 +310,9 @@ impl Gateway {
             self.registry.replace(next);
         }
         self.metrics.releases_unloaded.set(still.len() as i64);
+        let waiting = still.iter().filter(|u| u.retry).count();
         self.unloaded.store(Arc::new(still));
+        waiting
     }
 
     /// Releases that could not be loaded, with why (empty when all are served).
@@ -329,18 +332,12 @@ impl Gateway {
             loop {
                 tokio::time::sleep(wait).await;
                 let Some(gw) = weak.upgrade() else { break };
-                let retryable = |gw: &Gateway| gw.unloaded().iter().filter(|u| u.retry).count();
-                if retryable(&gw) == 0 {
+                if !gw.unloaded().iter().any(|u| u.retry) {
                     wait = FIRST;
                     continue;
                 }
-                let before = retryable(&gw);
-                gw.retry_unloaded().await;
-                let after = retryable(&gw);
-                if after < before {
-                    tracing::info!(loaded = before - after, still_unloaded = after, "releases loaded on retry");
-                }
-                wait = if after == 0 { FIRST } else { (wait * 2).min(MOST) };
+                let waiting = gw.retry_unloaded().await;
+                wait = if waiting == 0 { FIRST } else { (wait * 2).min(MOST) };
             }
         });
     }

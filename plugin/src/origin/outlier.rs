@@ -75,6 +75,10 @@ impl Outliers {
 
     fn state(&self, origin: &str) -> Arc<Mutex<State>> {
         let mut map = self.by_name.lock().unwrap_or_else(PoisonError::into_inner);
+        // Looked up per fetch: no allocation once the origin is known.
+        if let Some(st) = map.get(origin) {
+            return st.clone();
+        }
         map.entry(origin.to_string())
             .or_insert_with(|| {
                 self.set_gauge(origin, Standing::Healthy);
