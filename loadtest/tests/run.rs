@@ -43,6 +43,8 @@ fn mixed_loaders_against_shardgate_report_latency_and_hit_ratio() {
         format: PackFormat::Files,
         created_at: jiff::Timestamp::from_second(1_700_000_000).unwrap(),
         drift: None,
+        encryption: None,
+        policy: None,
     };
     pack(&opts, &key, &Silent).unwrap();
     let mut cfg = Config::default();

@@ -16,6 +16,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::crypt::access::{KeyState, PlainView};
 use crate::fetch::FileSpec;
 use crate::gateway::Gateway;
 use crate::registry::{Catalog, FileRef, Release, Resolved};
@@ -82,6 +83,31 @@ pub enum OpenError {
     TakenDown { name: String, version: semver::Version, reason: String, at: i64, successor: Option<String> },
     #[error("{path}: the manifest's chunk layout is invalid")]
     BadLayout { path: String },
+    /// The release breaks its policy class: never served.
+    #[error("{name}@{version} is not served: {why}")]
+    Refused { name: String, version: String, why: String },
+    /// The reader is not cleared for the release's class.
+    #[error("tenant {tenant} is not cleared for class {class:?}, which {name}@{version} is in")]
+    NotCleared { tenant: String, class: String, name: String, version: String },
+    /// The gateway cannot decrypt the file (no envelope, revoked, rotated).
+    #[error("{name}@{version} cannot be decrypted here: {why}")]
+    KeyUnavailable { name: String, version: String, why: String },
+}
+
+impl OpenError {
+    /// Refusals that are the caller's or the release's standing, not a missing thing (HTTP 403).
+    pub fn is_forbidden(&self) -> bool {
+        matches!(self, OpenError::Refused { .. } | OpenError::NotCleared { .. } | OpenError::KeyUnavailable { .. })
+    }
+}
+
+/// Who reads an opened file: a tenant gets the plaintext of an encrypted
+/// file (if cleared and the gateway holds the key); the operator (pre-warm,
+/// the C ABI's chunk checks) works on the stored ciphertext.
+#[derive(Debug, Clone, Copy)]
+pub enum Reader<'a> {
+    Tenant(&'a Tenant),
+    Operator,
 }
 
 /// Whether an opened release is still served: checked before each chunk
@@ -92,6 +118,8 @@ pub struct Liveness {
     seen: u64,
     gw: std::sync::Weak<Gateway>,
     release: Arc<Release>,
+    /// For a plaintext read: the key id it decrypts with, which must stay usable.
+    key_id: Option<String>,
 }
 
 impl std::fmt::Debug for Liveness {
@@ -118,7 +146,7 @@ impl Baseline {
 
 impl Liveness {
     fn new(gw: &Arc<Gateway>, release: Arc<Release>, seen: u64) -> Self {
-        Self { epoch: gw.registry().epoch(), seen, gw: Arc::downgrade(gw), release }
+        Self { epoch: gw.registry().epoch(), seen, gw: Arc::downgrade(gw), release, key_id: None }
     }
 
     /// `Ok` while the release is served and not taken down; the refusal once it is not.
@@ -141,6 +169,33 @@ impl Liveness {
             }
         }
         taken_down(&catalog, name, version)?;
+        if let Some(why) = catalog.refusal(&self.release.signed.id) {
+            return Err(OpenError::Refused {
+                name: name.to_string(),
+                version: version.to_string(),
+                why: why.to_string(),
+            });
+        }
+        if let Some(want) = &self.key_id {
+            // Revoked (envelope destroyed or rewrapped, wrapping key rotated) while streaming: stop.
+            match catalog.key_state(&self.release.signed.id).map(|k| &**k) {
+                Some(KeyState::Ready { key_id, .. }) if key_id == want => {}
+                Some(KeyState::Unavailable(why)) => {
+                    return Err(OpenError::KeyUnavailable {
+                        name: name.to_string(),
+                        version: version.to_string(),
+                        why: why.clone(),
+                    });
+                }
+                _ => {
+                    return Err(OpenError::KeyUnavailable {
+                        name: name.to_string(),
+                        version: version.to_string(),
+                        why: "its key changed".into(),
+                    });
+                }
+            }
+        }
         self.seen = now;
         Ok(())
     }
@@ -156,6 +211,8 @@ pub struct OpenFile {
     /// The snapshot the file was resolved in.
     pub catalog: Arc<Catalog>,
     pub liveness: Liveness,
+    /// Set when the reader gets the plaintext of an encrypted file.
+    pub plain: Option<Arc<PlainView>>,
 }
 
 /// Refuses a taken-down release.
@@ -199,11 +256,67 @@ pub fn open_release(
         return Err(OpenError::UnknownVersion { name: name.to_string(), segment: segment.to_string() });
     };
     taken_down(&catalog, name, resolved.version())?;
+    refused(&catalog, &release)?;
     Ok((catalog, resolved, release))
 }
 
-/// Opens `path` of release `name@segment` (a version or a tag).
-pub fn open_file(gw: &Arc<Gateway>, name: &str, segment: &str, path: &str) -> Result<OpenFile, OpenError> {
+/// Refuses a release that breaks its policy class.
+fn refused(catalog: &Catalog, release: &Release) -> Result<(), OpenError> {
+    match catalog.refusal(&release.signed.id) {
+        None => Ok(()),
+        Some(why) => Err(OpenError::Refused {
+            name: release.name().to_string(),
+            version: release.version().to_string(),
+            why: why.to_string(),
+        }),
+    }
+}
+
+/// Whether discovery shows `release` to `tenant`: not refused by policy, and
+/// the tenant is cleared for its class (dataset access is checked apart).
+pub fn discoverable(gw: &Gateway, catalog: &Catalog, tenant: &Tenant, release: &Release) -> bool {
+    if catalog.refusal(&release.signed.id).is_some() {
+        return false;
+    }
+    match &gw.security().policy {
+        Some(p) => p.cleared(p.class_name(&release.signed.manifest), &tenant.clearances),
+        None => true,
+    }
+}
+
+/// The plaintext view of an encrypted file for `tenant`: cleared for the
+/// release's class, and the gateway holds the key.
+fn plaintext(gw: &Gateway, catalog: &Catalog, file: &FileRef, tenant: &Tenant) -> Result<Arc<PlainView>, OpenError> {
+    let r = &file.release;
+    let (name, version) = (r.name().to_string(), r.version().to_string());
+    let sec = gw.security();
+    if let Some(p) = &sec.policy {
+        let class = p.class_name(&r.signed.manifest);
+        if !p.cleared(class, &tenant.clearances) {
+            return Err(OpenError::NotCleared {
+                tenant: tenant.id.to_string(),
+                class: class.to_string(),
+                name,
+                version,
+            });
+        }
+    }
+    let state = catalog.key_state(&r.signed.id);
+    match state.map(|k| k.view(file.index)) {
+        Some(Ok(Some(view))) => Ok(view.clone()),
+        Some(Err(why)) => Err(OpenError::KeyUnavailable { name, version, why: why.to_string() }),
+        _ => Err(OpenError::KeyUnavailable { name, version, why: "no key state for an encrypted file".into() }),
+    }
+}
+
+/// Opens `path` of release `name@segment` (a version or a tag) for `reader`.
+pub fn open_file(
+    gw: &Arc<Gateway>,
+    name: &str,
+    segment: &str,
+    path: &str,
+    reader: Reader<'_>,
+) -> Result<OpenFile, OpenError> {
     // Before the snapshot: a purge after the mark keeps this read's chunks
     // out of the tiers, and a swap after the epoch is checked again.
     let base = Baseline::take(gw);
@@ -212,7 +325,16 @@ pub fn open_file(gw: &Arc<Gateway>, name: &str, segment: &str, path: &str) -> Re
     let Some(file) = catalog.file(name, v, path) else {
         return Err(OpenError::UnknownFile { name: name.to_string(), version: v.to_string(), path: path.to_string() });
     };
-    opened(gw, file, Some(resolved), catalog, base)
+    let plain = match reader {
+        Reader::Tenant(t) if file.entry().encryption.is_some() => Some(plaintext(gw, &catalog, &file, t)?),
+        _ => None,
+    };
+    let mut open = opened(gw, file, Some(resolved), catalog, base)?;
+    if let Some(p) = plain {
+        open.liveness.key_id = open.file.entry().encryption.as_ref().map(|e| e.key_id.clone());
+        open.plain = Some(p);
+    }
+    Ok(open)
 }
 
 /// Opens the blob `hash` in a live release that holds it and that `tenant`
@@ -225,6 +347,8 @@ pub fn open_blob(gw: &Arc<Gateway>, hash: &Blake3, tenant: &Tenant) -> Result<Op
         return Err(OpenError::UnknownBlob { hash: hash.to_string() });
     };
     taken_down(&catalog, file.release.name(), file.release.version())?;
+    refused(&catalog, &file.release)?;
+    // A blob is served as stored: the ciphertext of an encrypted file.
     opened(gw, file, None, catalog, base)
 }
 
@@ -253,5 +377,5 @@ fn opened(
     let spec =
         FileSpec::from_ref(&file, base.mark).ok_or_else(|| OpenError::BadLayout { path: file.entry().path.clone() })?;
     let liveness = Liveness::new(gw, file.release.clone(), base.seen);
-    Ok(OpenFile { file, spec: Arc::new(spec), resolved, catalog, liveness })
+    Ok(OpenFile { file, spec: Arc::new(spec), resolved, catalog, liveness, plain: None })
 }

@@ -417,14 +417,15 @@ pub unsafe extern "C" fn shardgate_verify_chunk(
         let ok = with_engine(handle, |rt, gw, _| {
             // The same door as every HTTP request: a taken-down, unloaded or
             // unknown release is refused here, not vouched for.
-            let mut open = crate::door::open_file(gw, name, segment, path).map_err(|e| {
-                let code = match e {
-                    crate::door::OpenError::TakenDown { .. } => SHARDGATE_ERR_TAKEN_DOWN,
-                    crate::door::OpenError::BadLayout { .. } => SHARDGATE_ERR_ENGINE,
-                    _ => SHARDGATE_ERR_NOT_FOUND,
-                };
-                Failure(code, e.to_string())
-            })?;
+            let mut open =
+                crate::door::open_file(gw, name, segment, path, crate::door::Reader::Operator).map_err(|e| {
+                    let code = match e {
+                        crate::door::OpenError::TakenDown { .. } => SHARDGATE_ERR_TAKEN_DOWN,
+                        crate::door::OpenError::BadLayout { .. } => SHARDGATE_ERR_ENGINE,
+                        _ => SHARDGATE_ERR_NOT_FOUND,
+                    };
+                    Failure(code, e.to_string())
+                })?;
             let ok = rt.block_on(gw.fetcher().verify_chunk(&open.spec, chunk_index, data)).map_err(|e| match e {
                 crate::fetch::FetchError::OutOfRange { .. } => Failure::argument(&e.to_string()),
                 other => Failure(SHARDGATE_ERR_ENGINE, other.to_string()),

@@ -4,6 +4,7 @@
 pub mod btfs;
 mod bufpool;
 pub mod config;
+pub mod crypt;
 pub mod door;
 pub mod drill;
 pub mod engine;
@@ -18,6 +19,7 @@ pub mod listener;
 pub mod metrics;
 pub mod origin;
 mod pagecache;
+pub mod policy;
 pub mod pricing;
 pub mod progress;
 pub mod registry;

@@ -92,6 +92,34 @@ pub struct Config {
     /// Finance reports: `/v1/reports/summary` and `/dashboard`.
     #[serde(default)]
     pub reports: ReportsConfig,
+    /// The gateway's keys for unwrapping the data keys of encrypted releases.
+    #[serde(default)]
+    pub keys: KeysConfig,
+    /// The policy classes releases are checked against.
+    #[serde(default)]
+    pub policy: PolicyConfig,
+}
+
+/// `[keys]`: what this gateway unwraps data keys with.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysConfig {
+    /// age identity files (as `age-keygen` writes them): X25519 keys the envelopes may be wrapped to.
+    #[serde(default)]
+    pub age_identities: Vec<PathBuf>,
+    /// A key-encryption key in a PKCS#11 token.
+    #[serde(default)]
+    pub pkcs11: Option<crate::crypt::pkcs11::Pkcs11Config>,
+}
+
+/// `[policy]`: the policy file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// The policy file (classes, rules, sign-off roles). None: releases are
+    /// not checked against classes, and encrypted ones need only their key.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

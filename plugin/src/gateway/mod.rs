@@ -15,7 +15,7 @@ use crate::lifecycle::{Store, StoreError};
 use crate::metrics::{Metrics, ReasonLabel};
 use crate::origin;
 use crate::pricing::Pricing;
-use crate::registry::{self, Registry};
+use crate::registry::{self, Catalog, Registry};
 use crate::release::keys::PublicKey;
 use crate::tenant::{Denied, Tenant, Tenants};
 use crate::tier::{DiskTier, HotTier, Tiers};
@@ -43,6 +43,41 @@ pub enum GatewayError {
     /// A reload would change keys only a restart applies; nothing was applied.
     #[error("{} need{} a restart; the reload was refused and nothing was applied", .0.join(", "), if .0.len() == 1 { "s" } else { "" })]
     RestartOnly(Vec<String>),
+    /// `[keys]` or `[policy]` does not load (a config error naming the key).
+    #[error("{key}: {why}")]
+    Security { key: String, why: String },
+}
+
+/// What the gateway decrypts with and checks releases against: `[keys]` and `[policy]`.
+#[derive(Debug, Default)]
+pub struct Security {
+    pub policy: Option<crate::policy::Policy>,
+    pub unwrappers: crate::crypt::envelope::Unwrappers,
+}
+
+fn load_security(cfg: &Config) -> Result<Security, GatewayError> {
+    let policy = match &cfg.policy.path {
+        None => None,
+        Some(p) => Some(
+            crate::policy::Policy::load(p)
+                .map_err(|e| GatewayError::Security { key: "policy.path".into(), why: e.to_string() })?,
+        ),
+    };
+    let mut age = Vec::new();
+    for (i, path) in cfg.keys.age_identities.iter().enumerate() {
+        let ids = crate::crypt::envelope::read_identities(path)
+            .map_err(|e| GatewayError::Security { key: format!("keys.age_identities[{i}]"), why: e.to_string() })?;
+        age.extend(ids);
+    }
+    if let Some(p) = &cfg.keys.pkcs11
+        && !p.module.is_file()
+    {
+        return Err(GatewayError::Security {
+            key: "keys.pkcs11.module".into(),
+            why: format!("{} is not a file", p.module.display()),
+        });
+    }
+    Ok(Security { policy, unwrappers: crate::crypt::envelope::Unwrappers { age, pkcs11: cfg.keys.pkcs11.clone() } })
 }
 
 pub struct Gateway {
@@ -68,6 +103,8 @@ pub struct Gateway {
     store: Arc<Store>,
     /// Admin changes are made one at a time (read catalog, write store, swap catalog).
     admin: tokio::sync::Mutex<()>,
+    /// `[keys]` and `[policy]`, read at start and on reload.
+    security: ArcSwap<Security>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -107,6 +144,7 @@ impl crate::error::Classify for GatewayError {
             | GatewayError::Trust { .. }
             | GatewayError::Pricing(_)
             | GatewayError::Tenants(_)
+            | GatewayError::Security { .. }
             | GatewayError::RestartOnly(_) => ErrorClass::Config,
             GatewayError::Ledger(e) => e.class(),
             GatewayError::Registry(e) => e.class(),
@@ -196,6 +234,7 @@ impl Gateway {
         );
         let tenants = build_tenants(&cfg)?;
         let pricing = load_pricing(&cfg).await?;
+        let security = load_security(&cfg)?;
         let gw = Arc::new(Self {
             config: ArcSwap::from_pointee(cfg.clone()),
             pricing: ArcSwapOption::new(pricing),
@@ -212,6 +251,7 @@ impl Gateway {
             committer: Mutex::new(None),
             store: Arc::new(store),
             admin: tokio::sync::Mutex::new(()),
+            security: ArcSwap::from_pointee(security),
         });
         gw.spawn_committer(cfg.usage.commit_interval, cfg.usage.retention);
         gw.load_releases(&cfg).await?;
@@ -260,6 +300,7 @@ impl Gateway {
             }
         }
         catalog.set_lifecycle(lifecycle);
+        self.secure(&mut catalog).await?;
         for (name, versions) in catalog.names() {
             for (v, r) in versions {
                 tracing::info!(release = %format!("{name}@{v}"), id = %r.signed.id, files = r.signed.manifest.files.len(), "serving release");
@@ -306,6 +347,10 @@ impl Gateway {
             }
         }
         if loaded > 0 {
+            if let Err(e) = self.secure(&mut next).await {
+                tracing::error!(error = %e, "releases loaded on retry wait: the registry could not be read");
+                return self.unloaded().iter().filter(|u| u.retry).count();
+            }
             self.metrics.releases.set(next.release_count() as i64);
             self.registry.replace(next);
         }
@@ -360,12 +405,17 @@ impl Gateway {
             let origins = origin::build(&cfg.origins, &cfg.fetch)?;
             let pricing = load_pricing(&cfg).await?;
             let tokens = report_tokens(&cfg)?;
+            let security = load_security(&cfg)?;
             // Under the admin lock throughout, so the background retry never
             // loads releases from a config this reload has replaced.
             let _admin = self.admin.lock().await;
             self.fetcher.set_origins(origins, cfg.fetch.outlier);
             self.pricing.store(pricing);
-            self.load_releases_locked(&cfg).await?;
+            let before = self.security.swap(Arc::new(security));
+            if let Err(e) = self.load_releases_locked(&cfg).await {
+                self.security.store(before);
+                return Err(e);
+            }
             self.tenants.store(Arc::new(tenants));
             self.report_tokens.store(Arc::new(tokens));
             self.config.store(Arc::new(cfg));
@@ -540,10 +590,63 @@ impl Gateway {
     /// good, verification off.
     pub fn readiness_warnings(&self) -> Vec<String> {
         let mut w: Vec<String> = self.unloaded().iter().filter(|u| !u.retry).map(|u| format!("refused: {u}")).collect();
+        let catalog = self.registry.snapshot();
+        for r in catalog.all() {
+            if let Some(why) = catalog.refusal(&r.signed.id) {
+                w.push(format!("refused: {why}"));
+            }
+            if let Some(crate::crypt::access::KeyState::Unavailable(why)) =
+                catalog.key_state(&r.signed.id).map(|k| &**k)
+            {
+                w.push(format!("not decryptable: {why}"));
+            }
+        }
         if !self.config().fetch.verify {
             w.push("fetch.verify = false: chunks from origins are not verified".into());
         }
         w
+    }
+
+    /// Checks every release of `catalog` against the policy and unwraps the
+    /// data keys of encrypted ones with the gateway's keys, recording why
+    /// where it cannot. Called before every swap that adds releases or
+    /// changes keys; the caller holds the admin lock.
+    pub(crate) async fn secure(&self, catalog: &mut Catalog) -> Result<(), StoreError> {
+        let sec = self.security.load_full();
+        let store = self.store.clone();
+        let releases: Vec<Arc<registry::Release>> = catalog.all().cloned().collect();
+        let (keys, refused) = tokio::task::spawn_blocking(move || {
+            let envelopes = store.key_envelopes()?;
+            let mut keys = crate::crypt::access::Keys::new();
+            let mut refused = std::collections::HashMap::new();
+            for r in releases {
+                let (id, m) = (r.signed.id, &r.signed.manifest);
+                if let Some(p) = &sec.policy
+                    && let Err(e) = p.check(m)
+                {
+                    tracing::error!(error = %e, "release refused by policy");
+                    refused.insert(id, e.to_string());
+                }
+                if crate::crypt::access::is_encrypted(&r.signed) {
+                    let env = envelopes.get(&crate::lifecycle::key(&m.name, &m.version));
+                    let state = crate::crypt::access::unlock(&r.signed, env.map(Vec::as_slice), &sec.unwrappers);
+                    if let crate::crypt::access::KeyState::Unavailable(why) = &state {
+                        tracing::warn!(release = %format!("{}@{}", m.name, m.version), why = %why, "encrypted release cannot be decrypted here");
+                    }
+                    keys.insert(id, Arc::new(state));
+                }
+            }
+            Ok::<_, StoreError>((keys, refused))
+        })
+        .await
+        .map_err(|e| StoreError::Storage(e.to_string()))??;
+        catalog.set_security(keys, refused);
+        Ok(())
+    }
+
+    /// The policy in force, if `policy.path` is set.
+    pub fn security(&self) -> Arc<Security> {
+        self.security.load_full()
     }
 
     /// The cost model, when `usage.pricing` is set.

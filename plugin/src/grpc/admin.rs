@@ -63,6 +63,16 @@ fn info(c: &Catalog, r: &registry::Release) -> proto::ReleaseInfo {
     }
 }
 
+fn key_status(s: crate::lifecycle::admin::KeyStatus) -> proto::KeyEnvelopeStatus {
+    proto::KeyEnvelopeStatus {
+        name: s.name,
+        version: s.version,
+        key_id: s.key_id,
+        usable: s.reason.is_none(),
+        reason: s.reason.unwrap_or_default(),
+    }
+}
+
 type ProgressStream = Pin<Box<dyn Stream<Item = Result<proto::PrewarmProgress, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -116,6 +126,32 @@ impl AdminService for AdminApi {
         let r = req.into_inner();
         let purged = self.gw.takedown(&r.name, &r.version, &r.reason).await?;
         Ok(Response::new(proto::TakedownResponse { purged_files: purged }))
+    }
+
+    async fn put_key_envelope(
+        &self,
+        req: Request<proto::PutKeyEnvelopeRequest>,
+    ) -> Result<Response<proto::KeyEnvelopeStatus>, Status> {
+        let s = self.gw.put_key_envelope(req.into_inner().envelope).await?;
+        Ok(Response::new(key_status(s)))
+    }
+
+    async fn delete_key_envelope(
+        &self,
+        req: Request<proto::KeyEnvelopeRef>,
+    ) -> Result<Response<proto::KeyEnvelopeStatus>, Status> {
+        let r = req.into_inner();
+        let s = self.gw.delete_key_envelope(&r.name, &r.version).await?;
+        Ok(Response::new(key_status(s)))
+    }
+
+    async fn get_key_envelope(
+        &self,
+        req: Request<proto::KeyEnvelopeRef>,
+    ) -> Result<Response<proto::GetKeyEnvelopeResponse>, Status> {
+        let r = req.into_inner();
+        let envelope = self.gw.get_key_envelope(&r.name, &r.version).await?;
+        Ok(Response::new(proto::GetKeyEnvelopeResponse { envelope }))
     }
 
     type PrewarmStream = ProgressStream;

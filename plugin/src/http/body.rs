@@ -16,6 +16,7 @@ use futures_util::Stream;
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use hyper::body::Frame;
 
+use crate::crypt::access::PlainView;
 use crate::fetch::{ColdSet, Fetcher, FileSpec, ReadAhead, Source};
 use crate::metrics::{Metrics, ReasonLabel, SourceLabel};
 use crate::tenant::Tenant;
@@ -68,6 +69,42 @@ struct ChunkedState {
     meter: Option<(ResponseMeter, ColdSet)>,
     /// Cut the body if the release is taken down while it streams.
     live: Option<Liveness>,
+    /// Set for the plaintext of an encrypted file: chunks are decrypted
+    /// (after verification) and ranges address the plaintext.
+    plain: Option<Arc<PlainView>>,
+}
+
+impl ChunkedState {
+    /// Bytes of the representation per chunk.
+    fn unit(&self) -> u64 {
+        unit(&self.file, self.plain.as_deref())
+    }
+
+    fn covering(&self, r: Range<u64>) -> Range<u64> {
+        covering(&self.file, self.plain.as_deref(), r)
+    }
+}
+
+/// Bytes of the representation per chunk: the chunk size, or for plaintext
+/// the segment size (chunk `i` holds plaintext segment `i`).
+pub fn unit(file: &FileSpec, plain: Option<&PlainView>) -> u64 {
+    plain.map_or(file.layout.chunk_size(), |p| p.cipher.segment_size())
+}
+
+/// The chunks that hold representation bytes `r`.
+pub fn covering(file: &FileSpec, plain: Option<&PlainView>, r: Range<u64>) -> Range<u64> {
+    match plain.and_then(|p| p.cipher.segments()) {
+        Some(s) => s.covering(r),
+        None => file.layout.chunks_covering(r),
+    }
+}
+
+/// A verified chunk as the representation holds it: as stored, or decrypted.
+pub fn view_chunk(plain: Option<&PlainView>, index: u64, chunk: Bytes) -> Result<Bytes, crate::crypt::CryptError> {
+    match plain {
+        None => Ok(chunk),
+        Some(p) => p.cipher.decrypt_segment(index, &chunk).map(Bytes::from),
+    }
 }
 
 /// What a response adds to its body stream: shaping, metering, and the
@@ -79,6 +116,8 @@ pub struct Hooks {
     /// The response's usage meter and the chunks that were cold when it arrived.
     pub meter: Option<(ResponseMeter, ColdSet)>,
     pub live: Option<Liveness>,
+    /// Decrypt to plaintext (an encrypted file read by a cleared tenant).
+    pub plain: Option<Arc<PlainView>>,
 }
 
 /// A body that streams verified chunks of `file` for `pieces`.
@@ -90,11 +129,11 @@ pub fn chunked(
     metrics: Arc<Metrics>,
     hooks: Hooks,
 ) -> Body {
-    let Hooks { shaper, meter, live } = hooks;
+    let Hooks { shaper, meter, live, plain } = hooks;
     let end_chunk = pieces
         .iter()
         .filter_map(|p| match p {
-            Piece::Range(r) => Some(file.layout.chunks_covering(r.clone()).end),
+            Piece::Range(r) => Some(covering(&file, plain.as_deref(), r.clone()).end),
             Piece::Literal(_) => None,
         })
         .max()
@@ -112,6 +151,7 @@ pub fn chunked(
         metrics,
         meter,
         live,
+        plain,
     };
     BodyExt::boxed(StreamBody::new(stream(state)))
 }
@@ -145,7 +185,7 @@ fn stream(state: ChunkedState) -> impl Stream<Item = Result<Frame<Bytes>, BodyEr
                     st.metrics.aborted.get_or_create(&ReasonLabel { reason: "quota" }).inc();
                     return Some((Err(BodyError("the tenant's monthly quota is spent".into())), None));
                 }
-                let cs = st.file.layout.chunk_size();
+                let cs = st.unit();
                 let index = r.start / cs;
                 let chunk_start = index * cs;
                 // Publish the chunk wanted next *before* waiting for it: a
@@ -153,13 +193,26 @@ fn stream(state: ChunkedState) -> impl Stream<Item = Result<Frame<Bytes>, BodyEr
                 st.pace.send_replace(index);
                 // A miss fetches at most up to the end of this range, never the
                 // gap before the next range of a multipart request.
-                let range_end = st.file.layout.chunks_covering(r.clone()).end.min(st.end_chunk);
+                let range_end = st.covering(r.clone()).end.min(st.end_chunk);
+                // A primed chunk is already as the representation holds it.
                 let got = match st.primed.take() {
-                    Some((i, b, s)) if i == index => Ok((b, s)),
-                    _ => st.fetcher.chunk(&st.file, index, range_end).await,
+                    Some((i, b, s)) if i == index => Ok((b, s, true)),
+                    _ => st.fetcher.chunk(&st.file, index, range_end).await.map(|(b, s)| (b, s, false)),
                 };
                 let (chunk, source) = match got {
-                    Ok(c) => c,
+                    Ok((c, s, true)) => (c, s),
+                    Ok((c, s, false)) => match view_chunk(st.plain.as_deref(), index, c) {
+                        Ok(c) => (c, s),
+                        Err(e) => {
+                            // Verified ciphertext that does not decrypt: the release is bad, never the bytes sent.
+                            st.metrics.aborted.get_or_create(&ReasonLabel { reason: "integrity" }).inc();
+                            if let Some((m, _)) = &mut st.meter {
+                                m.failed();
+                            }
+                            tracing::error!(error = %e, "aborting response mid-body: chunk does not decrypt");
+                            return Some((Err(BodyError(e.to_string())), None));
+                        }
+                    },
                     Err(e) => {
                         // Labelled by the real cause: bad bytes (integrity) or no bytes (origin).
                         let reason = crate::error::Classify::class(&e).label();

@@ -91,7 +91,11 @@ pub(super) fn list_datasets(gw: &Gateway, tenants: &Tenants, tenant: &Tenant, q:
             // Taken-down releases are never discovered.
             let found: Vec<_> = versions
                 .values()
-                .filter(|r| catalog.state(name, r.version()).taken_down.is_none() && q.matches(r))
+                .filter(|r| {
+                    catalog.state(name, r.version()).taken_down.is_none()
+                        && q.matches(r)
+                        && crate::door::discoverable(gw, &catalog, tenant, r)
+                })
                 .collect();
             let latest = found.last()?;
             let m = &latest.signed.manifest;
@@ -118,13 +122,14 @@ pub(super) fn list_datasets(gw: &Gateway, tenants: &Tenants, tenant: &Tenant, q:
     json(StatusCode::OK, &serde_json::json!({ "datasets": datasets, "not_loaded": not_loaded }))
 }
 
-pub(super) fn describe_dataset(gw: &Gateway, name: &str) -> Response<Body> {
+pub(super) fn describe_dataset(gw: &Gateway, name: &str, tenant: &Tenant) -> Response<Body> {
     let catalog = gw.registry().snapshot();
     let Some(versions) = catalog.versions(name) else {
         return error(StatusCode::NOT_FOUND, format!("no dataset named {name:?} is served"));
     };
     let versions: Vec<serde_json::Value> = versions
         .values()
+        .filter(|r| crate::door::discoverable(gw, &catalog, tenant, r))
         .map(|r| {
             let m = &r.signed.manifest;
             let state = catalog.state(name, &m.version);

@@ -335,14 +335,19 @@ pub(super) async fn serve_file<B>(
     started: Instant,
     tenant: Arc<Tenant>,
 ) -> Response<Body> {
-    let OpenFile { file: f, spec, mut liveness, .. } = open;
+    let OpenFile { file: f, spec, mut liveness, plain, .. } = open;
     let entry = f.entry();
-    let etag = format!("\"{}\"", entry.blake3);
-    let len = entry.size;
-    let media = served_media_type(&entry.media_type);
+    // An encrypted file is served as plaintext (to a cleared reader) or as
+    // the stored ciphertext, an opaque byte stream (a blob).
+    let (etag, len, media_type) = match &plain {
+        Some(p) => (p.etag.clone(), p.size, entry.media_type.as_str()),
+        None if entry.encryption.is_some() => (format!("\"{}\"", entry.blake3), entry.size, "application/octet-stream"),
+        None => (format!("\"{}\"", entry.blake3), entry.size, entry.media_type.as_str()),
+    };
+    let media = served_media_type(media_type);
     let p = plan(req, len, &etag, media, gw.config().server.max_ranges);
     let billing = Billing::new(gw, &tenant, f.release.tag());
-    let (head, pieces) = match head_for(p, len, &etag, &entry.media_type) {
+    let (head, pieces) = match head_for(p, len, &etag, media_type) {
         Head::Send(h, p) => (h, p),
         Head::Early(early) => {
             if let Some(b) = &billing {
@@ -358,7 +363,7 @@ pub(super) async fn serve_file<B>(
     let covering: Vec<std::ops::Range<u64>> = pieces
         .iter()
         .filter_map(|p| match p {
-            Piece::Range(r) => Some(spec.layout.chunks_covering(r.clone())),
+            Piece::Range(r) => Some(body::covering(&spec, plain.as_deref(), r.clone())),
             Piece::Literal(_) => None,
         })
         .collect();
@@ -403,12 +408,23 @@ pub(super) async fn serve_file<B>(
     // The first miss fetches within the first range only (see body.rs).
     let end_chunk = covering.first().map(|c| c.end).unwrap_or(0);
     if let Some(r) = first_range {
-        let index = r.start / spec.layout.chunk_size();
+        let index = r.start / body::unit(&spec, plain.as_deref());
         let t0 = Instant::now();
         match fetcher.chunk(&spec, index, end_chunk).await {
             Ok((b, s)) => {
                 add_timing(&mut parts.headers, started, Some((s, t0.elapsed())));
-                primed = Some((index, b, s));
+                // Decrypted before the head goes out: a chunk that does not decrypt is a clean 502.
+                match body::view_chunk(plain.as_deref(), index, b) {
+                    Ok(b) => primed = Some((index, b, s)),
+                    Err(e) => {
+                        tracing::error!(error = %e, file = %entry.path, "verified chunk does not decrypt");
+                        gw.metrics().aborted.get_or_create(&crate::metrics::ReasonLabel { reason: "integrity" }).inc();
+                        if let Some(b) = &billing {
+                            b.meter.record_integrity_abort(&b.release, 0);
+                        }
+                        return error(StatusCode::BAD_GATEWAY, format!("{}: {e}", entry.path));
+                    }
+                }
             }
             Err(e) => {
                 tracing::warn!(error = %e, file = %entry.blake3, "no verified bytes for the first chunk");
@@ -430,7 +446,7 @@ pub(super) async fn serve_file<B>(
     let content_length =
         parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok()).unwrap_or(0);
     let meter = billing.map(|b| (b.streaming(content_length, quota), cold.unwrap_or_default()));
-    let hooks = body::Hooks { shaper, meter, live: Some(liveness) };
+    let hooks = body::Hooks { shaper, meter, live: Some(liveness), plain };
     let body = body::chunked(fetcher, spec, pieces, primed, gw.metrics().clone(), hooks);
     Response::from_parts(parts, body)
 }

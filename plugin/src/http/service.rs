@@ -118,21 +118,24 @@ async fn route<B>(gw: &Arc<Gateway>, req: &Request<B>, started: Instant) -> (&'s
                     Ok(q) => list_datasets(gw, &gw.tenants(), &tenant, &q),
                     Err(e) => error(StatusCode::BAD_REQUEST, e),
                 },
-                Route::Dataset { name } => describe_dataset(gw, name),
+                Route::Dataset { name } => describe_dataset(gw, name, &tenant),
                 Route::Manifest { name, version } => manifest(gw, req, name, version, &tenant),
-                Route::File { name, version, path } => match door::open_file(gw, name, version, &path) {
-                    Ok(open) => {
-                        let v = open.file.release.version().clone();
-                        let location = format!("/v1/datasets/{name}/{v}/files/{}", super::route::encode_path(&path));
-                        let (catalog, resolved) = (open.catalog.clone(), open.resolved.clone());
-                        let resp = serve_file(gw, req, open, started, tenant).await;
-                        match resolved {
-                            Some(r) => lifecycle_headers(resp, &catalog, name, &r, &location),
-                            None => resp,
+                Route::File { name, version, path } => {
+                    match door::open_file(gw, name, version, &path, door::Reader::Tenant(&tenant)) {
+                        Ok(open) => {
+                            let v = open.file.release.version().clone();
+                            let location =
+                                format!("/v1/datasets/{name}/{v}/files/{}", super::route::encode_path(&path));
+                            let (catalog, resolved) = (open.catalog.clone(), open.resolved.clone());
+                            let resp = serve_file(gw, req, open, started, tenant).await;
+                            match resolved {
+                                Some(r) => lifecycle_headers(resp, &catalog, name, &r, &location),
+                                None => resp,
+                            }
                         }
+                        Err(e) => not_opened(&e),
                     }
-                    Err(e) => not_opened(&e),
-                },
+                }
                 Route::Blob { hash } => match door::open_blob(gw, &hash, &tenant) {
                     Ok(open) => serve_file(gw, req, open, started, tenant).await,
                     Err(e) => not_opened(&e),
@@ -169,6 +172,11 @@ pub(super) fn not_opened(e: &OpenError) -> Response<Body> {
             r
         }
         OpenError::BadLayout { .. } => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        e if e.is_forbidden() => {
+            let mut r = error(StatusCode::FORBIDDEN, e);
+            r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            r
+        }
         _ => error(StatusCode::NOT_FOUND, e),
     }
 }

@@ -48,6 +48,16 @@ impl From<AdminError> for Status {
     }
 }
 
+/// Whether the gateway can decrypt a release after a key envelope change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyStatus {
+    pub name: String,
+    pub version: String,
+    pub key_id: String,
+    /// Why it cannot decrypt, if it cannot.
+    pub reason: Option<String>,
+}
+
 /// What `register_release` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Registration {
@@ -85,6 +95,9 @@ impl Gateway {
         let release = registry::release_from_bytes(&manifest, placement.as_deref(), &trusted).map_err(|e| match e {
             LoadError::Source { why, .. } | LoadError::Refused { why, .. } => AdminError::Invalid(why),
         })?;
+        if let Some(p) = &self.security().policy {
+            p.check(&release.signed.manifest).map_err(|e| AdminError::FailedPrecondition(e.to_string()))?;
+        }
         let (name, ver, id) = (release.name().to_string(), release.version().clone(), release.signed.id);
         let reg = |already| Registration {
             name: name.clone(),
@@ -115,10 +128,86 @@ impl Gateway {
             next.insert(release).map_err(|e| AdminError::Invalid(e.to_string()))?;
         }
         next.mark_registered(&name, &ver);
+        self.secure(&mut next).await?;
         self.metrics().releases.set(next.release_count() as i64);
         self.registry().replace(next);
         tracing::info!(release = %format!("{name}@{ver}"), id = %id, "release registered");
         Ok(reg(false))
+    }
+
+    /// The key state of `name@v` in `c`, as a status.
+    fn key_status(c: &Catalog, name: &str, v: &semver::Version, key_id: String) -> KeyStatus {
+        let reason = match c.release(name, v) {
+            None => Some(format!("{name}@{v} is not served here yet; the envelope is kept for when it is")),
+            Some(r) => match c.key_state(&r.signed.id).map(|k| &**k) {
+                None => Some(format!("{name}@{v} has no encrypted files")),
+                Some(crate::crypt::access::KeyState::Unavailable(why)) => Some(why.clone()),
+                Some(crate::crypt::access::KeyState::Ready { .. }) => None,
+            },
+        };
+        KeyStatus { name: name.to_string(), version: v.to_string(), key_id, reason }
+    }
+
+    /// Registers (or replaces) a release's key envelope, and says whether
+    /// the gateway can decrypt the release with it.
+    pub async fn put_key_envelope(&self, bytes: Vec<u8>) -> Result<KeyStatus, AdminError> {
+        let env = crate::crypt::envelope::KeyEnvelope::parse(&bytes).map_err(|e| AdminError::Invalid(e.to_string()))?;
+        let _guard = self.admin_lock().lock().await;
+        let current = self.registry().snapshot();
+        if let Some(r) = current.release(&env.name, &env.version)
+            && let Some(f) = r.signed.manifest.files.iter().find_map(|f| f.encryption.as_ref())
+            && f.key_id != env.key_id
+        {
+            return Err(AdminError::Invalid(format!(
+                "the envelope holds key {}, but {} is encrypted with key {}",
+                env.key_id,
+                env.release(),
+                f.key_id
+            )));
+        }
+        let store = self.store().clone();
+        let (n, v) = (env.name.clone(), env.version.clone());
+        blocking(move || store.put_key_envelope(&n, &v, &bytes)).await?;
+        let mut next = (*current).clone();
+        self.secure(&mut next).await?;
+        let status = Self::key_status(&next, &env.name, &env.version, env.key_id.clone());
+        self.registry().replace(next);
+        tracing::info!(release = %env.release(), key = %env.key_id, usable = status.reason.is_none(), "key envelope registered");
+        Ok(status)
+    }
+
+    /// Destroys a release's key envelope: the gateway stops decrypting it with this swap.
+    pub async fn delete_key_envelope(&self, name: &str, ver: &str) -> Result<KeyStatus, AdminError> {
+        let v = version(ver)?;
+        let _guard = self.admin_lock().lock().await;
+        let store = self.store().clone();
+        let (n, vv) = (name.to_string(), v.clone());
+        let old = blocking(move || {
+            let old = store.key_envelope(&n, &vv)?;
+            store.delete_key_envelope(&n, &vv)?;
+            Ok(old)
+        })
+        .await?;
+        let Some(old) = old else {
+            return Err(AdminError::NotFound(format!("no key envelope is registered for {name}@{v}")));
+        };
+        let key_id = crate::crypt::envelope::KeyEnvelope::parse(&old).map(|e| e.key_id).unwrap_or_default();
+        let mut next = (*self.registry().snapshot()).clone();
+        self.secure(&mut next).await?;
+        let status = Self::key_status(&next, name, &v, key_id);
+        self.registry().replace(next);
+        tracing::info!(release = %format!("{name}@{v}"), "key envelope destroyed");
+        Ok(status)
+    }
+
+    /// The registered key envelope (wrapped keys only).
+    pub async fn get_key_envelope(&self, name: &str, ver: &str) -> Result<Vec<u8>, AdminError> {
+        let v = version(ver)?;
+        let store = self.store().clone();
+        let (n, vv) = (name.to_string(), v.clone());
+        blocking(move || store.key_envelope(&n, &vv))
+            .await?
+            .ok_or_else(|| AdminError::NotFound(format!("no key envelope is registered for {name}@{v}")))
     }
 
     /// Fetches `spec` (a path or `cid:<CID>`) through the gateway's origins.

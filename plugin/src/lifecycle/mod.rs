@@ -24,6 +24,8 @@ const MANIFESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("manifests"
 const PLACEMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("placements");
 const STATES: TableDefinition<&str, &str> = TableDefinition::new("states");
 const TAGS: TableDefinition<(&str, &str), &str> = TableDefinition::new("tags");
+/// Key envelopes of encrypted releases (wrapped data keys only), by `name@version`.
+const KEY_ENVELOPES: TableDefinition<&str, &[u8]> = TableDefinition::new("key_envelopes");
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -127,7 +129,7 @@ pub struct Registered {
     pub placement: Option<Vec<u8>>,
 }
 
-fn key(name: &str, version: &semver::Version) -> String {
+pub(crate) fn key(name: &str, version: &semver::Version) -> String {
     format!("{name}@{version}")
 }
 
@@ -153,6 +155,7 @@ impl Store {
         txn.open_table(PLACEMENTS).map_err(|e| err(&e))?;
         txn.open_table(STATES).map_err(|e| err(&e))?;
         txn.open_table(TAGS).map_err(|e| err(&e))?;
+        txn.open_table(KEY_ENVELOPES).map_err(|e| err(&e))?;
         txn.commit().map_err(|e| err(&e))?;
         Ok(Self { db })
     }
@@ -210,6 +213,45 @@ impl Store {
             t.insert(k.as_str(), serde_json::to_string(state).map_err(storage)?.as_str()).map_err(storage)?;
         }
         txn.commit().map_err(storage)
+    }
+
+    /// Every key envelope, by `name@version`.
+    pub fn key_envelopes(&self) -> Result<std::collections::HashMap<String, Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let t = txn.open_table(KEY_ENVELOPES).map_err(storage)?;
+        let mut out = std::collections::HashMap::new();
+        for row in t.iter().map_err(storage)? {
+            let (k, v) = row.map_err(storage)?;
+            out.insert(k.value().to_string(), v.value().to_vec());
+        }
+        Ok(out)
+    }
+
+    pub fn key_envelope(&self, name: &str, version: &semver::Version) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let t = txn.open_table(KEY_ENVELOPES).map_err(storage)?;
+        Ok(t.get(key(name, version).as_str()).map_err(storage)?.map(|v| v.value().to_vec()))
+    }
+
+    /// Stores (or replaces) a release's key envelope.
+    pub fn put_key_envelope(&self, name: &str, version: &semver::Version, env: &[u8]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(storage)?;
+        {
+            let mut t = txn.open_table(KEY_ENVELOPES).map_err(storage)?;
+            t.insert(key(name, version).as_str(), env).map_err(storage)?;
+        }
+        txn.commit().map_err(storage)
+    }
+
+    /// Destroys a release's key envelope; whether there was one.
+    pub fn delete_key_envelope(&self, name: &str, version: &semver::Version) -> Result<bool, StoreError> {
+        let txn = self.db.begin_write().map_err(storage)?;
+        let had = {
+            let mut t = txn.open_table(KEY_ENVELOPES).map_err(storage)?;
+            t.remove(key(name, version).as_str()).map_err(storage)?.is_some()
+        };
+        txn.commit().map_err(storage)?;
+        Ok(had)
     }
 
     /// Tags and states as stored.

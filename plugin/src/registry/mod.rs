@@ -84,6 +84,10 @@ pub struct Catalog {
     lifecycle: Lifecycle,
     /// Releases registered over the admin API (the rest come from config).
     registered: HashSet<(String, semver::Version)>,
+    /// The data keys of encrypted releases, as this gateway holds them, by release id.
+    keys: crate::crypt::access::Keys,
+    /// Releases that break their policy class, by release id, with the breach.
+    refused: HashMap<Blake3, String>,
 }
 
 /// What a `{version}` path segment named.
@@ -125,6 +129,27 @@ impl Catalog {
             self.by_blake3.entry(f.blake3).or_default().push(FileRef { release: release.clone(), index: i });
         }
         Ok(())
+    }
+
+    /// Sets what this gateway can decrypt and which releases policy refuses.
+    pub fn set_security(&mut self, keys: crate::crypt::access::Keys, refused: HashMap<Blake3, String>) {
+        self.keys = keys;
+        self.refused = refused;
+    }
+
+    /// The key state of an encrypted release (`None` for a release in plain).
+    pub fn key_state(&self, id: &Blake3) -> Option<&Arc<crate::crypt::access::KeyState>> {
+        self.keys.get(id)
+    }
+
+    /// Why the policy refuses a release, if it does.
+    pub fn refusal(&self, id: &Blake3) -> Option<&str> {
+        self.refused.get(id).map(String::as_str)
+    }
+
+    /// Every served release.
+    pub fn all(&self) -> impl Iterator<Item = &Arc<Release>> {
+        self.releases.values().flat_map(|v| v.values())
     }
 
     pub fn mark_registered(&mut self, name: &str, version: &semver::Version) {

@@ -136,10 +136,10 @@ pub fn pub_path(path: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-pub(crate) fn b64(bytes: &[u8]) -> String {
+pub fn b64(bytes: &[u8]) -> String {
     B64.encode(bytes)
 }
 
-pub(crate) fn un_b64(text: &str) -> Option<Vec<u8>> {
+pub fn un_b64(text: &str) -> Option<Vec<u8>> {
     B64.decode(text).ok()
 }

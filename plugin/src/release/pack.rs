@@ -15,9 +15,7 @@ use super::drift::{DriftError, Profile, Report, Thresholds};
 use super::envelope::Envelope;
 use super::keys::PublisherKey;
 use super::layout::{FILES_DIR, ReleaseDir, TABLES_DIR};
-use super::manifest::{
-    Blake3, FileEntry, Manifest, ParentRef, Records, SCHEMA, SignedManifest, check_name, check_path,
-};
+use super::manifest::{Blake3, FileEntry, Manifest, ParentRef, Records, SignedManifest, check_name, check_path};
 use crate::progress::Progress;
 
 const IO_BUF: usize = 1 << 20;
@@ -55,6 +53,8 @@ pub enum PackError {
     DriftInput(#[from] DriftError),
     #[error("{0}: cannot tell the WebDataset sample key (members are named KEY.EXT)")]
     SampleKey(String),
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> PackError + '_ {
@@ -83,6 +83,93 @@ pub struct PackOptions {
     pub created_at: jiff::Timestamp,
     /// Compare with the parent and refuse drift past the thresholds.
     pub drift: Option<DriftGate>,
+    /// The data key and which files to encrypt with it.
+    pub encryption: Option<PackEncryption>,
+    /// The policy the release must meet (its class's encryption rules are applied).
+    pub policy: Option<crate::policy::Policy>,
+}
+
+/// What `pack` encrypts, and with which key.
+#[derive(Debug)]
+pub struct PackEncryption {
+    pub key: crate::crypt::DataKey,
+    pub scheme: crate::crypt::Scheme,
+    /// Release paths (globs; `*` also matches `/`) to encrypt, besides what the policy demands.
+    pub globs: Vec<glob::Pattern>,
+}
+
+/// Which release paths are encrypted, and why.
+struct EncryptPlan<'a> {
+    enc: Option<&'a PackEncryption>,
+    policy: Option<(&'a crate::policy::Policy, &'a str)>,
+    name: &'a str,
+    version: String,
+    chunk_size: u64,
+}
+
+impl EncryptPlan<'_> {
+    /// Whether `path` is encrypted; a path the policy says must be
+    /// encrypted, with no key to do it, is refused.
+    fn wants(&self, path: &str) -> Result<bool, PackError> {
+        let by_rule = self.policy.and_then(|(p, class)| p.must_encrypt(class, path));
+        let by_flag = self.enc.is_some_and(|e| e.globs.iter().any(|g| g.matches(path)));
+        if by_rule.is_none() && !by_flag {
+            return Ok(false);
+        }
+        if self.enc.is_none() {
+            return Err(crate::policy::PolicyError::Breach {
+                release: format!("{}@{}", self.name, self.version),
+                rule: by_rule.unwrap_or_default(),
+                why: format!("{path} must be encrypted; give --recipient (age) or --pkcs11 to wrap a data key"),
+            }
+            .into());
+        }
+        Ok(true)
+    }
+
+    /// The encryptor for `path`, or `None` to store it as it is.
+    fn encryptor(&self, path: &str) -> Result<Option<Encrypting>, PackError> {
+        if !self.wants(path)? {
+            return Ok(None);
+        }
+        let Some(enc) = self.enc else { return Ok(None) };
+        let mut salt = [0u8; 32];
+        getrandom::fill(&mut salt).map_err(|e| PackError::BadInput(format!("no randomness for a salt: {e}")))?;
+        let at = crate::crypt::FileBinding {
+            name: self.name,
+            version: &self.version,
+            path,
+            salt: &salt,
+            chunk_size: self.chunk_size,
+        };
+        let cipher = crate::crypt::FileCipher::new(enc.scheme, &enc.key, at)
+            .map_err(|e| PackError::BadInput(format!("{path}: {e}")))?;
+        Ok(Some(Encrypting {
+            seg: cipher.segment_size() as usize,
+            cipher,
+            pending: Vec::new(),
+            next: 0,
+            plain: blake3::Hasher::new(),
+            plain_size: 0,
+            salt,
+            scheme: enc.scheme,
+            key_id: enc.key.id(),
+        }))
+    }
+}
+
+/// A file being encrypted as it streams to disk: one segment is held back
+/// until it is known whether more follows (the last carries a flag).
+struct Encrypting {
+    cipher: crate::crypt::FileCipher,
+    seg: usize,
+    pending: Vec<u8>,
+    next: u64,
+    plain: blake3::Hasher,
+    plain_size: u64,
+    salt: [u8; 32],
+    scheme: crate::crypt::Scheme,
+    key_id: String,
 }
 
 /// The drift gate for a release with a parent.
@@ -238,9 +325,32 @@ struct HashingWriter {
     count_lines: bool,
     newlines: u64,
     last_byte: Option<u8>,
+    /// Set when the file is encrypted: bytes written are plaintext, bytes stored ciphertext.
+    enc: Option<Encrypting>,
+}
+
+/// What an encrypted file's entry records beyond the ciphertext's digest.
+struct Encrypted {
+    meta: crate::release::manifest::FileEncryption,
 }
 
 impl HashingWriter {
+    fn encrypting(mut self, enc: Option<Encrypting>) -> Self {
+        // Line counts of an encrypted file would tell about its plaintext: none are kept.
+        if enc.is_some() {
+            self.count_lines = false;
+        }
+        self.enc = enc;
+        self
+    }
+
+    /// Stores bytes (ciphertext, or the file as it is) and hashes them.
+    fn store(file: &mut io::BufWriter<File>, hasher: &mut ChunkHasher, bytes: &[u8]) -> io::Result<()> {
+        file.write_all(bytes)?;
+        hasher.update(bytes);
+        Ok(())
+    }
+
     fn create(path: PathBuf, chunk_size: u64, count_lines: bool) -> Result<Self, PackError> {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(io_err(parent))?;
@@ -253,20 +363,55 @@ impl HashingWriter {
             count_lines,
             newlines: 0,
             last_byte: None,
+            enc: None,
         })
     }
 
-    fn finish(self) -> Result<(FileDigest, Option<u64>), PackError> {
+    fn finish(mut self) -> Result<(FileDigest, Option<u64>, Option<Encrypted>), PackError> {
+        let mut encrypted = None;
+        if let Some(e) = self.enc.take() {
+            let last = e
+                .cipher
+                .encrypt_segment(e.next, true, &e.pending)
+                .map_err(|err| PackError::BadInput(format!("{}: {err}", self.path.display())))?;
+            Self::store(&mut self.file, &mut self.hasher, &last).map_err(io_err(&self.path))?;
+            let digest: Blake3 = e.plain.finalize().into();
+            encrypted = Some(Encrypted {
+                meta: crate::release::manifest::FileEncryption {
+                    scheme: e.scheme.name().into(),
+                    key_id: e.key_id,
+                    salt: hex::encode(e.salt),
+                    plaintext_size: e.plain_size,
+                    sealed_blake3: super::keys::b64(&e.cipher.seal_digest(&digest)),
+                },
+            });
+        }
         let file =
             self.file.into_inner().map_err(|e| PackError::Io { path: self.path.clone(), source: e.into_error() })?;
         file.sync_data().map_err(io_err(&self.path))?;
         let lines = self.count_lines.then(|| self.newlines + u64::from(self.last_byte.is_some_and(|b| b != b'\n')));
-        Ok((self.hasher.finish(), lines))
+        Ok((self.hasher.finish(), lines, encrypted))
     }
 }
 
 impl Write for HashingWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if let Some(e) = &mut self.enc {
+            e.plain.update(buf);
+            e.plain_size += buf.len() as u64;
+            e.pending.extend_from_slice(buf);
+            // A full segment is sealed once more bytes follow it: only then is it known not to be the last.
+            let mut at = 0;
+            while e.pending.len() - at > e.seg {
+                let c =
+                    e.cipher.encrypt_segment(e.next, false, &e.pending[at..at + e.seg]).map_err(io::Error::other)?;
+                Self::store(&mut self.file, &mut self.hasher, &c)?;
+                e.next += 1;
+                at += e.seg;
+            }
+            e.pending.drain(..at);
+            return Ok(buf.len());
+        }
         let n = self.file.write(buf)?;
         let done = &buf[..n];
         self.hasher.update(done);
@@ -306,7 +451,13 @@ struct Packed {
     table: Option<Vec<u8>>,
 }
 
-fn finish_entry(rel: String, digest: FileDigest, chunk_size: u64, records: Option<u64>) -> Packed {
+fn finish_entry(
+    rel: String,
+    digest: FileDigest,
+    chunk_size: u64,
+    records: Option<u64>,
+    encrypted: Option<Encrypted>,
+) -> Packed {
     let table = digest.table.as_ref().map(|t| t.encode());
     let entry = FileEntry {
         media_type: media_type_for(&rel),
@@ -315,7 +466,8 @@ fn finish_entry(rel: String, digest: FileDigest, chunk_size: u64, records: Optio
         blake3: digest.root.into(),
         chunk_size,
         chunk_table: table.as_deref().map(Blake3::of),
-        records,
+        records: if encrypted.is_some() { None } else { records },
+        encryption: encrypted.map(|e| e.meta),
     };
     Packed { entry, table }
 }
@@ -323,16 +475,18 @@ fn finish_entry(rel: String, digest: FileDigest, chunk_size: u64, records: Optio
 fn pack_files(
     files: &[InputFile],
     staging: &ReleaseDir,
-    chunk_size: u64,
+    plan: &EncryptPlan<'_>,
     progress: &dyn Progress,
 ) -> Result<Vec<Packed>, PackError> {
+    let chunk_size = plan.chunk_size;
     let mut out = Vec::with_capacity(files.len());
     for f in files {
         let is_jsonl = f.rel.ends_with(".jsonl") || f.rel.ends_with(".ndjson");
-        let mut w = HashingWriter::create(staging.file(&f.rel), chunk_size, is_jsonl)?;
+        let mut w =
+            HashingWriter::create(staging.file(&f.rel), chunk_size, is_jsonl)?.encrypting(plan.encryptor(&f.rel)?);
         copy_from(&f.abs, &mut w, progress)?;
-        let (digest, lines) = w.finish()?;
-        out.push(finish_entry(f.rel.clone(), digest, chunk_size, lines));
+        let (digest, lines, enc) = w.finish()?;
+        out.push(finish_entry(f.rel.clone(), digest, chunk_size, lines, enc));
     }
     Ok(out)
 }
@@ -356,11 +510,12 @@ fn tar_member_len(name: &str, size: u64) -> u64 {
 fn pack_webdataset(
     files: &[InputFile],
     staging: &ReleaseDir,
-    chunk_size: u64,
+    plan: &EncryptPlan<'_>,
     shard_size: u64,
     mtime: u64,
     progress: &dyn Progress,
 ) -> Result<Vec<Packed>, PackError> {
+    let chunk_size = plan.chunk_size;
     let mut samples: BTreeMap<&str, Vec<&InputFile>> = BTreeMap::new();
     for f in files {
         let (key, _) = sample_key(&f.rel)?;
@@ -371,8 +526,8 @@ fn pack_webdataset(
     let close = |s: (tar::Builder<HashingWriter>, String, u64, u64), out: &mut Vec<Packed>| -> Result<(), PackError> {
         let (builder, rel, _, count) = s;
         let w = builder.into_inner().map_err(|e| PackError::Io { path: rel.clone().into(), source: e })?;
-        let (digest, _) = w.finish()?;
-        out.push(finish_entry(rel, digest, chunk_size, Some(count)));
+        let (digest, _, enc) = w.finish()?;
+        out.push(finish_entry(rel, digest, chunk_size, Some(count), enc));
         Ok(())
     };
     for (_key, members) in samples {
@@ -386,7 +541,7 @@ fn pack_webdataset(
         }
         if shard.is_none() {
             let rel = format!("shard-{:06}.tar", out.len());
-            let w = HashingWriter::create(staging.file(&rel), chunk_size, false)?;
+            let w = HashingWriter::create(staging.file(&rel), chunk_size, false)?.encrypting(plan.encryptor(&rel)?);
             let mut b = tar::Builder::new(w);
             b.mode(tar::HeaderMode::Deterministic);
             shard = Some((b, rel, 0, 0));
@@ -443,6 +598,30 @@ pub fn pack(opts: &PackOptions, key: &PublisherKey, progress: &dyn Progress) -> 
     }
     let files = walk(&opts.dir)?;
     let state = inspect_out(&opts.out, &opts.name, &opts.version)?;
+    let release = format!("{}@{}", opts.name, opts.version);
+    let class_name = match &opts.policy {
+        Some(p) => {
+            let name = opts.envelope.compliance_class.clone().unwrap_or_else(|| p.default_class().to_string());
+            p.class(&name, &release)?;
+            Some(name)
+        }
+        None => None,
+    };
+    let plan = EncryptPlan {
+        enc: opts.encryption.as_ref(),
+        policy: opts.policy.as_ref().zip(class_name.as_deref()),
+        name: &opts.name,
+        version: opts.version.to_string(),
+        chunk_size: opts.chunk_size,
+    };
+    // Refused before anything is written: a file the policy says must be encrypted, with no key.
+    if let PackFormat::Files = opts.format {
+        for f in &files {
+            plan.wants(&f.rel)?;
+        }
+    } else {
+        plan.wants("shard-000000.tar")?;
+    }
 
     let out_abs = std::path::absolute(&opts.out).map_err(io_err(&opts.out))?;
     let parent = out_abs.parent().unwrap_or(Path::new("/")).to_path_buf();
@@ -460,10 +639,10 @@ pub fn pack(opts: &PackOptions, key: &PublisherKey, progress: &dyn Progress) -> 
     let total_in: u64 = files.iter().map(|f| f.size).sum();
     progress.begin("pack", total_in);
     let packed = match opts.format {
-        PackFormat::Files => pack_files(&files, &staging, opts.chunk_size, progress)?,
+        PackFormat::Files => pack_files(&files, &staging, &plan, progress)?,
         PackFormat::WebDataset { shard_size } => {
             let mtime = opts.created_at.as_second().max(0) as u64;
-            pack_webdataset(&files, &staging, opts.chunk_size, shard_size, mtime, progress)?
+            pack_webdataset(&files, &staging, &plan, shard_size, mtime, progress)?
         }
     };
     progress.end();
@@ -510,7 +689,7 @@ pub fn pack(opts: &PackOptions, key: &PublisherKey, progress: &dyn Progress) -> 
         }
     };
     let manifest = Manifest {
-        schema: SCHEMA.into(),
+        schema: Manifest::schema_for(&entries, &[]).into(),
         name: opts.name.clone(),
         version: opts.version.clone(),
         parent: opts.parent.clone(),
@@ -519,9 +698,13 @@ pub fn pack(opts: &PackOptions, key: &PublisherKey, progress: &dyn Progress) -> 
         records,
         files: entries,
         envelope,
+        approvals: Vec::new(),
         signature: None,
     };
     manifest.validate().map_err(|e| PackError::BadInput(e.to_string()))?;
+    if let Some(p) = &opts.policy {
+        p.check_contents(&manifest)?;
+    }
     let signed = manifest.sign(key);
     let manifest_path = staging.manifest();
     write_synced(&manifest_path, &signed.bytes)?;

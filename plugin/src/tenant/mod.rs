@@ -66,6 +66,9 @@ pub struct TenantConfig {
     /// this tenant when `server.tls.client_ca` is set.
     #[serde(default)]
     pub cert_names: Vec<String>,
+    /// Policy classes (`compliance_class`) whose plaintext this tenant is cleared to read.
+    #[serde(default)]
+    pub clearances: Vec<String>,
     #[serde(flatten)]
     pub limits: Limits,
 }
@@ -117,6 +120,8 @@ pub struct Tenant {
     pub name: String,
     /// Bytes per calendar month, if capped.
     pub monthly_quota: Option<u64>,
+    /// Policy classes this tenant may read the plaintext of.
+    pub clearances: Vec<String>,
     datasets: Vec<glob::Pattern>,
     requests: Option<DefaultDirectRateLimiter>,
     bandwidth: Option<Bandwidth>,
@@ -198,6 +203,7 @@ impl Tenant {
         Ok(Self {
             id: Arc::from(id),
             name,
+            clearances: Vec::new(),
             datasets,
             requests,
             bandwidth,
@@ -302,10 +308,11 @@ impl Tenants {
                 return Err(bad("id", format!("{:?} is used twice", t.id)));
             }
             let datasets = patterns(&t.datasets).map_err(|w| bad("datasets", w))?;
-            let tenant = Arc::new(
+            let mut tenant =
                 Tenant::build(t.id.clone(), t.name.clone().unwrap_or_else(|| t.id.clone()), datasets, &t.limits)
-                    .map_err(|w| bad("limits", w))?,
-            );
+                    .map_err(|w| bad("limits", w))?;
+            tenant.clearances = t.clearances.clone();
+            let tenant = Arc::new(tenant);
             for k in &t.keys {
                 let h = parse_key_hash(k).map_err(|w| bad("keys", w))?;
                 if by_key.insert(h, tenant.clone()).is_some() {

@@ -96,6 +96,8 @@ impl Release {
             format: PackFormat::Files,
             created_at: jiff::Timestamp::from_second(1_700_000_000).unwrap(),
             drift: None,
+            encryption: None,
+            policy: None,
         };
         let signed = pack(&opts, &key, &Silent).unwrap().manifest;
         let rd = ReleaseDir::new(&out);

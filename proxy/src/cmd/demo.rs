@@ -110,6 +110,8 @@ pub fn prepare(dir: &Path, listen: SocketAddr) -> anyhow::Result<(Config, usize)
             format,
             created_at,
             drift: None,
+            encryption: None,
+            policy: None,
         };
         let out = pack(&opts, &key, &Bar::new())?;
         eprintln!("demo: packed {name}@1.0.0, release id {}", out.manifest.id);

@@ -2,12 +2,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use shardgate::crypt::envelope::KeyEnvelope;
 use shardgate::release::drift::split_meta;
 use shardgate::release::envelope::Envelope;
 use shardgate::release::keys::PublisherKey;
 use shardgate::release::layout::ReleaseDir;
 use shardgate::release::manifest::parse_version;
-use shardgate::release::pack::{DriftGate, PackError, PackFormat, PackOptions, pack, parent_ref};
+use shardgate::release::pack::{DriftGate, PackEncryption, PackError, PackFormat, PackOptions, pack, parent_ref};
 
 use super::{ConfigError, parse_size};
 use crate::progress::Bar;
@@ -55,6 +56,22 @@ pub struct Args {
     /// Largest tar shard with --format webdataset.
     #[arg(long, default_value = "512MiB", value_parser = parse_size)]
     shard_size: u64,
+    #[command(flatten)]
+    keys: super::keys::WrapArgs,
+    /// Encrypt the files whose release path matches (a glob; `*` also matches `/`; repeatable).
+    /// The policy's rules for the release's class add to these.
+    #[arg(long = "encrypt", value_name = "GLOB")]
+    encrypt: Vec<String>,
+    /// Encryption scheme for encrypted files.
+    #[arg(long, default_value = "aes-256-gcm", value_parser = ["aes-256-gcm", "xchacha20-poly1305"])]
+    scheme: String,
+    /// Policy file: the release's compliance_class must be in it, and its rules are applied.
+    #[arg(long, env = "SHARDGATE_POLICY")]
+    policy: Option<PathBuf>,
+    /// Where to write the key envelope of an encrypted release (default: OUT.keys.json, beside OUT).
+    /// It is never part of the release.
+    #[arg(long)]
+    keys_out: Option<PathBuf>,
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
@@ -80,6 +97,41 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         None => PackFormat::Files,
         Some(Format::Webdataset) => PackFormat::WebDataset { shard_size: a.shard_size },
     };
+    let policy =
+        a.policy.as_deref().map(shardgate::policy::Policy::load).transpose().map_err(|e| ConfigError(e.to_string()))?;
+    let globs = a
+        .encrypt
+        .iter()
+        .map(|g| glob::Pattern::new(g).map_err(|e| ConfigError(format!("--encrypt {g:?}: {e}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    let wrappers = a.keys.wrappers()?;
+    if !globs.is_empty() && wrappers.is_empty() {
+        return Err(ConfigError(
+            "--encrypt needs someone to wrap the data key to: --recipient, --recipients-file or --pkcs11".into(),
+        )
+        .into());
+    }
+    let scheme = shardgate::crypt::Scheme::parse(&a.scheme).map_err(|e| ConfigError(e.to_string()))?;
+    // The data key is wrapped before a byte is packed, so a provider that fails costs nothing.
+    let (encryption, envelope_file) = if wrappers.is_empty() {
+        (None, None)
+    } else {
+        let key = shardgate::crypt::DataKey::generate().map_err(ConfigError)?;
+        let env = KeyEnvelope::seal(&a.name, &version, scheme, &key, &wrappers)?;
+        let path = a.keys_out.clone().unwrap_or_else(|| {
+            let mut p = a.out.clone().into_os_string();
+            p.push(".keys.json");
+            PathBuf::from(p)
+        });
+        if std::path::absolute(&path)?.starts_with(std::path::absolute(&a.out)?) {
+            return Err(ConfigError(format!(
+                "--keys-out {} is inside the release; keep the key envelope outside it",
+                path.display()
+            ))
+            .into());
+        }
+        (Some(PackEncryption { key, scheme, globs }), Some((env, path)))
+    };
     let opts = PackOptions {
         dir: a.dir,
         name: a.name,
@@ -91,6 +143,8 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         format,
         created_at,
         drift,
+        encryption,
+        policy,
     };
     let outcome = match pack(&opts, &key, &Bar::new()) {
         Ok(o) => o,
@@ -107,6 +161,22 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         }
     }
     let m = &outcome.manifest.manifest;
+    let encrypted = m.files.iter().filter(|f| f.encryption.is_some()).count();
+    match &envelope_file {
+        Some((env, path)) if encrypted > 0 => {
+            std::fs::write(path, env.to_json()).with_context(|| format!("{}", path.display()))?;
+            eprintln!(
+                "encrypted {encrypted} of {} files with data key {}; key envelope: {}",
+                m.files.len(),
+                env.key_id,
+                path.display()
+            );
+        }
+        Some(_) => {
+            eprintln!("no file matched --encrypt or the policy's rules; nothing encrypted, no key envelope written")
+        }
+        None => {}
+    }
     if outcome.unchanged {
         eprintln!("{} already holds this exact release; nothing written", a.out.display());
     }

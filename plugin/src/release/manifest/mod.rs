@@ -1,4 +1,11 @@
-//! The signed release manifest (`manifest.json`, schema `shardgate.manifest/v1`).
+//! The signed release manifest (`manifest.json`, schema `shardgate.manifest/v1`,
+//! or `shardgate.manifest/v2` when a file is encrypted or the release carries
+//! sign-offs; v1 manifests load as they always did).
+//!
+//! The publisher's signature covers everything but itself and the
+//! `approvals` (each approval signs the same bytes), so sign-offs are added
+//! after packing without the publisher's key; they are part of
+//! `manifest.json`, so the release id covers them.
 //!
 //! Canonical form: JSON with object keys sorted and no insignificant
 //! whitespace is what gets signed (the *signing bytes*, with the `signature`
@@ -17,6 +24,10 @@ use super::envelope::Envelope;
 use super::keys::{PublicKey, PublisherKey, b64, un_b64};
 
 pub const SCHEMA: &str = "shardgate.manifest/v1";
+/// The schema of a manifest with encrypted files or sign-offs.
+pub const SCHEMA_V2: &str = "shardgate.manifest/v2";
+/// What an approver's signature covers, before the manifest's signing bytes.
+const APPROVAL_DOMAIN: &[u8] = b"shardgate.approval/v1\n";
 pub const SIGNATURE_ALGORITHM: &str = "ed25519";
 
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +131,48 @@ pub struct FileEntry {
     /// JSONL lines or WebDataset samples in this file, where the format tells.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub records: Option<u64>,
+    /// Set when the file is encrypted: `size`, `blake3` and `chunk_table`
+    /// then describe the ciphertext (see [`crate::crypt`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<FileEncryption>,
+}
+
+/// How an encrypted file was encrypted; public, like the rest of the manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileEncryption {
+    /// `aes-256-gcm/chunked-v1` or `xchacha20-poly1305/chunked-v1`.
+    pub scheme: String,
+    /// The data key's id (its envelope is kept outside the release).
+    pub key_id: String,
+    /// 64 hex digits: the file's random salt, from which its key is derived.
+    pub salt: String,
+    pub plaintext_size: u64,
+    /// Base64 of the plaintext's BLAKE3, sealed under the file key: only key holders read it.
+    pub sealed_blake3: String,
+}
+
+impl FileEncryption {
+    pub fn salt_bytes(&self) -> Option<[u8; 32]> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(&self.salt, &mut out).ok()?;
+        Some(out)
+    }
+
+    pub fn sealed_bytes(&self) -> Option<Vec<u8>> {
+        super::keys::un_b64(&self.sealed_blake3)
+    }
+}
+
+/// A sign-off: a key holding `role` approved the release.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Approval {
+    pub role: String,
+    pub public_key: String,
+    pub at: jiff::Timestamp,
+    /// Base64 ed25519 over `shardgate.approval/v1\n<role>\n<at>\n` and the manifest's signing bytes.
+    pub signature: String,
 }
 
 impl FileEntry {
@@ -167,6 +220,9 @@ pub struct Manifest {
     pub files: Vec<FileEntry>,
     #[serde(default)]
     pub envelope: Envelope,
+    /// Sign-offs (security, legal, …) required by the release's policy class.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvals: Vec<Approval>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<ManifestSignature>,
 }
@@ -208,11 +264,55 @@ pub fn parse_version(v: &str) -> Result<semver::Version, String> {
 }
 
 impl Manifest {
-    /// The bytes the signature covers: canonical compact JSON without `signature`.
+    /// The bytes the signature covers: canonical compact JSON without
+    /// `signature` and `approvals`.
     pub fn signing_bytes(&self) -> Vec<u8> {
         let mut unsigned = self.clone();
         unsigned.signature = None;
+        unsigned.approvals.clear();
         canonical_json(&to_value(&unsigned), false)
+    }
+
+    /// The schema a manifest with these contents carries.
+    pub fn schema_for(files: &[FileEntry], approvals: &[Approval]) -> &'static str {
+        if approvals.is_empty() && files.iter().all(|f| f.encryption.is_none()) { SCHEMA } else { SCHEMA_V2 }
+    }
+
+    /// What an approver signs for `role` at `at`.
+    pub fn approval_bytes(&self, role: &str, at: &jiff::Timestamp) -> Vec<u8> {
+        let mut out = APPROVAL_DOMAIN.to_vec();
+        out.extend_from_slice(format!("{role}\n{at}\n").as_bytes());
+        out.extend_from_slice(&self.signing_bytes());
+        out
+    }
+
+    /// Adds a sign-off by `key` for `role`, replacing an earlier one by the same key for that role.
+    pub fn approve(&mut self, key: &PublisherKey, role: &str, at: jiff::Timestamp) {
+        let signature = b64(&key.sign(&self.approval_bytes(role, &at)));
+        let public_key = key.public().to_string();
+        self.approvals.retain(|a| !(a.role == role && a.public_key == public_key));
+        self.approvals.push(Approval { role: role.to_string(), public_key, at, signature });
+        self.approvals.sort_by(|a, b| (&a.role, &a.public_key).cmp(&(&b.role, &b.public_key)));
+        self.schema = SCHEMA_V2.into();
+    }
+
+    /// The sign-offs whose signatures verify, as (role, key).
+    pub fn valid_approvals(&self) -> Vec<(&str, PublicKey)> {
+        self.approvals
+            .iter()
+            .filter_map(|a| {
+                let key: PublicKey = a.public_key.parse().ok()?;
+                let sig: [u8; 64] = un_b64(&a.signature)?.try_into().ok()?;
+                key.verify(&self.approval_bytes(&a.role, &a.at), &sig).then_some((a.role.as_str(), key))
+            })
+            .collect()
+    }
+
+    /// Re-serializes a signed manifest (after approvals changed) into its file bytes.
+    pub fn to_signed(&self) -> Result<SignedManifest, ManifestError> {
+        let mut bytes = canonical_json(&to_value(self), true);
+        bytes.push(b'\n');
+        SignedManifest::parse(&bytes)
     }
 
     /// Signs the manifest and returns its `manifest.json` bytes.
@@ -237,9 +337,21 @@ impl Manifest {
     /// Structural checks every manifest must pass, signed or not.
     pub fn validate(&self) -> Result<(), ManifestError> {
         let field = |field: &str, why: String| ManifestError::Field { field: field.into(), why };
-        if self.schema != SCHEMA {
-            return Err(field("schema", format!("{:?} is not {SCHEMA:?}", self.schema)));
+        if self.schema != SCHEMA && self.schema != SCHEMA_V2 {
+            return Err(field("schema", format!("{:?} is not {SCHEMA:?} or {SCHEMA_V2:?}", self.schema)));
         }
+        if self.schema == SCHEMA && Self::schema_for(&self.files, &self.approvals) != SCHEMA {
+            return Err(field("schema", format!("encrypted files and approvals need {SCHEMA_V2:?}")));
+        }
+        for (i, a) in self.approvals.iter().enumerate() {
+            if a.role.is_empty()
+                || a.role.len() > 64
+                || !a.role.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+            {
+                return Err(field(&format!("approvals[{i}].role"), format!("{:?} is not a role name", a.role)));
+            }
+        }
+        let mut key_id: Option<&str> = None;
         check_name(&self.name).map_err(|w| field("name", w))?;
         if let Some(p) = &self.parent {
             check_name(&p.name).map_err(|w| field("parent.name", w))?;
@@ -279,6 +391,32 @@ impl Manifest {
                 || f.media_type.chars().any(|c| c.is_control())
             {
                 return Err(field(&at("media_type"), format!("{:?} is not a media type", f.media_type)));
+            }
+            if let Some(e) = &f.encryption {
+                crate::crypt::Scheme::parse(&e.scheme).map_err(|w| field(&at("encryption.scheme"), w.to_string()))?;
+                crate::crypt::check_key_id(&e.key_id).map_err(|w| field(&at("encryption.key_id"), w.to_string()))?;
+                if key_id.is_some_and(|k| k != e.key_id) {
+                    return Err(field(
+                        &at("encryption.key_id"),
+                        "every encrypted file of a release has the same data key".into(),
+                    ));
+                }
+                key_id = Some(&e.key_id);
+                if e.salt_bytes().is_none() || e.salt.len() != 64 {
+                    return Err(field(&at("encryption.salt"), "is not 64 hex digits".into()));
+                }
+                if e.sealed_bytes().is_none_or(|b| b.len() != 48) {
+                    return Err(field(&at("encryption.sealed_blake3"), "is not base64 of 48 bytes".into()));
+                }
+                let want = crate::crypt::Segments::new(e.plaintext_size, f.chunk_size)
+                    .map(|s| s.cipher_size())
+                    .map_err(|w| field(&at("encryption.plaintext_size"), w.to_string()))?;
+                if want != f.size {
+                    return Err(field(
+                        &at("size"),
+                        format!("{} but {} plaintext bytes encrypt to {want}", f.size, e.plaintext_size),
+                    ));
+                }
             }
             total = total.checked_add(f.size).ok_or_else(|| field(&at("size"), "total overflows".into()))?;
         }

@@ -20,6 +20,7 @@ fn sample(key: &PublisherKey) -> SignedManifest {
                 chunk_size: 65536,
                 chunk_table: Some(Blake3::of(b"t")),
                 records: Some(10),
+                encryption: None,
             },
             FileEntry {
                 path: "b.bin".into(),
@@ -29,9 +30,11 @@ fn sample(key: &PublisherKey) -> SignedManifest {
                 chunk_size: 262144,
                 chunk_table: None,
                 records: None,
+                encryption: None,
             },
         ],
         envelope,
+        approvals: Vec::new(),
         signature: None,
     }
     .sign(key)
