@@ -75,6 +75,7 @@ async fn discovery_filters_on_the_envelope_and_hides_what_a_tenant_cannot_read()
         keys: vec![h],
         datasets: ds.iter().map(|s| s.to_string()).collect(),
         cert_names: vec![],
+        clearances: vec![],
         limits: Limits::default(),
     };
     cfg.tenants = vec![tenant("research", ha, &["vision-*", "text-*"]), tenant("medical", hb, &["secret-*"])];

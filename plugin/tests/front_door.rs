@@ -115,6 +115,7 @@ async fn a_blob_in_a_dataset_the_tenant_cannot_read_is_not_revealed() {
         keys: vec![format!("blake3:{}", hex::encode(shardgate::tenant::hash_key(key)))],
         datasets: vec!["public-*".into()],
         cert_names: vec![],
+        clearances: vec![],
         limits: Default::default(),
     }];
     let g = Served::start(cfg).await;

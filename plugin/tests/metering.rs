@@ -50,6 +50,7 @@ async fn fixture() -> Fixture {
         keys: vec![key],
         datasets: vec!["imagenet-*".into()],
         cert_names: vec![],
+        clearances: vec![],
         limits,
     };
     cfg.tenants = vec![

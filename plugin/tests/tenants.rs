@@ -45,6 +45,7 @@ async fn fixture(vision_limits: Limits) -> Fixture {
             keys: vec![vh],
             datasets: vec!["imagenet-*".into()],
             cert_names: vec![],
+            clearances: vec![],
             limits: vision_limits,
         },
         TenantConfig {
@@ -53,6 +54,7 @@ async fn fixture(vision_limits: Limits) -> Fixture {
             keys: vec![mh],
             datasets: vec!["medical-*".into()],
             cert_names: vec![],
+            clearances: vec![],
             limits: Limits::default(),
         },
     ];

@@ -35,6 +35,7 @@
 
 pub mod access;
 pub mod envelope;
+pub mod file;
 pub mod pkcs11;
 
 use std::ops::Range;

@@ -689,7 +689,7 @@ pub fn pack(opts: &PackOptions, key: &PublisherKey, progress: &dyn Progress) -> 
         }
     };
     let manifest = Manifest {
-        schema: Manifest::schema_for(&entries, &[]).into(),
+        schema: Manifest::schema_for(&entries).into(),
         name: opts.name.clone(),
         version: opts.version.clone(),
         parent: opts.parent.clone(),

@@ -8,6 +8,7 @@ fn tenants(limits: Limits) -> (Tenants, String) {
         keys: vec![line],
         datasets: vec!["imagenet-*".into()],
         cert_names: vec!["vision-loader".into()],
+        clearances: vec![],
         limits,
     }];
     let access = AccessConfig { public_datasets: vec!["open-*".into()], anonymous: Limits::default() };
@@ -129,6 +130,7 @@ fn config_errors_name_the_key() {
         keys: vec![],
         datasets: vec![],
         cert_names: vec![],
+        clearances: vec![],
         limits: Limits::default(),
     };
     let cases: Vec<(TenantConfig, &str)> = vec![

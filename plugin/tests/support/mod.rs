@@ -77,6 +77,21 @@ impl Release {
         key: PublisherKey,
         envelope: Envelope,
     ) -> Release {
+        Self::pack_secure(name, version, files, chunk_size, key, envelope, None, None)
+    }
+
+    /// Like [`Release::pack_full`], encrypting and checking against a policy.
+    #[allow(clippy::too_many_arguments, dead_code)]
+    pub fn pack_secure(
+        name: &str,
+        version: &str,
+        files: &[(&str, Vec<u8>)],
+        chunk_size: u64,
+        key: PublisherKey,
+        envelope: Envelope,
+        encryption: Option<shardgate::release::pack::PackEncryption>,
+        policy: Option<shardgate::policy::Policy>,
+    ) -> Release {
         let dir = tempfile::tempdir().unwrap();
         let src = dir.path().join("src");
         for (p, b) in files {
@@ -96,8 +111,8 @@ impl Release {
             format: PackFormat::Files,
             created_at: jiff::Timestamp::from_second(1_700_000_000).unwrap(),
             drift: None,
-            encryption: None,
-            policy: None,
+            encryption,
+            policy,
         };
         let signed = pack(&opts, &key, &Silent).unwrap().manifest;
         let rd = ReleaseDir::new(&out);

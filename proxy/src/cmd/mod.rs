@@ -6,6 +6,7 @@ mod diff;
 mod grpc_client;
 mod inspect;
 mod keygen;
+mod keys;
 mod pack;
 mod publish;
 mod release;
@@ -55,6 +56,12 @@ pub enum Command {
     Cost(cost::Args),
     /// Release lifecycle on a gateway: register, tag, deprecate, take down, pre-warm, list.
     Release(release::Args),
+    /// Key envelopes of encrypted releases: show, rewrap (revoke a recipient), register, export, destroy.
+    Keys(keys::Args),
+    /// Decrypt one file of an encrypted release from its stored ciphertext, checked against the signed manifest.
+    Decrypt(keys::DecryptArgs),
+    /// Add a sign-off (security, legal, …) to a packed release, as its policy class requires.
+    Approve(keys::ApproveArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -71,6 +78,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Usage(a) => usage::run(a),
         Command::Cost(a) => cost::run(a),
         Command::Release(a) => release::run(a),
+        Command::Keys(a) => keys::run(a),
+        Command::Decrypt(a) => keys::decrypt(a),
+        Command::Approve(a) => keys::approve(a),
     }
 }
 

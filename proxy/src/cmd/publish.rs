@@ -38,6 +38,10 @@ pub struct Args {
     /// PEM CA certificate of the gateway's gRPC listener.
     #[arg(long, requires = "gateway")]
     gateway_ca: Option<PathBuf>,
+    /// Policy file: a release that breaks its class's rules (encryption,
+    /// sign-offs) is refused before anything is uploaded.
+    #[arg(long, env = "SHARDGATE_POLICY")]
+    policy: Option<PathBuf>,
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
@@ -46,6 +50,14 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let dir = ReleaseDir::from_arg(&a.release);
     if let Some(parent) = &a.parent {
         drift_gate(&dir, parent, a.meta.as_deref())?;
+    }
+    if let Some(p) = &a.policy {
+        use anyhow::Context;
+        let policy = shardgate::policy::Policy::load(p)?;
+        let bytes = std::fs::read(dir.manifest()).with_context(|| format!("{}", dir.manifest().display()))?;
+        let signed = shardgate::release::manifest::SignedManifest::parse(&bytes)
+            .with_context(|| format!("{}", dir.manifest().display()))?;
+        policy.check(&signed.manifest)?;
     }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let outcome = rt.block_on(publish(&dir, &node, &Bar::new()))?;

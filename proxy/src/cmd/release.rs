@@ -90,12 +90,12 @@ enum Action {
     },
 }
 
-fn split_release(s: &str) -> anyhow::Result<(String, String)> {
+pub fn split_release(s: &str) -> anyhow::Result<(String, String)> {
     let (n, v) = s.rsplit_once('@').with_context(|| format!("{s:?} is not NAME@VERSION"))?;
     Ok((n.to_string(), v.to_string()))
 }
 
-async fn client(a: &Admin) -> anyhow::Result<AdminServiceClient<tonic::transport::Channel>> {
+pub async fn client(a: &Admin) -> anyhow::Result<AdminServiceClient<tonic::transport::Channel>> {
     Ok(AdminServiceClient::new(grpc_client::connect(&a.endpoint.url, a.endpoint.ca.as_deref()).await?))
 }
 

@@ -273,9 +273,10 @@ impl Manifest {
         canonical_json(&to_value(&unsigned), false)
     }
 
-    /// The schema a manifest with these contents carries.
-    pub fn schema_for(files: &[FileEntry], approvals: &[Approval]) -> &'static str {
-        if approvals.is_empty() && files.iter().all(|f| f.encryption.is_none()) { SCHEMA } else { SCHEMA_V2 }
+    /// The schema a manifest with these files carries. (Sign-offs are
+    /// added after signing and do not change it: the publisher signed it.)
+    pub fn schema_for(files: &[FileEntry]) -> &'static str {
+        if files.iter().all(|f| f.encryption.is_none()) { SCHEMA } else { SCHEMA_V2 }
     }
 
     /// What an approver signs for `role` at `at`.
@@ -293,7 +294,6 @@ impl Manifest {
         self.approvals.retain(|a| !(a.role == role && a.public_key == public_key));
         self.approvals.push(Approval { role: role.to_string(), public_key, at, signature });
         self.approvals.sort_by(|a, b| (&a.role, &a.public_key).cmp(&(&b.role, &b.public_key)));
-        self.schema = SCHEMA_V2.into();
     }
 
     /// The sign-offs whose signatures verify, as (role, key).
@@ -340,8 +340,8 @@ impl Manifest {
         if self.schema != SCHEMA && self.schema != SCHEMA_V2 {
             return Err(field("schema", format!("{:?} is not {SCHEMA:?} or {SCHEMA_V2:?}", self.schema)));
         }
-        if self.schema == SCHEMA && Self::schema_for(&self.files, &self.approvals) != SCHEMA {
-            return Err(field("schema", format!("encrypted files and approvals need {SCHEMA_V2:?}")));
+        if self.schema == SCHEMA && Self::schema_for(&self.files) != SCHEMA {
+            return Err(field("schema", format!("encrypted files need {SCHEMA_V2:?}")));
         }
         for (i, a) in self.approvals.iter().enumerate() {
             if a.role.is_empty()
