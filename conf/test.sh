@@ -32,6 +32,10 @@ command -v wrk >/dev/null || need+=(wrk)
 # The dashboard test renders /dashboard in headless Chromium.
 command -v chromium >/dev/null || need+=(chromium)
 [ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
+# Sensitive datasets: the age CLI unwraps and makes key envelopes; SoftHSM2 is
+# the PKCS#11 token the key-wrapping tests run against.
+command -v age >/dev/null || need+=(age)
+command -v softhsm2-util >/dev/null || need+=(softhsm2)
 if [ "${#need[@]}" -gt 0 ]; then
   step "apt-get install ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -51,7 +51,7 @@ pub struct UnwrapArgs {
     pub identities: Vec<PathBuf>,
     /// A PKCS#11 token's key (TOML: module, token_label, pin_file, key_label).
     #[arg(long = "pkcs11-unwrap", value_name = "FILE")]
-    pub pkcs11: Option<PathBuf>,
+    pub pkcs11_unwrap: Option<PathBuf>,
 }
 
 impl UnwrapArgs {
@@ -60,7 +60,7 @@ impl UnwrapArgs {
         for f in &self.identities {
             age.extend(envelope::read_identities(f)?);
         }
-        let pkcs11 = self.pkcs11.as_deref().map(load_pkcs11).transpose()?;
+        let pkcs11 = self.pkcs11_unwrap.as_deref().map(load_pkcs11).transpose()?;
         Ok(Unwrappers { age, pkcs11 })
     }
 }
