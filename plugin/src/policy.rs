@@ -278,6 +278,15 @@ signoffs = {{ security = 1, legal = 1 }}
     }
 
     #[test]
+    fn the_example_policy_loads() {
+        let p = Policy::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../conf/policy.toml")).unwrap();
+        assert_eq!(p.default_class(), "public");
+        assert_eq!(p.must_encrypt("internal", "logs/2026/a.jsonl").as_deref(), Some("classes.internal.encrypt (logs/*)"));
+        assert_eq!(p.must_encrypt("pii", "x").as_deref(), Some("classes.pii.plaintext_allowed"));
+        assert!(!p.cleared("pii", &[]));
+    }
+
+    #[test]
     fn a_bad_policy_file_names_the_key() {
         let e = Policy::parse("default_class = \"x\"\n[classes.public]\n").unwrap_err();
         assert!(e.contains("default_class"), "{e}");
