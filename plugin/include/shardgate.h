@@ -11,7 +11,7 @@
 #include <stdint.h>
 
 // The version of this ABI. It changes when a call's signature or meaning does.
-#define SHARDGATE_ABI_VERSION 2
+#define SHARDGATE_ABI_VERSION 3
 
 // Success.
 #define SHARDGATE_OK 0
@@ -40,6 +40,10 @@
 // The release was taken down: its bytes are no longer vouched for (the
 // error carries the reason). Since ABI version 2.
 #define SHARDGATE_ERR_TAKEN_DOWN -7
+
+// The release breaks its policy class (the error names the rule), so it is
+// not served. Since ABI version 3.
+#define SHARDGATE_ERR_REFUSED -8
 
 // An engine, as the host sees it. 0 is never a valid handle.
 typedef uint64_t shardgate_handle;

@@ -120,6 +120,8 @@ pub struct Liveness {
     release: Arc<Release>,
     /// For a plaintext read: the key id it decrypts with, which must stay usable.
     key_id: Option<String>,
+    /// The tenant reading, whose clearance for the release's class must hold.
+    reader: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for Liveness {
@@ -146,7 +148,7 @@ impl Baseline {
 
 impl Liveness {
     fn new(gw: &Arc<Gateway>, release: Arc<Release>, seen: u64) -> Self {
-        Self { epoch: gw.registry().epoch(), seen, gw: Arc::downgrade(gw), release, key_id: None }
+        Self { epoch: gw.registry().epoch(), seen, gw: Arc::downgrade(gw), release, key_id: None, reader: None }
     }
 
     /// `Ok` while the release is served and not taken down; the refusal once it is not.
@@ -175,6 +177,14 @@ impl Liveness {
                 version: version.to_string(),
                 why: why.to_string(),
             });
+        }
+        if let Some(id) = &self.reader {
+            // A reload that withdrew the tenant's clearance (or changed the class) stops the body too.
+            let tenants = gw.tenants();
+            // A tenant the reload removed reads as anonymous (no clearances).
+            if let Some(t) = tenants.tenant(id).or_else(|| tenants.tenant(crate::tenant::ANONYMOUS)) {
+                cleared(&gw, &self.release, t)?;
+            }
         }
         if let Some(want) = &self.key_id {
             // Revoked (envelope destroyed or rewrapped, wrapping key rotated) while streaming: stop.
@@ -284,23 +294,27 @@ pub fn discoverable(gw: &Gateway, catalog: &Catalog, tenant: &Tenant, release: &
     }
 }
 
-/// The plaintext view of an encrypted file for `tenant`: cleared for the
-/// release's class, and the gateway holds the key.
-fn plaintext(gw: &Gateway, catalog: &Catalog, file: &FileRef, tenant: &Tenant) -> Result<Arc<PlainView>, OpenError> {
+/// Refuses `tenant` a release whose class requires a clearance it lacks
+/// (every file of it, encrypted or not, and by blob too).
+pub fn cleared(gw: &Gateway, release: &Release, tenant: &Tenant) -> Result<(), OpenError> {
+    let sec = gw.security();
+    let Some(p) = &sec.policy else { return Ok(()) };
+    let class = p.class_name(&release.signed.manifest);
+    if p.cleared(class, &tenant.clearances) {
+        return Ok(());
+    }
+    Err(OpenError::NotCleared {
+        tenant: tenant.id.to_string(),
+        class: class.to_string(),
+        name: release.name().to_string(),
+        version: release.version().to_string(),
+    })
+}
+
+/// The plaintext view of an encrypted file (the reader's clearance was checked).
+fn plaintext(catalog: &Catalog, file: &FileRef) -> Result<Arc<PlainView>, OpenError> {
     let r = &file.release;
     let (name, version) = (r.name().to_string(), r.version().to_string());
-    let sec = gw.security();
-    if let Some(p) = &sec.policy {
-        let class = p.class_name(&r.signed.manifest);
-        if !p.cleared(class, &tenant.clearances) {
-            return Err(OpenError::NotCleared {
-                tenant: tenant.id.to_string(),
-                class: class.to_string(),
-                name,
-                version,
-            });
-        }
-    }
     let state = catalog.key_state(&r.signed.id);
     match state.map(|k| k.view(file.index)) {
         Some(Ok(Some(view))) => Ok(view.clone()),
@@ -326,10 +340,19 @@ pub fn open_file(
         return Err(OpenError::UnknownFile { name: name.to_string(), version: v.to_string(), path: path.to_string() });
     };
     let plain = match reader {
-        Reader::Tenant(t) if file.entry().encryption.is_some() => Some(plaintext(gw, &catalog, &file, t)?),
-        _ => None,
+        Reader::Tenant(t) => {
+            cleared(gw, &file.release, t)?;
+            match file.entry().encryption {
+                Some(_) => Some(plaintext(&catalog, &file)?),
+                None => None,
+            }
+        }
+        Reader::Operator => None,
     };
     let mut open = opened(gw, file, Some(resolved), catalog, base)?;
+    if let Reader::Tenant(t) = reader {
+        open.liveness.reader = Some(t.id.clone());
+    }
     if let Some(p) = plain {
         open.liveness.key_id = open.file.entry().encryption.as_ref().map(|e| e.key_id.clone());
         open.plain = Some(p);
@@ -348,8 +371,11 @@ pub fn open_blob(gw: &Arc<Gateway>, hash: &Blake3, tenant: &Tenant) -> Result<Op
     };
     taken_down(&catalog, file.release.name(), file.release.version())?;
     refused(&catalog, &file.release)?;
+    cleared(gw, &file.release, tenant)?;
     // A blob is served as stored: the ciphertext of an encrypted file.
-    opened(gw, file, None, catalog, base)
+    let mut open = opened(gw, file, None, catalog, base)?;
+    open.liveness.reader = Some(tenant.id.clone());
+    Ok(open)
 }
 
 /// Opens every file of a served, live release (or the named ones), for pre-warm.

@@ -29,7 +29,7 @@ use crate::config::Config;
 use crate::engine::Engine;
 
 /// The version of this ABI. It changes when a call's signature or meaning does.
-pub const SHARDGATE_ABI_VERSION: u32 = 2;
+pub const SHARDGATE_ABI_VERSION: u32 = 3;
 
 /// Success.
 pub const SHARDGATE_OK: i32 = 0;
@@ -50,6 +50,9 @@ pub const SHARDGATE_ERR_PANIC: i32 = -6;
 /// The release was taken down: its bytes are no longer vouched for (the
 /// error carries the reason). Since ABI version 2.
 pub const SHARDGATE_ERR_TAKEN_DOWN: i32 = -7;
+/// The release breaks its policy class (the error names the rule), so it is
+/// not served. Since ABI version 3.
+pub const SHARDGATE_ERR_REFUSED: i32 = -8;
 
 /// An engine, as the host sees it. 0 is never a valid handle.
 pub type ShardgateHandle = u64;

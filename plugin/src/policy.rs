@@ -180,9 +180,9 @@ impl Policy {
         let valid = m.valid_approvals();
         for (role, need) in &class.signoffs {
             let holders = self.roles.get(role).map(Vec::as_slice).unwrap_or(&[]);
-            let mut keys: Vec<&PublicKey> =
-                valid.iter().filter(|(r, k)| r == role && holders.contains(k)).map(|(_, k)| k).collect();
-            keys.dedup();
+            // Distinct keys: a sign-off copied twice counts once.
+            let keys: std::collections::BTreeSet<String> =
+                valid.iter().filter(|(r, k)| r == role && holders.contains(k)).map(|(_, k)| k.to_string()).collect();
             if (keys.len() as u32) < *need {
                 return Err(PolicyError::Breach {
                     release,
@@ -268,6 +268,22 @@ signoffs = {{ security = 1, legal = 1 }}
         assert_eq!(rule(p.check(&m)), "classes.pii.signoffs.security");
         m.approve(&s, "security", at);
         p.check(&m).unwrap();
+        // A copied sign-off counts once, and a manifest carrying one does not validate.
+        let mut copied = m.clone();
+        let legal_one = copied.approvals.iter().find(|a| a.role == "legal").unwrap().clone();
+        copied.approvals.retain(|a| a.role != "legal");
+        let two = Policy::parse(&format!(
+            "default_class = \"pii\"\n[roles]\nlegal = [\"{}\", \"{}\"]\n[classes.pii]\nsignoffs = {{ legal = 2 }}\n",
+            l.public(),
+            s.public()
+        ))
+        .unwrap();
+        copied.approvals.push(legal_one.clone());
+        copied.approvals.push(legal_one);
+        assert_eq!(rule(two.check(&copied)), "classes.pii.signoffs.legal");
+        copied.schema = crate::release::manifest::SCHEMA_V2.into();
+        let e = copied.validate().unwrap_err().to_string();
+        assert!(e.contains("approvals[") && e.contains("one per role and key"), "{e}");
         // A tampered sign-off does not count.
         m.approvals.iter_mut().find(|a| a.public_key == s.public().to_string()).unwrap().at =
             jiff::Timestamp::from_second(1_800_000_001).unwrap();
@@ -281,7 +297,10 @@ signoffs = {{ security = 1, legal = 1 }}
     fn the_example_policy_loads() {
         let p = Policy::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../conf/policy.toml")).unwrap();
         assert_eq!(p.default_class(), "public");
-        assert_eq!(p.must_encrypt("internal", "logs/2026/a.jsonl").as_deref(), Some("classes.internal.encrypt (logs/*)"));
+        assert_eq!(
+            p.must_encrypt("internal", "logs/2026/a.jsonl").as_deref(),
+            Some("classes.internal.encrypt (logs/*)")
+        );
         assert_eq!(p.must_encrypt("pii", "x").as_deref(), Some("classes.pii.plaintext_allowed"));
         assert!(!p.cleared("pii", &[]));
     }

@@ -84,6 +84,12 @@ async fn a_cleared_reader_gets_the_plaintext_with_ranges_and_etag_on_it() {
         let etag = resp.headers()["etag"].to_str().unwrap().to_string();
         assert_eq!(etag, format!("\"{}\"", blake3::hash(plain)), "{path}: the ETag is the plaintext's BLAKE3");
         assert_eq!(resp.headers()["content-length"], plain.len().to_string().as_str());
+        if path.starts_with("secret/") {
+            // Plaintext is for this reader only: no shared cache may keep it.
+            assert_eq!(resp.headers()["cache-control"], "private, no-store", "{path}");
+        } else {
+            assert!(resp.headers()["cache-control"].to_str().unwrap().contains("immutable"));
+        }
         assert_eq!(resp.bytes().await.unwrap().as_ref(), plain.as_slice(), "{path}");
         if plain.len() < 10 {
             continue;
@@ -104,6 +110,9 @@ async fn a_cleared_reader_gets_the_plaintext_with_ranges_and_etag_on_it() {
         assert_eq!(r.bytes().await.unwrap().as_ref(), &plain[plain.len() - 7..]);
         let r = c.get(&url).header("if-none-match", &etag).send().await.unwrap();
         assert_eq!(r.status(), 304);
+        if path.starts_with("secret/") {
+            assert_eq!(r.headers()["cache-control"], "private, no-store");
+        }
     }
     // The stored ciphertext, by its public hash: checkable by anyone, no key needed.
     let entry = s.release.signed.manifest.file("secret/a.bin").unwrap();
@@ -421,6 +430,15 @@ async fn policy_classes_are_enforced_by_pack_registration_and_serving() {
     assert_eq!(no.status(), 403);
     let why = no.text().await.unwrap();
     assert!(why.contains("tenant intern is not cleared for class") && why.contains("pii"), "{why}");
+    // Nor by blob: a class that needs a clearance needs it for every byte of the release.
+    let h = s.release.signed.manifest.file("all.bin").unwrap().blake3;
+    let blob = client().get(format!("{}/v1/blobs/{h}", g.base)).bearer_auth(&plain_key.0).send().await.unwrap();
+    assert_eq!(blob.status(), 403);
+    let blob = client().get(format!("{}/v1/blobs/{h}", g.base)).bearer_auth(&cleared.0).send().await.unwrap();
+    assert_eq!(blob.status(), 200);
+    let described =
+        client().get(format!("{}/v1/datasets/people", g.base)).bearer_auth(&plain_key.0).send().await.unwrap();
+    assert_eq!(described.status(), 404, "an uncleared tenant learns nothing of the dataset");
     let seen: serde_json::Value = client()
         .get(format!("{}/v1/datasets", g.base))
         .bearer_auth(&plain_key.0)
@@ -444,4 +462,39 @@ async fn policy_classes_are_enforced_by_pack_registration_and_serving() {
         .unwrap();
     assert_eq!(seen["datasets"].as_array().unwrap().len(), 1, "{seen}");
     g.shutdown().await;
+}
+
+#[test]
+fn a_webdataset_pack_encrypts_every_shard_when_a_member_must_be() {
+    let policy = Policy::parse("default_class = \"internal\"\n[classes.internal]\nencrypt = [\"logs/*\"]\n").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(src.join("logs")).unwrap();
+    std::fs::create_dir_all(src.join("img")).unwrap();
+    std::fs::write(src.join("logs/000.jsonl"), b"{\"user\": \"x\"}\n").unwrap();
+    std::fs::write(src.join("img/000.jpg"), bytes_of(70_000, 1)).unwrap();
+    let opts = |out: &str, encryption| shardgate::release::pack::PackOptions {
+        dir: src.clone(),
+        name: "wds".into(),
+        version: "1.0.0".parse().unwrap(),
+        out: dir.path().join(out),
+        envelope: Envelope::default(),
+        parent: None,
+        chunk_size: CHUNK,
+        format: shardgate::release::pack::PackFormat::WebDataset { shard_size: 64 * 1024 },
+        created_at: jiff::Timestamp::from_second(1_700_000_000).unwrap(),
+        drift: None,
+        encryption,
+        policy: Some(policy.clone()),
+    };
+    let key = PublisherKey::generate().unwrap();
+    let e = shardgate::release::pack::pack(&opts("plain", None), &key, &shardgate::progress::Silent).unwrap_err();
+    let e = e.to_string();
+    assert!(e.contains("classes.internal.encrypt (logs/*)") && e.contains("logs/000.jsonl"), "{e}");
+    assert!(!dir.path().join("plain").exists());
+    let enc = PackEncryption { key: DataKey::generate().unwrap(), scheme: Scheme::XChaCha20Poly1305, globs: vec![] };
+    let out = shardgate::release::pack::pack(&opts("sealed", Some(enc)), &key, &shardgate::progress::Silent).unwrap();
+    let files = &out.manifest.manifest.files;
+    assert!(files.len() >= 2, "{files:?}");
+    assert!(files.iter().all(|f| f.encryption.is_some()), "every shard is encrypted");
 }

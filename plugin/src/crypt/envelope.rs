@@ -151,7 +151,10 @@ pub fn age_wrap(recipients: &[age::x25519::Recipient], payload: &[u8]) -> Result
 }
 
 /// Opens an age file (armored or binary) with any of `identities`; `None` when none opens it.
-pub fn age_unwrap(identities: &[age::x25519::Identity], file: &[u8]) -> Result<Option<Vec<u8>>, KeyError> {
+pub fn age_unwrap(
+    identities: &[age::x25519::Identity],
+    file: &[u8],
+) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>, KeyError> {
     let dec = age::Decryptor::new_buffered(age::armor::ArmoredReader::new(file))
         .map_err(|e| KeyError::Invalid(format!("age: {e}")))?;
     match dec.decrypt(identities.iter().map(|i| i as &dyn age::Identity)) {
@@ -159,7 +162,7 @@ pub fn age_unwrap(identities: &[age::x25519::Identity], file: &[u8]) -> Result<O
             let mut out = Vec::new();
             // A payload longer than a key is refused below; read at most a little more.
             r.by_ref().take(64).read_to_end(&mut out).map_err(|e| KeyError::Age(e.to_string()))?;
-            Ok(Some(out))
+            Ok(Some(zeroize::Zeroizing::new(out)))
         }
         Err(age::DecryptError::NoMatchingKeys) => Ok(None),
         Err(e) => Err(KeyError::Age(e.to_string())),
@@ -239,10 +242,16 @@ impl KeyEnvelope {
             && !with.age.is_empty()
         {
             tried.push(format!("{} age identit{}", with.age.len(), if with.age.len() == 1 { "y" } else { "ies" }));
-            if let Some(bytes) = age_unwrap(&with.age, armored.as_bytes())? {
-                key = Some(DataKey::from_bytes(&bytes).ok_or_else(|| {
-                    KeyError::Invalid(format!("its age payload is {} bytes, not a 32-byte key", bytes.len()))
-                })?);
+            match age_unwrap(&with.age, armored.as_bytes()) {
+                Ok(Some(bytes)) => {
+                    key = Some(DataKey::from_bytes(&bytes).ok_or_else(|| {
+                        KeyError::Invalid(format!("its age payload is {} bytes, not a 32-byte key", bytes.len()))
+                    })?);
+                }
+                Ok(None) => {}
+                // A damaged age member does not stop a PKCS#11 wrapping from being tried.
+                Err(e) if with.pkcs11.is_some() && !self.pkcs11.is_empty() => tried.push(format!("age failed: {e}")),
+                Err(e) => return Err(e),
             }
         }
         if key.is_none()
@@ -255,7 +264,10 @@ impl KeyEnvelope {
                 let wrapped = crate::release::keys::un_b64(&w.wrapped)
                     .ok_or_else(|| KeyError::Invalid("pkcs11.wrapped is not base64".into()))?;
                 let k = pkcs11::unwrap(cfg, &w.mechanism, &wrapped)?;
-                key = DataKey::from_bytes(k.as_ref());
+                key = Some(
+                    DataKey::from_bytes(k.as_ref())
+                        .ok_or_else(|| KeyError::Invalid("the PKCS#11 wrapping does not hold a 32-byte key".into()))?,
+                );
             }
         }
         let Some(key) = key else {

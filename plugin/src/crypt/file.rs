@@ -135,6 +135,11 @@ fn tempfile_in(dir: &Path) -> std::io::Result<Tmp> {
     let mut n = [0u8; 6];
     let _ = getrandom::fill(&mut n);
     let p = dir.join(format!(".shardgate-decrypt-{}", hex::encode(n)));
-    let f = std::fs::OpenOptions::new().write(true).create_new(true).open(&p)?;
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    // Plaintext: readable by its owner only.
+    let f = o.open(&p)?;
     Ok(Tmp(p, f, false))
 }

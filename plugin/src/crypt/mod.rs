@@ -88,12 +88,21 @@ impl Scheme {
         }
     }
 
-    /// Parses a manifest's scheme name, or a short one (`aes-256-gcm`, `xchacha20-poly1305`).
+    /// Parses a scheme name as a manifest or envelope writes it (`aes-256-gcm/chunked-v1`).
     pub fn parse(s: &str) -> Result<Self, CryptError> {
         match s {
-            "aes-256-gcm/chunked-v1" | "aes-256-gcm" => Ok(Scheme::Aes256Gcm),
-            "xchacha20-poly1305/chunked-v1" | "xchacha20-poly1305" => Ok(Scheme::XChaCha20Poly1305),
+            "aes-256-gcm/chunked-v1" => Ok(Scheme::Aes256Gcm),
+            "xchacha20-poly1305/chunked-v1" => Ok(Scheme::XChaCha20Poly1305),
             other => Err(CryptError::UnknownScheme(other.to_string())),
+        }
+    }
+
+    /// Parses a scheme as a person types it: the full name or the short one (`aes-256-gcm`).
+    pub fn parse_short(s: &str) -> Result<Self, CryptError> {
+        match s {
+            "aes-256-gcm" => Ok(Scheme::Aes256Gcm),
+            "xchacha20-poly1305" => Ok(Scheme::XChaCha20Poly1305),
+            other => Self::parse(other),
         }
     }
 }
@@ -284,7 +293,8 @@ impl FileCipher {
         self.scheme
     }
 
-    fn seal(&self, index: u64, flag: u8, buf: &mut Vec<u8>) {
+    /// Seals `buf` in place; fails closed (the buffer is wiped) if the AEAD refuses.
+    fn seal(&self, index: u64, flag: u8, buf: &mut Vec<u8>) -> Result<(), CryptError> {
         let mut n = [0u8; 24];
         n[15..23].copy_from_slice(&index.to_be_bytes());
         n[23] = flag;
@@ -293,7 +303,11 @@ impl FileCipher {
             Aead::Aes(a) => a.encrypt_in_place(n[12..].into(), &self.ad, buf),
             Aead::XChaCha(a) => a.encrypt_in_place((&n).into(), &self.ad, buf),
         };
-        debug_assert!(ok.is_ok());
+        if ok.is_err() {
+            zeroize::Zeroize::zeroize(buf);
+            return Err(CryptError::Geometry(format!("segment {index} is too long to seal")));
+        }
+        Ok(())
     }
 
     fn open(&self, index: u64, flag: u8, buf: &mut Vec<u8>) -> bool {
@@ -317,7 +331,7 @@ impl FileCipher {
         }
         let mut buf = Vec::with_capacity(plain.len() + TAG_LEN as usize);
         buf.extend_from_slice(plain);
-        self.seal(index, u8::from(last), &mut buf);
+        self.seal(index, u8::from(last), &mut buf)?;
         Ok(buf)
     }
 
@@ -326,8 +340,11 @@ impl FileCipher {
         let Some(s) = &self.segments else {
             return Err(CryptError::Geometry("the file's plaintext size is not known".into()));
         };
+        if index >= s.count {
+            return Err(CryptError::Auth { index });
+        }
         let want = s.plain_range(index);
-        if index >= s.count || cipher.len() as u64 != want.end - want.start + TAG_LEN {
+        if cipher.len() as u64 != want.end - want.start + TAG_LEN {
             return Err(CryptError::Auth { index });
         }
         let mut buf = cipher.to_vec();
@@ -338,10 +355,10 @@ impl FileCipher {
     }
 
     /// Seals the plaintext's BLAKE3 for the manifest.
-    pub fn seal_digest(&self, digest: &Blake3) -> Vec<u8> {
+    pub fn seal_digest(&self, digest: &Blake3) -> Result<Vec<u8>, CryptError> {
         let mut buf = digest.0.to_vec();
-        self.seal(DIGEST_INDEX, DIGEST_FLAG, &mut buf);
-        buf
+        self.seal(DIGEST_INDEX, DIGEST_FLAG, &mut buf)?;
+        Ok(buf)
     }
 
     /// Opens the manifest's sealed plaintext digest.

@@ -163,7 +163,9 @@ impl AdminService for AdminApi {
         // mark and liveness baseline are taken now, so a takedown that lands
         // while this waits for its turn keeps its chunks out of the tiers.
         let opened = crate::door::open_files(&self.gw, &r.name, &v.to_string(), &r.files).map_err(|e| match e {
-            crate::door::OpenError::TakenDown { .. } => AdminError::FailedPrecondition(e.to_string()),
+            crate::door::OpenError::TakenDown { .. } | crate::door::OpenError::Refused { .. } => {
+                AdminError::FailedPrecondition(e.to_string())
+            }
             crate::door::OpenError::BadLayout { .. } => AdminError::Invalid(e.to_string()),
             _ => AdminError::NotFound(e.to_string()),
         })?;

@@ -75,6 +75,23 @@ struct ChunkedState {
 }
 
 impl ChunkedState {
+    /// Why the body must stop now, if it must (counted by reason).
+    fn gone(&mut self) -> Option<BodyError> {
+        let e = self.live.as_mut()?.check().err()?;
+        let reason = match e {
+            crate::door::OpenError::KeyUnavailable { .. } => "key_revoked",
+            crate::door::OpenError::NotCleared { .. } => "not_cleared",
+            crate::door::OpenError::Refused { .. } => "refused",
+            _ => "taken_down",
+        };
+        self.metrics.aborted.get_or_create(&ReasonLabel { reason }).inc();
+        let why = match e {
+            crate::door::OpenError::TakenDown { .. } => "the release was taken down".to_string(),
+            other => other.to_string(),
+        };
+        Some(BodyError(why))
+    }
+
     /// Bytes of the representation per chunk.
     fn unit(&self) -> u64 {
         unit(&self.file, self.plain.as_deref())
@@ -175,10 +192,9 @@ fn stream(state: ChunkedState) -> impl Stream<Item = Result<Frame<Bytes>, BodyEr
                 Some((Ok(Frame::data(b)), Some(st)))
             }
             Piece::Range(r) => {
-                if st.live.as_mut().is_some_and(|l| l.check().is_err()) {
-                    // Taken down mid-stream: not one more byte of it leaves.
-                    st.metrics.aborted.get_or_create(&ReasonLabel { reason: "taken_down" }).inc();
-                    return Some((Err(BodyError("the release was taken down".into())), None));
+                if let Some(e) = st.gone() {
+                    // Taken down, its key revoked, or the reader's clearance withdrawn: not one more byte leaves.
+                    return Some((Err(e), None));
                 }
                 if st.meter.as_ref().is_some_and(|(m, _)| m.quota_spent()) {
                     // Parallel responses spent the monthly quota: this one stops here.
@@ -247,9 +263,8 @@ fn stream(state: ChunkedState) -> impl Stream<Item = Result<Frame<Bytes>, BodyEr
                 }
                 // Again after the waits (the chunk's fetch, the tenant's
                 // bandwidth): a takedown that landed meanwhile stops it here.
-                if st.live.as_mut().is_some_and(|l| l.check().is_err()) {
-                    st.metrics.aborted.get_or_create(&ReasonLabel { reason: "taken_down" }).inc();
-                    return Some((Err(BodyError("the release was taken down".into())), None));
+                if let Some(e) = st.gone() {
+                    return Some((Err(e), None));
                 }
                 let source = match &st.meter {
                     Some((_, cold)) if cold.contains(index) => Source::Origin,

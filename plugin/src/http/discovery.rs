@@ -127,9 +127,14 @@ pub(super) fn describe_dataset(gw: &Gateway, name: &str, tenant: &Tenant) -> Res
     let Some(versions) = catalog.versions(name) else {
         return error(StatusCode::NOT_FOUND, format!("no dataset named {name:?} is served"));
     };
-    let versions: Vec<serde_json::Value> = versions
-        .values()
-        .filter(|r| crate::door::discoverable(gw, &catalog, tenant, r))
+    let shown: Vec<_> = versions.values().filter(|r| crate::door::discoverable(gw, &catalog, tenant, r)).collect();
+    if shown.is_empty() {
+        // Nothing the asker may see: the same answer as no such dataset.
+        return error(StatusCode::NOT_FOUND, format!("no dataset named {name:?} is served"));
+    }
+    let visible: std::collections::HashSet<&semver::Version> = shown.iter().map(|r| r.version()).collect();
+    let versions: Vec<serde_json::Value> = shown
+        .iter()
         .map(|r| {
             let m = &r.signed.manifest;
             let state = catalog.state(name, &m.version);
@@ -162,7 +167,12 @@ pub(super) fn describe_dataset(gw: &Gateway, name: &str, tenant: &Tenant) -> Res
         .lifecycle()
         .tags
         .get(name)
-        .map(|t| t.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.to_string()))).collect())
+        .map(|t| {
+            t.iter()
+                .filter(|(_, v)| visible.contains(v))
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.to_string())))
+                .collect()
+        })
         .unwrap_or_default();
     json(StatusCode::OK, &serde_json::json!({ "name": name, "tags": tags, "versions": versions }))
 }

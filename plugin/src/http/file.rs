@@ -88,11 +88,14 @@ pub(super) fn lifecycle_headers(
     let v = resolved.version();
     let h = resp.headers_mut();
     if let Resolved::Tag(..) = resolved {
-        // A tag moves: point at the immutable URL, and cache the answer briefly.
+        // A tag moves: point at the immutable URL, and cache the answer briefly
+        // (a private answer stays private).
         if let Ok(l) = HeaderValue::from_str(location) {
             h.insert(header::CONTENT_LOCATION, l);
         }
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static(TAG_CACHE));
+        if h.get(header::CACHE_CONTROL).is_none_or(|v| v != PRIVATE) {
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static(TAG_CACHE));
+        }
     }
     if let Some(d) = catalog.state(name, v).deprecated {
         // RFC 9745: `Deprecation: @<unix seconds>`.
@@ -349,7 +352,10 @@ pub(super) async fn serve_file<B>(
     let billing = Billing::new(gw, &tenant, f.release.tag());
     let (head, pieces) = match head_for(p, len, &etag, media_type) {
         Head::Send(h, p) => (h, p),
-        Head::Early(early) => {
+        Head::Early(mut early) => {
+            if plain.is_some() {
+                private(early.headers_mut());
+            }
             if let Some(b) = &billing {
                 b.whole(&early);
             }
@@ -357,6 +363,11 @@ pub(super) async fn serve_file<B>(
         }
     };
     let (mut parts, ()) = head.into_parts();
+    if plain.is_some() {
+        // Decrypted bytes, and their digest in the ETag, are for this reader only: no
+        // shared cache may keep them (it would serve them to others, and after a revocation).
+        private(&mut parts.headers);
+    }
     let fetcher = gw.fetcher().clone();
 
     // Which chunks the response needs, and how many are hot already.
@@ -449,6 +460,13 @@ pub(super) async fn serve_file<B>(
     let hooks = body::Hooks { shaper, meter, live: Some(liveness), plain };
     let body = body::chunked(fetcher, spec, pieces, primed, gw.metrics().clone(), hooks);
     Response::from_parts(parts, body)
+}
+
+/// The cache policy of a plaintext (decrypted) response.
+const PRIVATE: &str = "private, no-store";
+
+fn private(h: &mut HeaderMap) {
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(PRIVATE));
 }
 
 fn add_timing(h: &mut HeaderMap, started: Instant, first: Option<(Source, std::time::Duration)>) {

@@ -148,6 +148,26 @@ impl Gateway {
         KeyStatus { name: name.to_string(), version: v.to_string(), key_id, reason }
     }
 
+    /// Re-checks keys after an envelope changed in the store. If that fails,
+    /// the release's old key is withdrawn anyway (the catalog is swapped with
+    /// it unavailable): a revocation is never lost to a store error.
+    async fn secure_after_key_change(
+        &self,
+        next: &mut Catalog,
+        name: &str,
+        v: &semver::Version,
+    ) -> Result<(), AdminError> {
+        if let Err(e) = self.secure(next).await {
+            if let Some(r) = next.release(name, v).cloned() {
+                let why = format!("its key envelope changed and the registry could not be re-read: {e}");
+                next.set_key_state(r.signed.id, std::sync::Arc::new(crate::crypt::access::KeyState::Unavailable(why)));
+                self.registry().replace(next.clone());
+            }
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
     /// Registers (or replaces) a release's key envelope, and says whether
     /// the gateway can decrypt the release with it.
     pub async fn put_key_envelope(&self, bytes: Vec<u8>) -> Result<KeyStatus, AdminError> {
@@ -169,7 +189,7 @@ impl Gateway {
         let (n, v) = (env.name.clone(), env.version.clone());
         blocking(move || store.put_key_envelope(&n, &v, &bytes)).await?;
         let mut next = (*current).clone();
-        self.secure(&mut next).await?;
+        self.secure_after_key_change(&mut next, &env.name, &env.version).await?;
         let status = Self::key_status(&next, &env.name, &env.version, env.key_id.clone());
         self.registry().replace(next);
         tracing::info!(release = %env.release(), key = %env.key_id, usable = status.reason.is_none(), "key envelope registered");
@@ -193,7 +213,7 @@ impl Gateway {
         };
         let key_id = crate::crypt::envelope::KeyEnvelope::parse(&old).map(|e| e.key_id).unwrap_or_default();
         let mut next = (*self.registry().snapshot()).clone();
-        self.secure(&mut next).await?;
+        self.secure_after_key_change(&mut next, name, &v).await?;
         let status = Self::key_status(&next, name, &v, key_id);
         self.registry().replace(next);
         tracing::info!(release = %format!("{name}@{v}"), "key envelope destroyed");

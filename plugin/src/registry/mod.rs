@@ -137,6 +137,11 @@ impl Catalog {
         self.refused = refused;
     }
 
+    /// Sets one release's key state (when the registry could not be re-read after a key change).
+    pub fn set_key_state(&mut self, id: Blake3, state: Arc<crate::crypt::access::KeyState>) {
+        self.keys.insert(id, state);
+    }
+
     /// The key state of an encrypted release (`None` for a release in plain).
     pub fn key_state(&self, id: &Blake3) -> Option<&Arc<crate::crypt::access::KeyState>> {
         self.keys.get(id)

@@ -105,12 +105,17 @@ struct EncryptPlan<'a> {
     name: &'a str,
     version: String,
     chunk_size: u64,
+    /// Encrypt every file written (a WebDataset pack where any member must be).
+    all: bool,
 }
 
 impl EncryptPlan<'_> {
     /// Whether `path` is encrypted; a path the policy says must be
     /// encrypted, with no key to do it, is refused.
     fn wants(&self, path: &str) -> Result<bool, PackError> {
+        if self.all {
+            return Ok(true);
+        }
         let by_rule = self.policy.and_then(|(p, class)| p.must_encrypt(class, path));
         let by_flag = self.enc.is_some_and(|e| e.globs.iter().any(|g| g.matches(path)));
         if by_rule.is_none() && !by_flag {
@@ -382,7 +387,9 @@ impl HashingWriter {
                     key_id: e.key_id,
                     salt: hex::encode(e.salt),
                     plaintext_size: e.plain_size,
-                    sealed_blake3: super::keys::b64(&e.cipher.seal_digest(&digest)),
+                    sealed_blake3: super::keys::b64(
+                        &e.cipher.seal_digest(&digest).map_err(|err| PackError::BadInput(err.to_string()))?,
+                    ),
                 },
             });
         }
@@ -607,20 +614,23 @@ pub fn pack(opts: &PackOptions, key: &PublisherKey, progress: &dyn Progress) -> 
         }
         None => None,
     };
-    let plan = EncryptPlan {
+    let mut plan = EncryptPlan {
         enc: opts.encryption.as_ref(),
         policy: opts.policy.as_ref().zip(class_name.as_deref()),
         name: &opts.name,
         version: opts.version.to_string(),
         chunk_size: opts.chunk_size,
+        all: false,
     };
     // Refused before anything is written: a file the policy says must be encrypted, with no key.
-    if let PackFormat::Files = opts.format {
-        for f in &files {
-            plan.wants(&f.rel)?;
-        }
-    } else {
-        plan.wants("shard-000000.tar")?;
+    // The rules and --encrypt name input paths; a WebDataset shard holding any such file is
+    // encrypted whole (so every shard is, since members are spread over them).
+    let mut any = false;
+    for f in &files {
+        any |= plan.wants(&f.rel)?;
+    }
+    if let PackFormat::WebDataset { .. } = opts.format {
+        plan.all = any || plan.wants("shard-000000.tar")?;
     }
 
     let out_abs = std::path::absolute(&opts.out).map_err(io_err(&opts.out))?;

@@ -175,7 +175,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                 name,
                 version: shardgate::release::manifest::parse_version(&version).map_err(ConfigError)?,
                 key_id,
-                scheme: shardgate::crypt::Scheme::parse(&scheme)?.name().into(),
+                scheme: shardgate::crypt::Scheme::parse_short(&scheme)?.name().into(),
                 age: Some(text),
                 age_recipients: recipients,
                 pkcs11: Vec::new(),
@@ -270,7 +270,7 @@ pub fn decrypt(a: DecryptArgs) -> anyhow::Result<ExitCode> {
     let key = match (&a.envelope, &a.data_key_file) {
         (Some(e), _) => read_envelope(e)?.open(&a.open.unwrappers()?)?,
         (None, Some(f)) => {
-            let raw = std::fs::read(f).with_context(|| format!("{}", f.display()))?;
+            let raw = zeroize::Zeroizing::new(std::fs::read(f).with_context(|| format!("{}", f.display()))?);
             DataKey::from_bytes(&raw)
                 .ok_or_else(|| ConfigError(format!("{}: {} bytes, not a 32-byte data key", f.display(), raw.len())))?
         }

@@ -111,26 +111,38 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         )
         .into());
     }
-    let scheme = shardgate::crypt::Scheme::parse(&a.scheme).map_err(|e| ConfigError(e.to_string()))?;
+    let scheme = shardgate::crypt::Scheme::parse_short(&a.scheme).map_err(|e| ConfigError(e.to_string()))?;
     // The data key is wrapped before a byte is packed, so a provider that fails costs nothing.
     let (encryption, envelope_file) = if wrappers.is_empty() {
         (None, None)
     } else {
         let key = shardgate::crypt::DataKey::generate().map_err(ConfigError)?;
         let env = KeyEnvelope::seal(&a.name, &version, scheme, &key, &wrappers)?;
+        // `out/` and `out` name the same release; the envelope goes beside it.
+        let out: PathBuf = a.out.components().collect();
         let path = a.keys_out.clone().unwrap_or_else(|| {
-            let mut p = a.out.clone().into_os_string();
+            let mut p = out.clone().into_os_string();
             p.push(".keys.json");
             PathBuf::from(p)
         });
-        if std::path::absolute(&path)?.starts_with(std::path::absolute(&a.out)?) {
+        if std::path::absolute(&path)?.starts_with(std::path::absolute(&out)?) {
             return Err(ConfigError(format!(
                 "--keys-out {} is inside the release; keep the key envelope outside it",
                 path.display()
             ))
             .into());
         }
-        (Some(PackEncryption { key, scheme, globs }), Some((env, path)))
+        if path.exists() {
+            return Err(ConfigError(format!(
+                "{} exists: it may hold another release's key; move it away or give --keys-out",
+                path.display()
+            ))
+            .into());
+        }
+        // Written (new, never over another file) before the release, so a release is never
+        // left encrypted under a key nobody holds; removed again if packing fails.
+        let pending = EnvelopeFile::create(&path, &env.to_json())?;
+        (Some(PackEncryption { key, scheme, globs }), Some((env, pending)))
     };
     let opts = PackOptions {
         dir: a.dir,
@@ -162,9 +174,9 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     }
     let m = &outcome.manifest.manifest;
     let encrypted = m.files.iter().filter(|f| f.encryption.is_some()).count();
-    match &envelope_file {
-        Some((env, path)) if encrypted > 0 => {
-            std::fs::write(path, env.to_json()).with_context(|| format!("{}", path.display()))?;
+    match envelope_file {
+        Some((env, pending)) if encrypted > 0 => {
+            let path = pending.keep()?;
             eprintln!(
                 "encrypted {encrypted} of {} files with data key {}; key envelope: {}",
                 m.files.len(),
@@ -190,6 +202,50 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     );
     println!("{}", outcome.manifest.id);
     Ok(ExitCode::SUCCESS)
+}
+
+/// A key envelope written beside the release before packing: under a
+/// temporary name until the pack succeeds, then renamed (never over a file).
+struct EnvelopeFile {
+    tmp: PathBuf,
+    path: PathBuf,
+    kept: bool,
+}
+
+impl EnvelopeFile {
+    fn create(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<Self> {
+        use std::io::Write;
+        let mut tmp = path.to_path_buf().into_os_string();
+        tmp.push(".partial");
+        let tmp = PathBuf::from(tmp);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .with_context(|| format!("{}", tmp.display()))?;
+        f.write_all(bytes).and_then(|()| f.sync_all()).with_context(|| format!("{}", tmp.display()))?;
+        Ok(Self { tmp, path: path.to_path_buf(), kept: false })
+    }
+
+    /// Puts the envelope in place; refuses to replace a file that appeared meanwhile.
+    fn keep(mut self) -> anyhow::Result<PathBuf> {
+        // The release is packed: this file is now the only copy of its key. Never removed.
+        self.kept = true;
+        std::fs::hard_link(&self.tmp, &self.path).with_context(|| {
+            format!("{}: the release was packed; its key envelope is at {}", self.path.display(), self.tmp.display())
+        })?;
+        let _ = std::fs::remove_file(&self.tmp);
+        self.kept = true;
+        Ok(self.path.clone())
+    }
+}
+
+impl Drop for EnvelopeFile {
+    fn drop(&mut self) {
+        if !self.kept {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 /// `SOURCE_DATE_EPOCH` makes packs reproducible; otherwise now, to the second.

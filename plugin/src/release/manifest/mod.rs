@@ -281,10 +281,7 @@ impl Manifest {
 
     /// What an approver signs for `role` at `at`.
     pub fn approval_bytes(&self, role: &str, at: &jiff::Timestamp) -> Vec<u8> {
-        let mut out = APPROVAL_DOMAIN.to_vec();
-        out.extend_from_slice(format!("{role}\n{at}\n").as_bytes());
-        out.extend_from_slice(&self.signing_bytes());
-        out
+        approval_bytes(&self.signing_bytes(), role, at)
     }
 
     /// Adds a sign-off by `key` for `role`, replacing an earlier one by the same key for that role.
@@ -298,12 +295,16 @@ impl Manifest {
 
     /// The sign-offs whose signatures verify, as (role, key).
     pub fn valid_approvals(&self) -> Vec<(&str, PublicKey)> {
+        if self.approvals.is_empty() {
+            return Vec::new();
+        }
+        let signing = self.signing_bytes();
         self.approvals
             .iter()
             .filter_map(|a| {
                 let key: PublicKey = a.public_key.parse().ok()?;
                 let sig: [u8; 64] = un_b64(&a.signature)?.try_into().ok()?;
-                key.verify(&self.approval_bytes(&a.role, &a.at), &sig).then_some((a.role.as_str(), key))
+                key.verify(&approval_bytes(&signing, &a.role, &a.at), &sig).then_some((a.role.as_str(), key))
             })
             .collect()
     }
@@ -340,8 +341,19 @@ impl Manifest {
         if self.schema != SCHEMA && self.schema != SCHEMA_V2 {
             return Err(field("schema", format!("{:?} is not {SCHEMA:?} or {SCHEMA_V2:?}", self.schema)));
         }
-        if self.schema == SCHEMA && Self::schema_for(&self.files) != SCHEMA {
-            return Err(field("schema", format!("encrypted files need {SCHEMA_V2:?}")));
+        if self.schema != Self::schema_for(&self.files) {
+            return Err(field(
+                "schema",
+                format!("{SCHEMA_V2:?} is for manifests with encrypted files, and only they use it"),
+            ));
+        }
+        for (i, pair) in self.approvals.windows(2).enumerate() {
+            if (&pair[0].role, &pair[0].public_key) >= (&pair[1].role, &pair[1].public_key) {
+                return Err(field(
+                    &format!("approvals[{}]", i + 1),
+                    "approvals are sorted by role and key, one per role and key".into(),
+                ));
+            }
         }
         for (i, a) in self.approvals.iter().enumerate() {
             if a.role.is_empty()
@@ -428,6 +440,13 @@ impl Manifest {
         }
         Ok(())
     }
+}
+
+fn approval_bytes(signing: &[u8], role: &str, at: &jiff::Timestamp) -> Vec<u8> {
+    let mut out = APPROVAL_DOMAIN.to_vec();
+    out.extend_from_slice(format!("{role}\n{at}\n").as_bytes());
+    out.extend_from_slice(signing);
+    out
 }
 
 /// A parsed `manifest.json` with its exact bytes and release id.
