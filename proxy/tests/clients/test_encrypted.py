@@ -203,7 +203,22 @@ def test_destroying_the_envelope_refuses_with_the_reason_and_the_node_is_untouch
     assert b"no key envelope is registered" in r.body
     after = {h: __import__("hashlib").sha256(_cat(gw.api, gw.prefix, c)).hexdigest() for h, c in before.items()}
     assert after == hashes, "the release on the node changed"
-    # Registered again: served again, no change to the release.
-    run(gw.bin, "keys", "register", str(gw.root / f"{out.name}.keys.json"), "--api", f"http://{gw.grpc}",
+    # Restored with an envelope made by the age CLI (the data key opened with `age -d` from
+    # shardgate's envelope, wrapped again with `age -e`): the gateway serves again.
+    env = json.loads((gw.root / f"{out.name}.keys.json").read_text())
+    (tmp_path / "sg.age").write_text(env["age"])
+    subprocess.run(["age", "-d", "-i", str(gw.root / "gw.key"), "-o", str(tmp_path / "data.key"),
+                    str(tmp_path / "sg.age")], check=True, capture_output=True, timeout=CMD_TIMEOUT_S)
+    assert (tmp_path / "data.key").stat().st_size == 32
+    recipient = re.search(r"# public key: (\S+)", (gw.root / "gw.key").read_text()).group(1)
+    subprocess.run(["age", "-e", "-a", "-r", recipient, "-o", str(tmp_path / "cli.age"), str(tmp_path / "data.key")],
+                   check=True, capture_output=True, timeout=CMD_TIMEOUT_S)
+    assert (tmp_path / "cli.age").read_text() != env["age"]
+    run(gw.bin, "keys", "from-age", str(tmp_path / "cli.age"), "sealed@1.0.0", "--key-id", env["key_id"],
+        "--out", str(tmp_path / "cli.json"), cwd=gw.root)
+    run(gw.bin, "keys", "register", str(tmp_path / "cli.json"), "--api", f"http://{gw.grpc}",
         "--token", gw.token, cwd=gw.root)
     assert curl(url(gw, "sealed", "one.bin"), tmp=tmp_path).body == b"\x5a"
+    exported = subprocess.run([gw.bin, "keys", "export", "sealed@1.0.0", "--api", f"http://{gw.grpc}",
+                               "--token", gw.token], capture_output=True, timeout=CMD_TIMEOUT_S, check=True)
+    assert json.loads(exported.stdout)["age"] == (tmp_path / "cli.age").read_text()
