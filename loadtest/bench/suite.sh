@@ -14,7 +14,7 @@
 #                ranges (wrk), cold streaming and the gateway's CPU per GB
 #                (decryption cost), FileCipher::decrypt_segment alone
 #
-#   bash loadtest/bench/suite.sh             full run (about 15 minutes plus the release build)
+#   bash loadtest/bench/suite.sh             full run (about 20 minutes plus the release build)
 #   QUICK=1 bash loadtest/bench/suite.sh     smoke of every part (seconds per step; not a measurement)
 #   QUICK=1 BENCH_PROFILE=debug bash ...     the smoke on the debug build (what CI runs)
 set -euo pipefail
