@@ -5,8 +5,12 @@
 #      file packed encrypted (AES-256-GCM, the pack default) and packed plain,
 #      both served by one gateway (two releases in one config) after a
 #      warm-up read that fills the hot tier. The hot tier holds verified
-#      ciphertext, so the encrypted reads decrypt every chunk per request.
-#      Rounds are interleaved (plain, encrypted, plain, ...) and the median
+#      ciphertext; the plaintext tier (hot_tier.plaintext_capacity, on by
+#      default) holds decrypted segments. A second gateway with the plaintext
+#      tier off (plaintext_capacity = 0) decrypts every chunk per request:
+#      the two ways of holding hot encrypted data, measured side by side.
+#      Rounds are interleaved (plain, encrypted, encrypted without the
+#      plaintext tier, plain, ...) and the median
 #      of each is compared, so drift on a shared machine hits both alike;
 #      the gateway's CPU (user + system, all threads) per GB served is taken
 #      over the same rounds.
@@ -56,7 +60,8 @@ token=$("$sg" release token 2>"$work/token.err")
 token_hash=$(grep -o 'blake3:[0-9a-f]\{64\}' "$work/token.err")
 cat "$work"/rels/*/files/* > /dev/null  # page cache: the origin reads come from memory, as in gateway.sh
 
-# A gateway config serving both releases from one `dir` origin: $1 port, $2 hot tier MiB.
+# A gateway config serving both releases from one `dir` origin: $1 port, $2 hot tier MiB,
+# $3 plaintext tier MiB (default 256), $4 registry name (default registry).
 enc_config() {
   cat <<CFG
 [server]
@@ -70,6 +75,7 @@ manifest = "$work/rels/plain/manifest.json"
 manifest = "$work/rels/enc/manifest.json"
 [hot_tier]
 capacity = "$2MiB"
+plaintext_capacity = "${3:-256}MiB"
 [[origins]]
 kind = "dir"
 path = "$work/rels"
@@ -79,11 +85,11 @@ age_identities = ["$work/gw.key"]
 listen = "127.0.0.1:0"
 admin_tokens = ["$token_hash"]
 [registry]
-path = "$work/registry.redb"
+path = "$work/${4:-registry}.redb"
 CFG
 }
 url_of() {  # base variant file
-  case $2 in plain) echo "$1/v1/datasets/bench/1.0.0/files/$3" ;; enc) echo "$1/v1/datasets/bench-enc/1.0.0/files/$3" ;; esac
+  case $2 in plain) echo "$1/v1/datasets/bench/1.0.0/files/$3" ;; enc | ct) echo "$1/v1/datasets/bench-enc/1.0.0/files/$3" ;; esac
 }
 metric() {  # base name: the sum of a counter's series
   curl -s "$1/metrics" | awk -v n="$2" '$1 == n || index($1, n "{") == 1 {s += $2} END {print s + 0}'
@@ -93,29 +99,39 @@ to_mb() {  # wrk's "123.45MB" -> MB
   python3 -c "import sys,re; v=sys.argv[1]; m=re.match(r'([0-9.]+)([KMG]?B)',v); n=float(m.group(1)); print(f'{n*{\"B\":1e-6,\"KB\":1.024e-3,\"MB\":1.048576,\"GB\":1073.741824}[m.group(2)]:.0f}')" "$1"
 }
 
-say "1. hot tier, random 1 MiB ranges, wrk -t2 -c32 -d${dur}s: ${rounds} interleaved rounds per variant, one gateway"
-gw_port=$(free_port)
-enc_config "$gw_port" 1024 > "$work/hot.toml"
-gw=$(launch "$work/hot.toml")
-gpid=$(cat "$work/hot.toml.pid")
-for _ in $(seq 100); do grep -q 'API listening' "$work/hot.toml.out" && break; sleep 0.1; done
-grpc=$(awk '/API listening/ {print $NF; exit}' "$work/hot.toml.out")
-[ -n "$grpc" ] || { echo "no gRPC listener: $(cat "$work/hot.toml.err")" >&2; exit 1; }
-"$sg" keys register "$envelope" --api "$grpc" --token "$token" 2> "$work/register.err" >/dev/null
-grep -q 'usable; the gateway decrypts' "$work/register.err" || { echo "keys register: $(cat "$work/register.err")" >&2; exit 1; }
-# Warm the hot tier with both files whole, checking the encrypted one reads as its plaintext.
-curl -sf -o /dev/null "$(url_of "$gw" plain hot.bin)"
-curl -sf -o "$work/hot.enc.out" "$(url_of "$gw" enc hot.bin)"
-cmp -s "$work/hot.enc.out" "$work/src/hot.bin" || { echo "the encrypted release did not read back as its plaintext" >&2; exit 1; }
-rm -f "$work/hot.enc.out"
+say "1. hot tier, random 1 MiB ranges, wrk -t2 -c32 -d${dur}s: ${rounds} interleaved rounds per variant"
+# $1 config: starts a gateway, registers the envelope, warms both files; prints "base pid".
+hot_gateway() {
+  local g pid grpc
+  g=$(launch "$1"); pid=$(cat "$1.pid")
+  for _ in $(seq 100); do grep -q 'API listening' "$1.out" && break; sleep 0.1; done
+  grpc=$(awk '/API listening/ {print $NF; exit}' "$1.out")
+  [ -n "$grpc" ] || { echo "no gRPC listener: $(cat "$1.err")" >&2; exit 1; }
+  "$sg" keys register "$envelope" --api "$grpc" --token "$token" 2> "$1.register" >/dev/null
+  grep -q 'usable; the gateway decrypts' "$1.register" || { echo "keys register: $(cat "$1.register")" >&2; exit 1; }
+  # Warm the hot tier with both files whole, checking the encrypted one reads as its plaintext.
+  curl -sf -o /dev/null "$(url_of "$g" plain hot.bin)"
+  curl -sf -o "$work/hot.enc.out" "$(url_of "$g" enc hot.bin)"
+  cmp -s "$work/hot.enc.out" "$work/src/hot.bin" || { echo "the encrypted release did not read back as its plaintext" >&2; exit 1; }
+  rm -f "$work/hot.enc.out"
+  echo "$g $pid"
+}
+enc_config "$(free_port)" 1024 > "$work/hot.toml"
+read -r gw gpid < <(hot_gateway "$work/hot.toml")
+[ -n "$gw" ] || exit 1
+enc_config "$(free_port)" 1024 0 registry-ct > "$work/hot-ct.toml"
+read -r gw_ct gpid_ct < <(hot_gateway "$work/hot-ct.toml")
+[ -n "$gw_ct" ] || exit 1
 hot_size=$((hot_mib << 20))
 misses0=$(metric "$gw" shardgate_hot_tier_misses_total)
+misses0_ct=$(metric "$gw_ct" shardgate_hot_tier_misses_total)
 declare -A mbs rps cpu
 for r in $(seq "$rounds"); do
-  for v in plain enc; do
-    t0=$(cpu_ticks "$gpid")
-    res=$(FILE_SIZE=$hot_size wrk -t2 -c32 -d"${dur}s" -s loadtest/bench/range1m.lua "$(url_of "$gw" "$v" hot.bin)" 2>/dev/null)
-    t1=$(cpu_ticks "$gpid")
+  for v in plain enc ct; do
+    if [ "$v" = ct ]; then g=$gw_ct; pid=$gpid_ct; else g=$gw; pid=$gpid; fi
+    t0=$(cpu_ticks "$pid")
+    res=$(FILE_SIZE=$hot_size wrk -t2 -c32 -d"${dur}s" -s loadtest/bench/range1m.lua "$(url_of "$g" "$v" hot.bin)" 2>/dev/null)
+    t1=$(cpu_ticks "$pid")
     bad=$(awk '/^not-206:/ {s+=$2} END {print s+0}' <<<"$res")
     [ "$bad" -eq 0 ] || { echo "$v: $bad answers were not 206; the measurement is void" >&2; exit 1; }
     n=$(awk '/requests in/ {print $1}' <<<"$res")
@@ -126,8 +142,10 @@ for r in $(seq "$rounds"); do
     say "   round $r $v: $mb MB/s ($rq req/s)"
   done
 done
-misses=$(( $(metric "$gw" shardgate_hot_tier_misses_total) - misses0 ))
+misses=$(( $(metric "$gw" shardgate_hot_tier_misses_total) - misses0 + $(metric "$gw_ct" shardgate_hot_tier_misses_total) - misses0_ct ))
+plain_hits=$(metric "$gw" shardgate_plain_tier_hits_total)
 stop "$work/hot.toml"
+stop "$work/hot-ct.toml"
 # The round with the median MB/s, and its req/s.
 pick() {  # variant -> "MB/s req/s" of its median round
   local m; m=$(median ${mbs[$1]})
@@ -135,9 +153,10 @@ pick() {  # variant -> "MB/s req/s" of its median round
 }
 read -r hot_plain hot_plain_rps < <(pick plain)
 read -r hot_enc hot_enc_rps < <(pick enc)
-hot_cpu_plain=$(median ${cpu[plain]}); hot_cpu_enc=$(median ${cpu[enc]})
-say "   median: plain $hot_plain MB/s ($hot_plain_rps req/s), encrypted $hot_enc MB/s ($hot_enc_rps req/s), $(ratio "$hot_enc" "$hot_plain")"
-say "   gateway CPU s/GB plain${cpu[plain]}, encrypted${cpu[enc]}; hot-tier misses during wrk: $misses"
+read -r hot_ct hot_ct_rps < <(pick ct)
+hot_cpu_plain=$(median ${cpu[plain]}); hot_cpu_enc=$(median ${cpu[enc]}); hot_cpu_ct=$(median ${cpu[ct]})
+say "   median: plain $hot_plain MB/s ($hot_plain_rps req/s), encrypted $hot_enc MB/s ($hot_enc_rps req/s) $(ratio "$hot_enc" "$hot_plain"), ciphertext-only $hot_ct MB/s $(ratio "$hot_ct" "$hot_plain")"
+say "   gateway CPU s/GB plain${cpu[plain]}, encrypted${cpu[enc]}, ciphertext-only${cpu[ct]}; hot-tier misses during wrk: $misses; plaintext-tier hits: $plain_hits"
 
 say "2. cold streaming, dir origin (${cold_mib} MiB twice per fresh gateway, hot tier 64 MiB, ${cold_runs} runs)"
 cold_bytes=$((cold_mib << 20))
@@ -187,12 +206,13 @@ out=$(results_dir)
   echo
   echo "| measure | plain | encrypted | ratio encrypted/plain | target |"
   echo "|---|---|---|---|---|"
-  echo "| hot tier, random 1 MiB ranges of a ${hot_mib} MiB file, wrk -t2 -c32 ${dur}s (median of $rounds interleaved rounds) | $hot_plain MB/s ($hot_plain_rps req/s) | $hot_enc MB/s ($hot_enc_rps req/s) | $(ratio "$hot_enc" "$hot_plain") | >= 0.8x |"
-  echo "| gateway CPU per GB served, hot tier (median of $rounds) | $hot_cpu_plain core-s/GB | $hot_cpu_enc core-s/GB | | |"
+  echo "| hot, random 1 MiB ranges of a ${hot_mib} MiB file, wrk -t2 -c32 ${dur}s (median of $rounds interleaved rounds): plaintext tier on (default) | $hot_plain MB/s ($hot_plain_rps req/s) | $hot_enc MB/s ($hot_enc_rps req/s) | $(ratio "$hot_enc" "$hot_plain") | >= 0.8x |"
+  echo "| the same, plaintext tier off (\`plaintext_capacity = 0\`: the hot tier holds ciphertext only, every read decrypts) | $hot_plain MB/s | $hot_ct MB/s ($hot_ct_rps req/s) | $(ratio "$hot_ct" "$hot_plain") | |"
+  echo "| gateway CPU per GB served, hot (median of $rounds): plain; encrypted with / without the plaintext tier | $hot_cpu_plain core-s/GB | $hot_cpu_enc / $hot_cpu_ct core-s/GB | | |"
   echo "| cold, dir origin (${cold_mib} MiB twice per fresh gateway, best of $cold_runs) | $best_plain MB/s | $best_enc MB/s | $(ratio "$best_enc" "$best_plain") | |"
   echo "| gateway CPU per GB served cold (median of $cold_runs) | $cold_cpu_plain_med core-s/GB | $cold_cpu_enc_med core-s/GB | decryption $decrypt_gb core-s/GB = $decrypt_pct% of a core per GB/s | |"
   echo
-  echo "Hot-tier misses during the wrk rounds: $misses. Per run, gateway CPU s/GB cold: plain ${cold_cpu_plain[*]}; encrypted ${cold_cpu_enc[*]}; hot: plain${cpu[plain]}; encrypted${cpu[enc]}."
+  echo "Hot-tier misses during the wrk rounds: $misses; plaintext-tier hits: $plain_hits. Per run, gateway CPU s/GB cold: plain ${cold_cpu_plain[*]}; encrypted ${cold_cpu_enc[*]}; hot: plain${cpu[plain]}; encrypted${cpu[enc]}; ciphertext-only${cpu[ct]}."
   echo
   echo "Decryption alone, one thread (\`cargo run --release -p shardgate --example decrypt_cost -- $cost_mib $cost_rounds\`: \`FileCipher::decrypt_segment\` over ${cost_mib} MiB of 256 KiB chunks, best of $cost_rounds, thread CPU time):"
   echo

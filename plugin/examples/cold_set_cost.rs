@@ -25,7 +25,7 @@ const CHUNK: u64 = 256 * 1024;
 fn main() {
     let fetcher = Fetcher::new(
         Vec::new(),
-        Tiers { hot: HotTier::new(64 << 20), disk: None },
+        Tiers { hot: HotTier::new(64 << 20), disk: None, plain: shardgate::tier::PlainTier::new(0) },
         FetchConfig::default(),
         1 << 20,
         1,

@@ -498,3 +498,31 @@ fn a_webdataset_pack_encrypts_every_shard_when_a_member_must_be() {
     assert!(files.len() >= 2, "{files:?}");
     assert!(files.iter().all(|f| f.encryption.is_some()), "every shard is encrypted");
 }
+
+#[tokio::test]
+async fn the_plaintext_tier_serves_hot_reads_and_forgets_a_withdrawn_key() {
+    let s = sealed("plaintier", &files(), None, None);
+    let mock = MockOrigin::start(s.release.blobs.clone()).await;
+    let g = serve(&s, &mock).await;
+    let url = s.release.url(&g.base, "secret/a.bin");
+    let plain = &s.release.files["secret/a.bin"];
+    assert_eq!(&read_whole(&url).await.unwrap(), plain);
+    let held = g.gw.fetcher().plain_bytes();
+    assert!(held >= plain.len() as u64 - CHUNK, "decrypted segments are kept: {held} bytes");
+    let before = g.metric("shardgate_plain_tier_hits");
+    let r = client().get(&url).header("range", format!("bytes={}-{}", CHUNK, 3 * CHUNK)).send().await.unwrap();
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &plain[CHUNK as usize..=3 * CHUNK as usize]);
+    assert!(g.metric("shardgate_plain_tier_hits") >= before + 3.0, "a hot range decrypts nothing");
+    // A withdrawn key takes its plaintext with it.
+    g.gw.delete_key_envelope("plaintier", "1.0.0").await.unwrap();
+    assert_eq!(client().get(&url).send().await.unwrap().status(), 403);
+    assert_eq!(g.gw.fetcher().plain_bytes(), 0, "plaintext of a revoked key stays in memory");
+    // Restored: decrypted again under a new generation; a takedown purges it.
+    g.gw.put_key_envelope(s.envelope.to_json()).await.unwrap();
+    assert_eq!(&read_whole(&url).await.unwrap(), plain);
+    assert!(g.gw.fetcher().plain_bytes() > 0);
+    g.gw.takedown("plaintier", "1.0.0", "consent withdrawn").await.unwrap();
+    assert_eq!(client().get(&url).send().await.unwrap().status(), 451);
+    assert_eq!(g.gw.fetcher().plain_bytes(), 0, "a takedown leaves plaintext in memory");
+    g.shutdown().await;
+}

@@ -466,11 +466,14 @@ impl Default for FetchConfig {
 pub struct HotTierConfig {
     /// Bytes of verified chunks kept in memory.
     pub capacity: ByteSize,
+    /// Bytes of decrypted segments of encrypted files kept in memory, apart
+    /// from `capacity` (0: every plaintext read decrypts). Never on disk.
+    pub plaintext_capacity: ByteSize,
 }
 
 impl Default for HotTierConfig {
     fn default() -> Self {
-        Self { capacity: ByteSize(1024 * 1024 * 1024) }
+        Self { capacity: ByteSize(1024 * 1024 * 1024), plaintext_capacity: ByteSize(256 * 1024 * 1024) }
     }
 }
 

@@ -17,6 +17,10 @@ use crate::release::manifest::SignedManifest;
 #[derive(Debug)]
 pub struct PlainView {
     pub cipher: FileCipher,
+    /// The ciphertext file, and this unwrap's generation: where its decrypted
+    /// segments sit in the plaintext tier.
+    pub file: crate::release::manifest::Blake3,
+    pub generation: u64,
     /// The plaintext's BLAKE3 (opened from the manifest's sealed digest), quoted: the ETag of the plaintext.
     pub etag: String,
     pub size: u64,
@@ -31,7 +35,25 @@ pub enum KeyState {
     Unavailable(String),
 }
 
+impl PlainView {
+    /// The plaintext tier's key of segment `index`.
+    pub fn key(&self, index: u64) -> crate::tier::PlainKey {
+        crate::tier::PlainKey { generation: self.generation, file: self.file, index }
+    }
+}
+
+/// A fresh generation per unwrap: the plaintext of a withdrawn key never matches a new one.
+static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 impl KeyState {
+    /// The generation of a usable key (none when unavailable).
+    pub fn generation(&self) -> Option<u64> {
+        match self {
+            KeyState::Ready { files, .. } => files.iter().flatten().map(|v| v.generation).next(),
+            KeyState::Unavailable(_) => None,
+        }
+    }
+
     pub fn view(&self, index: usize) -> Result<Option<&Arc<PlainView>>, &str> {
         match self {
             KeyState::Ready { files, .. } => Ok(files.get(index).and_then(Option::as_ref)),
@@ -66,6 +88,7 @@ pub fn unlock(signed: &SignedManifest, envelope: Option<&[u8]>, with: &Unwrapper
         Err(e) => return KeyState::Unavailable(e.to_string()),
     };
     let version = m.version.to_string();
+    let generation = GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut files = Vec::with_capacity(m.files.len());
     for f in &m.files {
         let Some(e) = &f.encryption else {
@@ -85,7 +108,13 @@ pub fn unlock(signed: &SignedManifest, envelope: Option<&[u8]>, with: &Unwrapper
                 FileBinding { name: &m.name, version: &version, path: &f.path, salt: &salt, chunk_size: f.chunk_size };
             let cipher = FileCipher::sized(scheme, &key, at, e.plaintext_size).map_err(|x| x.to_string())?;
             let digest = cipher.open_digest(&e.sealed_bytes().unwrap_or_default()).map_err(|x| x.to_string())?;
-            Ok::<_, String>(PlainView { cipher, etag: format!("\"{digest}\""), size: e.plaintext_size })
+            Ok::<_, String>(PlainView {
+                cipher,
+                file: f.blake3,
+                generation,
+                etag: format!("\"{digest}\""),
+                size: e.plaintext_size,
+            })
         })();
         match view {
             Ok(v) => files.push(Some(Arc::new(v))),

@@ -40,7 +40,7 @@ pub mod pkcs11;
 
 use std::ops::Range;
 
-use aes_gcm::aead::{AeadInPlace, KeyInit};
+use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use zeroize::Zeroizing;
 
 use crate::release::manifest::Blake3;
@@ -216,8 +216,16 @@ impl Segments {
 }
 
 enum Aead {
-    Aes(Box<aes_gcm::Aes256Gcm>),
+    /// ring's AES-GCM (AES-NI, VAES and CLMUL where the CPU has them; the same TLS stack uses it).
+    Aes(Box<ring::aead::LessSafeKey>),
     XChaCha(Box<chacha20poly1305::XChaCha20Poly1305>),
+}
+
+/// The 96-bit AES-GCM nonce: the last 12 bytes of the 24-byte nonce (index and flag).
+fn aes_nonce(n: &[u8; 24]) -> ring::aead::Nonce {
+    let mut a = [0u8; 12];
+    a.copy_from_slice(&n[12..]);
+    ring::aead::Nonce::assume_unique_for_key(a)
 }
 
 /// Encrypts and decrypts the segments of one file.
@@ -256,9 +264,11 @@ impl FileCipher {
         h.update(at.salt);
         let file_key = Zeroizing::new(*h.finalize().as_bytes());
         let aead = match scheme {
-            Scheme::Aes256Gcm => Aead::Aes(Box::new(aes_gcm::Aes256Gcm::new(
-                aes_gcm::Key::<aes_gcm::Aes256Gcm>::from_slice(file_key.as_slice()),
-            ))),
+            Scheme::Aes256Gcm => {
+                let key = ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, file_key.as_slice())
+                    .map_err(|_| CryptError::Geometry("AES-256-GCM refused a 32-byte key".into()))?;
+                Aead::Aes(Box::new(ring::aead::LessSafeKey::new(key)))
+            }
             Scheme::XChaCha20Poly1305 => Aead::XChaCha(Box::new(chacha20poly1305::XChaCha20Poly1305::new(
                 chacha20poly1305::Key::from_slice(file_key.as_slice()),
             ))),
@@ -300,8 +310,10 @@ impl FileCipher {
         n[23] = flag;
         // Encryption fails only on inputs longer than the AEAD's limit (64 GiB), far above any chunk.
         let ok = match &self.aead {
-            Aead::Aes(a) => a.encrypt_in_place(n[12..].into(), &self.ad, buf),
-            Aead::XChaCha(a) => a.encrypt_in_place((&n).into(), &self.ad, buf),
+            Aead::Aes(a) => {
+                a.seal_in_place_append_tag(aes_nonce(&n), ring::aead::Aad::from(&self.ad[..]), buf).map_err(|_| ())
+            }
+            Aead::XChaCha(a) => a.encrypt_in_place((&n).into(), &self.ad, buf).map_err(|_| ()),
         };
         if ok.is_err() {
             zeroize::Zeroize::zeroize(buf);
@@ -315,7 +327,14 @@ impl FileCipher {
         n[15..23].copy_from_slice(&index.to_be_bytes());
         n[23] = flag;
         match &self.aead {
-            Aead::Aes(a) => a.decrypt_in_place(n[12..].into(), &self.ad, buf).is_ok(),
+            Aead::Aes(a) => {
+                let ok = a.open_in_place(aes_nonce(&n), ring::aead::Aad::from(&self.ad[..]), buf).is_ok();
+                // ring leaves the tag in place: the plaintext is what precedes it.
+                if ok {
+                    buf.truncate(buf.len() - TAG_LEN as usize);
+                }
+                ok
+            }
             Aead::XChaCha(a) => a.decrypt_in_place((&n).into(), &self.ad, buf).is_ok(),
         }
     }

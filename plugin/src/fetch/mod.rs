@@ -209,6 +209,8 @@ pub struct Fetcher {
     origins: ArcSwap<Vec<Origin>>,
     hot: HotTier,
     disk: Option<DiskTier>,
+    /// Decrypted segments of encrypted files (memory only).
+    plain: crate::tier::PlainTier,
     tables: moka::future::Cache<Blake3, Arc<ChunkTable>>,
     inflight: Mutex<HashMap<ChunkKey, Slot>>,
     purges: RwLock<PurgeLog>,
@@ -340,6 +342,7 @@ impl Fetcher {
             origins: ArcSwap::from_pointee(origins),
             hot: tiers.hot,
             disk: tiers.disk,
+            plain: tiers.plain,
             tables,
             inflight: Mutex::new(HashMap::new()),
             purges: RwLock::default(),
@@ -384,6 +387,7 @@ impl Fetcher {
         let seq = log.seq;
         log.last.insert(file, seq);
         self.hot.purge_file(file)?;
+        self.plain.purge_file(file);
         match &self.disk {
             Some(d) => d.purge_file(file),
             None => Ok(()),
@@ -395,6 +399,31 @@ impl Fetcher {
     /// starts later cache nothing of a file purged after that.
     pub fn purge_mark(&self) -> u64 {
         self.purges.read().unwrap_or_else(PoisonError::into_inner).seq
+    }
+
+    /// The decrypted segments of a plaintext read, if cached.
+    pub fn plain_segment(&self, key: &crate::tier::PlainKey) -> Option<Bytes> {
+        let b = self.plain.get(key);
+        if b.is_some() {
+            self.metrics.plain_tier_hits.inc();
+        }
+        b
+    }
+
+    /// Keeps a segment decrypted from verified ciphertext of the file read
+    /// at `mark`, unless the file was purged since.
+    pub fn keep_plain_segment(&self, key: crate::tier::PlainKey, mark: u64, segment: Bytes) {
+        self.cache_unless_purged(key.file, mark, || self.plain.insert(key, segment));
+    }
+
+    /// Drops decrypted segments of every key generation not in `live`.
+    pub fn retain_plain_generations(&self, live: std::collections::HashSet<u64>) {
+        self.plain.retain_generations(live);
+    }
+
+    /// Bytes of decrypted segments held.
+    pub fn plain_bytes(&self) -> u64 {
+        self.plain.bytes()
     }
 
     /// Runs `cache` (which puts a chunk of `file` in a tier) unless the file
@@ -1156,7 +1185,7 @@ mod tests {
     fn a_cold_set_holds_the_chunks_a_request_covers_not_the_file() {
         let fetcher = Fetcher::new(
             Vec::new(),
-            Tiers { hot: HotTier::new(1 << 20), disk: None },
+            Tiers { hot: HotTier::new(1 << 20), disk: None, plain: crate::tier::PlainTier::new(0) },
             FetchConfig::default(),
             1 << 20,
             1,

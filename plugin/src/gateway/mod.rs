@@ -225,7 +225,7 @@ impl Gateway {
         };
         let fetcher = Fetcher::new(
             origins,
-            Tiers { hot, disk },
+            Tiers { hot, disk, plain: crate::tier::PlainTier::new(cfg.hot_tier.plaintext_capacity.0) },
             cfg.fetch.clone(),
             cfg.metadata.cache_capacity.0,
             cfg.metadata.max_concurrent_fetches,
@@ -640,6 +640,9 @@ impl Gateway {
         })
         .await
         .map_err(|e| StoreError::Storage(e.to_string()))??;
+        // Plaintext decrypted with keys this catalog no longer holds is dropped.
+        let live = keys.values().filter_map(|k| k.generation()).collect();
+        self.fetcher.retain_plain_generations(live);
         catalog.set_security(keys, refused);
         Ok(())
     }

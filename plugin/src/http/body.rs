@@ -116,12 +116,28 @@ pub fn covering(file: &FileSpec, plain: Option<&PlainView>, r: Range<u64>) -> Ra
     }
 }
 
-/// A verified chunk as the representation holds it: as stored, or decrypted.
-pub fn view_chunk(plain: Option<&PlainView>, index: u64, chunk: Bytes) -> Result<Bytes, crate::crypt::CryptError> {
+/// A verified chunk as the representation holds it: as stored, or
+/// decrypted (and then kept in the plaintext tier).
+pub fn view_chunk(
+    fetcher: &Fetcher,
+    file: &FileSpec,
+    plain: Option<&PlainView>,
+    index: u64,
+    chunk: Bytes,
+) -> Result<Bytes, crate::crypt::CryptError> {
     match plain {
         None => Ok(chunk),
-        Some(p) => p.cipher.decrypt_segment(index, &chunk).map(Bytes::from),
+        Some(p) => {
+            let segment = Bytes::from(p.cipher.decrypt_segment(index, &chunk)?);
+            fetcher.keep_plain_segment(p.key(index), file.purge_mark, segment.clone());
+            Ok(segment)
+        }
     }
+}
+
+/// A plaintext segment already decrypted, from the plaintext tier.
+pub fn cached_segment(fetcher: &Fetcher, plain: Option<&PlainView>, index: u64) -> Option<Bytes> {
+    plain.and_then(|p| fetcher.plain_segment(&p.key(index)))
 }
 
 /// What a response adds to its body stream: shaping, metering, and the
@@ -213,11 +229,14 @@ fn stream(state: ChunkedState) -> impl Stream<Item = Result<Frame<Bytes>, BodyEr
                 // A primed chunk is already as the representation holds it.
                 let got = match st.primed.take() {
                     Some((i, b, s)) if i == index => Ok((b, s, true)),
-                    _ => st.fetcher.chunk(&st.file, index, range_end).await.map(|(b, s)| (b, s, false)),
+                    _ => match cached_segment(&st.fetcher, st.plain.as_deref(), index) {
+                        Some(b) => Ok((b, Source::Hot, true)),
+                        None => st.fetcher.chunk(&st.file, index, range_end).await.map(|(b, s)| (b, s, false)),
+                    },
                 };
                 let (chunk, source) = match got {
                     Ok((c, s, true)) => (c, s),
-                    Ok((c, s, false)) => match view_chunk(st.plain.as_deref(), index, c) {
+                    Ok((c, s, false)) => match view_chunk(&st.fetcher, &st.file, st.plain.as_deref(), index, c) {
                         Ok(c) => (c, s),
                         Err(e) => {
                             // Verified ciphertext that does not decrypt: the release is bad, never the bytes sent.

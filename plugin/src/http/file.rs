@@ -421,11 +421,19 @@ pub(super) async fn serve_file<B>(
     if let Some(r) = first_range {
         let index = r.start / body::unit(&spec, plain.as_deref());
         let t0 = Instant::now();
-        match fetcher.chunk(&spec, index, end_chunk).await {
+        let cached = body::cached_segment(&fetcher, plain.as_deref(), index);
+        let was_cached = cached.is_some();
+        let got = match cached {
+            Some(b) => Ok((b, Source::Hot)),
+            None => fetcher.chunk(&spec, index, end_chunk).await,
+        };
+        match got {
             Ok((b, s)) => {
                 add_timing(&mut parts.headers, started, Some((s, t0.elapsed())));
                 // Decrypted before the head goes out: a chunk that does not decrypt is a clean 502.
-                match body::view_chunk(plain.as_deref(), index, b) {
+                let viewed =
+                    if was_cached { Ok(b) } else { body::view_chunk(&fetcher, &spec, plain.as_deref(), index, b) };
+                match viewed {
                     Ok(b) => primed = Some((index, b, s)),
                     Err(e) => {
                         tracing::error!(error = %e, file = %entry.path, "verified chunk does not decrypt");

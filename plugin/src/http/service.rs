@@ -80,6 +80,7 @@ async fn route<B>(gw: &Arc<Gateway>, req: &Request<B>, started: Instant) -> (&'s
         Route::Readyz => readyz(gw),
         Route::Metrics => {
             gw.metrics().hot_bytes.set(gw.fetcher().hot().weighted_bytes());
+            gw.metrics().plain_tier_bytes.set(gw.fetcher().plain_bytes());
             if let Some(d) = gw.fetcher().disk() {
                 gw.metrics().disk_bytes.set(d.bytes());
             }

@@ -121,6 +121,9 @@ pub struct Metrics {
     pub origin_ejections: Family<OriginLabel, Counter>,
     pub served_bytes: Family<SourceLabel, Counter>,
     pub hot_hits: Counter,
+    /// Plaintext segments served from the plaintext tier (no decryption).
+    pub plain_tier_hits: Counter,
+    pub plain_tier_bytes: Gauge<u64, AtomicU64>,
     pub hot_misses: Counter,
     pub hot_bytes: Gauge<u64, AtomicU64>,
     pub requests: Family<RequestLabel, Counter>,
@@ -179,6 +182,8 @@ impl Metrics {
             origin_ejections: Family::default(),
             served_bytes: Family::default(),
             hot_hits: Counter::default(),
+            plain_tier_hits: Counter::default(),
+            plain_tier_bytes: Gauge::default(),
             hot_misses: Counter::default(),
             hot_bytes: Gauge::default(),
             requests: Family::default(),
@@ -236,6 +241,12 @@ impl Metrics {
         registry.register("hot_tier_hits", "Chunk lookups served by the hot tier", m.hot_hits.clone());
         registry.register("hot_tier_misses", "Chunk lookups that went to an origin", m.hot_misses.clone());
         registry.register("hot_tier_bytes", "Bytes held in the hot tier", m.hot_bytes.clone());
+        registry.register(
+            "plain_tier_hits",
+            "Plaintext segments of encrypted files served without decrypting",
+            m.plain_tier_hits.clone(),
+        );
+        registry.register("plain_tier_bytes", "Bytes of decrypted segments held in memory", m.plain_tier_bytes.clone());
         registry.register("disk_tier_hits", "Hot-tier misses served by the disk tier", m.disk_hits.clone());
         registry.register(
             "disk_tier_promotions_refused",

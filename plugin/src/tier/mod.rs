@@ -59,6 +59,7 @@ const _: () = assert!(APPLY_EVERY.is_power_of_two());
 pub struct Tiers {
     pub hot: HotTier,
     pub disk: Option<DiskTier>,
+    pub plain: PlainTier,
 }
 
 #[derive(Clone)]
@@ -214,5 +215,78 @@ mod tests {
         let hot = HotTier::new(4096);
         hot.get(&key(1));
         assert!(hot.popularity.is_none());
+    }
+}
+
+/// Where a decrypted segment sits: the unwrapped key's generation (a fresh
+/// one per unwrap, so a revoked or replaced key's plaintext never matches),
+/// the ciphertext file and the segment index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PlainKey {
+    pub generation: u64,
+    pub file: Blake3,
+    pub index: u64,
+}
+
+/// Decrypted segments of encrypted files read often, in memory only (never
+/// on disk): a hot plaintext range then costs what a plain one does. Filled
+/// only from verified ciphertext that decrypted; emptied of a key's segments
+/// when the key is withdrawn, and of a file's when it is purged.
+#[derive(Clone)]
+pub struct PlainTier {
+    cache: Option<moka::sync::Cache<PlainKey, Bytes, Hasher>>,
+}
+
+impl std::fmt::Debug for PlainTier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PlainTier").field("bytes", &self.bytes()).finish()
+    }
+}
+
+impl PlainTier {
+    /// A plaintext tier of `capacity_bytes` (0: none; every read decrypts).
+    pub fn new(capacity_bytes: u64) -> Self {
+        let cache = (capacity_bytes > 0).then(|| {
+            moka::sync::Cache::builder()
+                .max_capacity(capacity_bytes)
+                .weigher(|_k: &PlainKey, v: &Bytes| u32::try_from(v.len()).unwrap_or(u32::MAX))
+                .support_invalidation_closures()
+                .eviction_policy(moka::policy::EvictionPolicy::lru())
+                .build_with_hasher(Hasher::default())
+        });
+        Self { cache }
+    }
+
+    pub fn get(&self, key: &PlainKey) -> Option<Bytes> {
+        self.cache.as_ref()?.get(key)
+    }
+
+    /// Keeps a segment that was decrypted from verified ciphertext.
+    pub fn insert(&self, key: PlainKey, segment: Bytes) {
+        if let Some(c) = &self.cache {
+            c.insert(key, segment);
+        }
+    }
+
+    /// Drops every segment decrypted with a key generation not in `live`.
+    pub fn retain_generations(&self, live: std::collections::HashSet<u64>) {
+        if let Some(c) = &self.cache {
+            let _ = c.invalidate_entries_if(move |k, _| !live.contains(&k.generation));
+        }
+    }
+
+    /// Drops every segment of `file`.
+    pub fn purge_file(&self, file: Blake3) {
+        if let Some(c) = &self.cache {
+            let _ = c.invalidate_entries_if(move |k, _| k.file == file);
+        }
+    }
+
+    /// Bytes held, once pending invalidations and evictions have run.
+    pub fn bytes(&self) -> u64 {
+        self.cache.as_ref().map_or(0, |c| {
+            c.run_pending_tasks();
+            c.weighted_size()
+        })
     }
 }
