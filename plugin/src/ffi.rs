@@ -424,6 +424,7 @@ pub unsafe extern "C" fn shardgate_verify_chunk(
                 crate::door::open_file(gw, name, segment, path, crate::door::Reader::Operator).map_err(|e| {
                     let code = match e {
                         crate::door::OpenError::TakenDown { .. } => SHARDGATE_ERR_TAKEN_DOWN,
+                        crate::door::OpenError::Refused { .. } => SHARDGATE_ERR_REFUSED,
                         crate::door::OpenError::BadLayout { .. } => SHARDGATE_ERR_ENGINE,
                         _ => SHARDGATE_ERR_NOT_FOUND,
                     };

@@ -360,3 +360,66 @@ fn the_c_abi_refuses_to_vouch_for_a_taken_down_release() {
     // SAFETY: a live handle.
     assert_eq!(unsafe { shardgate::ffi::shardgate_stop(handle, std::ptr::null_mut()) }, 0);
 }
+
+#[test]
+fn the_c_abi_refuses_a_release_its_policy_class_refuses() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let env =
+        shardgate::release::envelope::Envelope { compliance_class: Some("restricted".into()), ..Default::default() };
+    let r = Release::pack_full(
+        "abipolicy",
+        "1.0.0",
+        &[("a.bin", bytes_of(300_000, 9))],
+        CHUNK,
+        shardgate::release::keys::PublisherKey::generate().unwrap(),
+        env,
+    );
+    let mock = rt.block_on(MockOrigin::start(r.blobs.clone()));
+    let policy = r.dir.path().join("policy.toml");
+    let signer = shardgate::release::keys::PublisherKey::generate().unwrap();
+    std::fs::write(
+        &policy,
+        format!(
+            "default_class = \"public\"\n[roles]\nsecurity = [\"{}\"]\n[classes.public]\n\
+             [classes.restricted]\nsignoffs = {{ security = 1 }}\n",
+            signer.public()
+        ),
+    )
+    .unwrap();
+    let toml = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[trust]\nkeys = [\"{key}\"]\n[[releases]]\nmanifest = \"{manifest}\"\n\
+         [[origins]]\nkind = \"btfs-api\"\nurl = \"{url}\"\n[policy]\npath = \"{policy}\"\n",
+        key = r.key.public(),
+        manifest = r.manifest_path(),
+        url = mock.url(),
+        policy = policy.display(),
+    );
+    let cfg = cstring(&toml);
+    let mut handle = 0;
+    let mut err: *mut std::os::raw::c_char = std::ptr::null_mut();
+    // SAFETY: NUL-terminated strings, a writable handle, a writable error slot.
+    let rc = unsafe { shardgate::ffi::shardgate_start(cfg.as_ptr(), std::ptr::null(), &mut handle, &mut err) };
+    assert_eq!(rc, shardgate::ffi::SHARDGATE_OK);
+    let (release, path) = (cstring("abipolicy@1.0.0"), cstring("a.bin"));
+    let chunk = &r.files["a.bin"][..CHUNK as usize];
+    // SAFETY: NUL-terminated strings and `chunk.len()` readable bytes.
+    let rc = unsafe {
+        shardgate::ffi::shardgate_verify_chunk(
+            handle,
+            release.as_ptr(),
+            path.as_ptr(),
+            0,
+            chunk.as_ptr(),
+            chunk.len(),
+            &mut err,
+        )
+    };
+    assert_eq!(rc, shardgate::ffi::SHARDGATE_ERR_REFUSED);
+    // SAFETY: the library set a NUL-terminated message.
+    let msg = unsafe { CStr::from_ptr(err) }.to_string_lossy().into_owned();
+    assert!(msg.contains("classes.restricted.signoffs.security"), "{msg}");
+    // SAFETY: returned by this library, freed once.
+    unsafe { shardgate::ffi::shardgate_string_free(err) };
+    // SAFETY: a live handle.
+    assert_eq!(unsafe { shardgate::ffi::shardgate_stop(handle, std::ptr::null_mut()) }, 0);
+}
