@@ -160,6 +160,12 @@ async fn a_cleared_reader_gets_the_plaintext_with_ranges_and_etag_on_it() {
     g.shutdown().await;
 }
 
+/// `GET /v1/datasets` as the holder of `key` sees it.
+async fn datasets_seen_by(base: &str, key: &str) -> serde_json::Value {
+    let body = client().get(format!("{base}/v1/datasets")).bearer_auth(key).send().await.unwrap().bytes().await;
+    serde_json::from_slice(&body.unwrap()).unwrap()
+}
+
 /// Reads `url` whole: `Ok(bytes)` only for a complete 200 body.
 async fn read_whole(url: &str) -> Result<Vec<u8>, String> {
     let resp = client().get(url).send().await.map_err(|e| e.to_string())?;
@@ -439,27 +445,9 @@ async fn policy_classes_are_enforced_by_pack_registration_and_serving() {
     let described =
         client().get(format!("{}/v1/datasets/people", g.base)).bearer_auth(&plain_key.0).send().await.unwrap();
     assert_eq!(described.status(), 404, "an uncleared tenant learns nothing of the dataset");
-    let seen: serde_json::Value = client()
-        .get(format!("{}/v1/datasets", g.base))
-        .bearer_auth(&plain_key.0)
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .map(|b| serde_json::from_slice(&b).unwrap())
-        .unwrap();
+    let seen = datasets_seen_by(&g.base, &plain_key.0).await;
     assert!(seen["datasets"].as_array().unwrap().is_empty(), "discovery shows an uncleared tenant {seen}");
-    let seen: serde_json::Value = client()
-        .get(format!("{}/v1/datasets", g.base))
-        .bearer_auth(&cleared.0)
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .map(|b| serde_json::from_slice(&b).unwrap())
-        .unwrap();
+    let seen = datasets_seen_by(&g.base, &cleared.0).await;
     assert_eq!(seen["datasets"].as_array().unwrap().len(), 1, "{seen}");
     g.shutdown().await;
 }

@@ -192,34 +192,26 @@ fn softhsm2_wraps_and_unwraps_the_data_key_through_pkcs11() {
     assert_eq!(w["token_label"], "shardgate-test");
     assert!(w["mechanism"].as_str().unwrap().starts_with("aes-key-wrap"));
     assert!(env.get("age").is_none());
-    let (okk, _, err) = sg(&[
-        "decrypt",
-        "out",
-        "--path",
-        "train.jsonl",
-        "--envelope",
-        "out.keys.json",
-        "--pkcs11-unwrap",
-        "hsm.toml",
-        "--out",
-        "train.jsonl",
-    ]);
+    let decrypt_to = |out: &str| {
+        sg(&[
+            "decrypt",
+            "out",
+            "--path",
+            "train.jsonl",
+            "--envelope",
+            "out.keys.json",
+            "--pkcs11-unwrap",
+            "hsm.toml",
+            "--out",
+            out,
+        ])
+    };
+    let (okk, _, err) = decrypt_to("train.jsonl");
     assert!(okk, "{err}");
     assert_eq!(std::fs::read(d.join("train.jsonl")).unwrap(), std::fs::read(d.join("src/train.jsonl")).unwrap());
     // A wrong PIN is an error naming the problem, not a panic.
     std::fs::write(d.join("pin"), "0000\n").unwrap();
-    let (okk, _, err) = sg(&[
-        "decrypt",
-        "out",
-        "--path",
-        "train.jsonl",
-        "--envelope",
-        "out.keys.json",
-        "--pkcs11-unwrap",
-        "hsm.toml",
-        "--out",
-        "again.jsonl",
-    ]);
+    let (okk, _, err) = decrypt_to("again.jsonl");
     assert!(!okk && !err.contains("panicked") && err.to_lowercase().contains("pin"), "{err}");
 }
 

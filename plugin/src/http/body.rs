@@ -135,9 +135,32 @@ pub fn view_chunk(
     }
 }
 
-/// A plaintext segment already decrypted, from the plaintext tier.
-pub fn cached_segment(fetcher: &Fetcher, plain: Option<&PlainView>, index: u64) -> Option<Bytes> {
-    plain.and_then(|p| fetcher.plain_segment(&p.key(index)))
+/// Why chunk `index` of a representation could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum ViewError {
+    /// No verified bytes (from any origin or tier).
+    #[error(transparent)]
+    Fetch(#[from] crate::fetch::FetchError),
+    /// Verified ciphertext that does not decrypt: the release is bad.
+    #[error(transparent)]
+    Decrypt(#[from] crate::crypt::CryptError),
+}
+
+/// Chunk `index` as the representation holds it: from the plaintext tier,
+/// or fetched (verified) and then, for plaintext, decrypted. A miss fetches
+/// no further than chunk `end`.
+pub async fn view(
+    fetcher: &Arc<Fetcher>,
+    file: &Arc<FileSpec>,
+    plain: Option<&PlainView>,
+    index: u64,
+    end: u64,
+) -> Result<(Bytes, Source), ViewError> {
+    if let Some(b) = plain.and_then(|p| fetcher.plain_segment(&p.key(index))) {
+        return Ok((b, Source::Hot));
+    }
+    let (chunk, source) = fetcher.chunk(file, index, end).await?;
+    Ok((view_chunk(fetcher, file, plain, index, chunk)?, source))
 }
 
 /// What a response adds to its body stream: shaping, metering, and the
@@ -227,35 +250,24 @@ fn stream(state: ChunkedState) -> impl Stream<Item = Result<Frame<Bytes>, BodyEr
                 // gap before the next range of a multipart request.
                 let range_end = st.covering(r.clone()).end.min(st.end_chunk);
                 // A primed chunk is already as the representation holds it.
+                // A primed chunk is already as the representation holds it.
                 let got = match st.primed.take() {
-                    Some((i, b, s)) if i == index => Ok((b, s, true)),
-                    _ => match cached_segment(&st.fetcher, st.plain.as_deref(), index) {
-                        Some(b) => Ok((b, Source::Hot, true)),
-                        None => st.fetcher.chunk(&st.file, index, range_end).await.map(|(b, s)| (b, s, false)),
-                    },
+                    Some((i, b, s)) if i == index => Ok((b, s)),
+                    _ => view(&st.fetcher, &st.file, st.plain.as_deref(), index, range_end).await,
                 };
                 let (chunk, source) = match got {
-                    Ok((c, s, true)) => (c, s),
-                    Ok((c, s, false)) => match view_chunk(&st.fetcher, &st.file, st.plain.as_deref(), index, c) {
-                        Ok(c) => (c, s),
-                        Err(e) => {
-                            // Verified ciphertext that does not decrypt: the release is bad, never the bytes sent.
-                            st.metrics.aborted.get_or_create(&ReasonLabel { reason: "integrity" }).inc();
-                            if let Some((m, _)) = &mut st.meter {
-                                m.failed();
-                            }
-                            tracing::error!(error = %e, "aborting response mid-body: chunk does not decrypt");
-                            return Some((Err(BodyError(e.to_string())), None));
-                        }
-                    },
+                    Ok(c) => c,
                     Err(e) => {
-                        // Labelled by the real cause: bad bytes (integrity) or no bytes (origin).
-                        let reason = crate::error::Classify::class(&e).label();
+                        // Labelled by the real cause: bad bytes or undecryptable ones
+                        // (integrity), or no bytes (origin). Never the bytes sent.
+                        let reason = match &e {
+                            ViewError::Fetch(f) => crate::error::Classify::class(f).label(),
+                            ViewError::Decrypt(_) => "integrity",
+                        };
                         st.metrics.aborted.get_or_create(&ReasonLabel { reason }).inc();
                         if let Some((m, _)) = &mut st.meter {
                             m.failed();
                         }
-
                         tracing::warn!(error = %e, "aborting response mid-body");
                         return Some((Err(BodyError(e.to_string())), None));
                     }

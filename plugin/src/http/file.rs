@@ -421,31 +421,21 @@ pub(super) async fn serve_file<B>(
     if let Some(r) = first_range {
         let index = r.start / body::unit(&spec, plain.as_deref());
         let t0 = Instant::now();
-        let cached = body::cached_segment(&fetcher, plain.as_deref(), index);
-        let was_cached = cached.is_some();
-        let got = match cached {
-            Some(b) => Ok((b, Source::Hot)),
-            None => fetcher.chunk(&spec, index, end_chunk).await,
-        };
-        match got {
+        // Fetched, verified (and decrypted, for plaintext) before the head goes out.
+        match body::view(&fetcher, &spec, plain.as_deref(), index, end_chunk).await {
             Ok((b, s)) => {
                 add_timing(&mut parts.headers, started, Some((s, t0.elapsed())));
-                // Decrypted before the head goes out: a chunk that does not decrypt is a clean 502.
-                let viewed =
-                    if was_cached { Ok(b) } else { body::view_chunk(&fetcher, &spec, plain.as_deref(), index, b) };
-                match viewed {
-                    Ok(b) => primed = Some((index, b, s)),
-                    Err(e) => {
-                        tracing::error!(error = %e, file = %entry.path, "verified chunk does not decrypt");
-                        gw.metrics().aborted.get_or_create(&crate::metrics::ReasonLabel { reason: "integrity" }).inc();
-                        if let Some(b) = &billing {
-                            b.meter.record_integrity_abort(&b.release, 0);
-                        }
-                        return error(StatusCode::BAD_GATEWAY, format!("{}: {e}", entry.path));
-                    }
-                }
+                primed = Some((index, b, s));
             }
-            Err(e) => {
+            Err(body::ViewError::Decrypt(e)) => {
+                tracing::error!(error = %e, file = %entry.path, "verified chunk does not decrypt");
+                gw.metrics().aborted.get_or_create(&crate::metrics::ReasonLabel { reason: "integrity" }).inc();
+                if let Some(b) = &billing {
+                    b.meter.record_integrity_abort(&b.release, 0);
+                }
+                return error(StatusCode::BAD_GATEWAY, format!("{}: {e}", entry.path));
+            }
+            Err(body::ViewError::Fetch(e)) => {
                 tracing::warn!(error = %e, file = %entry.blake3, "no verified bytes for the first chunk");
                 if let Some(b) = &billing {
                     b.meter.record_integrity_abort(&b.release, 0);
