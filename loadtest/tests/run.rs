@@ -58,7 +58,14 @@ fn mixed_loaders_against_shardgate_report_latency_and_hit_ratio() {
         let gw = Gateway::start(cfg.clone()).await.unwrap();
         let listener = shardgate::http::server::bind(&cfg.server).await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(shardgate::http::server::serve(gw, listener, None, cfg.server.clone(), std::future::pending()));
+        tokio::spawn(shardgate::http::server::serve(
+            gw,
+            listener,
+            None,
+            cfg.server.clone(),
+            false,
+            std::future::pending(),
+        ));
         format!("http://{addr}")
     });
     let (code, r, stderr) = loadtest(&[

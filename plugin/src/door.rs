@@ -30,6 +30,9 @@ pub struct Credentials<'a> {
     pub authorization: Option<&'a [u8]>,
     /// Names from a verified TLS client certificate.
     pub cert_names: &'a [String],
+    /// A tenant id proven by a request signature its protocol adapter checked
+    /// (S3 SigV4, with the secret of an access key the tenant holds).
+    pub signed_by: Option<&'a str>,
 }
 
 /// What a request reads, for authorization.
@@ -48,7 +51,13 @@ pub enum Target<'a> {
 /// flight), and takes one request from its rate.
 pub fn admit(gw: &Gateway, creds: Credentials<'_>, target: Target<'_>) -> Result<Arc<Tenant>, Denied> {
     let tenants = gw.tenants();
-    let tenant = tenants.identify(creds.authorization, creds.cert_names)?;
+    let tenant = match creds.signed_by {
+        Some(id) => tenants
+            .tenant(id)
+            .cloned()
+            .ok_or(Denied::Unauthenticated("the signing access key belongs to a tenant no longer configured"))?,
+        None => tenants.identify(creds.authorization, creds.cert_names)?,
+    };
     match target {
         Target::Any => {}
         Target::Dataset(d) => tenants.authorize(&tenant, d)?,

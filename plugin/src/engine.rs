@@ -55,6 +55,7 @@ pub struct Engine {
     addr: SocketAddr,
     tls: bool,
     grpc: Option<(SocketAddr, bool)>,
+    s3: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -101,11 +102,30 @@ impl Engine {
                 Some((l, gaddr, g.clone()))
             }
         };
+        let s3 = match cfg.s3.listen {
+            None => None,
+            Some(a) => {
+                let l =
+                    tokio::net::TcpListener::bind(a).await.map_err(|e| bind_err("s3.listen", format!("{a}: {e}")))?;
+                let saddr = l.local_addr().map_err(|e| bind_err("s3.listen", e))?;
+                Some((l, saddr))
+            }
+        };
+        let s3_addr = s3.as_ref().map(|(_, a)| *a);
         tracing::info!(%addr, tls = tls.is_some(), "shardgate listening");
         let grpc_info = grpc.as_ref().map(|(_, a, g)| (*a, g.tls.is_some()));
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(run(gw.clone(), listener, tls, cfg.server.clone(), grpc, stopped));
-        Ok(Engine { gw, addr, tls: cfg.server.tls.is_some(), grpc: grpc_info, stop: Some(stop), task: Some(task) })
+        let s3 = s3.map(|(l, _)| l);
+        let task = tokio::spawn(run(gw.clone(), listener, tls, cfg.server.clone(), grpc, s3, stopped));
+        Ok(Engine {
+            gw,
+            addr,
+            tls: cfg.server.tls.is_some(),
+            grpc: grpc_info,
+            s3: s3_addr,
+            stop: Some(stop),
+            task: Some(task),
+        })
     }
 
     pub fn gateway(&self) -> &Arc<Gateway> {
@@ -125,6 +145,11 @@ impl Engine {
     /// The bound gRPC address and whether it uses TLS.
     pub fn grpc(&self) -> Option<(SocketAddr, bool)> {
         self.grpc
+    }
+
+    /// The address of `s3.listen`, if configured (S3 at its root).
+    pub fn s3_addr(&self) -> Option<SocketAddr> {
+        self.s3
     }
 
     /// Drains and stops: HTTP, then gRPC, then the final usage commit.
@@ -154,8 +179,21 @@ async fn run(
     tls: Option<tokio_rustls::TlsAcceptor>,
     server_cfg: crate::config::ServerConfig,
     grpc: Option<(tokio::net::TcpListener, SocketAddr, GrpcConfig)>,
+    s3: Option<tokio::net::TcpListener>,
     stopped: oneshot::Receiver<()>,
 ) {
+    // The S3 listener stops accepting with the HTTP one and drains alongside it.
+    let (s3_stop, s3_stopped) = tokio::sync::watch::channel(false);
+    let s3_task = s3.map(|l| {
+        let (gw, tls, cfg) = (gw.clone(), tls.clone(), server_cfg.clone());
+        let mut rx = s3_stopped.clone();
+        tokio::spawn(async move {
+            server::serve(gw, l, tls, cfg, true, async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })
+            .await;
+        })
+    });
     let (grpc_stop, grpc_stopped) = oneshot::channel::<()>();
     let grpc_task = grpc.map(|(l, gaddr, g)| {
         tracing::info!(addr = %gaddr, "gRPC listening (usage and admin APIs)");
@@ -169,10 +207,15 @@ async fn run(
             }
         })
     });
-    server::serve(gw.clone(), listener, tls, server_cfg, async {
+    server::serve(gw.clone(), listener, tls, server_cfg, false, async {
         let _ = stopped.await;
+        let _ = s3_stop.send(true);
     })
     .await;
+    if let Some(t) = s3_task {
+        let _ = t.await;
+    }
+    drop(s3_stopped);
     // Every response has ended (drained or cut); stop the gRPC listener (and
     // its pre-warms), then make the final usage commit, which closes every
     // window. Billing reads those windows after a restart, by cursor.

@@ -25,6 +25,7 @@ pub mod progress;
 pub mod registry;
 pub mod release;
 pub mod reports;
+pub mod s3;
 mod storage;
 pub mod tenant;
 #[cfg(any(test, feature = "test-support"))]

@@ -98,6 +98,46 @@ pub struct Config {
     /// The policy classes releases are checked against.
     #[serde(default)]
     pub policy: PolicyConfig,
+    /// The read-only S3 API.
+    #[serde(default)]
+    pub s3: S3Config,
+}
+
+/// `[s3]`: the read-only S3 API. Bucket = dataset, key = `<version or tag>/<path>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Config {
+    /// Serve S3 under `/s3` on `server.listen` (and virtual-hosted `domains` there).
+    pub enabled: bool,
+    /// A listener of its own serving S3 at its root (for clients that cannot
+    /// take an endpoint with a path, such as pyarrow, Polars and Lance).
+    /// Same TLS and connection limits as `server`. Restart-only.
+    pub listen: Option<std::net::SocketAddr>,
+    /// Base domains for virtual-hosted addressing: a request for host
+    /// `BUCKET.DOMAIN` reads bucket `BUCKET`.
+    pub domains: Vec<String>,
+    /// The region GetBucketLocation and HeadBucket report. Signatures scoped
+    /// to any region are accepted.
+    pub region: String,
+    /// The access keys file (`shardgate tenant s3-key` writes it), mode 0600.
+    /// Re-read on reload. Unset: only unsigned (public) and bearer-key access.
+    pub credentials: Option<PathBuf>,
+    /// Largest difference between a signed request's time and the gateway's clock.
+    #[serde(with = "humantime_serde")]
+    pub max_skew: Duration,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: None,
+            domains: Vec::new(),
+            region: "us-east-1".into(),
+            credentials: None,
+            max_skew: Duration::from_secs(900),
+        }
+    }
 }
 
 /// `[keys]`: what this gateway unwraps data keys with.
@@ -593,6 +633,21 @@ impl Config {
         duration("server.idle_timeout", s.idle_timeout, ms(100), 24 * hour)?;
         duration("server.write_timeout", s.write_timeout, ms(100), hour)?;
         duration("server.shutdown_grace", s.shutdown_grace, Duration::ZERO, hour)?;
+        duration("s3.max_skew", self.s3.max_skew, Duration::from_secs(1), 24 * hour)?;
+        if self.s3.region.is_empty() || !self.s3.region.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return Err(invalid("s3.region", format!("{:?} is not a region name", self.s3.region)));
+        }
+        for (i, d) in self.s3.domains.iter().enumerate() {
+            if d.is_empty() || d.starts_with('.') || d.contains(':') || d.bytes().any(|b| b.is_ascii_uppercase()) {
+                return Err(invalid(format!("s3.domains[{i}]"), format!("{d:?} is not a lowercase host name")));
+            }
+        }
+        if let (Some(a), Some(b)) = (self.s3.listen, Some(self.server.listen))
+            && a == b
+            && a.port() != 0
+        {
+            return Err(invalid("s3.listen", format!("{a} is server.listen; S3 is already under /s3 there")));
+        }
         let f = &self.fetch;
         duration("fetch.connect_timeout", f.connect_timeout, ms(1), hour)?;
         duration("fetch.first_byte_timeout", f.first_byte_timeout, ms(1), hour)?;
@@ -703,9 +758,19 @@ impl Config {
 /// Keys a reload cannot apply: listeners, the fetcher's and tiers' shapes,
 /// stores. Origin timeouts (`fetch.*_timeout`) are rebuilt with the origins
 /// and `usage.pricing` is re-read, so those reload.
-const RESTART_ONLY: &[&str] = &["server", "grpc", "fetch", "hot_tier", "disk_tier", "metadata", "usage", "registry"];
-const RELOADABLE: &[&str] =
-    &["fetch.connect_timeout", "fetch.first_byte_timeout", "fetch.stall_timeout", "fetch.outlier", "usage.pricing"];
+const RESTART_ONLY: &[&str] =
+    &["server", "grpc", "fetch", "hot_tier", "disk_tier", "metadata", "usage", "registry", "s3"];
+const RELOADABLE: &[&str] = &[
+    "fetch.connect_timeout",
+    "fetch.first_byte_timeout",
+    "fetch.stall_timeout",
+    "fetch.outlier",
+    "usage.pricing",
+    "s3.domains",
+    "s3.region",
+    "s3.credentials",
+    "s3.max_skew",
+];
 
 impl Config {
     /// The restart-only keys whose values differ in `new`, by full name

@@ -105,6 +105,8 @@ pub struct Gateway {
     admin: tokio::sync::Mutex<()>,
     /// `[keys]` and `[policy]`, read at start and on reload.
     security: ArcSwap<Security>,
+    /// S3 access keys (`s3.credentials`), read at start and on reload.
+    s3_keys: ArcSwap<crate::s3::keys::S3Keys>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -132,6 +134,13 @@ fn report_tokens(cfg: &Config) -> Result<crate::tenant::TokenSet, GatewayError> 
 
 fn build_tenants(cfg: &Config) -> Result<Tenants, GatewayError> {
     Ok(Tenants::build(&cfg.tenants, &cfg.access)?)
+}
+
+/// The S3 access keys file, if configured; every key must name a configured tenant.
+fn load_s3_keys(cfg: &Config) -> Result<crate::s3::keys::S3Keys, GatewayError> {
+    let Some(path) = &cfg.s3.credentials else { return Ok(Default::default()) };
+    crate::s3::keys::S3Keys::load(path, |t| cfg.tenants.iter().any(|c| c.id == t))
+        .map_err(|e| GatewayError::Config(ConfigError::Invalid { key: "s3.credentials".into(), why: e.to_string() }))
 }
 
 impl crate::error::Classify for GatewayError {
@@ -235,6 +244,7 @@ impl Gateway {
         let tenants = build_tenants(&cfg)?;
         let pricing = load_pricing(&cfg).await?;
         let security = load_security(&cfg)?;
+        let s3_keys = load_s3_keys(&cfg)?;
         let gw = Arc::new(Self {
             config: ArcSwap::from_pointee(cfg.clone()),
             pricing: ArcSwapOption::new(pricing),
@@ -252,6 +262,7 @@ impl Gateway {
             store: Arc::new(store),
             admin: tokio::sync::Mutex::new(()),
             security: ArcSwap::from_pointee(security),
+            s3_keys: ArcSwap::from_pointee(s3_keys),
         });
         gw.spawn_committer(cfg.usage.commit_interval, cfg.usage.retention);
         gw.load_releases(&cfg).await?;
@@ -406,6 +417,7 @@ impl Gateway {
             let pricing = load_pricing(&cfg).await?;
             let tokens = report_tokens(&cfg)?;
             let security = load_security(&cfg)?;
+            let s3_keys = load_s3_keys(&cfg)?;
             // Under the admin lock throughout, so the background retry never
             // loads releases from a config this reload has replaced.
             let _admin = self.admin.lock().await;
@@ -418,6 +430,7 @@ impl Gateway {
             }
             self.tenants.store(Arc::new(tenants));
             self.report_tokens.store(Arc::new(tokens));
+            self.s3_keys.store(Arc::new(s3_keys));
             self.config.store(Arc::new(cfg));
             Ok(())
         }
@@ -650,6 +663,11 @@ impl Gateway {
     /// The policy in force, if `policy.path` is set.
     pub fn security(&self) -> Arc<Security> {
         self.security.load_full()
+    }
+
+    /// The S3 access keys in force.
+    pub fn s3_keys(&self) -> Arc<crate::s3::keys::S3Keys> {
+        self.s3_keys.load_full()
     }
 
     /// The cost model, when `usage.pricing` is set.

@@ -74,7 +74,7 @@ pub(super) fn manifest<B>(
 }
 
 /// Headers that tell a client where a tag led and what state the release is in.
-pub(super) fn lifecycle_headers(
+pub(crate) fn lifecycle_headers(
     mut resp: Response<Body>,
     catalog: &Catalog,
     name: &str,
@@ -125,7 +125,7 @@ pub(super) fn lifecycle_headers(
 /// `application/octet-stream`, and so is one that does not parse. The type
 /// is read as RFC 9110 does: surrounding whitespace, case and parameters do
 /// not hide it.
-pub(super) fn served_media_type(raw: &str) -> &str {
+pub(crate) fn served_media_type(raw: &str) -> &str {
     const OPAQUE: &str = "application/octet-stream";
     let essence = raw.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     let Some((kind, sub)) = essence.split_once('/') else { return OPAQUE };
@@ -331,21 +331,31 @@ fn respond_in_memory<B>(
     Response::from_parts(parts, body::full(out))
 }
 
-pub(super) async fn serve_file<B>(
+/// The ETag a reader gets for an opened file: the plaintext's (sealed
+/// digest) for a decrypted read, else the stored file's BLAKE3, quoted.
+pub(crate) fn etag_of(open: &OpenFile) -> String {
+    match &open.plain {
+        Some(p) => p.etag.clone(),
+        None => format!("\"{}\"", open.file.entry().blake3),
+    }
+}
+
+pub(crate) async fn serve_file<B>(
     gw: &Arc<Gateway>,
     req: &Request<B>,
     open: OpenFile,
     started: Instant,
     tenant: Arc<Tenant>,
 ) -> Response<Body> {
+    let etag = etag_of(&open);
     let OpenFile { file: f, spec, mut liveness, plain, .. } = open;
     let entry = f.entry();
     // An encrypted file is served as plaintext (to a cleared reader) or as
     // the stored ciphertext, an opaque byte stream (a blob).
-    let (etag, len, media_type) = match &plain {
-        Some(p) => (p.etag.clone(), p.size, entry.media_type.as_str()),
-        None if entry.encryption.is_some() => (format!("\"{}\"", entry.blake3), entry.size, "application/octet-stream"),
-        None => (format!("\"{}\"", entry.blake3), entry.size, entry.media_type.as_str()),
+    let (len, media_type) = match &plain {
+        Some(p) => (p.size, entry.media_type.as_str()),
+        None if entry.encryption.is_some() => (entry.size, "application/octet-stream"),
+        None => (entry.size, entry.media_type.as_str()),
     };
     let media = served_media_type(media_type);
     let p = plan(req, len, &etag, media, gw.config().server.max_ranges);

@@ -6,7 +6,7 @@
 
 pub mod body;
 mod discovery;
-mod file;
+pub(crate) mod file;
 pub mod range;
 mod reports;
 pub mod route;

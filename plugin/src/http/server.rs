@@ -71,11 +71,14 @@ pub async fn bind(cfg: &ServerConfig) -> Result<TcpListener, ServerError> {
 
 /// Serves until `shutdown` resolves, then stops accepting and lets in-flight
 /// responses finish for up to `cfg.shutdown_grace` (see [`crate::listener`]).
+///
+/// `s3_root` marks the listener of `s3.listen`: every request is S3, at the root.
 pub async fn serve(
     gw: Arc<Gateway>,
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     cfg: ServerConfig,
+    s3_root: bool,
     shutdown: impl Future<Output = ()>,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -92,7 +95,7 @@ pub async fn serve(
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20));
     let limits = Limits {
-        name: "http",
+        name: if s3_root { "s3" } else { "http" },
         max_connections: cfg.max_connections,
         header_read_timeout: cfg.header_read_timeout,
         idle_timeout: cfg.idle_timeout,
@@ -107,6 +110,9 @@ pub async fn serve(
         let gw = gw.clone();
         service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(peer.clone());
+            if s3_root {
+                req.extensions_mut().insert(crate::s3::S3Listener);
+            }
             super::service::handle(gw.clone(), req)
         })
     };

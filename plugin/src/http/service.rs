@@ -33,7 +33,7 @@ pub async fn handle<B>(gw: Arc<Gateway>, req: Request<B>) -> Result<Response<Bod
     let ok = matches!(resp.status().as_u16(), 200 | 206 | 304);
     match route {
         "manifest" if ok => gw.metrics().manifest_latency.observe(started.elapsed()),
-        "file" if ok => gw.metrics().file_first_byte.observe(started.elapsed()),
+        "file" | "s3_object" if ok => gw.metrics().file_first_byte.observe(started.elapsed()),
         _ => {}
     }
     gw.metrics().requests.get_or_create(&RequestLabel { route, status: resp.status().as_u16() }).inc();
@@ -68,6 +68,9 @@ fn text(status: StatusCode, s: impl Into<Bytes>, content_type: &'static str) -> 
 }
 
 async fn route<B>(gw: &Arc<Gateway>, req: &Request<B>, started: Instant) -> (&'static str, Response<Body>) {
+    if crate::s3::wants(gw, req) {
+        return crate::s3::handle(gw, req, started).await;
+    }
     let route = match parse_route(req.uri().path()) {
         Ok(r) => r,
         Err(e) => return ("other", error(StatusCode::BAD_REQUEST, e)),
@@ -102,6 +105,7 @@ async fn route<B>(gw: &Arc<Gateway>, req: &Request<B>, started: Instant) -> (&'s
             let creds = door::Credentials {
                 authorization: req.headers().get(header::AUTHORIZATION).map(HeaderValue::as_bytes),
                 cert_names,
+                signed_by: None,
             };
             let target = match &route {
                 Route::Dataset { name } | Route::Manifest { name, .. } | Route::File { name, .. } => {

@@ -202,7 +202,7 @@ impl Served {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let g = gw.clone();
         let task = tokio::spawn(async move {
-            shardgate::http::server::serve(g, listener, None, cfg.server.clone(), async {
+            shardgate::http::server::serve(g, listener, None, cfg.server.clone(), false, async {
                 let _ = rx.await;
             })
             .await;

@@ -92,6 +92,9 @@ pub async fn run_gateway(
     if let Some((gaddr, tls)) = engine.grpc() {
         println!("shardgate usage API listening on {}://{gaddr}", if tls { "https" } else { "http" });
     }
+    if let Some(saddr) = engine.s3_addr() {
+        println!("shardgate S3 API listening on {}://{saddr}", engine.scheme());
+    }
     spawn_reloader(engine.gateway().clone(), hangups, reload);
     shutdown.await;
     engine.stop().await;

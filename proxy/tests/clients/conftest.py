@@ -196,6 +196,13 @@ def serve(bin_path: str, config: Path):
 @contextlib.contextmanager
 def serve_with_usage(bin_path: str, config: Path, usage_api: bool = False):
     """Like `serve`, yielding (base URL, usage API host:port or None)."""
+    with serve_listeners(bin_path, config, usage_api=usage_api) as (base, usage, _):
+        yield base, usage
+
+
+@contextlib.contextmanager
+def serve_listeners(bin_path: str, config: Path, usage_api: bool = False, s3_api: bool = False):
+    """Like `serve`, yielding (base URL, usage API host:port or None, S3 listener URL or None)."""
     import requests
 
     log = config.with_suffix(".stderr.log")
@@ -235,6 +242,17 @@ def serve_with_usage(bin_path: str, config: Path, usage_api: bool = False):
             continue
         m = re.search(r"usage API listening on https?://(127\.0\.0\.1:\d+)", line)
         usage = m.group(1) if m else None
+    s3 = None
+    while s3_api and s3 is None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or proc.poll() is not None:
+            fail("shardgate serve did not print its S3 listener address")
+        try:
+            line = lines.get(timeout=min(remaining, 0.5))
+        except queue.Empty:
+            continue
+        m = re.search(r"S3 API listening on (http://127\.0\.0\.1:\d+)", line)
+        s3 = m.group(1) if m else None
 
     while True:
         try:
@@ -247,7 +265,7 @@ def serve_with_usage(bin_path: str, config: Path, usage_api: bool = False):
         time.sleep(0.1)
 
     try:
-        yield base, usage
+        yield base, usage, s3
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
