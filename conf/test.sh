@@ -6,6 +6,7 @@
 #
 #   bash conf/test.sh            everything
 #   SKIP_LINT=1 bash conf/test.sh   skip fmt/clippy (also SKIP_FUZZ, SKIP_BENCH)
+#   HEAVY=1 bash conf/test.sh       also the torch-heavy S3 clients (several GB of wheels)
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -79,7 +80,17 @@ if [ -z "${SKIP_FUZZ:-}" ]; then
   bash fuzz/run.sh
 fi
 step "python client tests"
-"$venv/bin/python" -m pytest -q proxy/tests/clients
+"$venv/bin/python" -m pytest -q proxy/tests/clients --ignore=proxy/tests/clients/test_s3_heavy.py
+
+# HEAVY=1: the torch-heavy S3 clients (MosaicML streaming, s3torchconnector),
+# whose wheels (torch with its CUDA libraries, several GB) do not fit CI's budget.
+if [ -n "${HEAVY:-}" ]; then
+  step "heavy S3 clients (HEAVY=1: MosaicML streaming, s3torchconnector)"
+  heavy_venv="${SHARDGATE_HEAVY_VENV:-$root/.venv-heavy}"
+  [ -x "$heavy_venv/bin/python" ] || python3 -m venv "$heavy_venv"
+  "$heavy_venv/bin/pip" install -q --disable-pip-version-check -r proxy/tests/clients/requirements-heavy.txt
+  HEAVY=1 "$heavy_venv/bin/python" -m pytest -v proxy/tests/clients/test_s3_heavy.py
+fi
 
 if [ -z "${SKIP_BENCH:-}" ]; then
   step "benchmark suite smoke (seconds per step, debug build; asserts nothing about speed)"
