@@ -423,3 +423,29 @@ fn the_c_abi_refuses_a_release_its_policy_class_refuses() {
     // SAFETY: a live handle.
     assert_eq!(unsafe { shardgate::ffi::shardgate_stop(handle, std::ptr::null_mut()) }, 0);
 }
+
+#[tokio::test]
+async fn a_takedown_landing_while_the_first_chunk_is_fetched_sends_no_byte_over_s3() {
+    takedown_during_first_chunk(|_, base| format!("{base}/s3/race/1.0.0/big.bin")).await;
+}
+
+/// Integrity holds over S3 as over `/v1`: an origin that flips a bit gets a
+/// 502 with an S3 body before any byte, never the wrong bytes; a range that
+/// avoids the bad chunk is served exactly.
+#[tokio::test]
+async fn a_flipped_bit_never_reaches_an_s3_client() {
+    let r = Release::pack("flip", &[("f.bin", bytes_of(1_000_000, 4))], CHUNK);
+    let mock = MockOrigin::start(r.blobs.clone()).await;
+    let file = r.signed.manifest.files[0].blake3;
+    mock.set_fault(Some(&cid_for(&file)), Some(Fault::CorruptAt(10)));
+    let g = Served::start(config_for(&r, &[&mock])).await;
+    let url = format!("{}/s3/flip/1.0.0/f.bin", g.base);
+    let resp = client().get(&url).send().await.unwrap();
+    assert_eq!(resp.status(), 502);
+    assert_eq!(resp.headers()["content-type"], "application/xml");
+    let body = resp.text().await.unwrap();
+    assert!(body.contains("<Code>InternalError</Code>") && body.contains("verified"), "{body}");
+    let resp = client().get(&url).header("range", "bytes=600000-600099").send().await.unwrap();
+    assert_eq!(resp.status(), 206);
+    assert_eq!(resp.bytes().await.unwrap().to_vec(), r.files["f.bin"][600_000..600_100]);
+}

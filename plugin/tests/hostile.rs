@@ -331,3 +331,33 @@ async fn an_http2_client_that_never_opens_its_window_is_cut_after_the_write_time
     }
     assert_eq!(got, 4 << 20);
 }
+
+/// The S3 listener (`s3.listen`) is the same accept loop: half-sent heads
+/// do not lock out an S3 client that behaves, are closed after
+/// `header_read_timeout`, and an oversized head is refused.
+#[tokio::test]
+async fn the_s3_listener_holds_up_against_half_sent_heads_and_oversized_input() {
+    shardgate::btfs::install_crypto_provider();
+    let mut cfg = engine_config(None);
+    cfg.s3.listen = Some("127.0.0.1:0".parse().unwrap());
+    let engine = Engine::start(cfg).await.unwrap();
+    let addr = engine.s3_addr().unwrap();
+    let mut held = Vec::new();
+    for _ in 0..SLOTS {
+        held.push(hold(Idle::HalfHead, addr, None).await);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(20)).build().unwrap();
+    let t0 = Instant::now();
+    let r = client.get(format!("http://{addr}/")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "ListBuckets at the S3 listener's root");
+    assert!(r.text().await.unwrap().contains("<ListAllMyBucketsResult"));
+    assert!(t0.elapsed() <= HEADER_READ + Duration::from_secs(1), "waited {:?}", t0.elapsed());
+    for (i, c) in held.iter_mut().enumerate() {
+        assert!(closed_within(c, HEADER_READ + Duration::from_secs(2)).await.is_some(), "connection {i} still open");
+    }
+    let huge = "a".repeat(200_000);
+    let r = client.get(format!("http://{addr}/bucket?prefix={huge}")).send().await;
+    assert!(r.map(|r| r.status().is_client_error()).unwrap_or(true), "an oversized head must be refused");
+    engine.stop().await;
+}

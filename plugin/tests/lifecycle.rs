@@ -431,3 +431,51 @@ async fn a_takedown_cuts_bodies_already_streaming() {
     assert!(got < 16 << 20, "{got}");
     assert_eq!(g.metric("shardgate_responses_aborted_total{reason=\"taken_down\"}"), 1.0);
 }
+
+/// The S3 API sees the same lifecycle as `/v1`: a tag is a key root that
+/// lists and reads the version it points at, a deprecated release carries
+/// the same headers, and a taken-down one is a 451 with an S3 body and
+/// leaves the listing.
+#[tokio::test]
+async fn s3_sees_tags_deprecation_and_takedown() {
+    let f = fixture().await;
+    register(f.grpc, &f.r2).await;
+    set_tag(f.grpc, "stable", "2.0.0").await.unwrap();
+    let s3 = |key: &str| format!("{}/s3/lc-data/{key}", f.g.base);
+    let list = |q: &str| client().get(format!("{}/s3/lc-data?list-type=2&{q}", f.g.base)).send();
+    let body = list("delimiter=%2F").await.unwrap().text().await.unwrap();
+    for root in ["1.0.0/", "2.0.0/", "stable/"] {
+        assert!(body.contains(&format!("<CommonPrefixes><Prefix>{root}</Prefix></CommonPrefixes>")), "{body}");
+    }
+    let r = client().get(s3("stable/a.bin")).header("range", "bytes=-10").send().await.unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.headers()["content-location"], "/s3/lc-data/2.0.0/a.bin");
+    assert_eq!(r.bytes().await.unwrap().to_vec(), f.r2.files["a.bin"][650_000 - 10..]);
+
+    let req = proto::DeprecateRequest {
+        name: "lc-data".into(),
+        version: "1.0.0".into(),
+        successor_version: "2.0.0".into(),
+        sunset: 1_800_000_000,
+        reason: "labels fixed".into(),
+    };
+    admin(f.grpc).await.deprecate(authed(req, ADMIN)).await.unwrap();
+    let r = client().head(s3("1.0.0/a.bin")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["deprecation"].to_str().unwrap().starts_with('@'));
+    assert_eq!(r.headers()["sunset"], "Fri, 15 Jan 2027 08:00:00 GMT");
+    let created = f.r1.signed.manifest.created_at;
+    let lm = r.headers()["last-modified"].to_str().unwrap().to_string();
+    assert_eq!(shardgate::s3::sigv4::parse_http_date(&lm).unwrap().as_second(), created.as_second());
+
+    let req = proto::TakedownRequest { name: "lc-data".into(), version: "1.0.0".into(), reason: "withdrawn".into() };
+    admin(f.grpc).await.takedown(authed(req, ADMIN)).await.unwrap();
+    let r = client().get(s3("1.0.0/a.bin")).send().await.unwrap();
+    assert_eq!(r.status(), 451);
+    assert_eq!(r.headers()["content-type"], "application/xml");
+    let text = r.text().await.unwrap();
+    assert!(text.contains("<Code>UnavailableForLegalReasons</Code>") && text.contains("withdrawn"), "{text}");
+    let body = list("prefix=1").await.unwrap().text().await.unwrap();
+    assert!(body.contains("<KeyCount>0</KeyCount>"), "a taken-down release is not listed: {body}");
+    assert_eq!(client().head(s3("2.0.0/a.bin")).send().await.unwrap().status(), 200);
+}

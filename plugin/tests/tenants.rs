@@ -186,3 +186,60 @@ async fn bandwidth_caps_shape_the_body_instead_of_refusing() {
     assert_eq!(r.bytes().await.unwrap().len(), 300_000);
     assert!(t0.elapsed() < took);
 }
+
+/// S3 requests go through the same door as `/v1`: a SigV4 signature made
+/// with a tenant's access key identifies the tenant, its dataset globs
+/// apply, and its request rate is one bucket across both APIs; refusals are
+/// S3 errors (503 SlowDown with Retry-After, 403 AccessDenied) and cost the
+/// origin nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_requests_share_the_tenants_door() {
+    use shardgate::s3::keys::{append, new_key as new_s3_key};
+    use shardgate::s3::sigv4::sign_headers;
+
+    let limits = Limits { request_rate: Some(0.2), request_burst: Some(2), ..Limits::default() };
+    let f = fixture(limits).await;
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join("s3.toml");
+    let key = new_s3_key("vision").unwrap();
+    append(&creds, &key).unwrap();
+    let mut cfg = (*f.g.gw.config()).clone();
+    cfg.s3.credentials = Some(creds.clone());
+    f.g.gw.reload(cfg).await.unwrap();
+
+    let host = f.g.base.trim_start_matches("http://").to_string();
+    let signed = |path: &str, secret: &str| {
+        let mut r = client().get(format!("{}{path}", f.g.base));
+        for (k, v) in
+            sign_headers("GET", path, "", &host, jiff::Timestamp::now(), &key.access_key_id, secret, "eu-west-3")
+                .unwrap()
+        {
+            r = r.header(k, v);
+        }
+        r
+    };
+    let a = "/s3/imagenet-mini/1.0.0/a.bin";
+    let r = signed(a, &key.secret_access_key).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap().to_vec(), f.vision.files["a.bin"]);
+    let before = f.mock.requests();
+    let r = signed(a, "not-the-secret-000000").send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(r.text().await.unwrap().contains("<Code>SignatureDoesNotMatch</Code>"));
+    let r = signed("/s3/medical-scans/1.0.0/b.bin", &key.secret_access_key).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(r.text().await.unwrap().contains("<Code>AccessDenied</Code>"));
+    // Burst 2 (limiters restart with a reload): one S3 read above, one over HTTP, then S3 is slowed down.
+    assert_eq!(get(&f.vision.url(&f.g.base, "a.bin"), Some(&f.vision_key)).await.status(), 200);
+    let r = signed(a, &key.secret_access_key).send().await.unwrap();
+    assert_eq!(r.status(), 503, "the burst is shared by both APIs");
+    assert!(r.headers()["retry-after"].to_str().unwrap().parse::<u64>().unwrap() >= 1);
+    assert!(r.text().await.unwrap().contains("<Code>SlowDown</Code>"));
+    assert_eq!(f.mock.requests(), before, "a refused S3 request reached the origin");
+    // The key file is re-read on reload: a removed key is an unknown key.
+    std::fs::write(&creds, "").unwrap();
+    f.g.gw.reload((*f.g.gw.config()).clone()).await.unwrap();
+    let r = signed(a, &key.secret_access_key).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(r.text().await.unwrap().contains("<Code>InvalidAccessKeyId</Code>"));
+}
