@@ -195,7 +195,7 @@ async fn bandwidth_caps_shape_the_body_instead_of_refusing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_requests_share_the_tenants_door() {
     use shardgate::s3::keys::{append, new_key as new_s3_key};
-    use shardgate::s3::sigv4::sign_headers;
+    use shardgate::s3::sigv4::Signer;
 
     let limits = Limits { request_rate: Some(0.2), request_burst: Some(2), ..Limits::default() };
     let f = fixture(limits).await;
@@ -210,10 +210,8 @@ async fn s3_requests_share_the_tenants_door() {
     let host = f.g.base.trim_start_matches("http://").to_string();
     let signed = |path: &str, secret: &str| {
         let mut r = client().get(format!("{}{path}", f.g.base));
-        for (k, v) in
-            sign_headers("GET", path, "", &host, jiff::Timestamp::now(), &key.access_key_id, secret, "eu-west-3")
-                .unwrap()
-        {
+        let signer = Signer { access_key_id: &key.access_key_id, secret, region: "eu-west-3" };
+        for (k, v) in signer.sign_headers("GET", path, "", &host, jiff::Timestamp::now()).unwrap() {
             r = r.header(k, v);
         }
         r

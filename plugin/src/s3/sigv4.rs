@@ -280,42 +280,57 @@ pub fn sign(secret: &str, scope: &str, string_to_sign: &str) -> String {
     hex::encode(hmac::sign(&signing_key(secret, scope), string_to_sign.as_bytes()).as_ref())
 }
 
-/// The headers that sign a bodiless request (header form, at `now`):
-/// `x-amz-date`, `x-amz-content-sha256` and `authorization`. For tests and
-/// load generators that speak S3 without an SDK.
-pub fn sign_headers(
-    method: &str,
-    path: &str,
-    query: &str,
-    host: &str,
-    now: jiff::Timestamp,
-    access_key_id: &str,
-    secret: &str,
-    region: &str,
-) -> Result<Vec<(&'static str, String)>, SigError> {
-    let amz_date = now.strftime("%Y%m%dT%H%M%SZ").to_string();
-    let scope = format!("{}/{region}/s3/aws4_request", &amz_date[..8]);
-    let mut headers = http::HeaderMap::new();
-    let value = |s: &str| http::HeaderValue::from_str(s).map_err(|_| SigError::Malformed(format!("{s:?}")));
-    headers.insert(http::header::HOST, value(host)?);
-    headers.insert("x-amz-content-sha256", http::HeaderValue::from_static(EMPTY_SHA256));
-    headers.insert("x-amz-date", value(&amz_date)?);
-    let claim = Claim {
-        access_key_id: access_key_id.to_string(),
-        scope: scope.clone(),
-        amz_date: amz_date.clone(),
-        signed_headers: vec!["host".into(), "x-amz-content-sha256".into(), "x-amz-date".into()],
-        signature: String::new(),
-        expires: None,
-    };
-    let parts = Parts { method, path, query, headers: &headers, authority: None };
-    let canonical = canonical_request(&claim, &parts)?;
-    let sts = format!("{ALGORITHM}\n{amz_date}\n{scope}\n{}", hex::encode(Sha256::digest(canonical.as_bytes())));
-    let auth = format!(
-        "{ALGORITHM} Credential={access_key_id}/{scope}, SignedHeaders=host;x-amz-content-sha256;x-amz-date, Signature={}",
-        sign(secret, &scope, &sts)
-    );
-    Ok(vec![("x-amz-date", amz_date), ("x-amz-content-sha256", EMPTY_SHA256.to_string()), ("authorization", auth)])
+/// An access key that signs requests, for tests and load generators that
+/// speak S3 without an SDK.
+#[derive(Clone, Copy)]
+pub struct Signer<'a> {
+    pub access_key_id: &'a str,
+    pub secret: &'a str,
+    pub region: &'a str,
+}
+
+impl std::fmt::Debug for Signer<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signer").field("access_key_id", &self.access_key_id).finish_non_exhaustive()
+    }
+}
+
+impl Signer<'_> {
+    /// The headers that sign a bodiless request (header form, at `now`):
+    /// `x-amz-date`, `x-amz-content-sha256` and `authorization`.
+    pub fn sign_headers(
+        &self,
+        method: &str,
+        path: &str,
+        query: &str,
+        host: &str,
+        now: jiff::Timestamp,
+    ) -> Result<Vec<(&'static str, String)>, SigError> {
+        let Signer { access_key_id, secret, region } = *self;
+        let amz_date = now.strftime("%Y%m%dT%H%M%SZ").to_string();
+        let scope = format!("{}/{region}/s3/aws4_request", &amz_date[..8]);
+        let mut headers = http::HeaderMap::new();
+        let value = |s: &str| http::HeaderValue::from_str(s).map_err(|_| SigError::Malformed(format!("{s:?}")));
+        headers.insert(http::header::HOST, value(host)?);
+        headers.insert("x-amz-content-sha256", http::HeaderValue::from_static(EMPTY_SHA256));
+        headers.insert("x-amz-date", value(&amz_date)?);
+        let claim = Claim {
+            access_key_id: access_key_id.to_string(),
+            scope: scope.clone(),
+            amz_date: amz_date.clone(),
+            signed_headers: vec!["host".into(), "x-amz-content-sha256".into(), "x-amz-date".into()],
+            signature: String::new(),
+            expires: None,
+        };
+        let parts = Parts { method, path, query, headers: &headers, authority: None };
+        let canonical = canonical_request(&claim, &parts)?;
+        let sts = format!("{ALGORITHM}\n{amz_date}\n{scope}\n{}", hex::encode(Sha256::digest(canonical.as_bytes())));
+        let auth = format!(
+            "{ALGORITHM} Credential={access_key_id}/{scope}, SignedHeaders=host;x-amz-content-sha256;x-amz-date, Signature={}",
+            sign(secret, &scope, &sts)
+        );
+        Ok(vec![("x-amz-date", amz_date), ("x-amz-content-sha256", EMPTY_SHA256.to_string()), ("authorization", auth)])
+    }
 }
 
 fn signing_key(secret: &str, scope: &str) -> hmac::Key {
