@@ -13,6 +13,8 @@
 #   encrypted.sh an encrypted release vs the same bytes packed plain: hot 1 MiB
 #                ranges (wrk), cold streaming and the gateway's CPU per GB
 #                (decryption cost), FileCipher::decrypt_segment alone
+#   s3.sh        S3 GetObject vs the HTTP route (hot 1 MiB ranges, wrk);
+#                ListObjectsV2 pages over a release of 100,000 files
 #
 #   bash loadtest/bench/suite.sh             full run (about 20 minutes plus the release build)
 #   QUICK=1 bash loadtest/bench/suite.sh     smoke of every part (seconds per step; not a measurement)
@@ -21,7 +23,7 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 started=$(date +%s)
-for part in gateway metering caching encrypted; do
+for part in gateway metering caching encrypted s3; do
   printf '\n######## %s\n' "$part" >&2
   bash "$here/$part.sh"
 done
@@ -33,7 +35,7 @@ begin, end = "<!-- suite:begin -->", "<!-- suite:end -->"
 text = doc.read_text()
 if begin not in text or end not in text:
     sys.exit(f"{doc}: no {begin} ... {end} section to regenerate")
-body = "\n\n".join((results / f"{p}.md").read_text().strip() for p in ("gateway", "metering", "caching", "encrypted"))
+body = "\n\n".join((results / f"{p}.md").read_text().strip() for p in ("gateway", "metering", "caching", "encrypted", "s3"))
 head, rest = text.split(begin, 1)
 _, tail = rest.split(end, 1)
 doc.write_text(f"{head}{begin}\n{body}\n{end}{tail}")
