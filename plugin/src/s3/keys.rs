@@ -94,8 +94,7 @@ impl S3Keys {
         let text = Zeroizing::new(
             std::fs::read_to_string(path).map_err(|source| KeysError::Read { path: path.into(), source })?,
         );
-        let file: File = toml::from_str(&text)
-            .map_err(|e| KeysError::Invalid { path: path.into(), why: e.message().to_string() })?;
+        let file: File = toml::from_str(&text).map_err(|e| invalid_file(path, &text, &e))?;
         let mut by_id = HashMap::new();
         for (i, k) in file.keys.into_iter().enumerate() {
             let bad = |why: String| KeysError::Invalid { path: path.into(), why: format!("keys[{i}]: {why}") };
@@ -114,6 +113,18 @@ impl S3Keys {
             }
         }
         Ok(Self { by_id })
+    }
+}
+
+/// A parse error that names the line but never quotes the file (it holds secrets).
+fn invalid_file(path: &Path, text: &str, e: &toml::de::Error) -> KeysError {
+    let line = e.span().map(|s| text.get(..s.start).unwrap_or(text).lines().count().max(1));
+    let at = line.map(|l| format!(" at line {l}")).unwrap_or_default();
+    KeysError::Invalid {
+        path: path.into(),
+        why: format!(
+            "not a credentials file{at}: expected [[keys]] tables with string access_key_id, secret_access_key and tenant"
+        ),
     }
 }
 
@@ -154,9 +165,10 @@ pub fn append(path: &Path, entry: &S3KeyEntry) -> Result<(), KeysError> {
     if exists {
         check_mode(path)?;
         // The file must parse before anything is added to it.
-        let text = std::fs::read_to_string(path).map_err(|source| KeysError::Read { path: path.into(), source })?;
-        toml::from_str::<File>(&text)
-            .map_err(|e| KeysError::Invalid { path: path.into(), why: e.message().to_string() })?;
+        let text = Zeroizing::new(
+            std::fs::read_to_string(path).map_err(|source| KeysError::Read { path: path.into(), source })?,
+        );
+        toml::from_str::<File>(&text).map_err(|e| invalid_file(path, &text, &e))?;
     }
     let mut opts = std::fs::OpenOptions::new();
     opts.append(true).create(true);

@@ -77,6 +77,10 @@ pub fn sort_roots(roots: &mut [Root]) {
 /// One page of a bucket whose roots are sorted by [`sort_roots`].
 pub fn list<'a>(roots: &'a [Root], q: Query<'_>) -> Page<'a> {
     let mut items = Vec::new();
+    if q.max == 0 {
+        // An empty page that is not truncated: there is no last key to continue from.
+        return Page { items, truncated: false };
+    }
     let mut truncated = false;
     'roots: for root in roots {
         let rp = root.prefix.as_str();

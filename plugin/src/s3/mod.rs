@@ -595,6 +595,13 @@ async fn object<B>(
     started: Instant,
 ) -> Answer {
     unsupported(query)?;
+    if &*tenant.id == crate::tenant::ANONYMOUS && query.iter().any(|(k, _)| k.starts_with("response-")) {
+        return Err(S3Error::new(
+            StatusCode::BAD_REQUEST,
+            "InvalidRequest",
+            "response-* header overrides need a signed (or API-key) request, as in S3",
+        ));
+    }
     let no_key = |why: String| S3Error::new(StatusCode::NOT_FOUND, "NoSuchKey", why);
     let Some((segment, path)) = key.split_once('/').filter(|(s, p)| !s.is_empty() && !p.is_empty()) else {
         return Err(no_key(format!("{key:?} is not a key of this bucket: keys are <version or tag>/<path>")));
@@ -669,9 +676,12 @@ async fn object<B>(
 }
 
 /// `response-content-*` overrides (presigned URLs). A type a browser would
-/// run stays opaque, and a private (decrypted) answer stays uncacheable.
+/// run stays opaque and an attachment (whatever disposition is asked for),
+/// and a private (decrypted) answer stays uncacheable.
 fn overrides(h: &mut http::HeaderMap, query: &[(String, String)]) {
     let private = h.get(header::CACHE_CONTROL).is_some_and(|v| v.as_bytes().starts_with(b"private"));
+    // `representation_headers` sets a bare `attachment` only when it made the type opaque.
+    let mut forced = h.get(header::CONTENT_DISPOSITION).is_some_and(|v| v == "attachment");
     for (k, v) in query {
         let name = match k.as_str() {
             "response-content-type" => header::CONTENT_TYPE,
@@ -684,9 +694,7 @@ fn overrides(h: &mut http::HeaderMap, query: &[(String, String)]) {
         };
         let value = if name == header::CONTENT_TYPE {
             let served = crate::http::file::served_media_type(v);
-            if served != v.trim() {
-                h.insert(header::CONTENT_DISPOSITION, HeaderValue::from_static("attachment"));
-            }
+            forced |= served != v.trim();
             served.to_string()
         } else {
             v.clone()
@@ -694,6 +702,9 @@ fn overrides(h: &mut http::HeaderMap, query: &[(String, String)]) {
         if let Ok(val) = HeaderValue::from_str(&value) {
             h.insert(name, val);
         }
+    }
+    if forced {
+        h.insert(header::CONTENT_DISPOSITION, HeaderValue::from_static("attachment"));
     }
 }
 

@@ -385,22 +385,16 @@ pub fn canonical_request(claim: &Claim, p: &Parts<'_>) -> Result<String, SigErro
     Ok(out)
 }
 
-/// The canonical query string: decoded, re-encoded strictly, sorted.
+/// The canonical query string: decoded, re-encoded strictly, sorted. It is
+/// decoded as the gateway reads the query (`application/x-www-form-urlencoded`,
+/// where `+` is a space), so what is signed is what is acted on; SDKs send a
+/// literal `+` as `%2B`, and object_store signs a space sent as `+` as `%20`.
 pub fn canonical_query(query: &str, presigned: bool) -> Result<String, SigError> {
-    let mut pairs = Vec::new();
-    for kv in query.split('&').filter(|kv| !kv.is_empty()) {
-        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-        if presigned && k == "X-Amz-Signature" {
-            continue;
-        }
-        let dec = |s: &str| {
-            percent_decode_str(s)
-                .decode_utf8()
-                .map(|d| utf8_percent_encode(&d, UNRESERVED).to_string())
-                .map_err(|_| SigError::Malformed(format!("query parameter {k:?} is not UTF-8")))
-        };
-        pairs.push((dec(k)?, dec(v)?));
-    }
+    let enc = |s: &str| utf8_percent_encode(s, UNRESERVED).to_string();
+    let mut pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+        .filter(|(k, _)| !(presigned && k == "X-Amz-Signature"))
+        .map(|(k, v)| (enc(&k), enc(&v)))
+        .collect();
     pairs.sort();
     Ok(pairs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&"))
 }
@@ -490,5 +484,7 @@ mod tests {
         });
         assert_eq!(canonical_query("location", false).unwrap(), "location=");
         assert_eq!(canonical_query("b=2&a=1&X-Amz-Signature=z", true).unwrap(), "a=1&b=2");
+        // `+` is a space, as the listing reads it; a real plus comes as %2B.
+        assert_eq!(canonical_query("prefix=a+b&start-after=c%2Bd", false).unwrap(), "prefix=a%20b&start-after=c%2Bd");
     }
 }

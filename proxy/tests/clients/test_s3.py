@@ -248,6 +248,8 @@ def test_boto3_list_paginator_over_3000_files(s3gw: S3Gateway):
     assert [c["Prefix"] for c in top["CommonPrefixes"]] == ["1.0.0/"] and "Contents" not in top
     dirs = s3.list_objects_v2(Bucket="many", Prefix="1.0.0/", Delimiter="/", FetchOwner=True)
     assert [c["Prefix"] for c in dirs["CommonPrefixes"]] == [f"1.0.0/d{i}/" for i in range(7)]
+    zero = s3.list_objects_v2(Bucket="many", MaxKeys=0)
+    assert zero["KeyCount"] == 0 and zero["IsTruncated"] is False
     one = s3.list_objects_v2(Bucket="many", Prefix="1.0.0/d3/", Delimiter="/", MaxKeys=5)
     assert [o["Key"] for o in one["Contents"]] == [k for k in want if k.startswith("1.0.0/d3/")][:5]
     assert one["IsTruncated"]
@@ -328,11 +330,16 @@ def test_presigned_url_with_curl(s3gw: S3Gateway, tmp_path):
     assert r.headers["content-disposition"] == "attachment; filename=b.bin"
     r = curl(url, "-r", "100-199", tmp=tmp_path)
     assert r.status == 206 and r.body == src[100:200]
-    # A type a browser would run stays opaque, whatever the URL asks.
+    # A type a browser would run stays opaque and an attachment, whatever the URL asks.
     url = s3.generate_presigned_url("get_object", Params={
-        "Bucket": "clients", "Key": "1.0.0/one.bin", "ResponseContentType": "text/html"}, ExpiresIn=300)
+        "Bucket": "clients", "Key": "1.0.0/one.bin", "ResponseContentType": "text/html",
+        "ResponseContentDisposition": "inline"}, ExpiresIn=300)
     r = curl(url, tmp=tmp_path)
     assert r.headers["content-type"] == "application/octet-stream"
+    assert r.headers["content-disposition"] == "attachment"
+    # As in S3, an anonymous request may not override response headers.
+    r = curl(f"{s3gw.endpoint}/clients/1.0.0/one.bin?response-cache-control=public", tmp=tmp_path)
+    assert r.status == 400 and b"<Code>InvalidRequest</Code>" in r.body
     # A changed signature, and an expired URL, are refused.
     bad = url[:-4] + ("0000" if not url.endswith("0000") else "1111")
     r = curl(bad, tmp=tmp_path)
