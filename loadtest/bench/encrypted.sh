@@ -94,10 +94,6 @@ url_of() {  # base variant file
 metric() {  # base name: the sum of a counter's series
   curl -s "$1/metrics" | awk -v n="$2" '$1 == n || index($1, n "{") == 1 {s += $2} END {print s + 0}'
 }
-median() { printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
-to_mb() {  # wrk's "123.45MB" -> MB
-  python3 -c "import sys,re; v=sys.argv[1]; m=re.match(r'([0-9.]+)([KMG]?B)',v); n=float(m.group(1)); print(f'{n*{\"B\":1e-6,\"KB\":1.024e-3,\"MB\":1.048576,\"GB\":1073.741824}[m.group(2)]:.0f}')" "$1"
-}
 
 say "1. hot tier, random 1 MiB ranges, wrk -t2 -c32 -d${dur}s: ${rounds} interleaved rounds per variant"
 # $1 config: starts a gateway, registers the envelope, warms both files; prints "base pid".
@@ -129,16 +125,9 @@ declare -A mbs rps cpu
 for r in $(seq "$rounds"); do
   for v in plain enc ct; do
     if [ "$v" = ct ]; then g=$gw_ct; pid=$gpid_ct; else g=$gw; pid=$gpid; fi
-    t0=$(cpu_ticks "$pid")
-    res=$(FILE_SIZE=$hot_size wrk -t2 -c32 -d"${dur}s" -s loadtest/bench/range1m.lua "$(url_of "$g" "$v" hot.bin)" 2>/dev/null)
-    t1=$(cpu_ticks "$pid")
-    bad=$(awk '/^not-206:/ {s+=$2} END {print s+0}' <<<"$res")
-    [ "$bad" -eq 0 ] || { echo "$v: $bad answers were not 206; the measurement is void" >&2; exit 1; }
-    n=$(awk '/requests in/ {print $1}' <<<"$res")
-    mb=$(to_mb "$(awk '/Transfer\/sec/ {print $2}' <<<"$res")")
-    rq=$(awk '/Requests\/sec/ {print $2}' <<<"$res")
-    mbs[$v]="${mbs[$v]:-} $mb"; rps[$v]="${rps[$v]:-} $rq"
-    cpu[$v]="${cpu[$v]:-} $(per_gb "$(ticks_s $((t1 - t0)))" $((n << 20)))"
+    res=$(wrk_ranges "$v" "$pid" "$hot_size" "$(url_of "$g" "$v" hot.bin)")
+    read -r mb rq c <<<"$res"
+    mbs[$v]="${mbs[$v]:-} $mb"; rps[$v]="${rps[$v]:-} $rq"; cpu[$v]="${cpu[$v]:-} $c"
     say "   round $r $v: $mb MB/s ($rq req/s)"
   done
 done

@@ -48,9 +48,6 @@ wrk_rate() {  # URL file_size: MB/s and requests/s from wrk with random 1 MiB ra
   FILE_SIZE=$2 wrk -t2 -c32 -d"${dur}s" -s loadtest/bench/range1m.lua "$1" 2>/dev/null |
     awk '/Requests\/sec/ {r=$2} /Transfer\/sec/ {t=$2} END {print r, t}'
 }
-to_mb() {  # wrk's "123.45MB" -> MB
-  python3 -c "import sys,re; v=sys.argv[1]; m=re.match(r'([0-9.]+)([KMG]?B)',v); n=float(m.group(1)); print(f'{n*{\"B\":1e-6,\"KB\":1.024e-3,\"MB\":1.048576,\"GB\":1073.741824}[m.group(2)]:.0f}')" "$1"
-}
 
 say "1. hot tier vs nginx sendfile: random 1 MiB ranges, wrk -t2 -c32 -d${dur}s"
 gw_port=$(free_port)
@@ -93,7 +90,6 @@ for run in 1 2 3 4 5; do
   p=$(free_port); { gw_config "$p" 64 "$dir_origin"; printf '[fetch]\nverify = false\n'; } > "$work/coldnv$run.toml"
   read -r r c _ < <(cold_run "$work/coldnv$run.toml"); [ "$r" -gt "$best_sg_nv" ] && best_sg_nv=$r; cpu_off+=("$c")
 done
-median() { printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
 cpu_on_med=$(median "${cpu_on[@]}"); cpu_off_med=$(median "${cpu_off[@]}"); faults_med=$(median "${faults_on[@]}")
 verify_pct=$(python3 -c "import sys; print(f'{(float(sys.argv[1]) - float(sys.argv[2])) * 100:.1f}')" "$cpu_on_med" "$cpu_off_med")
 say "   nginx $best_ngx MB/s, shardgate verified $best_sg MB/s, unverified $best_sg_nv MB/s (best of 5)"

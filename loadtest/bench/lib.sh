@@ -113,6 +113,23 @@ NGX
   nginx -c "$dir/nginx.conf" -p "$dir"
 }
 
+median() { printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
+to_mb() {  # wrk's "123.45MB" -> MB
+  python3 -c "import sys,re; v=sys.argv[1]; m=re.match(r'([0-9.]+)([KMG]?B)',v); n=float(m.group(1)); print(f'{n*{\"B\":1e-6,\"KB\":1.024e-3,\"MB\":1.048576,\"GB\":1073.741824}[m.group(2)]:.0f}')" "$1"
+}
+# One wrk round (-t2 -c32, $dur seconds) of random 1 MiB ranges (range1m.lua):
+# wrk_ranges LABEL PID FILE_SIZE URL prints "MB/s req/s gateway-CPU-s/GB" for
+# the gateway process PID. An answer other than 206 voids the run (exit 1).
+wrk_ranges() {
+  local t0 t1 res bad n
+  t0=$(cpu_ticks "$2")
+  res=$(FILE_SIZE=$3 wrk -t2 -c32 -d"${dur}s" -s loadtest/bench/range1m.lua "$4" 2>/dev/null)
+  t1=$(cpu_ticks "$2")
+  bad=$(awk '/^not-206:/ {s+=$2} END {print s+0}' <<<"$res")
+  [ "$bad" -eq 0 ] || { echo "$1: $bad answers were not 206; the measurement is void" >&2; return 1; }
+  n=$(awk '/requests in/ {print $1}' <<<"$res")
+  echo "$(to_mb "$(awk '/Transfer\/sec/ {print $2}' <<<"$res")") $(awk '/Requests\/sec/ {print $2}' <<<"$res") $(per_gb "$(ticks_s $((t1 - t0)))" $((n << 20)))"
+}
 mbps() {  # bytes seconds
   python3 -c "import sys; print(f'{int(sys.argv[1])/float(sys.argv[2])/1e6:.0f}')" "$1" "$2"
 }

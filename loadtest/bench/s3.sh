@@ -75,24 +75,13 @@ curl -sf -o "$work/warm" "$s3_url"
 cmp -s "$work/warm" "$work/src/hot/hot.bin" || { echo "S3 GetObject differs from the source" >&2; exit 1; }
 
 say "1. hot tier, random 1 MiB ranges, wrk -t2 -c32 -d${dur}s: ${rounds} interleaved rounds per route"
-median() { printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
-to_mb() {
-  python3 -c "import sys,re; v=sys.argv[1]; m=re.match(r'([0-9.]+)([KMG]?B)',v); n=float(m.group(1)); print(f'{n*{\"B\":1e-6,\"KB\":1.024e-3,\"MB\":1.048576,\"GB\":1073.741824}[m.group(2)]:.0f}')" "$1"
-}
 declare -A mbs rps cpu
 for r in $(seq "$rounds"); do
   for v in http s3; do
     if [ "$v" = http ]; then u=$http_url; else u=$s3_url; fi
-    t0=$(cpu_ticks "$gpid")
-    res=$(FILE_SIZE=$((hot_mib << 20)) wrk -t2 -c32 -d"${dur}s" -s loadtest/bench/range1m.lua "$u" 2>/dev/null)
-    t1=$(cpu_ticks "$gpid")
-    bad=$(awk '/^not-206:/ {s+=$2} END {print s+0}' <<<"$res")
-    [ "$bad" -eq 0 ] || { echo "$v: $bad answers were not 206; the measurement is void" >&2; exit 1; }
-    n=$(awk '/requests in/ {print $1}' <<<"$res")
-    mb=$(to_mb "$(awk '/Transfer\/sec/ {print $2}' <<<"$res")")
-    rq=$(awk '/Requests\/sec/ {print $2}' <<<"$res")
-    mbs[$v]="${mbs[$v]:-} $mb"; rps[$v]="${rps[$v]:-} $rq"
-    cpu[$v]="${cpu[$v]:-} $(per_gb "$(ticks_s $((t1 - t0)))" $((n << 20)))"
+    res=$(wrk_ranges "$v" "$gpid" $((hot_mib << 20)) "$u")
+    read -r mb rq c <<<"$res"
+    mbs[$v]="${mbs[$v]:-} $mb"; rps[$v]="${rps[$v]:-} $rq"; cpu[$v]="${cpu[$v]:-} $c"
     say "   round $r $v: $mb MB/s ($rq req/s)"
   done
 done

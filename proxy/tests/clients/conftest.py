@@ -174,14 +174,15 @@ def releases(tmp_path_factory, shardgate_bin: str) -> dict:
 # --------------------------------------------------------------------------- gateway process
 
 
-def _config(path: Path, key_pub: Path, manifests: list, origins: list) -> Path:
+def _config(path: Path, key_pub: Path, manifests: list, origins: list, extra: tuple = ()) -> Path:
+    """A gateway config serving `manifests` from `origins`; `extra` lines (TOML) are appended."""
     lines = ['[server]', 'listen = "127.0.0.1:0"', '[trust]', f'keys = ["{key_pub}"]']
     for m in manifests:
         lines += ['[[releases]]', f'manifest = "{m}"']
     for o in origins:
         lines.append('[[origins]]')
         lines += [f'{k} = "{v}"' for k, v in o.items()]
-    lines += ['[hot_tier]', 'capacity = "64MiB"']
+    lines += ['[hot_tier]', 'capacity = "64MiB"', *extra]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -218,41 +219,25 @@ def serve_listeners(bin_path: str, config: Path, usage_api: bool = False, s3_api
         proc.wait(timeout=STOP_TIMEOUT_S)
         pytest.fail(f"{msg}; stderr tail:\n{log.read_text()[-3000:]}")
 
-    base = None
     deadline = time.monotonic() + START_TIMEOUT_S
-    while base is None:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or proc.poll() is not None:
-            fail(f"shardgate serve did not print its URL within {START_TIMEOUT_S}s "
-                 f"(exit {proc.poll()})")
-        try:
-            line = lines.get(timeout=min(remaining, 0.5))
-        except queue.Empty:
-            continue
-        m = re.search(r"shardgate listening on (http://127\.0\.0\.1:\d+)", line)
-        base = m.group(1) if m else None
-    usage = None
-    while usage_api and usage is None:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or proc.poll() is not None:
-            fail("shardgate serve did not print its usage API address")
-        try:
-            line = lines.get(timeout=min(remaining, 0.5))
-        except queue.Empty:
-            continue
-        m = re.search(r"usage API listening on https?://(127\.0\.0\.1:\d+)", line)
-        usage = m.group(1) if m else None
-    s3 = None
-    while s3_api and s3 is None:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or proc.poll() is not None:
-            fail("shardgate serve did not print its S3 listener address")
-        try:
-            line = lines.get(timeout=min(remaining, 0.5))
-        except queue.Empty:
-            continue
-        m = re.search(r"S3 API listening on (http://127\.0\.0\.1:\d+)", line)
-        s3 = m.group(1) if m else None
+
+    def printed(pattern: str, what: str) -> str:
+        """The first group of the next stdout line matching `pattern`."""
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or proc.poll() is not None:
+                fail(f"shardgate serve did not print its {what}")
+            try:
+                line = lines.get(timeout=min(remaining, 0.5))
+            except queue.Empty:
+                continue
+            m = re.search(pattern, line)
+            if m:
+                return m.group(1)
+
+    base = printed(r"shardgate listening on (http://127\.0\.0\.1:\d+)", f"URL within {START_TIMEOUT_S}s")
+    usage = printed(r"usage API listening on https?://(127\.0\.0\.1:\d+)", "usage API address") if usage_api else None
+    s3 = printed(r"S3 API listening on (http://127\.0\.0\.1:\d+)", "S3 listener address") if s3_api else None
 
     while True:
         try:

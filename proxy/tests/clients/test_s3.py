@@ -5,8 +5,6 @@ binary over a dir origin and over the dev node.
 Bucket = dataset, key = `<version or tag>/<path>`. Path-style requests go to
 `/s3` on the gateway's listener; clients that cannot take an endpoint with a
 path (pyarrow, Polars, Lance) use the S3 listener of its own (`s3.listen`)."""
-import hashlib
-import json
 import os
 import random
 import shutil
@@ -18,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CMD_TIMEOUT_S, _pack, b3sum, curl, run, serve_listeners
+from conftest import CMD_TIMEOUT_S, _config, _pack, b3sum, curl, run, serve_listeners
 
 MANY = 3000  # files in the `many` release: three pages of 1,000, more than 2,500
 
@@ -82,19 +80,11 @@ def _credentials(bin_path: str, root: Path, creds: Path, tenant: str) -> tuple:
 
 
 def _s3_config(path: Path, key_pub: Path, manifests: list, origins: list, creds: Path) -> Path:
-    lines = ['[server]', 'listen = "127.0.0.1:0"', '[trust]', f'keys = ["{key_pub}"]']
-    for m in manifests:
-        lines += ['[[releases]]', f'manifest = "{m}"']
-    for o in origins:
-        lines.append('[[origins]]')
-        lines += [f'{k} = "{v}"' for k, v in o.items()]
-    lines += ['[hot_tier]', 'capacity = "64MiB"',
-              '[[tenants]]', 'id = "alice"', 'datasets = ["clients", "many", "lancedata"]',
-              '[[tenants]]', 'id = "bob"', 'datasets = ["clientswds"]',
-              '[access]', 'public_datasets = ["clients"]',
-              '[s3]', 'listen = "127.0.0.1:0"', 'domains = ["s3.test"]', f'credentials = "{creds}"']
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return _config(path, key_pub, manifests, origins, extra=(
+        '[[tenants]]', 'id = "alice"', 'datasets = ["clients", "many", "lancedata"]',
+        '[[tenants]]', 'id = "bob"', 'datasets = ["clientswds"]',
+        '[access]', 'public_datasets = ["clients"]',
+        '[s3]', 'listen = "127.0.0.1:0"', 'domains = ["s3.test"]', f'credentials = "{creds}"'))
 
 
 @pytest.fixture(scope="module", params=["dir", "btfs-api"])
