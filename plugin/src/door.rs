@@ -64,7 +64,11 @@ pub fn admit(gw: &Gateway, creds: Credentials<'_>, target: Target<'_>) -> Result
         Target::Blob(hash) => {
             // Held only where the caller may not read: the same answer as no such blob.
             let catalog = gw.registry().snapshot();
-            if catalog.blob(hash).is_some() && catalog.blob_where(hash, |d| tenants.can_see(&tenant, d)).is_none() {
+            let may_read = |d: &str| tenants.can_see(&tenant, d);
+            if catalog.holds(hash)
+                && catalog.blob_where(hash, may_read).is_none()
+                && catalog.table_where(hash, may_read).is_none()
+            {
                 return Err(Denied::Hidden(OpenError::UnknownBlob { hash: hash.to_string() }.to_string()));
             }
         }
@@ -372,10 +376,25 @@ pub fn open_file(
 /// Opens the blob `hash` in a live release that holds it and that `tenant`
 /// may read; a blob held only by taken-down releases is refused as taken down.
 pub fn open_blob(gw: &Arc<Gateway>, hash: &Blake3, tenant: &Tenant) -> Result<OpenFile, OpenError> {
+    open_by_hash(gw, hash, tenant, |c, h, may| c.blob_where(h, may))
+}
+
+/// Opens the file whose chunk table is `hash`, as [`open_blob`] opens a file:
+/// the table is then the fetcher's verified one for that file.
+pub fn open_table(gw: &Arc<Gateway>, hash: &Blake3, tenant: &Tenant) -> Result<OpenFile, OpenError> {
+    open_by_hash(gw, hash, tenant, |c, h, may| c.table_where(h, may))
+}
+
+fn open_by_hash(
+    gw: &Arc<Gateway>,
+    hash: &Blake3,
+    tenant: &Tenant,
+    find: impl Fn(&Catalog, &Blake3, &dyn Fn(&str) -> bool) -> Option<FileRef>,
+) -> Result<OpenFile, OpenError> {
     let base = Baseline::take(gw);
     let catalog = gw.registry().snapshot();
     let tenants = gw.tenants();
-    let Some(file) = catalog.blob_where(hash, |d| tenants.can_see(tenant, d)) else {
+    let Some(file) = find(&catalog, hash, &|d| tenants.can_see(tenant, d)) else {
         return Err(OpenError::UnknownBlob { hash: hash.to_string() });
     };
     taken_down(&catalog, file.release.name(), file.release.version())?;

@@ -73,6 +73,56 @@ pub(super) fn manifest<B>(
     lifecycle_headers(resp, &catalog, name, &resolved, &format!("/v1/datasets/{name}/{v}/manifest"))
 }
 
+/// `GET /v1/datasets/{name}/{version}/placement`: where the release's blobs
+/// live on BTFS (BLAKE3 to CID), so a client that verifies bytes itself can
+/// read them from any IPFS- or BTFS-style gateway. Not signed, and need not
+/// be: everything fetched through it is checked against the signed manifest.
+pub(super) fn placement<B>(
+    gw: &Gateway,
+    req: &Request<B>,
+    name: &str,
+    version: &str,
+    tenant: &Tenant,
+) -> Response<Body> {
+    let (catalog, resolved, release) = match door::open_release(gw, name, version) {
+        Ok(x) => x,
+        Err(e) => return not_opened(&e),
+    };
+    let v = resolved.version();
+    let Some(p) = &release.placement else {
+        return error(StatusCode::NOT_FOUND, format!("this gateway holds no placement for {name}@{v}"));
+    };
+    let bytes = Bytes::from(p.to_bytes());
+    let etag = format!("\"{}\"", blake3::hash(&bytes).to_hex());
+    let resp = respond_in_memory(gw, req, bytes, &etag, "application/json");
+    if let Some(b) = Billing::new(gw, tenant, release.tag()) {
+        b.whole(&resp);
+    }
+    lifecycle_headers(resp, &catalog, name, &resolved, &format!("/v1/datasets/{name}/{v}/placement"))
+}
+
+/// `GET /v1/blobs/{hash}` for a chunk table: the fetcher's table of the file,
+/// proven against its own hash and the file's root before it is sent.
+pub(super) async fn table<B>(gw: &Gateway, req: &Request<B>, mut open: OpenFile, tenant: &Tenant) -> Response<Body> {
+    let table = match gw.fetcher().table(&open.spec).await {
+        Ok(Some(t)) => t,
+        Ok(None) => return error(StatusCode::NOT_FOUND, "a single-chunk file has no chunk table"),
+        Err(e) => {
+            return error(StatusCode::BAD_GATEWAY, format!("no origin could supply a verified chunk table: {e}"));
+        }
+    };
+    if let Err(e) = open.liveness.check() {
+        return not_opened(&e);
+    }
+    let bytes = Bytes::from(table.encode());
+    let etag = format!("\"{}\"", blake3::hash(&bytes).to_hex());
+    let resp = respond_in_memory(gw, req, bytes, &etag, "application/octet-stream");
+    if let Some(b) = Billing::new(gw, tenant, open.file.release.tag()) {
+        b.whole(&resp);
+    }
+    resp
+}
+
 /// Headers that tell a client where a tag led and what state the release is in.
 pub(crate) fn lifecycle_headers(
     mut resp: Response<Body>,

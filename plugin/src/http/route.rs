@@ -19,6 +19,11 @@ pub enum Route<'a> {
         name: &'a str,
         version: &'a str,
     },
+    /// The release's `placement.json` (BLAKE3 to CID), when the gateway has it.
+    Placement {
+        name: &'a str,
+        version: &'a str,
+    },
     /// `path` is percent-decoded and has passed `check_path`.
     File {
         name: &'a str,
@@ -45,7 +50,7 @@ impl Route<'_> {
             Route::Readyz => "readyz",
             Route::Metrics => "metrics",
             Route::ListDatasets | Route::Dataset { .. } => "list",
-            Route::Manifest { .. } => "manifest",
+            Route::Manifest { .. } | Route::Placement { .. } => "manifest",
             Route::File { .. } => "file",
             Route::Blob { .. } => "blob",
             Route::Dashboard { .. } => "dashboard",
@@ -117,6 +122,7 @@ fn v1<'a>(mut segs: std::str::Split<'a, char>) -> Result<Route<'a>, RouteError> 
     let Some(version) = segs.next() else { return Ok(Route::Dataset { name }) };
     match segs.next() {
         Some("manifest") if segs.clone().next().is_none() => Ok(Route::Manifest { name, version }),
+        Some("placement") if segs.clone().next().is_none() => Ok(Route::Placement { name, version }),
         Some("files") => {
             let mut path = String::new();
             for (i, seg) in segs.enumerate() {
@@ -162,6 +168,8 @@ mod tests {
         assert_eq!(parse_route("/v1/datasets/"), Ok(Route::ListDatasets));
         assert_eq!(parse_route("/v1/datasets/x"), Ok(Route::Dataset { name: "x" }));
         assert_eq!(parse_route("/v1/datasets/x/1.0.0/manifest"), Ok(Route::Manifest { name: "x", version: "1.0.0" }));
+        assert_eq!(parse_route("/v1/datasets/x/1.0.0/placement"), Ok(Route::Placement { name: "x", version: "1.0.0" }));
+        assert_eq!(parse_route("/v1/datasets/x/1.0.0/placement/x"), Ok(Route::NotFound));
         assert_eq!(
             parse_route("/v1/datasets/x/1.0.0/files/a/b%20c.tar"),
             Ok(Route::File { name: "x", version: "1.0.0", path: "a/b c.tar".into() })

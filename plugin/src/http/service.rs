@@ -108,9 +108,10 @@ async fn route<B>(gw: &Arc<Gateway>, req: &Request<B>, started: Instant) -> (&'s
                 signed_by: None,
             };
             let target = match &route {
-                Route::Dataset { name } | Route::Manifest { name, .. } | Route::File { name, .. } => {
-                    door::Target::Dataset(name)
-                }
+                Route::Dataset { name }
+                | Route::Manifest { name, .. }
+                | Route::Placement { name, .. }
+                | Route::File { name, .. } => door::Target::Dataset(name),
                 Route::Blob { hash } => door::Target::Blob(hash),
                 _ => door::Target::Any,
             };
@@ -143,8 +144,15 @@ async fn route<B>(gw: &Arc<Gateway>, req: &Request<B>, started: Instant) -> (&'s
                 }
                 Route::Blob { hash } => match door::open_blob(gw, &hash, &tenant) {
                     Ok(open) => serve_file(gw, req, open, started, tenant).await,
+                    // Not a file: the chunk table of one, served verified for
+                    // clients that check chunks themselves.
+                    Err(OpenError::UnknownBlob { .. }) => match door::open_table(gw, &hash, &tenant) {
+                        Ok(open) => super::file::table(gw, req, open, &tenant).await,
+                        Err(e) => not_opened(&e),
+                    },
                     Err(e) => not_opened(&e),
                 },
+                Route::Placement { name, version } => super::file::placement(gw, req, name, version, &tenant),
                 _ => error(StatusCode::NOT_FOUND, format!("no route for {}", req.uri().path())),
             }
         }

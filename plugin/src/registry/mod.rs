@@ -81,6 +81,8 @@ pub struct Catalog {
     releases: BTreeMap<String, BTreeMap<semver::Version, Arc<Release>>>,
     /// Every release holding a file, by the file's hash.
     by_blake3: HashMap<Blake3, Vec<FileRef>>,
+    /// Every release holding a file, by the hash of the file's chunk table.
+    by_table: HashMap<Blake3, Vec<FileRef>>,
     lifecycle: Lifecycle,
     /// Releases registered over the admin API (the rest come from config).
     registered: HashSet<(String, semver::Version)>,
@@ -127,6 +129,9 @@ impl Catalog {
         versions.insert(release.version().clone(), release.clone());
         for (i, f) in release.signed.manifest.files.iter().enumerate() {
             self.by_blake3.entry(f.blake3).or_default().push(FileRef { release: release.clone(), index: i });
+            if let Some(t) = f.chunk_table {
+                self.by_table.entry(t).or_default().push(FileRef { release: release.clone(), index: i });
+            }
         }
         Ok(())
     }
@@ -219,7 +224,21 @@ impl Catalog {
 
     /// Like [`Catalog::blob`], among the releases whose dataset `may_read` accepts.
     pub fn blob_where(&self, hash: &Blake3, may_read: impl Fn(&str) -> bool) -> Option<FileRef> {
-        let refs = self.by_blake3.get(hash)?;
+        self.pick(self.by_blake3.get(hash)?, may_read)
+    }
+
+    /// A file whose chunk table is `hash`, among the releases whose dataset
+    /// `may_read` accepts: a live one if any is, else a taken-down one.
+    pub fn table_where(&self, hash: &Blake3, may_read: impl Fn(&str) -> bool) -> Option<FileRef> {
+        self.pick(self.by_table.get(hash)?, may_read)
+    }
+
+    /// Whether some release holds `hash` as a file or a chunk table.
+    pub fn holds(&self, hash: &Blake3) -> bool {
+        self.by_blake3.contains_key(hash) || self.by_table.contains_key(hash)
+    }
+
+    fn pick(&self, refs: &[FileRef], may_read: impl Fn(&str) -> bool) -> Option<FileRef> {
         let mut readable = refs.iter().filter(|f| may_read(f.release.name()));
         let first = readable.clone().next();
         readable.find(|f| self.state(f.release.name(), f.release.version()).taken_down.is_none()).or(first).cloned()

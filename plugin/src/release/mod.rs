@@ -3,7 +3,7 @@
 //! Owns everything that decides whether a byte is the published byte. It does
 //! no network I/O of its own (publishing goes through [`crate::btfs`]).
 
-pub mod chunk;
+pub use shardgate_chunk as chunk;
 pub mod drift;
 pub mod envelope;
 pub mod keys;

@@ -97,6 +97,8 @@ class Gateway:
     base: str  # http://127.0.0.1:PORT
     data: Release  # plain files: binaries, JSONL, parquet
     wds: Release  # webdataset shards
+    # "NAME@VERSION" -> placement.json of the release as published to the dev node (btfs-api only).
+    placements: dict = field(default_factory=dict)
 
     def url(self, release: Release, path: str) -> str:
         return f"{self.base}/v1/datasets/{release.name}/{release.version}/files/{path}"
@@ -285,7 +287,7 @@ def node_gateway(releases, shardgate_bin: str, tmp_path_factory):
         pytest.fail("DEV_NODE_API is not set: start a dev node (bash conf/dev-node/start.sh DIR; "
                     "set -a; . DIR/env; set +a) or run conf/test.sh")
     root = tmp_path_factory.mktemp("node")
-    manifests = []
+    manifests, placements = [], {}
     for rel in (releases["data"], releases["wds"]):
         dst = root / rel.dir.name
         shutil.copytree(rel.dir, dst)
@@ -294,13 +296,14 @@ def node_gateway(releases, shardgate_bin: str, tmp_path_factory):
         placement = json.loads((dst / "placement.json").read_text())
         assert placement["manifest_cid"] == cid
         assert {f["blake3"] for f in rel.manifest["files"]} <= set(placement["blobs"])
+        placements[f"{rel.name}@{rel.version}"] = dst / "placement.json"
         shutil.rmtree(dst / "files")
         shutil.rmtree(dst / "tables", ignore_errors=True)
         manifests.append(dst / "manifest.json")
     config = _config(root / "node-gateway.toml", releases["key_pub"], manifests,
                      [{"kind": "btfs-api", "url": api, "api_prefix": prefix}])
     with serve(shardgate_bin, config) as base:
-        yield Gateway(kind="btfs-api", base=base, data=releases["data"], wds=releases["wds"])
+        yield Gateway(kind="btfs-api", base=base, data=releases["data"], wds=releases["wds"], placements=placements)
 
 
 @pytest.fixture(scope="session", params=["dir", "btfs-api"])
