@@ -137,3 +137,312 @@ def test_webdataset_through_fsspec_urls_and_a_pipe_line(dir_gateway, releases, t
     finally:
         os.environ.clear()
         os.environ.update(env_before)
+
+
+# --------------------------------------------------------------------------- trust
+
+
+def test_a_manifest_signed_by_an_untrusted_key_is_refused(dir_gateway, releases, tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    subprocess.run([os.environ.get("SHARDGATE_BIN", "shardgate"), "keygen", "--out", "k"], cwd=other, check=True,
+                   capture_output=True, timeout=CMD_TIMEOUT_S)
+    fs = fsspec.filesystem("shardgate", endpoints=[dir_gateway.base], trust=[str(other / "k.pub")],
+                           skip_instance_cache=True)
+    with pytest.raises(ManifestError, match="not a trusted key"):
+        fs.cat_file(f"shardgate://{DATA}/one.bin")
+    # The name and version asked for are checked against the signed manifest too.
+    with pytest.raises(NotFound):
+        sg_fs(releases, dir_gateway.base).cat_file(f"shardgate://{DATA[:-1]}9/one.bin")
+
+
+# --------------------------------------------------------------------------- a lying gateway
+
+BAD_OFFSET = 4 * 256 * 1024 + 12345  # in chunk 4 of blobs/big.bin
+
+
+@pytest.fixture(scope="module")
+def lying_gateway(releases, shardgate_bin, tmp_path_factory):
+    """A gateway with verification off, over a copy of the release with one byte flipped in big.bin."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("liar")
+    copy = root / "data-out"
+    shutil.copytree(releases["data"].dir, copy)
+    big = copy / "files" / "blobs" / "big.bin"
+    blob = bytearray(big.read_bytes())
+    blob[BAD_OFFSET] ^= 0x01
+    big.write_bytes(bytes(blob))
+    config = _config(root / "liar.toml", releases["key_pub"], [copy / "manifest.json"],
+                     [{"kind": "dir", "path": copy}], extra=("[fetch]", "verify = false"))
+    with serve(shardgate_bin, config) as base:
+        yield base
+
+
+def test_a_lying_gateway_alone_names_the_chunk_and_returns_no_wrong_byte(lying_gateway, releases):
+    src = releases["data"].sources["blobs/big.bin"]
+    fs = sg_fs(releases, lying_gateway, attempts=1)
+    url = f"shardgate://{DATA}/blobs/big.bin"
+    # Chunks 0..3 are intact and read back exact.
+    assert fs.cat_file(url, 0, 4 * 256 * 1024) == src[: 4 * 256 * 1024]
+    for start, end in ((BAD_OFFSET, BAD_OFFSET + 1), (0, None), (4 * 256 * 1024 - 10, 4 * 256 * 1024 + 10)):
+        with pytest.raises(IntegrityError) as e:
+            fs.cat_file(url, start, end)
+        err = e.value
+        assert (err.release, err.path, err.chunk, err.endpoint) == (DATA, "blobs/big.bin", 4, lying_gateway)
+        assert err.byte_range == (4 * 256 * 1024, 5 * 256 * 1024)
+        for text in (DATA, "blobs/big.bin", "bytes 1048576..1310720", "chunk 4", lying_gateway):
+            assert text in str(err)
+    with fsspec.open(url, "rb", **opts(releases, lying_gateway, attempts=1)) as f:
+        assert f.read(1000) == src[:1000]
+        f.seek(BAD_OFFSET - 5)
+        with pytest.raises(IntegrityError):
+            f.read(10)
+    # Files the liar serves intact are read as usual.
+    assert fs.cat_file(f"shardgate://{DATA}/blobs/mid.bin") == releases["data"].sources["blobs/mid.bin"]
+
+
+def test_a_lying_gateway_before_an_honest_one_is_passed_over(lying_gateway, dir_gateway, releases):
+    fs = sg_fs(releases, lying_gateway, dir_gateway.base)
+    for path, src in releases["data"].sources.items():
+        assert fs.cat_file(f"shardgate://{DATA}/{path}") == src, path
+        with fs.open(f"{DATA}/{path}") as f:
+            assert f.read() == src
+    liar = fs.client.endpoints[0]
+    assert liar.label == lying_gateway and liar.ejections >= 1, "the liar was not set aside"
+
+
+# --------------------------------------------------------------------------- no shardgate at all
+
+
+def test_the_nodes_own_ipfs_gateway_serves_a_whole_release(node_gateway, releases, tmp_path):
+    placement = str(node_gateway.placements[DATA])
+    fs = sg_fs(releases, ipfs_endpoint(), placements={DATA: placement})
+    for path, src in releases["data"].sources.items():
+        assert fs.cat_file(f"shardgate://{DATA}/{path}") == src, path
+    # The CLI: verify reports as the drill does; get writes verified files.
+    env = {**os.environ, "SHARDGATE_TRUST": str(releases["key_pub"])}
+    cli = [sys.executable, "-m", "shardgate"]
+    out = subprocess.run([*cli, "verify", DATA, "--endpoint", ipfs_endpoint(), "--placement", placement],
+                         capture_output=True, text=True, env=env, timeout=CMD_TIMEOUT_S)
+    assert out.returncode == 0, out.stderr + out.stdout
+    files = len(releases["data"].sources)
+    assert f"PATH {ipfs_endpoint().removeprefix('ipfs+')}/ipfs: {files} files" in out.stdout.replace("ipfs:", "", 1)
+    assert out.stdout.strip().endswith("every path served the published bytes")
+    got = subprocess.run([*cli, "get", DATA, "blobs", "-o", str(tmp_path / "out"), "--endpoint", ipfs_endpoint(),
+                          "--placement", placement], capture_output=True, text=True, env=env, timeout=CMD_TIMEOUT_S)
+    assert got.returncode == 0, got.stderr
+    for path in ("blobs/big.bin", "blobs/mid.bin"):
+        assert (tmp_path / "out" / path).read_bytes() == releases["data"].sources[path]
+    assert not (tmp_path / "out" / "one.bin").exists()
+
+
+def test_placement_comes_from_a_gateway_and_reads_survive_its_death(node_gateway, releases, shardgate_bin):
+    """A gateway that holds the placement hands it out; when it dies, the IPFS gateway carries on."""
+    config = Path(node_gateway.placements[DATA]).parent.parent / "node-gateway.toml"
+    with serve(shardgate_bin, config) as base:
+        fs = sg_fs(releases, base, ipfs_endpoint(), stall_timeout=2, deadline=30)
+        assert fs.cat_file(f"shardgate://{DATA}/one.bin") == releases["data"].sources["one.bin"]
+    # The gateway is gone (SIGTERM above); the release and its CIDs are known.
+    t0 = time.monotonic()
+    for path, src in releases["data"].sources.items():
+        assert fs.cat_file(f"shardgate://{DATA}/{path}") == src, path
+    assert time.monotonic() - t0 < 25
+
+
+class FlipProxy:
+    """An HTTP proxy in front of a gateway that flips one bit at file offset `at` of what passes through."""
+
+    def __init__(self, upstream: str, at: int):
+        import http.server
+        import urllib.request
+
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                req = urllib.request.Request(upstream + self.path, headers={
+                    k: v for k, v in self.headers.items() if k.lower() in ("range", "accept-encoding")})
+                try:
+                    resp = urllib.request.urlopen(req, timeout=30)
+                except urllib.error.HTTPError as e:
+                    resp = e
+                body = bytearray(resp.read())
+                start = 0
+                cr = resp.headers.get("Content-Range")
+                if cr:
+                    start = int(cr.split()[1].split("-")[0])
+                if start <= proxy.at < start + len(body):
+                    body[proxy.at - start] ^= 0x80
+                    proxy.flipped += 1
+                self.send_response(resp.status)
+                for k in ("Content-Range", "Content-Type"):
+                    if resp.headers.get(k):
+                        self.send_header(k, resp.headers[k])
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(bytes(body))
+
+        self.at, self.flipped = at, 0
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_byte_flipping_proxy_in_front_of_the_ipfs_gateway_is_caught(node_gateway, releases):
+    placement = str(node_gateway.placements[DATA])
+    gw = os.environ["DEV_NODE_GATEWAY"]
+    proxy = FlipProxy(gw, BAD_OFFSET)
+    try:
+        alone = sg_fs(releases, f"ipfs+{proxy.url}", placements={DATA: placement}, attempts=1)
+        with pytest.raises(IntegrityError) as e:
+            alone.cat_file(f"shardgate://{DATA}/blobs/big.bin")
+        assert e.value.chunk == 4 and e.value.endpoint == f"ipfs:{proxy.url}/ipfs"
+        assert proxy.flipped >= 1
+        # Small files the proxy passes intact are fine; with the node's own gateway next, all is exact.
+        both = sg_fs(releases, f"ipfs+{proxy.url}", ipfs_endpoint(), placements={DATA: placement})
+        for path, src in releases["data"].sources.items():
+            assert both.cat_file(f"shardgate://{DATA}/{path}") == src, path
+    finally:
+        proxy.close()
+
+
+# --------------------------------------------------------------------------- dead and stalling endpoints
+
+
+class Staller:
+    """Accepts connections and then stalls: `silent` never answers; `midbody` sends a 206 head and a few bytes."""
+
+    def __init__(self, mode: str):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.conns: list[socket.socket] = []
+        self.mode = mode
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(c)
+            if self.mode == "midbody":
+                head = c.recv(65536).decode("latin-1")
+                rng = next((line.split("=", 1)[1] for line in head.split("\r\n") if line.lower().startswith("range:")),
+                           "0-1023")
+                a, b = (int(x) for x in rng.strip().split("-"))
+                c.sendall(f"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {a}-{b}/*\r\n"
+                          f"Content-Length: {b - a + 1}\r\n\r\n".encode() + b"\0" * 100)
+
+    def close(self):
+        self.sock.close()
+        for c in self.conns:
+            c.close()
+
+
+def dead_url() -> str:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return f"http://127.0.0.1:{port}"
+
+
+def test_dead_and_stalling_endpoints_are_failed_over_within_the_deadline(dir_gateway, releases):
+    silent, midbody = Staller("silent"), Staller("midbody")
+    try:
+        fs = sg_fs(releases, silent.url, dead_url(), midbody.url, dir_gateway.base, stall_timeout=1, deadline=20,
+                   connect_timeout=2)
+        t0 = time.monotonic()
+        for path, src in releases["data"].sources.items():
+            assert fs.cat_file(f"shardgate://{DATA}/{path}") == src, path
+        took = time.monotonic() - t0
+        assert took < 15, f"failover took {took:.1f} s"
+        sick = [e.label for e in fs.client.endpoints if e.ejections]
+        assert silent.url in sick and midbody.url in sick
+    finally:
+        silent.close()
+        midbody.close()
+
+
+def test_a_read_never_hangs_past_its_deadline(releases):
+    silent = Staller("silent")
+    try:
+        fs = sg_fs(releases, silent.url, stall_timeout=30, deadline=2)
+        t0 = time.monotonic()
+        with pytest.raises(DeadlineError):
+            fs.cat_file(f"shardgate://{DATA}/one.bin")
+        assert time.monotonic() - t0 < 5
+        # Every endpoint dead: a clear error naming each, well inside the deadline.
+        fs = sg_fs(releases, dead_url(), dead_url(), deadline=10, backoff=0.05)
+        with pytest.raises(ReadError) as e:
+            fs.cat_file(f"shardgate://{DATA}/one.bin")
+        assert len(e.value.attempts) >= 2
+    finally:
+        silent.close()
+
+
+# --------------------------------------------------------------------------- property: exact bytes for any range
+
+PROP_SIZES = [0, 1, 4095, 4096, 4097, 8192, 12289, 40_000, 100_003]
+
+
+@pytest.fixture(scope="module")
+def prop_release(shardgate_bin, releases, tmp_path_factory):
+    import random
+
+    from conftest import run
+
+    root = tmp_path_factory.mktemp("prop")
+    rng = random.Random(99)
+    (root / "src").mkdir()
+    sources = {}
+    for i, size in enumerate(PROP_SIZES):
+        data = rng.randbytes(size)
+        (root / "src" / f"f{i}.bin").write_bytes(data)
+        sources[f"f{i}.bin"] = data
+    shutil_copy = __import__("shutil").copy
+    shutil_copy(releases["root"] / "key", root / "key")
+    run(shardgate_bin, "pack", "src", "--name", "props", "--version", "1.0.0", "--key", "key", "--out", "out",
+        "--chunk-size", "4KiB", cwd=root)
+    config = _config(root / "prop.toml", releases["key_pub"], [root / "out" / "manifest.json"],
+                     [{"kind": "dir", "path": root / "out"}])
+    with serve(shardgate_bin, config) as base:
+        yield base, sources
+
+
+def test_random_ranges_of_random_files_are_exact(prop_release, releases):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    base, sources = prop_release
+    # A cache smaller than one file and a short read-ahead: eviction and refetch are exercised too.
+    fs = sg_fs(releases, base, cache_bytes=3 * 4096, readahead_bytes=2 * 4096, span_bytes=3 * 4096)
+    bound = st.one_of(st.none(), st.integers(-110_000, 110_000))
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.sampled_from(sorted(sources)), bound, bound, st.lists(st.integers(0, 20_000), max_size=4))
+    def check(name, start, end, reads):
+        src = sources[name]
+        got = fs.cat_file(f"shardgate://props@1.0.0/{name}", start, end)
+        s = 0 if start is None else (max(0, len(src) + start) if start < 0 else start)
+        e = len(src) if end is None else (max(0, len(src) + end) if end < 0 else end)
+        assert got == src[s:e]
+        with fs.open(f"props@1.0.0/{name}") as f:
+            f.seek(min(s, len(src)))
+            at = f.tell()
+            for n in reads:
+                assert f.read(n) == src[at : at + n]
+                at = min(len(src), at + n)
+
+    check()

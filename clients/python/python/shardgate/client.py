@@ -178,7 +178,12 @@ class Client:
             hit = self._releases.get(key)
             if hit and hit[1] > time.monotonic():
                 return hit[0]
-            rel = await asyncio.wait_for(self._load_release(name, segment), self.config.deadline)
+            try:
+                rel = await asyncio.wait_for(self._load_release(name, segment), self.config.deadline)
+            except asyncio.TimeoutError:
+                raise DeadlineError(
+                    f"{name}@{segment}: no verified manifest within the {self.config.deadline} s deadline"
+                ) from None
             ttl = float("inf") if is_version(segment) else self.config.tag_ttl
             self._releases[key] = (rel, time.monotonic() + ttl)
             self._releases[(name, rel.version)] = (rel, float("inf"))

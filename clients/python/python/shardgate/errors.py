@@ -54,8 +54,11 @@ class IntegrityError(ReadError):
         )
 
 
-class DeadlineError(ReadError, TimeoutError):
-    """A read did not complete within its deadline."""
+class DeadlineError(ReadError):
+    """A read did not complete within its deadline.
+
+    Not a `TimeoutError`: fsspec would replace one with its own, losing what timed out.
+    """
 
 
 class NotFound(ShardgateError, FileNotFoundError):
