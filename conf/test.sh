@@ -59,6 +59,10 @@ step "python venv (real loaders)"
 venv="${SHARDGATE_VENV:-$root/.venv}"
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/pip" install -q --disable-pip-version-check -r proxy/tests/clients/requirements.txt
+# The Python client (clients/python), built from this checkout: maturin compiles
+# its native module into the shared target directory.
+CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}" \
+  "$venv/bin/pip" install -q --disable-pip-version-check ./clients/python
 
 if [ -z "${SKIP_LINT:-}" ]; then
   step "cargo fmt --check"
@@ -80,6 +84,7 @@ if [ -z "${SKIP_FUZZ:-}" ]; then
   bash fuzz/run.sh
 fi
 step "python client tests"
+"$venv/bin/python" -m pytest -q clients/python/tests
 "$venv/bin/python" -m pytest -q proxy/tests/clients --ignore=proxy/tests/clients/test_s3_heavy.py
 
 # HEAVY=1: the torch-heavy S3 clients (MosaicML streaming, s3torchconnector),
