@@ -71,7 +71,7 @@ fn verify_run(table: &Table, first: u64, data: &[u8]) -> u64 {
         index += 1;
     }
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
-    let ok: Vec<bool> = if data.len() < (4 << 20) || threads < 2 || pieces.len() < 2 {
+    let ok: Vec<bool> = if data.len() < (1 << 20) || threads < 2 || pieces.len() < 2 {
         pieces.iter().map(|(i, d)| table.verify_chunk(*i, d)).collect()
     } else {
         let per = pieces.len().div_ceil(threads);
