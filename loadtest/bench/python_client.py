@@ -6,6 +6,7 @@ and through plain fsspec HTTP on the same gateway URL, in interleaved rounds.
 Prints one JSON object: per reader, sequential MB/s per round and random
 1 MiB range latencies, and the client's CPU seconds per GB.
 """
+import gc
 import json
 import random
 import statistics
@@ -61,11 +62,16 @@ out = {name: {"seq_mbs": [], "seq_cpu_s_per_gb": [], "rand_ms": []} for name in 
 rng = random.Random(5)
 offsets = [rng.randrange(0, size - MIB) for _ in range(ranges)]
 for r in range(rounds):
+    # fsspec's async filesystems are reference cycles: a dropped one (and the
+    # client's chunk cache) is freed by the cycle collector, not at once.
+    # Collect between steps so no round pays for the last one's garbage.
+    gc.collect()
     for name, (fs, url) in readers().items():
         mbs, cpu = sequential(fs, url)
         out[name]["seq_mbs"].append(round(mbs, 1))
         out[name]["seq_cpu_s_per_gb"].append(round(cpu / (size / 1e9), 2))
     # Random ranges on fresh instances: the client's chunk cache starts empty each round.
+    gc.collect()
     for name, (fs, url) in readers().items():
         out[name]["rand_ms"] += [x * 1000 for x in random_ranges(fs, url, offsets)]
 for name, o in out.items():

@@ -9,6 +9,7 @@
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedBytes;
 use shardgate_chunk::{ChunkLayout, ChunkTable as Table, open_table};
 
 fn hash(what: &str, hex: &str) -> PyResult<blake3::Hash> {
@@ -48,6 +49,16 @@ impl ChunkTable {
         py.detach(|| self.table.verify_chunk(index, data))
     }
 
+    /// Checks consecutive chunks `first, first + 1, ...`, one `bytes` each,
+    /// and returns how many leading chunks verify (several threads for
+    /// large batches).
+    fn verify_chunks(&self, py: Python<'_>, first: u64, chunks: Vec<PyBackedBytes>) -> u64 {
+        py.detach(|| {
+            let pieces: Vec<(u64, &[u8])> = chunks.iter().zip(first..).map(|(c, i)| (i, &c[..])).collect();
+            verify_pieces(&self.table, &pieces)
+        })
+    }
+
     /// Checks consecutive chunks `first, first + 1, ...` laid end to end in
     /// `data` (whole chunks; the file's last one may be short) and returns
     /// how many leading chunks verify. Large runs are checked on several
@@ -70,8 +81,14 @@ fn verify_run(table: &Table, first: u64, data: &[u8]) -> u64 {
         at = end;
         index += 1;
     }
+    verify_pieces(table, &pieces)
+}
+
+/// How many leading `(index, bytes)` pieces are exactly those chunks.
+fn verify_pieces(table: &Table, pieces: &[(u64, &[u8])]) -> u64 {
+    let total: usize = pieces.iter().map(|(_, d)| d.len()).sum();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
-    let ok: Vec<bool> = if data.len() < (1 << 20) || threads < 2 || pieces.len() < 2 {
+    let ok: Vec<bool> = if total < (1 << 20) || threads < 2 || pieces.len() < 2 {
         pieces.iter().map(|(i, d)| table.verify_chunk(*i, d)).collect()
     } else {
         let per = pieces.len().div_ceil(threads);

@@ -35,8 +35,8 @@ from .manifest import (
 T = TypeVar("T")
 MAX_MANIFEST = 64 << 20
 MAX_PLACEMENT = 64 << 20
-# Runs up to this size are read whole and checked in one call (random reads).
-SMALL_RUN = 2 << 20
+# Chunks are read from a response and checked in batches of this many bytes.
+BATCH_BYTES = 2 << 20
 
 
 class _Status(Exception):
@@ -323,10 +323,14 @@ class Client:
             raise DeadlineError(
                 f"{rel.label} {f.path}: bytes {start}..{end} not verified within the {self.config.deadline} s deadline"
             ) from None
-        base = first * f.chunk_size
+        cs = f.chunk_size
+        a, b = start - first * cs, end - (last - 1) * cs
         if len(chunks) == 1:
-            return chunks[0][start - base : end - base]
-        return b"".join(chunks)[start - base : end - base]
+            return chunks[0] if (a, b) == (0, len(chunks[0])) else chunks[0][a:b]
+        # One copy: the first and last chunks cut through views.
+        views = [memoryview(c) for c in chunks]
+        views[0], views[-1] = views[0][a:], views[-1][:b]
+        return b"".join(views)
 
     def _want(
         self, rel: Release, f: FileEntry, table, first: int, last: int, deadline: float, prefetch: bool = False
@@ -450,46 +454,45 @@ class Client:
                 else:
                     raise _Status(resp.status, (await resp.content.read(300)).decode("utf-8", "replace").strip())
                 ep.succeeded(time.monotonic() - t0)
-                if table is not None and stop - start <= SMALL_RUN:
-                    # A short run (a random read): one read, one call to check every chunk of it.
+                if table is None:
+                    # A single-chunk file: the whole of it, checked against its root.
                     data = await resp.content.readexactly(stop - start)
-                    first = state["next"]
-                    good = await self._hash(table.verify_run, first, data)
-                    for i in range(first, first + good):
-                        s, e = f.chunk_range(i)
-                        self._store(f, i, data[s - start : e - start], state)
-                    if first + good < hi:
-                        raise _BadChunk(first + good, "BLAKE3 does not match the chunk table")
+                    if not await self._hash(lambda: len(data) == f.size and b3hex(data) == f.blake3):
+                        raise _BadChunk(state["next"], "BLAKE3 is not the file's")
+                    self._store(f, state["next"], data, state)
                     return
-                pending: tuple[int, bytes, asyncio.Future] | None = None
+                # Batches of whole chunks: batch k is checked on the pool (one call)
+                # while batch k + 1 is read from the socket.
+                per_batch = max(1, BATCH_BYTES // f.chunk_size)
+                pending: tuple[int, list[bytes], asyncio.Future] | None = None
                 i = state["next"]
                 while i < hi:
-                    s, e = f.chunk_range(i)
+                    j = min(hi, i + per_batch)
+                    batch: list[bytes] = []
                     try:
-                        data = await resp.content.readexactly(e - s)
+                        for k in range(i, j):
+                            s, e = f.chunk_range(k)
+                            batch.append(await resp.content.readexactly(e - s))
                     except BaseException:
-                        # Keep the chunk already in hand before giving up on this response.
+                        # Keep the batch already in hand before giving up on this response.
                         if pending is not None:
                             await self._accept(f, *pending, state)
                         raise
-                    check = self._check(f, table, i, data)
+                    check = asyncio.ensure_future(self._hash(table.verify_chunks, i, batch))
                     if pending is not None:
                         await self._accept(f, *pending, state)
-                    pending = (i, data, check)
-                    i += 1
+                    pending = (i, batch, check)
+                    i = j
                 if pending is not None:
                     await self._accept(f, *pending, state)
 
-    def _check(self, f: FileEntry, table, index: int, data: bytes) -> asyncio.Future:
-        if table is None:
-            return asyncio.ensure_future(self._hash(lambda: len(data) == f.size and b3hex(data) == f.blake3))
-        return asyncio.ensure_future(self._hash(table.verify, index, data))
-
-    async def _accept(self, f: FileEntry, index: int, data: bytes, check: asyncio.Future, state: dict) -> None:
-        if not await check:
-            why = "BLAKE3 does not match the chunk table" if f.chunk_table else "BLAKE3 is not the file's"
-            raise _BadChunk(index, why)
-        self._store(f, index, data, state)
+    async def _accept(self, f: FileEntry, lo: int, batch: list[bytes], check: asyncio.Future, state: dict) -> None:
+        """Hands out the chunks of a batch that verified; the first that did not is a bad chunk."""
+        good = await check
+        for k in range(good):
+            self._store(f, lo + k, batch[k], state)
+        if good < len(batch):
+            raise _BadChunk(lo + good, "BLAKE3 does not match the chunk table")
 
     def _store(self, f: FileEntry, index: int, data: bytes, state: dict) -> None:
         """A verified chunk: into the cache, to its waiters, and the run moves past it."""

@@ -19,8 +19,11 @@ from fsspec.spec import AbstractBufferedFile
 
 from .client import Client
 from .config import Config
-from .errors import NotFound
+from .errors import NotFound, ReadError
 from .manifest import FileEntry, Release
+
+# What one sequential read of a file object asks the client for, at least.
+SEQUENTIAL_BLOCK = 4 << 20
 
 _OURS = (
     "endpoints", "trust", "api_key", "placements", "policy", "deadline", "connect_timeout", "stall_timeout",
@@ -176,12 +179,33 @@ class ShardgateFile(AbstractBufferedFile):
     def __init__(self, fs: ShardgateFileSystem, path: str, rel: Release, f: FileEntry):
         self.rel, self.entry = rel, f
         self._last_end = -1
+        # Verified bytes already handed over from the loop: (file offset, bytes).
+        self._buf: tuple[int, bytes] = (0, b"")
         super().__init__(fs, path, mode="rb", block_size=f.chunk_size, cache_type="none", size=f.size)
 
     def _fetch_range(self, start: int, end: int) -> bytes:
+        at, buf = self._buf
+        if at <= start and end <= at + len(buf):
+            self._last_end = end
+            return buf[start - at : end - at]
         sequential = start == self._last_end or start == 0
         self._last_end = end
-        return sync(self.fs.loop, self.fs.client.read, self.rel, self.entry, start, end, readahead=sequential)
+        # A sequential reader takes a few chunks per trip to the event loop
+        # (the client prefetches further ahead); a random read takes what it asked.
+        stop = min(self.entry.size, max(end, start + SEQUENTIAL_BLOCK)) if sequential else end
+        read = self.fs.client.read
+        try:
+            data = sync(self.fs.loop, read, self.rel, self.entry, start, stop, readahead=sequential)
+        except ReadError:
+            if stop == end:
+                raise
+            # What failed may lie past what was asked for: that read alone decides.
+            stop = end
+            data = sync(self.fs.loop, read, self.rel, self.entry, start, end, readahead=sequential)
+        if stop > end:
+            self._buf = (start, data)
+            return data[: end - start]
+        return data
 
 
 def _bounds(start: int | None, end: int | None, size: int) -> tuple[int, int]:
