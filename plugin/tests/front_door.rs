@@ -105,7 +105,7 @@ async fn not_found_says_what_was_not_found() {
 
 #[tokio::test]
 async fn a_blob_in_a_dataset_the_tenant_cannot_read_is_not_revealed() {
-    let secret = Release::pack("secret", &[("s.bin", bytes_of(1000, 1))], CHUNK);
+    let secret = Release::pack("secret", &[("s.bin", bytes_of(1000, 1)), ("t.bin", bytes_of(600_000, 2))], CHUNK);
     let mock = MockOrigin::start(secret.blobs.clone()).await;
     let mut cfg = config_for(&secret, &[&mock]);
     let key = "sgk_front_door_tenant_key";
@@ -133,6 +133,57 @@ async fn a_blob_in_a_dataset_the_tenant_cannot_read_is_not_revealed() {
     assert_eq!(none, 404);
     assert_eq!(held, 404, "{held_text}");
     assert!(held_text.contains("no served release holds blob"), "{held_text}");
+    // A chunk table's hash is a blob hash too: the same answer.
+    let table = secret.signed.manifest.file("t.bin").unwrap().chunk_table.unwrap();
+    let (held, held_text) = ask(table.to_string()).await;
+    assert_eq!(held, 404, "{held_text}");
+    assert!(held_text.contains("no served release holds blob"), "{held_text}");
+}
+
+/// A client that verifies chunks itself (the Python client) needs the chunk
+/// tables and the placement: the gateway serves both, the table only after
+/// it is proven against its hash and the file's root, and under the same
+/// door as the file (a takedown is a 451 for it too).
+#[tokio::test]
+async fn chunk_tables_and_placements_are_served_to_clients_that_verify() {
+    let r = Release::pack("tables", &[("big.bin", bytes_of(1_000_000, 2)), ("one.bin", b"x".to_vec())], CHUNK);
+    let (mocks, src, _) = by_cid(&r, 1).await;
+    let mut cfg = config_for(&r, &[&mocks[0]]);
+    cfg.releases = vec![src];
+    let g = Served::start(cfg.clone()).await;
+    let table = r.signed.manifest.file("big.bin").unwrap().chunk_table.unwrap();
+    let resp = client().get(format!("{}/v1/blobs/{table}", g.base)).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "application/octet-stream");
+    let body = resp.bytes().await.unwrap();
+    assert_eq!(blake3::hash(&body).as_bytes(), &table.0);
+    let decoded = shardgate::release::chunk::ChunkTable::decode(&body).unwrap();
+    assert_eq!(decoded.layout().chunk_count(), 4);
+    let head = client().get(format!("{}/v1/blobs/{table}", g.base)).header("range", "bytes=0-23").send().await.unwrap();
+    assert_eq!(head.status(), 206);
+    assert_eq!(head.bytes().await.unwrap(), body.slice(0..24));
+
+    let resp = client().get(format!("{}/v1/datasets/tables/1.0.0/placement", g.base)).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let placement = shardgate::release::placement::Placement::parse(&resp.bytes().await.unwrap()).unwrap();
+    assert_eq!(placement.manifest_blake3, r.signed.id);
+    assert!(placement.cid_of(&table).is_some());
+
+    // An origin that corrupts the table: refused, never relayed.
+    let (bad, src, _) = by_cid(&r, 1).await;
+    bad[0].set_fault(Some(&cid_for(&table)), Some(Fault::CorruptRandom));
+    let mut bad_cfg = config_for(&r, &[&bad[0]]);
+    bad_cfg.releases = vec![src];
+    let g2 = Served::start(bad_cfg).await;
+    let resp = client().get(format!("{}/v1/blobs/{table}", g2.base)).send().await.unwrap();
+    assert_eq!(resp.status(), 502);
+    assert!(resp.text().await.unwrap().contains("chunk table"));
+
+    g.gw.takedown("tables", "1.0.0", "court order").await.unwrap();
+    let resp = client().get(format!("{}/v1/blobs/{table}", g.base)).send().await.unwrap();
+    assert_eq!(resp.status(), 451);
+    let resp = client().get(format!("{}/v1/datasets/tables/1.0.0/placement", g.base)).send().await.unwrap();
+    assert_eq!(resp.status(), 451);
 }
 
 /// Origins holding `r` and its placement (under a CID of its own), and the
