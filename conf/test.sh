@@ -71,7 +71,8 @@ if [ -z "${SKIP_LINT:-}" ]; then
   cargo clippy --workspace --all-targets --quiet -- -D warnings
   # The Python client's native module is a workspace of its own.
   cargo fmt --manifest-path clients/python/Cargo.toml -- --check
-  cargo clippy --manifest-path clients/python/Cargo.toml --all-targets --quiet -- -D warnings
+  CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}" \
+    cargo clippy --manifest-path clients/python/Cargo.toml --all-targets --quiet -- -D warnings
 fi
 
 step "cargo build (the C ABI library for the host tests, binaries for client tests)"
