@@ -500,3 +500,45 @@ async fn a_flipped_bit_never_reaches_an_s3_client() {
     assert_eq!(resp.status(), 206);
     assert_eq!(resp.bytes().await.unwrap().to_vec(), r.files["f.bin"][600_000..600_100]);
 }
+
+/// A manifest (even one signed by a trusted key) that pairs a file's root
+/// with another file's chunk table, and a placement that points that root at
+/// the other file's bytes: the table proven for one root is never used for
+/// another, so the wrong bytes are refused instead of being served, and
+/// cached, under the root of a third file.
+#[tokio::test]
+async fn a_table_proven_for_one_root_is_not_reused_for_another() {
+    use shardgate::release::manifest::FileEntry;
+    use shardgate::release::placement::Placement;
+    let (a, c) = (bytes_of(1_000_000, 21), bytes_of(1_000_000, 22));
+    let r = Release::pack("pair", &[("a.bin", a.clone()), ("c.bin", c.clone())], CHUNK);
+    let fa = r.signed.manifest.file("a.bin").unwrap().clone();
+    let fc = r.signed.manifest.file("c.bin").unwrap().clone();
+    let mut evil = r.signed.manifest.clone();
+    evil.name = "evil".into();
+    evil.files = vec![FileEntry { path: "b.bin".into(), blake3: fc.blake3, ..fa.clone() }];
+    evil.total_bytes = fa.size;
+    let signed = evil.sign(&r.key);
+    let dir = r.dir.path().join("evil");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("manifest.json"), &signed.bytes).unwrap();
+    let mut placement = Placement::parse(&std::fs::read(r.out.join("placement.json")).unwrap()).unwrap();
+    placement.name = "evil".into();
+    placement.manifest_blake3 = signed.id;
+    // c's root now leads to a's bytes.
+    placement.blobs.get_mut(&fc.blake3).unwrap().cid = cid_for(&fa.blake3);
+    std::fs::write(dir.join("placement.json"), placement.to_bytes()).unwrap();
+    let mock = MockOrigin::start(r.blobs.clone()).await;
+    let mut cfg = config_for(&r, &[&mock]);
+    cfg.releases.push(ReleaseSource { manifest: dir.join("manifest.json").display().to_string(), placement: None });
+    let g = Served::start(cfg).await;
+    assert!(g.gw.unloaded().is_empty(), "{:?}", g.gw.unloaded());
+    let got = client().get(r.url(&g.base, "a.bin")).send().await.unwrap();
+    assert_eq!(got.bytes().await.unwrap(), a);
+    let b = client().get(format!("{}/v1/datasets/evil/1.0.0/files/b.bin", g.base)).send().await.unwrap();
+    let status = b.status();
+    let body = b.bytes().await.unwrap();
+    assert_eq!(status, 502, "served {} bytes of a.bin as b.bin", body.len());
+    let got = client().get(r.url(&g.base, "c.bin")).send().await.unwrap();
+    assert_eq!(got.bytes().await.unwrap(), c, "c.bin's root was poisoned in the hot tier");
+}

@@ -442,6 +442,13 @@ async fn policy_classes_are_enforced_by_pack_registration_and_serving() {
     assert_eq!(blob.status(), 403);
     let blob = client().get(format!("{}/v1/blobs/{h}", g.base)).bearer_auth(&cleared.0).send().await.unwrap();
     assert_eq!(blob.status(), 200);
+    // Nor the CIDs that lead to every byte of it from any node.
+    let placement = format!("{}/v1/datasets/people/{}/placement", g.base, s.release.signed.manifest.version);
+    let no = client().get(&placement).bearer_auth(&plain_key.0).send().await.unwrap();
+    assert_eq!(no.status(), 403);
+    let yes = client().get(&placement).bearer_auth(&cleared.0).send().await.unwrap();
+    assert_eq!(yes.status(), 200);
+    assert_eq!(yes.headers()["cache-control"], "no-cache");
     let described =
         client().get(format!("{}/v1/datasets/people", g.base)).bearer_auth(&plain_key.0).send().await.unwrap();
     assert_eq!(described.status(), 404, "an uncleared tenant learns nothing of the dataset");

@@ -97,8 +97,12 @@ fn verify_pieces(table: &Table, pieces: &[(u64, &[u8])]) -> u64 {
                 .chunks(per)
                 .map(|group| s.spawn(move || group.iter().map(|(i, d)| table.verify_chunk(*i, d)).collect::<Vec<_>>()))
                 .collect();
-            // A verifying thread cannot panic on any input; a join error counts as a failed chunk.
-            handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
+            // A verifying thread cannot panic on any input; should one, its whole group counts as failed.
+            handles
+                .into_iter()
+                .zip(pieces.chunks(per))
+                .flat_map(|(h, g)| h.join().unwrap_or_else(|_| vec![false; g.len()]))
+                .collect()
         })
     };
     ok.iter().take_while(|v| **v).count() as u64

@@ -102,3 +102,31 @@ def test_the_chunk_cache_is_bounded_in_bytes():
     assert c.get(("f", 4, 1)) is None and c.size == 8
     c.put(("f", 4, 3), b"x" * 11)  # larger than the cache: not kept
     assert c.get(("f", 4, 3)) is None and json.dumps(c.size) == "8"
+
+
+def test_manifest_spelling_and_paths_are_held_to_the_publishers_rules():
+    data = signed(manifest())
+    # Base64 with a different final character can decode to the same bytes: only the canonical spelling passes.
+    doc = json.loads(data)
+    v = doc["signature"]["value"]
+    assert v.endswith("==")  # 64 bytes: the last character carries 4 unused bits
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    alt = v[:-3] + alphabet[alphabet.index(v[-3]) ^ 1] + "=="
+    assert base64.b64decode(alt) == base64.b64decode(v)
+    doc["signature"]["value"] = alt
+    with pytest.raises(ManifestError, match="malformed"):
+        verify_manifest(canonical(doc, pretty=True), (PUB,), "ds", "1.0.0")
+    for bad in ("a\\b", "a\x00b", "a\x85b", "./a", "a//b"):
+        f = {**manifest()["files"][0], "path": bad}
+        with pytest.raises(ManifestError, match="not a release path"):
+            verify_manifest(signed(manifest(files=[f])), (PUB,), "ds", "1.0.0")
+    with pytest.raises(ManifestError, match="total_bytes"):
+        verify_manifest(signed(manifest(total_bytes=True)), (PUB,), "ds", "1.0.0")
+    empty = {**manifest()["files"][0], "size": 0}
+    with pytest.raises(ManifestError, match="empty file"):
+        verify_manifest(signed(manifest(files=[empty], total_bytes=0)), (PUB,), "ds", "1.0.0")
+
+
+def test_nan_is_not_a_setting():
+    with pytest.raises(ConfigError, match="deadline"):
+        Config.load({"endpoints": ["http://x"], "trust": [PUB_TEXT], "deadline": float("nan")}, env={})

@@ -211,7 +211,10 @@ pub struct Fetcher {
     disk: Option<DiskTier>,
     /// Decrypted segments of encrypted files (memory only).
     plain: crate::tier::PlainTier,
-    tables: moka::future::Cache<Blake3, Arc<ChunkTable>>,
+    /// Proven tables by (table hash, file root): a table proven for one file's
+    /// root is never handed to another entry that names the same table hash
+    /// with a different root (a manifest, even a trusted one, could pair them).
+    tables: moka::future::Cache<(Blake3, Blake3), Arc<ChunkTable>>,
     inflight: Mutex<HashMap<ChunkKey, Slot>>,
     purges: RwLock<PurgeLog>,
     bulk: Semaphore,
@@ -335,7 +338,9 @@ impl Fetcher {
     ) -> Arc<Self> {
         let tables = moka::future::Cache::builder()
             .max_capacity(table_cache_bytes)
-            .weigher(|_k: &Blake3, t: &Arc<ChunkTable>| u32::try_from(t.entries().len() * 32 + 64).unwrap_or(u32::MAX))
+            .weigher(|_k: &(Blake3, Blake3), t: &Arc<ChunkTable>| {
+                u32::try_from(t.entries().len() * 32 + 64).unwrap_or(u32::MAX)
+            })
             .build();
         let outliers = Outliers::new(cfg.outlier, metrics.origin_state.clone(), metrics.origin_ejections.clone());
         Arc::new(Self {
@@ -517,7 +522,7 @@ impl Fetcher {
     async fn cached_table(&self, file: &FileSpec) -> Option<Option<Arc<ChunkTable>>> {
         match file.table {
             None => Some(None),
-            Some(hash) => self.tables.get(&hash).await.map(Some),
+            Some(hash) => self.tables.get(&(hash, file.blake3)).await.map(Some),
         }
     }
 
@@ -608,7 +613,7 @@ impl Fetcher {
         };
         let result = self
             .tables
-            .try_get_with(table_hash, async {
+            .try_get_with((table_hash, file.blake3), async {
                 if let Some(t) = self.table_from_disk(file, table_hash).await {
                     return Ok(Arc::new(t));
                 }

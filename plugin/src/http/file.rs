@@ -88,6 +88,10 @@ pub(super) fn placement<B>(
         Ok(x) => x,
         Err(e) => return not_opened(&e),
     };
+    // The CIDs reach every byte of the release from any node: as guarded as its files.
+    if let Err(e) = door::cleared(gw, &release, tenant) {
+        return not_opened(&e);
+    }
     let v = resolved.version();
     let Some(p) = &release.placement else {
         return error(StatusCode::NOT_FOUND, format!("this gateway holds no placement for {name}@{v}"));
@@ -98,7 +102,12 @@ pub(super) fn placement<B>(
     if let Some(b) = Billing::new(gw, tenant, release.tag()) {
         b.whole(&resp);
     }
-    lifecycle_headers(resp, &catalog, name, &resolved, &format!("/v1/datasets/{name}/{v}/placement"))
+    let mut resp = lifecycle_headers(resp, &catalog, name, &resolved, &format!("/v1/datasets/{name}/{v}/placement"));
+    // Not part of the signed release: a republish can change it (a CID added), so it is revalidated.
+    if resp.status().is_success() || resp.status() == StatusCode::NOT_MODIFIED {
+        resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    }
+    resp
 }
 
 /// `GET /v1/blobs/{hash}` for a chunk table: the fetcher's table of the file,

@@ -446,3 +446,74 @@ def test_random_ranges_of_random_files_are_exact(prop_release, releases):
                 at = min(len(src), at + n)
 
     check()
+
+
+# --------------------------------------------------------------------------- review follow-ups
+
+
+def test_a_forked_worker_reads_with_the_parents_filesystem(dir_gateway, releases):
+    """DataLoader workers are forked after the parent has read: the hash pool must not be inherited dead."""
+    import multiprocessing as mp
+
+    fs = sg_fs(releases, dir_gateway.base, deadline=20)
+    src = releases["data"].sources["blobs/big.bin"]
+    assert fs.cat_file(f"shardgate://{DATA}/blobs/big.bin", 0, 10) == src[:10]
+    ctx = mp.get_context("fork")
+    with ctx.Pool(2) as pool:
+        got = pool.starmap(_child_read, [(opts(releases, dir_gateway.base, deadline=20), "blobs/big.bin")] * 2,
+                           chunksize=1)
+    assert got == [src, src]
+
+
+def _child_read(o: dict, path: str) -> bytes:
+    return fsspec.filesystem("shardgate", **o).cat_file(f"shardgate://{DATA}/{path}")
+
+
+def test_a_placement_given_by_url_and_verify_through_each_path(node_gateway, releases):
+    """The placement read whole over HTTP (from a gateway's /placement); `verify` learns it itself."""
+    url = f"{node_gateway.base}/v1/datasets/clients/1.0.0/placement"
+    fs = sg_fs(releases, ipfs_endpoint(), placements={DATA: url})
+    for path, src in releases["data"].sources.items():
+        assert fs.cat_file(f"shardgate://{DATA}/{path}") == src, path
+    env = {**os.environ, "SHARDGATE_TRUST": str(releases["key_pub"])}
+    out = subprocess.run([sys.executable, "-m", "shardgate", "verify", DATA, "--endpoint", node_gateway.base,
+                          "--endpoint", ipfs_endpoint()], capture_output=True, text=True, env=env, timeout=CMD_TIMEOUT_S)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.count(f"{len(releases['data'].sources)} files") == 2, out.stdout
+
+
+class Answer451(FlipProxy):
+    """A proxy that passes manifests through and answers 451 for file bytes: a takedown."""
+
+    def __init__(self, upstream: str):
+        super().__init__(upstream, at=-1)
+        handler = self.server.RequestHandlerClass
+        passthrough = handler.do_GET
+
+        def do_GET(h):
+            if "/files/" in h.path:
+                body = b'{"error": "taken down: court order"}'
+                h.send_response(451)
+                h.send_header("Content-Length", str(len(body)))
+                h.end_headers()
+                h.wfile.write(body)
+            else:
+                passthrough(h)
+
+        handler.do_GET = do_GET
+
+
+def test_a_takedown_ends_the_read_and_no_other_endpoint_is_asked(dir_gateway, releases):
+    proxy = Answer451(dir_gateway.base)
+    try:
+        fs = sg_fs(releases, proxy.url, dir_gateway.base)
+        with pytest.raises(shardgate.TakenDown, match="taken down"):
+            fs.cat_file(f"shardgate://{DATA}/blobs/mid.bin")
+    finally:
+        proxy.close()
+
+
+def test_a_misspelt_setting_is_an_error_naming_it(releases):
+    with pytest.raises(shardgate.ConfigError, match="endpoint"):
+        fsspec.filesystem("shardgate", endpoint=["http://127.0.0.1:1"], trust=[str(releases["key_pub"])],
+                          skip_instance_cache=True)

@@ -18,6 +18,7 @@ from .errors import (
     NotFound,
     ReadError,
     ShardgateError,
+    TakenDown,
 )
 from .fs import ShardgateFileSystem
 
@@ -33,6 +34,7 @@ __all__ = [
     "ReadError",
     "ShardgateError",
     "ShardgateFileSystem",
+    "TakenDown",
     "register_webdataset",
 ]
 __version__ = "0.1.0"

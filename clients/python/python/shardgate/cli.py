@@ -46,6 +46,12 @@ def _config(a: argparse.Namespace, release: str | None) -> Config:
     return Config.load(opts)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _bar(total: int, desc: str, quiet: bool) -> tqdm:
     return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, leave=False,
                 disable=quiet or not sys.stderr.isatty(), file=sys.stderr)
@@ -83,6 +89,7 @@ async def _get(a: argparse.Namespace) -> int:
                 try:
                     with os.fdopen(fd, "wb") as out:
                         await _stream(client, rel, f, out.write, bar)
+                    os.chmod(tmp, 0o666 & ~_umask())
                     os.replace(tmp, dest)
                 except BaseException:
                     os.unlink(tmp)
@@ -96,15 +103,31 @@ async def _get(a: argparse.Namespace) -> int:
 async def _verify(a: argparse.Namespace) -> int:
     name, segment, _ = split(a.release + "/")
     base = _config(a, a.release)
-    report: dict = {"release": f"{name}@{segment}", "release_id": None, "paths": []}
+    report: dict = {"release": f"{name}@{segment}", "release_id": None, "paths": [], "disagreements": []}
     ok = True
+    # The release through every endpoint first, for a placement a gateway holds: an IPFS
+    # endpoint alone has no other way to learn the CIDs.
+    hints: dict[str, bytes] = {}
+    everyone = Client(dataclasses.replace(base, attempts=1))
+    try:
+        known = await everyone.release(name, segment)
+        if known.placement_bytes is not None:
+            hints[known.label] = known.placement_bytes
+        # A tag is resolved once; every path is then read at that version.
+        segment = known.version
+    except ShardgateError:
+        pass
+    finally:
+        await everyone.close()
+    ids: dict[str, str] = {}
     for spec in base.endpoints:
         # Each endpoint alone, as the drill reads each path: no failover hides a bad one.
-        client = Client(dataclasses.replace(base, endpoints=(spec,), attempts=1))
+        client = Client(dataclasses.replace(base, endpoints=(spec,), attempts=1), placement_hints=hints)
         path = {"via": spec.label, "files": 0, "bytes": 0, "seconds": 0.0, "ttfb_ms": [], "failures": []}
         t0 = time.monotonic()
         try:
             rel = await client.release(name, segment)
+            ids[spec.label] = rel.id
             report["release_id"] = rel.id
             report["release"] = rel.label
             with _bar(sum(f.size for f in rel.files.values()), f"verify {spec.label}", a.quiet) as bar:
@@ -125,6 +148,11 @@ async def _verify(a: argparse.Namespace) -> int:
         path["seconds"] = time.monotonic() - t0
         ok &= not path["failures"]
         report["paths"].append(path)
+    if len(set(ids.values())) > 1:
+        ok = False
+        report["disagreements"].append(
+            "the paths served different signed releases: " + ", ".join(f"{v} via {k}" for k, v in ids.items())
+        )
     if a.json:
         print(json.dumps(report, indent=2))
     else:
@@ -136,6 +164,8 @@ async def _verify(a: argparse.Namespace) -> int:
                   f"first byte p50 {pct(0.5):.1f} ms p99 {pct(0.99):.1f} ms, {len(p['failures'])} failures")
             for f in p["failures"]:
                 print(f"FAIL {p['via']}: {f}")
+        for d in report["disagreements"]:
+            print(f"DIFFER {d}")
         if ok:
             print(f"OK {report['release']} ({report['release_id']}): every path served the published bytes")
     if not ok:

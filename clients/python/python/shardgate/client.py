@@ -14,14 +14,14 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Awaitable, Callable, TypeVar
+from typing import Callable, TypeVar
 
 import aiohttp
 
 from . import _native
 from .config import Config
 from .endpoints import Endpoint, backoff, order
-from .errors import DeadlineError, EncryptedFileError, IntegrityError, ManifestError, NotFound, ReadError
+from .errors import DeadlineError, EncryptedFileError, IntegrityError, ManifestError, NotFound, ReadError, TakenDown
 from .manifest import (
     FileEntry,
     Release,
@@ -35,6 +35,8 @@ from .manifest import (
 T = TypeVar("T")
 MAX_MANIFEST = 64 << 20
 MAX_PLACEMENT = 64 << 20
+# A 200 answer to a ranged request is read past its start only this far.
+MAX_SKIP = 64 << 20
 # Chunks are read from a response and checked in batches of this many bytes.
 BATCH_BYTES = 2 << 20
 
@@ -84,14 +86,16 @@ class ChunkCache:
 class Client:
     """One set of endpoints, trusted keys and caches. Use its coroutines on one event loop."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, placement_hints: dict[str, bytes] | None = None):
         self.config = config
+        # "NAME@VERSION" -> placement.json bytes learnt elsewhere (the CLI's per-endpoint drill).
+        self.placement_hints = dict(placement_hints or {})
         self.endpoints = [Endpoint(s, config.api_key) for s in config.endpoints]
         self.cache = ChunkCache(config.cache_bytes)
         self._session: aiohttp.ClientSession | None = None
         self._releases: dict[tuple[str, str], tuple[Release, float]] = {}
         self._release_locks: dict[tuple[str, str], asyncio.Lock] = {}
-        self._tables: collections.OrderedDict[str, _native.ChunkTable] = collections.OrderedDict()
+        self._tables: collections.OrderedDict[tuple, _native.ChunkTable] = collections.OrderedDict()
         self._inflight: dict[tuple[str, int, int], asyncio.Future] = {}
         self._tasks: set[asyncio.Task] = set()
         self._sem: asyncio.Semaphore | None = None
@@ -124,11 +128,6 @@ class Client:
         if self._session is not None and self._session.connector is not None:
             self._session.connector._close()
 
-    def _spawn(self, coro: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
     async def _hash(self, fn: Callable[..., T], *args) -> T:
         return await asyncio.get_running_loop().run_in_executor(_hash_pool(), fn, *args)
 
@@ -144,24 +143,18 @@ class Client:
             async with session.get(url, headers=ep.headers) as resp:
                 if resp.status != 200:
                     raise _Status(resp.status, (await resp.content.read(300)).decode("utf-8", "replace").strip())
-                ttfb = time.monotonic() - t0
-                length = resp.content_length
-                if length is not None and length > limit:
-                    raise _Status(resp.status, f"{length} bytes is more than the {limit} expected")
-                data = await resp.content.read(limit + 1)
-                while len(data) <= limit:
-                    more = await resp.content.read(limit + 1 - len(data))
-                    if not more:
-                        break
-                    data += more
-                if len(data) > limit:
-                    raise _Status(resp.status, f"more than the {limit} bytes expected")
-                ep.succeeded(ttfb)
-                return data
+                ep.observe(time.monotonic() - t0)
+                return await _body(resp, limit)
 
-    def _fail(self, ep: Endpoint, e: BaseException, attempts: list[tuple[str, str]]) -> None:
-        """Records a failed request; a 404 or 403 is an answer, not a sick endpoint."""
+    def _fail(self, ep: Endpoint, e: BaseException, attempts: list[tuple[str, str]], what: str = "") -> None:
+        """Records a failed request; a 404 or 403 is an answer, not a sick endpoint.
+
+        A 451 from a shardgate gateway is a takedown: it ends the read (no other
+        endpoint is asked for what the publisher withdrew).
+        """
         why = _describe(e)
+        if isinstance(e, _Status) and e.status == 451:
+            raise TakenDown(f"{what}: {ep.label} says it was taken down: {why}")
         attempts.append((ep.label, why))
         if isinstance(e, _Status) and e.status in (401, 403, 404, 410, 451):
             return
@@ -175,17 +168,22 @@ class Client:
         hit = self._releases.get(key)
         if hit and hit[1] > time.monotonic():
             return hit[0]
+        try:
+            # The deadline covers waiting for another caller loading the same release.
+            return await asyncio.wait_for(self._release_once(name, segment), self.config.deadline)
+        except asyncio.TimeoutError:
+            raise DeadlineError(
+                f"{name}@{segment}: no verified manifest within the {self.config.deadline} s deadline"
+            ) from None
+
+    async def _release_once(self, name: str, segment: str) -> Release:
+        key = (name, segment)
         lock = self._release_locks.setdefault(key, asyncio.Lock())
         async with lock:
             hit = self._releases.get(key)
             if hit and hit[1] > time.monotonic():
                 return hit[0]
-            try:
-                rel = await asyncio.wait_for(self._load_release(name, segment), self.config.deadline)
-            except asyncio.TimeoutError:
-                raise DeadlineError(
-                    f"{name}@{segment}: no verified manifest within the {self.config.deadline} s deadline"
-                ) from None
+            rel = await self._load_release(name, segment)
             ttl = float("inf") if is_version(segment) else self.config.tag_ttl
             self._releases[key] = (rel, time.monotonic() + ttl)
             self._releases[(name, rel.version)] = (rel, float("inf"))
@@ -194,15 +192,19 @@ class Client:
     async def _load_release(self, name: str, segment: str) -> Release:
         version = segment if is_version(segment) else None
         configured = self.config.placements.get(f"{name}@{segment}")
-        placement: bytes | None = None
-        manifest_cid = None
+        placement: bytes | None = self.placement_hints.get(f"{name}@{segment}")
+        manifest_cid = expected_id = None
+        source = configured or "(known placement)"
+        if placement is not None and version is not None:
+            manifest_cid, expected_id = placement_manifest_cid(placement, name, segment, source)
         if configured is not None:
             if version is None:
                 raise ManifestError(f"placements: {name}@{segment} names a tag; a placement belongs to a version")
             placement = await self._read_source(configured)
-            manifest_cid, _ = placement_manifest_cid(placement, name, segment, configured)
+            manifest_cid, expected_id = placement_manifest_cid(placement, name, segment, configured)
         attempts: list[tuple[str, str]] = []
         rel = None
+        bad_manifest = False
         for ep in order(self.endpoints, self.config):
             if ep.kind != "shardgate" and version is None:
                 attempts.append((ep.label, f"{segment!r} is a tag; only a shardgate gateway resolves tags"))
@@ -213,25 +215,30 @@ class Client:
                 continue
             try:
                 data = await self._get_small(ep, url, MAX_MANIFEST)
-                rel = verify_manifest(data, self.config.trust, name, version)
+                got = verify_manifest(data, self.config.trust, name, version)
+                if expected_id is not None and got.id != expected_id:
+                    raise ManifestError(f"manifest is release {got.id}, but the placement names release {expected_id}")
+                rel = got
+                ep.succeeded()
                 break
             except ManifestError as e:
                 # A gateway that serves a manifest that does not check out is lying or broken.
+                bad_manifest = True
                 attempts.append((ep.label, str(e)))
                 ep.failed(self.config.cooldown, at_once=True)
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError, _Status) as e:
-                self._fail(ep, e, attempts)
+                self._fail(ep, e, attempts, f"{name}@{segment}")
         if rel is None:
             if attempts and all("HTTP 404" in why for _, why in attempts):
                 raise NotFound(f"{name}@{segment}: no endpoint serves it; " + "; ".join(f"{e}: {w}" for e, w in attempts))
-            if any("manifest" in why for _, why in attempts):
+            if bad_manifest:
                 raise ManifestError(
                     f"{name}@{segment}: no endpoint served a manifest signed by a trusted key; "
                     + "; ".join(f"{e}: {w}" for e, w in attempts)
                 )
             raise ReadError(f"{name}@{segment}: no endpoint served its manifest", attempts)
         if placement is not None:
-            apply_placement(rel, placement, configured or "")
+            apply_placement(rel, placement, source)
         elif any(ep.kind != "shardgate" for ep in self.endpoints):
             await self._placement_from_gateways(rel)
         return rel
@@ -243,7 +250,9 @@ class Client:
             if url is None:
                 continue
             try:
-                apply_placement(rel, await self._get_small(ep, url, MAX_PLACEMENT), url)
+                data = await self._get_small(ep, url, MAX_PLACEMENT)
+                apply_placement(rel, data, url)
+                rel.placement_bytes = data
                 return
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError, _Status, ManifestError):
                 continue
@@ -251,10 +260,13 @@ class Client:
     async def _read_source(self, source: str) -> bytes:
         if source.startswith(("http://", "https://")):
             session = await self.session()
-            async with session.get(source) as resp:
-                if resp.status != 200:
-                    raise ReadError(f"placement {source}: HTTP {resp.status}")
-                return await resp.content.read(MAX_PLACEMENT)
+            try:
+                async with session.get(source) as resp:
+                    if resp.status != 200:
+                        raise _Status(resp.status, "")
+                    return await _body(resp, MAX_PLACEMENT)
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError, _Status) as e:
+                raise ReadError(f"placement {source}: {_describe(e)}") from None
         try:
             return await asyncio.to_thread(Path(source).expanduser().read_bytes)
         except OSError as e:
@@ -266,9 +278,11 @@ class Client:
         """The file's chunk table, proven against its hash and the file's root (None for one chunk)."""
         if f.chunk_table is None:
             return None
-        hit = self._tables.get(f.chunk_table)
+        # Keyed by the file as well: a table proven for one root is never reused for another.
+        key = (f.chunk_table, f.blake3, f.size, f.chunk_size)
+        hit = self._tables.get(key)
         if hit is not None:
-            self._tables.move_to_end(f.chunk_table)
+            self._tables.move_to_end(key)
             return hit
         limit = 24 + 32 * f.chunk_count
         attempts: list[tuple[str, str]] = []
@@ -285,9 +299,10 @@ class Client:
                     ep.failed(self.config.cooldown, at_once=True)
                     continue
                 except (aiohttp.ClientError, asyncio.TimeoutError, OSError, _Status) as e:
-                    self._fail(ep, e, attempts)
+                    self._fail(ep, e, attempts, f"{rel.label} {f.path}")
                     continue
-                self._tables[f.chunk_table] = table
+                ep.succeeded()
+                self._tables[key] = table
                 while len(self._tables) > 1024:
                     self._tables.popitem(last=False)
                 return table
@@ -312,7 +327,7 @@ class Client:
         except asyncio.TimeoutError:
             raise DeadlineError(f"{rel.label} {f.path}: no chunk table within {self.config.deadline} s") from None
         first, last = start // f.chunk_size, (end - 1) // f.chunk_size + 1
-        futures = self._want(rel, f, table, first, last, deadline)
+        futures = self._want(rel, f, table, first, last)
         if readahead:
             self._readahead(rel, f, table, last)
         try:
@@ -332,12 +347,14 @@ class Client:
         views[0], views[-1] = views[0][a:], views[-1][:b]
         return b"".join(views)
 
-    def _want(
-        self, rel: Release, f: FileEntry, table, first: int, last: int, deadline: float, prefetch: bool = False
-    ) -> list[asyncio.Future]:
-        """A future per chunk `first..last`: cached, joined in flight, or fetched in runs of missing chunks."""
+    def _want(self, rel: Release, f: FileEntry, table, first: int, last: int) -> list[asyncio.Future]:
+        """A future per chunk `first..last`: cached, joined in flight, or fetched in runs of missing chunks.
+
+        A run has a deadline of its own (from when it starts), so a reader that
+        joins it later is not cut short by the reader that started it.
+        """
         loop = asyncio.get_running_loop()
-        futures, missing = [], []
+        futures, missing, mine = [], [], {}
         for i in range(first, last):
             key = (f.blake3, f.chunk_size, i)
             data = self.cache.get(key)
@@ -351,13 +368,20 @@ class Client:
                 fut.add_done_callback(_retrieve)
                 self._inflight[key] = fut
                 missing.append(i)
+                mine[i] = fut
             futures.append(fut)
         per_run = max(1, self.config.span_bytes // f.chunk_size)
         run: list[int] = []
         for i in missing + [-1]:
             if run and (i != run[-1] + 1 or len(run) == per_run):
                 lo, hi = run[0], run[-1] + 1
-                self._spawn(self._fetch_run(rel, f, table, lo, hi, deadline))
+                futs = {j: mine[j] for j in run}
+                task = asyncio.ensure_future(
+                    self._fetch_run(rel, f, table, lo, hi, futs, time.monotonic() + self.config.deadline)
+                )
+                self._tasks.add(task)
+                # Cancelled before it ran (a closing client): its chunks still get an answer.
+                task.add_done_callback(lambda t, f=f, futs=futs: self._finished(t, f, futs))
                 run = []
             if i >= 0:
                 run.append(i)
@@ -373,9 +397,17 @@ class Client:
         while j < stop and ((f.blake3, f.chunk_size, j) in self.cache or (f.blake3, f.chunk_size, j) in self._inflight):
             j += 1
         if j < stop and j - after <= window // 2:
-            self._want(rel, f, table, j, stop, time.monotonic() + self.config.deadline)
+            self._want(rel, f, table, j, stop)
 
-    async def _fetch_run(self, rel: Release, f: FileEntry, table, lo: int, hi: int, deadline: float) -> None:
+    def _finished(self, task: asyncio.Task, f: FileEntry, futs: dict[int, asyncio.Future]) -> None:
+        self._tasks.discard(task)
+        if any(not x.done() for x in futs.values()):
+            why = "cancelled" if task.cancelled() else _describe(task.exception() or Exception("ended"))
+            self._settle(f, futs, ReadError(f"{f.path}: read abandoned ({why})"))
+
+    async def _fetch_run(
+        self, rel: Release, f: FileEntry, table, lo: int, hi: int, futs: dict[int, asyncio.Future], deadline: float
+    ) -> None:
         """Fetches chunks `lo..hi`, failing over between endpoints; resolves each chunk's future once verified."""
         state = {"next": lo}
         attempts: list[tuple[str, str]] = []
@@ -402,7 +434,7 @@ class Client:
                     except asyncio.TimeoutError:
                         self._fail(ep, asyncio.TimeoutError("the read's deadline passed mid-response"), attempts)
                     except (aiohttp.ClientError, OSError, _Status, asyncio.IncompleteReadError) as e:
-                        self._fail(ep, e, attempts)
+                        self._fail(ep, e, attempts, f"{rel.label} {f.path}")
                 if state["next"] >= hi or self._remaining(deadline) <= 0 or round_ + 1 == self.config.attempts:
                     break
                 await asyncio.sleep(min(backoff(self.config, round_), max(0.0, self._remaining(deadline))))
@@ -416,15 +448,20 @@ class Client:
                 else:
                     s, _ = f.chunk_range(state["next"])
                     err = ReadError(f"{rel.label} {f.path}: no endpoint served bytes {s}.. (chunk {state['next']})", attempts)
-                self._settle(f, state["next"], hi, err)
+                self._settle(f, futs, err)
+        except TakenDown as e:
+            self._settle(f, futs, e)
         except BaseException as e:
-            self._settle(f, state["next"], hi, ReadError(f"{rel.label} {f.path}: read abandoned ({_describe(e)})"))
+            self._settle(f, futs, ReadError(f"{rel.label} {f.path}: read abandoned ({_describe(e)})"))
             raise
 
-    def _settle(self, f: FileEntry, lo: int, hi: int, err: Exception) -> None:
-        for i in range(lo, hi):
-            fut = self._inflight.pop((f.blake3, f.chunk_size, i), None)
-            if fut is not None and not fut.done():
+    def _settle(self, f: FileEntry, futs: dict[int, asyncio.Future], err: Exception) -> None:
+        """Fails this run's chunks that are still unanswered (never another run's)."""
+        for i, fut in futs.items():
+            key = (f.blake3, f.chunk_size, i)
+            if self._inflight.get(key) is fut:
+                del self._inflight[key]
+            if not fut.done():
                 fut.set_exception(err)
 
     async def _stream(self, ep: Endpoint, url: str, rel: Release, f: FileEntry, table, hi: int, state: dict) -> None:
@@ -444,7 +481,9 @@ class Client:
                     if not got.startswith(want) or got[len(want) :] not in (str(f.size), "*"):
                         raise _Status(206, f"Content-Range {got!r} is not the {want}{f.size} asked for")
                 elif resp.status == 200:
-                    # Ranges ignored: the whole file follows; skip to the start.
+                    # Ranges ignored: the whole file follows; skip to the start (not far).
+                    if start > MAX_SKIP:
+                        raise _Status(200, f"the endpoint ignores Range; not reading {start} bytes to get to the range")
                     skip = start
                     while skip:
                         piece = await resp.content.read(min(skip, 1 << 20))
@@ -453,7 +492,7 @@ class Client:
                         skip -= len(piece)
                 else:
                     raise _Status(resp.status, (await resp.content.read(300)).decode("utf-8", "replace").strip())
-                ep.succeeded(time.monotonic() - t0)
+                ep.observe(time.monotonic() - t0)
                 if table is None:
                     # A single-chunk file: the whole of it, checked against its root.
                     data = await resp.content.readexactly(stop - start)
@@ -504,6 +543,20 @@ class Client:
         state["next"] = index + 1
 
 
+async def _body(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """A whole response body of at most `limit` bytes (more is an error, never a silent cut)."""
+    if resp.content_length is not None and resp.content_length > limit:
+        raise _Status(resp.status, f"{resp.content_length} bytes is more than the {limit} expected")
+    data = bytearray()
+    while True:
+        more = await resp.content.read(min(1 << 20, limit + 1 - len(data)))
+        if not more:
+            return bytes(data)
+        data += more
+        if len(data) > limit:
+            raise _Status(resp.status, f"more than the {limit} bytes expected")
+
+
 _POOL: ThreadPoolExecutor | None = None
 
 
@@ -513,6 +566,15 @@ def _hash_pool() -> ThreadPoolExecutor:
     if _POOL is None:
         _POOL = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="shardgate-hash")
     return _POOL
+
+
+def _forget_pool() -> None:
+    # A forked child (a DataLoader worker) inherits the pool without its threads.
+    global _POOL
+    _POOL = None
+
+
+os.register_at_fork(after_in_child=_forget_pool)
 
 
 def _retrieve(fut: asyncio.Future) -> None:

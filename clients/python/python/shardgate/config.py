@@ -141,7 +141,12 @@ class Config:
 
 
 def _number(name: str, value: Any, kind: type, minimum: float, strict: bool = False):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or (kind is int and not isinstance(value, int))
+        or value != value  # NaN
+    ):
         raise ConfigError(f"{name}: {value!r} is not {'an integer' if kind is int else 'a number'}")
     if value < minimum or (strict and value == 0):
         raise ConfigError(f"{name}: {value!r} is out of range (must be {'>' if strict else '>='} {minimum})")

@@ -31,12 +31,15 @@ class Endpoint:
     def healthy(self, now: float) -> bool:
         return now >= self.ejected_until
 
-    def succeeded(self, ttfb: float | None = None) -> None:
+    def observe(self, ttfb: float) -> None:
+        """Records a first-byte time (what `fastest` orders by); says nothing of the bytes yet."""
+        self.ttfb = ttfb if self.ttfb is None else 0.8 * self.ttfb + 0.2 * ttfb
+
+    def succeeded(self) -> None:
+        """The endpoint served what was asked and it verified: it is healthy again."""
         self.failures = 0
         self.ejections = 0
         self.ejected_until = 0.0
-        if ttfb is not None:
-            self.ttfb = ttfb if self.ttfb is None else 0.8 * self.ttfb + 0.2 * ttfb
 
     def failed(self, cooldown: float, at_once: bool) -> None:
         self.failures += 1
@@ -77,7 +80,8 @@ def order(endpoints: list[Endpoint], config: Config) -> list[Endpoint]:
     now = time.monotonic()
     healthy = [e for e in endpoints if e.healthy(now)]
     if config.policy == "fastest":
-        healthy.sort(key=lambda e: float("inf") if e.ttfb is None else e.ttfb)
+        # An endpoint not timed yet goes first, so that it gets timed.
+        healthy.sort(key=lambda e: 0.0 if e.ttfb is None else e.ttfb)
     sick = sorted((e for e in endpoints if not e.healthy(now)), key=lambda e: e.ejected_until)
     return healthy + sick
 

@@ -61,5 +61,9 @@ class DeadlineError(ReadError):
     """
 
 
+class TakenDown(ShardgateError, PermissionError):
+    """A shardgate gateway answered 451: the release was taken down. No other endpoint is asked."""
+
+
 class NotFound(ShardgateError, FileNotFoundError):
     """No such dataset, release or file."""

@@ -19,7 +19,7 @@ from fsspec.spec import AbstractBufferedFile
 
 from .client import Client
 from .config import Config
-from .errors import NotFound, ReadError
+from .errors import ConfigError, DeadlineError, NotFound, ReadError
 from .manifest import FileEntry, Release
 
 # What one sequential read of a file object asks the client for, at least.
@@ -29,6 +29,15 @@ _OURS = (
     "endpoints", "trust", "api_key", "placements", "policy", "deadline", "connect_timeout", "stall_timeout",
     "attempts", "backoff", "cooldown", "cache_bytes", "readahead_bytes", "span_bytes", "max_requests", "tag_ttl",
 )
+
+
+# What fsspec itself takes from storage options, and the generic file options
+# loaders pass along (Hugging Face `datasets` sets `block_size`): accepted and
+# not used, since reads here always come in whole verified chunks.
+_FSSPEC = {
+    "skip_instance_cache", "use_listings_cache", "listings_expiry_time", "max_paths", "batch_size",
+    "block_size", "cache_type", "cache_options", "default_block_size", "default_cache_type", "default_fill_cache",
+}
 
 
 def split(path: str) -> tuple[str, str, str]:
@@ -54,6 +63,10 @@ class ShardgateFileSystem(AsyncFileSystem):
 
     def __init__(self, *args: Any, asynchronous: bool = False, loop=None, **kwargs: Any):
         ours = {k: kwargs.pop(k) for k in list(kwargs) if k in _OURS}
+        unknown = sorted(set(kwargs) - _FSSPEC)
+        if unknown:
+            # A misspelt setting would otherwise be dropped in silence.
+            raise ConfigError(f"unknown storage option(s) {', '.join(unknown)}; known: {', '.join(_OURS)}")
         super().__init__(*args, asynchronous=asynchronous, loop=loop, **kwargs)
         self.config = Config.load(ours)
         self.client = Client(self.config)
@@ -144,6 +157,7 @@ class ShardgateFileSystem(AsyncFileSystem):
                     out.write(data)
                     at += len(data)
                     callback.relative_update(len(data))
+            os.chmod(tmp, 0o644)
             os.replace(tmp, lpath)
         except BaseException:
             os.unlink(tmp)
@@ -196,6 +210,8 @@ class ShardgateFile(AbstractBufferedFile):
         read = self.fs.client.read
         try:
             data = sync(self.fs.loop, read, self.rel, self.entry, start, stop, readahead=sequential)
+        except DeadlineError:
+            raise
         except ReadError:
             if stop == end:
                 raise

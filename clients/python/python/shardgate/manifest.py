@@ -34,9 +34,24 @@ def is_version(segment: str) -> bool:
 
 
 def b3hex(data: bytes) -> str:
-    """BLAKE3 of `data`, hashed on several threads when it is large."""
-    threads = blake3.blake3.AUTO if len(data) >= (4 << 20) else 1
-    return blake3.blake3(data, max_threads=threads).hexdigest()
+    """BLAKE3 of `data`. One thread: the binding's thread pool does not survive fork()
+    (DataLoader workers), and chunks are hashed in parallel on the client's own pool."""
+    return blake3.blake3(data).hexdigest()
+
+
+def strict_b64(text: object) -> bytes | None:
+    """Standard padded base64 in its one canonical spelling, as the publisher writes it."""
+    if not isinstance(text, str):
+        return None
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except ValueError:
+        return None
+    return raw if base64.b64encode(raw).decode() == text else None
+
+
+_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")
+EMPTY_BLAKE3 = blake3.blake3(b"").hexdigest()
 
 
 @dataclass(frozen=True)
@@ -70,6 +85,8 @@ class Release:
     manifest_bytes: bytes
     # BLAKE3 hex -> CID, from the release's placement.json when one is known.
     cids: dict[str, str] = field(default_factory=dict)
+    # The placement.json those CIDs came from, when a gateway supplied it.
+    placement_bytes: bytes | None = None
 
     @property
     def label(self) -> str:
@@ -114,13 +131,10 @@ def verify_manifest(data: bytes, trusted: tuple[bytes, ...], name: str, version:
     if sig.get("algorithm") != "ed25519":
         raise ManifestError(f"manifest signature algorithm {sig.get('algorithm')!r} is not 'ed25519'")
     key_text = sig.get("public_key")
-    try:
-        assert isinstance(key_text, str) and key_text.startswith("ed25519:")
-        key = base64.b64decode(key_text[len("ed25519:") :], validate=True)
-        value = base64.b64decode(sig.get("value", ""), validate=True)
-        assert len(key) == 32 and len(value) == 64
-    except (AssertionError, ValueError):
-        raise ManifestError("manifest signature: public_key or value is malformed") from None
+    key = strict_b64(key_text[len("ed25519:") :]) if isinstance(key_text, str) and key_text.startswith("ed25519:") else None
+    value = strict_b64(sig.get("value"))
+    if key is None or value is None or len(key) != 32 or len(value) != 64:
+        raise ManifestError("manifest signature: public_key or value is malformed")
     signing = {k: v for k, v in doc.items() if k not in ("signature", "approvals")}
     try:
         Ed25519PublicKey.from_public_bytes(key).verify(value, canonical(signing, pretty=False))
@@ -130,6 +144,10 @@ def verify_manifest(data: bytes, trusted: tuple[bytes, ...], name: str, version:
         ) from None
     if key not in trusted:
         raise ManifestError(f"manifest is signed by {key_text}, which is not a trusted key")
+    if not isinstance(doc.get("name"), str) or not _NAME.fullmatch(doc["name"]):
+        raise ManifestError(f"manifest field name: {doc.get('name')!r} is not a dataset name")
+    if not isinstance(doc.get("version"), str) or not is_version(doc["version"]):
+        raise ManifestError(f"manifest field version: {doc.get('version')!r} is not a semantic version")
     if doc.get("name") != name:
         raise ManifestError(f"manifest is for dataset {doc.get('name')!r}, not {name!r}")
     if version is not None and doc.get("version") != version:
@@ -161,8 +179,14 @@ def _files(doc: dict) -> tuple[dict[str, FileEntry], list[str]]:
         if not isinstance(f, dict):
             raise bad(i, "", "not an object")
         path = f.get("path")
-        if not isinstance(path, str) or not path or any(c in ("", ".", "..") for c in path.split("/")):
-            raise bad(i, "path", f"{path!r} is not a release path")
+        if (
+            not isinstance(path, str)
+            or not path
+            or len(path.encode()) > 4096
+            or any(c in ("", ".", "..") for c in path.split("/"))
+            or any(ch == "\\" or ord(ch) < 32 or 127 <= ord(ch) < 160 for ch in path)
+        ):
+            raise bad(i, "path", f"{path!r} is not a release path (normal `/`-separated components, no control characters)")
         if paths and paths[-1] >= path:
             raise bad(i, "path", f"{path!r} is out of order or repeated")
         size, cs = f.get("size"), f.get("chunk_size")
@@ -173,6 +197,8 @@ def _files(doc: dict) -> tuple[dict[str, FileEntry], list[str]]:
         digest, table = f.get("blake3"), f.get("chunk_table")
         if not isinstance(digest, str) or not _HEX64.fullmatch(digest):
             raise bad(i, "blake3", f"{digest!r} is not a BLAKE3 hash")
+        if size == 0 and digest != EMPTY_BLAKE3:
+            raise bad(i, "blake3", "an empty file's hash must be BLAKE3 of no bytes")
         multi = size > cs
         if multi != (table is not None) or (table is not None and not (isinstance(table, str) and _HEX64.fullmatch(table))):
             raise bad(i, "chunk_table", "must be a BLAKE3 hash exactly when the file has more than one chunk")
@@ -188,7 +214,8 @@ def _files(doc: dict) -> tuple[dict[str, FileEntry], list[str]]:
         files[path] = entry
         paths.append(path)
         total += size
-    if total != doc.get("total_bytes"):
+    declared = doc.get("total_bytes")
+    if not isinstance(declared, int) or isinstance(declared, bool) or total != declared:
         raise ManifestError(f"manifest field total_bytes: {doc.get('total_bytes')!r} but files add up to {total}")
     return files, paths
 
