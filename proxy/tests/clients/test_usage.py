@@ -36,6 +36,11 @@ def pb():
                       f"--grpc_python_out={out}", str(REPO / "proto/shardgate/usage/v1/usage.proto")])
     assert rc == 0, "grpcio-tools could not compile proto/shardgate/usage/v1/usage.proto"
     sys.path.insert(0, str(out))
+    pkg = sys.modules.get("shardgate")
+    if pkg is not None and hasattr(pkg, "__path__"):
+        # The Python client (clients/python) is the `shardgate` package too, imported
+        # already: the generated `shardgate.usage.v1` joins its package path.
+        pkg.__path__.append(str(out / "shardgate"))
     from shardgate.usage.v1 import usage_pb2, usage_pb2_grpc
     return usage_pb2, usage_pb2_grpc
 

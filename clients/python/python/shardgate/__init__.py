@@ -7,7 +7,11 @@ every byte against the release's signed manifest.
         head = f.read(512)
 """
 
-from .client import Client
+# Stubs generated from the project's protos (`shardgate.usage.v1`, ...) share this
+# top-level name: let them live in another directory on sys.path.
+__path__ = __import__("pkgutil").extend_path(__path__, __name__)
+
+from .client import Client  # noqa: E402
 from .config import Config
 from .errors import (
     ConfigError,
