@@ -6,7 +6,7 @@
 #
 #   bash conf/test.sh            everything
 #   SKIP_LINT=1 bash conf/test.sh   skip fmt/clippy (also SKIP_FUZZ, SKIP_BENCH)
-#   HEAVY=1 bash conf/test.sh       also the torch-heavy S3 clients (several GB of wheels)
+#   HEAVY=1 bash conf/test.sh       also the torch-heavy clients (several GB of wheels)
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -89,16 +89,21 @@ if [ -z "${SKIP_FUZZ:-}" ]; then
 fi
 step "python client tests"
 "$venv/bin/python" -m pytest -q clients/python/tests
-"$venv/bin/python" -m pytest -q proxy/tests/clients --ignore=proxy/tests/clients/test_s3_heavy.py
+"$venv/bin/python" -m pytest -q proxy/tests/clients --ignore=proxy/tests/clients/test_s3_heavy.py \
+  --ignore=proxy/tests/clients/test_python_client_heavy.py
 
-# HEAVY=1: the torch-heavy S3 clients (MosaicML streaming, s3torchconnector),
+# HEAVY=1: the torch-heavy clients (MosaicML streaming, s3torchconnector, and
+# PyTorch's DataLoader over the Python client),
 # whose wheels (torch with its CUDA libraries, several GB) do not fit CI's budget.
 if [ -n "${HEAVY:-}" ]; then
-  step "heavy S3 clients (HEAVY=1: MosaicML streaming, s3torchconnector)"
+  step "heavy clients (HEAVY=1: MosaicML streaming, s3torchconnector, DataLoader over shardgate://)"
   heavy_venv="${SHARDGATE_HEAVY_VENV:-$root/.venv-heavy}"
   [ -x "$heavy_venv/bin/python" ] || python3 -m venv "$heavy_venv"
   "$heavy_venv/bin/pip" install -q --disable-pip-version-check -r proxy/tests/clients/requirements-heavy.txt
-  HEAVY=1 "$heavy_venv/bin/python" -m pytest -v proxy/tests/clients/test_s3_heavy.py
+  CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}" \
+    "$heavy_venv/bin/pip" install -q --disable-pip-version-check ./clients/python
+  HEAVY=1 "$heavy_venv/bin/python" -m pytest -v proxy/tests/clients/test_s3_heavy.py \
+    proxy/tests/clients/test_python_client_heavy.py
 fi
 
 if [ -z "${SKIP_BENCH:-}" ]; then
