@@ -1,6 +1,7 @@
 //! shardgate engine: signed BLAKE3 dataset releases, and everything that
 //! serves and checks them.
 
+pub mod audit;
 pub mod btfs;
 mod bufpool;
 pub mod config;

@@ -479,3 +479,82 @@ async fn s3_sees_tags_deprecation_and_takedown() {
     assert!(body.contains("<KeyCount>0</KeyCount>"), "a taken-down release is not listed: {body}");
     assert_eq!(client().head(s3("2.0.0/a.bin")).send().await.unwrap().status(), 200);
 }
+
+/// Every lifecycle change lands in the audit trail, in the same transaction,
+/// naming the admin token that made it and the release; the export verifies,
+/// and an edit anywhere in it is found at that entry.
+#[tokio::test]
+async fn the_audit_trail_records_every_change_and_an_edit_is_found() {
+    let f = fixture().await;
+    register(f.grpc, &f.r2).await;
+    register(f.grpc, &f.r2).await; // the same again: nothing changes, nothing is recorded
+    set_tag(f.grpc, "stable", "2.0.0").await.unwrap();
+    let req = proto::DeprecateRequest {
+        name: "lc-data".into(),
+        version: "1.0.0".into(),
+        successor_version: "2.0.0".into(),
+        reason: "superseded".into(),
+        ..Default::default()
+    };
+    admin(f.grpc).await.deprecate(authed(req, ADMIN)).await.unwrap();
+    let req = proto::TakedownRequest { name: "lc-data".into(), version: "1.0.0".into(), reason: "court order".into() };
+    admin(f.grpc).await.takedown(authed(req, ADMIN)).await.unwrap();
+    // An in-process change (no token) is recorded as `local`.
+    f.g.gw.set_tag("lc-data", "latest", "2.0.0").await.unwrap();
+
+    // Paged export: two entries a page.
+    let mut lines = Vec::new();
+    let mut after = None;
+    loop {
+        let req = proto::ExportAuditRequest { after, limit: 2 };
+        let r = admin(f.grpc).await.export_audit(authed(req, ADMIN)).await.unwrap().into_inner();
+        after = r.entries.last().map(|e| e.seq).or(after);
+        lines.extend(r.entries.into_iter().map(|e| e.line));
+        if !r.more {
+            break;
+        }
+    }
+    let entries: Vec<shardgate::audit::Entry> = lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let events: Vec<&str> = entries.iter().map(|e| e.event.as_str()).collect();
+    assert_eq!(events, ["register", "tag", "deprecate", "takedown", "tag"]);
+    let token = shardgate::audit::token_actor(ADMIN);
+    assert!(entries[..4].iter().all(|e| e.actor == token), "{entries:?}");
+    assert_eq!(entries[4].actor, "local");
+    assert!(hash_line(ADMIN).contains(token.trim_start_matches("admin-token:")), "the actor names the configured hash");
+    assert_eq!(entries[0].release.as_deref(), Some("lc-data@2.0.0"));
+    assert_eq!(entries[0].release_id.as_deref(), Some(f.r2.signed.id.to_hex().as_str()));
+    assert_eq!(entries[3].detail["reason"], "court order");
+    assert_eq!(entries[1].detail["tag"], "stable");
+
+    let export: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    let v = shardgate::audit::verify(export.as_bytes()).unwrap();
+    assert_eq!(v.entries, 5);
+    // The takedown's reason, edited in the export: the chain breaks at that entry.
+    let edited = export.replace("court order", "routine cleanup");
+    let b = shardgate::audit::verify(edited.as_bytes()).unwrap_err();
+    assert_eq!((b.line, b.seq), (4, Some(3)), "{b}");
+
+    // The trail is kept across a restart, and goes on from where it was.
+    let Fixture { g, cfg, registry, _stop, .. } = f;
+    g.gw.shutdown().await;
+    g.shutdown().await;
+    drop(_stop);
+    let t0 = std::time::Instant::now();
+    let g = loop {
+        match shardgate::gateway::Gateway::start(cfg.clone()).await {
+            Ok(gw) => {
+                drop(gw);
+                break Served::start(cfg.clone()).await;
+            }
+            Err(e) => {
+                assert!(t0.elapsed() < Duration::from_secs(10), "{e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    g.gw.set_tag("lc-data", "stable", "2.0.0").await.unwrap();
+    let all = g.gw.audit_entries(None, 100).await.unwrap();
+    assert_eq!(all.len(), 6);
+    assert_eq!(all[5].prev, entries[4].hash);
+    drop(registry);
+}

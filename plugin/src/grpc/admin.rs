@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use crate::audit::ACTOR;
 use crate::gateway::Gateway;
 use crate::lifecycle::admin::{AdminError, version};
 use crate::lifecycle::proto::admin_service_server::AdminService;
@@ -73,6 +74,12 @@ fn key_status(s: crate::lifecycle::admin::KeyStatus) -> proto::KeyEnvelopeStatus
     }
 }
 
+/// The admin token's id, put in the request by the token check; every
+/// change made for the request is recorded in the audit trail under it.
+fn actor_of<T>(req: &Request<T>) -> String {
+    req.extensions().get::<super::Actor>().map(|a| a.0.clone()).unwrap_or_else(|| "admin-token:unknown".into())
+}
+
 type ProgressStream = Pin<Box<dyn Stream<Item = Result<proto::PrewarmProgress, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -81,6 +88,7 @@ impl AdminService for AdminApi {
         &self,
         req: Request<proto::RegisterReleaseRequest>,
     ) -> Result<Response<proto::RegisterReleaseResponse>, Status> {
+        let who = actor_of(&req);
         use proto::register_release_request::{Manifest, Placement};
         let r = req.into_inner();
         let manifest = match r.manifest {
@@ -93,7 +101,7 @@ impl AdminService for AdminApi {
             Some(Placement::PlacementCid(cid)) => Some(self.gw.fetch_source(&format!("cid:{cid}")).await?),
             None => None,
         };
-        let reg = self.gw.register_release(manifest, placement).await?;
+        let reg = ACTOR.scope(who.clone(), self.gw.register_release(manifest, placement)).await?;
         Ok(Response::new(proto::RegisterReleaseResponse {
             name: reg.name,
             version: reg.version,
@@ -103,8 +111,9 @@ impl AdminService for AdminApi {
     }
 
     async fn set_tag(&self, req: Request<proto::SetTagRequest>) -> Result<Response<proto::SetTagResponse>, Status> {
+        let who = actor_of(&req);
         let r = req.into_inner();
-        let previous = self.gw.set_tag(&r.name, &r.tag, &r.version).await?;
+        let previous = ACTOR.scope(who.clone(), self.gw.set_tag(&r.name, &r.tag, &r.version)).await?;
         Ok(Response::new(proto::SetTagResponse { previous_version: previous.unwrap_or_default() }))
     }
 
@@ -112,10 +121,11 @@ impl AdminService for AdminApi {
         &self,
         req: Request<proto::DeprecateRequest>,
     ) -> Result<Response<proto::DeprecateResponse>, Status> {
+        let who = actor_of(&req);
         let r = req.into_inner();
         let successor = Some(r.successor_version.as_str()).filter(|s| !s.is_empty());
         let sunset = Some(r.sunset).filter(|s| *s > 0);
-        self.gw.deprecate(&r.name, &r.version, successor, sunset, &r.reason).await?;
+        ACTOR.scope(who.clone(), self.gw.deprecate(&r.name, &r.version, successor, sunset, &r.reason)).await?;
         Ok(Response::new(proto::DeprecateResponse {}))
     }
 
@@ -123,8 +133,9 @@ impl AdminService for AdminApi {
         &self,
         req: Request<proto::TakedownRequest>,
     ) -> Result<Response<proto::TakedownResponse>, Status> {
+        let who = actor_of(&req);
         let r = req.into_inner();
-        let purged = self.gw.takedown(&r.name, &r.version, &r.reason).await?;
+        let purged = ACTOR.scope(who.clone(), self.gw.takedown(&r.name, &r.version, &r.reason)).await?;
         Ok(Response::new(proto::TakedownResponse { purged_files: purged }))
     }
 
@@ -132,7 +143,8 @@ impl AdminService for AdminApi {
         &self,
         req: Request<proto::PutKeyEnvelopeRequest>,
     ) -> Result<Response<proto::KeyEnvelopeStatus>, Status> {
-        let s = self.gw.put_key_envelope(req.into_inner().envelope).await?;
+        let who = actor_of(&req);
+        let s = ACTOR.scope(who.clone(), self.gw.put_key_envelope(req.into_inner().envelope)).await?;
         Ok(Response::new(key_status(s)))
     }
 
@@ -140,8 +152,9 @@ impl AdminService for AdminApi {
         &self,
         req: Request<proto::KeyEnvelopeRef>,
     ) -> Result<Response<proto::KeyEnvelopeStatus>, Status> {
+        let who = actor_of(&req);
         let r = req.into_inner();
-        let s = self.gw.delete_key_envelope(&r.name, &r.version).await?;
+        let s = ACTOR.scope(who.clone(), self.gw.delete_key_envelope(&r.name, &r.version)).await?;
         Ok(Response::new(key_status(s)))
     }
 
@@ -212,6 +225,23 @@ impl AdminService for AdminApi {
             }
         });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn export_audit(
+        &self,
+        req: Request<proto::ExportAuditRequest>,
+    ) -> Result<Response<proto::ExportAuditResponse>, Status> {
+        let r = req.into_inner();
+        let limit = if r.limit == 0 { 1000 } else { r.limit.min(10_000) } as usize;
+        // One more than asked: whether more follow.
+        let mut entries = self.gw.audit_entries(r.after, limit + 1).await?;
+        let more = entries.len() > limit;
+        entries.truncate(limit);
+        let entries = entries
+            .into_iter()
+            .map(|e| proto::AuditLine { seq: e.seq, line: String::from_utf8_lossy(&e.to_line()).into_owned() })
+            .collect();
+        Ok(Response::new(proto::ExportAuditResponse { entries, more }))
     }
 
     async fn list_releases(

@@ -42,6 +42,10 @@ pub enum GrpcError {
     Serve(String),
 }
 
+/// Who a request authenticated as (an admin or billing token's id), for the audit trail.
+#[derive(Debug, Clone)]
+pub(crate) struct Actor(pub String);
+
 /// Checks `authorization: Bearer <token>` against one token list, parsed once.
 #[derive(Clone)]
 struct TokenAuth {
@@ -59,8 +63,14 @@ impl TokenAuth {
 impl tonic::service::Interceptor for TokenAuth {
     fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
         let what = self.what;
-        match self.tokens.check(req.metadata().get("authorization").map(|v| v.as_bytes())) {
-            Ok(()) => Ok(req),
+        let presented = req.metadata().get("authorization").map(|v| v.as_bytes().to_vec());
+        match self.tokens.check(presented.as_deref()) {
+            Ok(()) => {
+                let mut req = req;
+                let token = presented.as_deref().and_then(|v| v.strip_prefix(b"Bearer ")).unwrap_or_default();
+                req.extensions_mut().insert(Actor(crate::audit::token_actor(&String::from_utf8_lossy(token))));
+                Ok(req)
+            }
             Err(TokenRefusal::Missing) => {
                 Err(Status::unauthenticated(format!("{what} is required (authorization: Bearer <token>)")))
             }

@@ -9,6 +9,7 @@
 use tonic::Status;
 
 use super::{Deprecation, ReleaseState, StoreError, Takedown, check_tag};
+use crate::audit::{Event, actor};
 use crate::gateway::Gateway;
 use crate::registry::{self, Catalog, LoadError};
 use crate::release::manifest::SignedManifest;
@@ -122,7 +123,10 @@ impl Gateway {
         }
         let store = self.store().clone();
         let (n, v) = (name.clone(), ver.clone());
-        blocking(move || store.put_release(&n, &v, &manifest, placement.as_deref())).await?;
+        let audit = Event::new(&actor(), "register")
+            .release(&name, &ver, Some(id.to_hex()))
+            .with("signer", release.signed.signer.to_string());
+        blocking(move || store.put_release(&n, &v, &manifest, placement.as_deref(), audit)).await?;
         let mut next = (*current).clone();
         if current.release(&name, &ver).is_none() {
             next.insert(release).map_err(|e| AdminError::Invalid(e.to_string()))?;
@@ -187,7 +191,10 @@ impl Gateway {
         }
         let store = self.store().clone();
         let (n, v) = (env.name.clone(), env.version.clone());
-        blocking(move || store.put_key_envelope(&n, &v, &bytes)).await?;
+        let audit = Event::new(&actor(), "key_envelope_put")
+            .release(&n, &v, current.release(&n, &v).map(|r| r.signed.id.to_hex()))
+            .with("key_id", env.key_id.clone());
+        blocking(move || store.put_key_envelope(&n, &v, &bytes, audit)).await?;
         let mut next = (*current).clone();
         self.secure_after_key_change(&mut next, &env.name, &env.version).await?;
         let status = Self::key_status(&next, &env.name, &env.version, env.key_id.clone());
@@ -202,9 +209,13 @@ impl Gateway {
         let _guard = self.admin_lock().lock().await;
         let store = self.store().clone();
         let (n, vv) = (name.to_string(), v.clone());
+        let id = self.registry().snapshot().release(name, &v).map(|r| r.signed.id.to_hex());
+        let audit = Event::new(&actor(), "key_envelope_delete").release(name, &v, id);
         let old = blocking(move || {
             let old = store.key_envelope(&n, &vv)?;
-            store.delete_key_envelope(&n, &vv)?;
+            let key_id =
+                old.as_deref().and_then(|o| crate::crypt::envelope::KeyEnvelope::parse(o).ok()).map(|e| e.key_id);
+            store.delete_key_envelope(&n, &vv, audit.with("key_id", key_id.unwrap_or_default()))?;
             Ok(old)
         })
         .await?;
@@ -230,6 +241,22 @@ impl Gateway {
             .ok_or_else(|| AdminError::NotFound(format!("no key envelope is registered for {name}@{v}")))
     }
 
+    /// Up to `limit` audit entries after `after` (from the first when `None`).
+    pub async fn audit_entries(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<crate::audit::Entry>, AdminError> {
+        let store = self.store().clone();
+        blocking(move || store.audit_entries(after, limit)).await
+    }
+
+    /// Appends an event that changes nothing else (a repair) to the audit trail.
+    pub async fn audit(&self, event: Event) -> Result<crate::audit::Entry, AdminError> {
+        let store = self.store().clone();
+        blocking(move || store.audit(event)).await
+    }
+
     /// Fetches `spec` (a path or `cid:<CID>`) through the gateway's origins.
     pub async fn fetch_source(&self, spec: &str) -> Result<Vec<u8>, AdminError> {
         registry::read_source(spec, &self.fetcher().origins(), |b| Ok(b.to_vec()))
@@ -247,10 +274,30 @@ impl Gateway {
         let change = f(&current)?;
         let store = self.store().clone();
         let c = change.clone();
+        let who = actor();
+        let id = |name: &str, v: &semver::Version| current.release(name, v).map(|r| r.signed.id.to_hex());
+        let audit = match &change {
+            Change::Tag { name, tag, version, previous } => Event::new(&who, "tag")
+                .release(name, version, id(name, version))
+                .with("tag", tag.clone())
+                .with("previous", previous.clone().unwrap_or_default()),
+            Change::State { name, version, state } => {
+                let was = current.state(name, version);
+                let ev = match (&state.taken_down, &was.taken_down, &state.deprecated) {
+                    (Some(t), None, _) => Event::new(&who, "takedown").with("reason", t.reason.clone()),
+                    (_, _, Some(d)) => Event::new(&who, "deprecate")
+                        .with("reason", d.reason.clone())
+                        .with("successor", d.successor.as_ref().map(ToString::to_string).unwrap_or_default())
+                        .with("sunset", d.sunset.unwrap_or(0)),
+                    _ => Event::new(&who, "state").with("state", state.label()),
+                };
+                ev.release(name, version, id(name, version))
+            }
+        };
         let lifecycle = blocking(move || {
             match &c {
-                Change::Tag { name, tag, version, .. } => store.set_tag(name, tag, version)?,
-                Change::State { name, version, state } => store.set_state(name, version, state)?,
+                Change::Tag { name, tag, version, .. } => store.set_tag(name, tag, version, audit)?,
+                Change::State { name, version, state } => store.set_state(name, version, state, audit)?,
             }
             store.lifecycle()
         })

@@ -14,6 +14,8 @@ use std::path::Path;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+use crate::audit::{Entry, Event};
+
 /// The generated protobuf and gRPC code of `proto/shardgate/admin/v1`.
 pub mod proto {
     #![allow(missing_docs, clippy::all, clippy::pedantic)]
@@ -26,6 +28,8 @@ const STATES: TableDefinition<&str, &str> = TableDefinition::new("states");
 const TAGS: TableDefinition<(&str, &str), &str> = TableDefinition::new("tags");
 /// Key envelopes of encrypted releases (wrapped data keys only), by `name@version`.
 const KEY_ENVELOPES: TableDefinition<&str, &[u8]> = TableDefinition::new("key_envelopes");
+/// The audit trail: sequence number -> entry (canonical JSON), hash-chained.
+const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -122,6 +126,27 @@ pub fn check_tag(tag: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Chains `event` after the last audit entry, inside `txn` (so the entry and
+/// the change it records commit together, or neither does).
+fn append(txn: &redb::WriteTransaction, event: Event) -> Result<Entry, StoreError> {
+    let mut t = txn.open_table(AUDIT).map_err(storage)?;
+    let (seq, prev) = match t.last().map_err(storage)? {
+        Some((k, v)) => {
+            let last = decode_entry(k.value(), v.value())?;
+            (last.seq + 1, last.hash)
+        }
+        None => (0, crate::audit::GENESIS.to_string()),
+    };
+    let entry = Entry::chain(seq, &prev, jiff::Timestamp::now(), event);
+    t.insert(seq, entry.to_line().as_slice()).map_err(storage)?;
+    Ok(entry)
+}
+
+fn decode_entry(seq: u64, bytes: &[u8]) -> Result<Entry, StoreError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| StoreError::Corrupt { key: format!("audit entry {seq}"), why: e.to_string() })
+}
+
 /// A release registered over the admin API, as stored.
 #[derive(Debug, Clone)]
 pub struct Registered {
@@ -156,6 +181,7 @@ impl Store {
         txn.open_table(STATES).map_err(|e| err(&e))?;
         txn.open_table(TAGS).map_err(|e| err(&e))?;
         txn.open_table(KEY_ENVELOPES).map_err(|e| err(&e))?;
+        txn.open_table(AUDIT).map_err(|e| err(&e))?;
         txn.commit().map_err(|e| err(&e))?;
         Ok(Self { db })
     }
@@ -182,6 +208,7 @@ impl Store {
         version: &semver::Version,
         manifest: &[u8],
         placement: Option<&[u8]>,
+        audit: Event,
     ) -> Result<(), StoreError> {
         let k = key(name, version);
         let txn = self.db.begin_write().map_err(storage)?;
@@ -193,26 +220,56 @@ impl Store {
                 t.insert(k.as_str(), p).map_err(storage)?;
             }
         }
+        append(&txn, audit)?;
         txn.commit().map_err(storage)
     }
 
-    pub fn set_tag(&self, name: &str, tag: &str, version: &semver::Version) -> Result<(), StoreError> {
+    pub fn set_tag(&self, name: &str, tag: &str, version: &semver::Version, audit: Event) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(storage)?;
         {
             let mut t = txn.open_table(TAGS).map_err(storage)?;
             t.insert((name, tag), version.to_string().as_str()).map_err(storage)?;
         }
+        append(&txn, audit)?;
         txn.commit().map_err(storage)
     }
 
-    pub fn set_state(&self, name: &str, version: &semver::Version, state: &ReleaseState) -> Result<(), StoreError> {
+    pub fn set_state(
+        &self,
+        name: &str,
+        version: &semver::Version,
+        state: &ReleaseState,
+        audit: Event,
+    ) -> Result<(), StoreError> {
         let k = key(name, version);
         let txn = self.db.begin_write().map_err(storage)?;
         {
             let mut t = txn.open_table(STATES).map_err(storage)?;
             t.insert(k.as_str(), serde_json::to_string(state).map_err(storage)?.as_str()).map_err(storage)?;
         }
+        append(&txn, audit)?;
         txn.commit().map_err(storage)
+    }
+
+    /// Appends an event that changes nothing else (a repair, ...) to the audit trail.
+    pub fn audit(&self, event: Event) -> Result<Entry, StoreError> {
+        let txn = self.db.begin_write().map_err(storage)?;
+        let entry = append(&txn, event)?;
+        txn.commit().map_err(storage)?;
+        Ok(entry)
+    }
+
+    /// Up to `limit` audit entries after sequence number `after` (from the first when `None`).
+    pub fn audit_entries(&self, after: Option<u64>, limit: usize) -> Result<Vec<Entry>, StoreError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let t = txn.open_table(AUDIT).map_err(storage)?;
+        let from = after.map_or(0, |a| a.saturating_add(1));
+        let mut out = Vec::new();
+        for row in t.range(from..).map_err(storage)?.take(limit) {
+            let (k, v) = row.map_err(storage)?;
+            out.push(decode_entry(k.value(), v.value())?);
+        }
+        Ok(out)
     }
 
     /// Every key envelope, by `name@version`.
@@ -234,22 +291,32 @@ impl Store {
     }
 
     /// Stores (or replaces) a release's key envelope.
-    pub fn put_key_envelope(&self, name: &str, version: &semver::Version, env: &[u8]) -> Result<(), StoreError> {
+    pub fn put_key_envelope(
+        &self,
+        name: &str,
+        version: &semver::Version,
+        env: &[u8],
+        audit: Event,
+    ) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(storage)?;
         {
             let mut t = txn.open_table(KEY_ENVELOPES).map_err(storage)?;
             t.insert(key(name, version).as_str(), env).map_err(storage)?;
         }
+        append(&txn, audit)?;
         txn.commit().map_err(storage)
     }
 
-    /// Destroys a release's key envelope; whether there was one.
-    pub fn delete_key_envelope(&self, name: &str, version: &semver::Version) -> Result<bool, StoreError> {
+    /// Destroys a release's key envelope; whether there was one (recorded only if there was).
+    pub fn delete_key_envelope(&self, name: &str, version: &semver::Version, audit: Event) -> Result<bool, StoreError> {
         let txn = self.db.begin_write().map_err(storage)?;
         let had = {
             let mut t = txn.open_table(KEY_ENVELOPES).map_err(storage)?;
             t.remove(key(name, version).as_str()).map_err(storage)?.is_some()
         };
+        if had {
+            append(&txn, audit)?;
+        }
         txn.commit().map_err(storage)?;
         Ok(had)
     }

@@ -1,5 +1,6 @@
 //! Command-line interface: one module per command.
 
+mod audit;
 mod cost;
 mod demo;
 mod diff;
@@ -62,6 +63,8 @@ pub enum Command {
     Decrypt(keys::DecryptArgs),
     /// Add a sign-off (security, legal, …) to a packed release, as its policy class requires.
     Approve(keys::ApproveArgs),
+    /// The audit trail: `audit export` from a gateway, `audit verify FILE` offline.
+    Audit(audit::Args),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -81,6 +84,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Keys(a) => keys::run(a),
         Command::Decrypt(a) => keys::decrypt(a),
         Command::Approve(a) => keys::approve(a),
+        Command::Audit(a) => audit::run(a),
     }
 }
 
