@@ -90,6 +90,7 @@ impl Engine {
         let gw = Gateway::start(cfg.clone()).await?;
         gw.spawn_prober(Duration::from_secs(5));
         gw.spawn_release_retry();
+        gw.spawn_pin_health();
         let listener = server::bind(&cfg.server).await.map_err(|e| bind_err("server.listen", e))?;
         let addr = listener.local_addr().map_err(|e| bind_err("server.listen", e))?;
         let grpc = match &cfg.grpc {

@@ -20,6 +20,7 @@ pub mod listener;
 pub mod metrics;
 pub mod origin;
 mod pagecache;
+pub mod pinhealth;
 pub mod policy;
 pub mod pricing;
 pub mod progress;

@@ -54,6 +54,26 @@ pub struct NodeConfig {
     pub token: Option<String>,
 }
 
+/// A publisher config: the nodes `publish --nodes FILE` places a release on.
+///
+/// ```toml
+/// [[nodes]]
+/// url = "http://10.0.0.5:5001"
+/// api_prefix = "/api/v1"   # the default
+/// token = "..."            # optional
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodesFile {
+    pub nodes: Vec<NodeConfig>,
+}
+
+impl NodesFile {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+}
+
 fn default_prefix() -> String {
     DEFAULT_API_PREFIX.to_string()
 }

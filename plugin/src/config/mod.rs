@@ -101,6 +101,45 @@ pub struct Config {
     /// The read-only S3 API.
     #[serde(default)]
     pub s3: S3Config,
+    /// Pin health: checking and repairing where releases are pinned.
+    #[serde(default)]
+    pub pin_health: PinHealthConfig,
+}
+
+/// `[pin_health]`: a low-priority task that checks, every `interval`, that
+/// each blob of every live release is pinned on its nodes (those its
+/// placement names, matched to `nodes` by URL), repairs a lost pin from a
+/// node that still holds the blob (verified by BLAKE3 before it is added
+/// again), and places copies on `spares` while a release is under-replicated.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PinHealthConfig {
+    pub enabled: bool,
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Each node call (pin/ls, cat, add) gives up after this long.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// The repair-time objective (SLO): a loss repaired later than this is reported as a breach.
+    #[serde(with = "humantime_serde")]
+    pub repair_objective: Duration,
+    /// The nodes releases are placed on (API URL, prefix, token).
+    pub nodes: Vec<crate::btfs::NodeConfig>,
+    /// Nodes that take copies while a release has fewer healthy copies than its target.
+    pub spares: Vec<crate::btfs::NodeConfig>,
+}
+
+impl Default for PinHealthConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            interval: Duration::from_secs(600),
+            timeout: Duration::from_secs(60),
+            repair_objective: Duration::from_secs(4 * 3600),
+            nodes: Vec::new(),
+            spares: Vec::new(),
+        }
+    }
 }
 
 /// `[s3]`: the read-only S3 API. Bucket = dataset, key = `<version or tag>/<path>`.
@@ -634,6 +673,23 @@ impl Config {
         duration("server.write_timeout", s.write_timeout, ms(100), hour)?;
         duration("server.shutdown_grace", s.shutdown_grace, Duration::ZERO, hour)?;
         duration("s3.max_skew", self.s3.max_skew, Duration::from_secs(1), 24 * hour)?;
+        let p = &self.pin_health;
+        duration("pin_health.interval", p.interval, Duration::from_secs(1), 7 * 24 * hour)?;
+        duration("pin_health.timeout", p.timeout, ms(100), hour)?;
+        duration("pin_health.repair_objective", p.repair_objective, Duration::from_secs(1), 365 * 24 * hour)?;
+        for (i, n) in p.nodes.iter().chain(&p.spares).enumerate() {
+            let key = if i < p.nodes.len() {
+                format!("pin_health.nodes[{i}].url")
+            } else {
+                format!("pin_health.spares[{}].url", i - p.nodes.len())
+            };
+            if !(n.url.starts_with("http://") || n.url.starts_with("https://")) {
+                return Err(invalid(&key, format!("{:?} is not an http(s) URL", n.url)));
+            }
+        }
+        if p.enabled && p.nodes.is_empty() {
+            return Err(invalid("pin_health.nodes", "pin health is enabled but lists no node to check"));
+        }
         if self.s3.region.is_empty() || !self.s3.region.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
             return Err(invalid("s3.region", format!("{:?} is not a region name", self.s3.region)));
         }
@@ -759,7 +815,7 @@ impl Config {
 /// stores. Origin timeouts (`fetch.*_timeout`) are rebuilt with the origins
 /// and `usage.pricing` is re-read, so those reload.
 const RESTART_ONLY: &[&str] =
-    &["server", "grpc", "fetch", "hot_tier", "disk_tier", "metadata", "usage", "registry", "s3"];
+    &["server", "grpc", "fetch", "hot_tier", "disk_tier", "metadata", "usage", "registry", "s3", "pin_health"];
 const RELOADABLE: &[&str] = &[
     "fetch.connect_timeout",
     "fetch.first_byte_timeout",

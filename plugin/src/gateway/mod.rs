@@ -107,6 +107,8 @@ pub struct Gateway {
     security: ArcSwap<Security>,
     /// S3 access keys (`s3.credentials`), read at start and on reload.
     s3_keys: ArcSwap<crate::s3::keys::S3Keys>,
+    /// What the pin-health task last saw (`release status`).
+    pin_health: crate::pinhealth::PinHealth,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -263,6 +265,7 @@ impl Gateway {
             admin: tokio::sync::Mutex::new(()),
             security: ArcSwap::from_pointee(security),
             s3_keys: ArcSwap::from_pointee(s3_keys),
+            pin_health: Default::default(),
         });
         gw.spawn_committer(cfg.usage.commit_interval, cfg.usage.retention);
         gw.load_releases(&cfg).await?;
@@ -557,6 +560,11 @@ impl Gateway {
         let resets = jiff::Timestamp::from_second(month_end).map(|t| t.to_string()).unwrap_or_default();
         let wait = Duration::from_secs(month_end.saturating_sub(unix_now()).max(1) as u64);
         Err(Denied::QuotaExhausted { tenant: tenant.id.to_string(), used, quota, resets, retry_after: wait })
+    }
+
+    /// The pin-health task's view of each release.
+    pub fn pin_health(&self) -> &crate::pinhealth::PinHealth {
+        &self.pin_health
     }
 
     pub(crate) fn store(&self) -> &Arc<Store> {

@@ -244,6 +244,59 @@ impl AdminService for AdminApi {
         Ok(Response::new(proto::ExportAuditResponse { entries, more }))
     }
 
+    async fn release_status(
+        &self,
+        req: Request<proto::ReleaseStatusRequest>,
+    ) -> Result<Response<proto::ReleaseStatusResponse>, Status> {
+        let r = req.into_inner();
+        let v = version(&r.version)?;
+        if self.gw.registry().snapshot().release(&r.name, &v).is_none() {
+            return Err(Status::not_found(format!("{}@{v} is not served here", r.name)));
+        }
+        let objective = self.gw.config().pin_health.repair_objective.as_secs_f64();
+        let mut out = proto::ReleaseStatusResponse {
+            name: r.name.clone(),
+            version: v.to_string(),
+            repair_objective_seconds: objective,
+            ..Default::default()
+        };
+        if let Some(h) = self.gw.pin_health().release(&format!("{}@{v}", r.name)) {
+            out.checked = true;
+            out.replication_target = h.target as u64;
+            out.blobs = h.blobs as u64;
+            out.under_replicated = h.under_replicated as u64;
+            out.checked_at = h.checked_at;
+            out.nodes = h
+                .nodes
+                .into_iter()
+                .map(|(node, n)| proto::NodePinStatus {
+                    node,
+                    expected: n.expected as u64,
+                    holds: n.holds as u64,
+                    lost: n.lost as u64,
+                    reachable: n.reachable,
+                    checked_at: n.checked_at,
+                    error: n.error.unwrap_or_default(),
+                    spare: n.spare,
+                })
+                .collect();
+            out.repairs = h
+                .repairs
+                .into_iter()
+                .map(|x| proto::RepairStatus {
+                    at: x.at,
+                    node: x.node,
+                    blob: x.blob,
+                    source: x.source.unwrap_or_default(),
+                    ok: x.ok,
+                    why: x.why,
+                    seconds: x.seconds,
+                })
+                .collect();
+        }
+        Ok(Response::new(out))
+    }
+
     async fn list_releases(
         &self,
         req: Request<proto::ListReleasesRequest>,

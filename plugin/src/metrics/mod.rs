@@ -23,6 +23,18 @@ pub struct SourceLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReleaseLabel {
+    /// `name@version`.
+    pub release: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// `ok` or `failed`.
+    pub result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabel {
     pub route: &'static str,
     pub status: u16,
@@ -152,6 +164,14 @@ pub struct Metrics {
     /// Time to the response head of file requests answered 200, 206 or
     /// 304: the first chunk is fetched and verified before the head goes out.
     pub file_first_byte: Latency,
+    /// Pin health: blobs of a release held by fewer healthy nodes than its replication target.
+    pub pin_under_replicated: Family<ReleaseLabel, Gauge>,
+    /// Pin health: repairs (a lost blob verified and pinned again, or placed on a spare).
+    pub pin_repairs: Family<ResultLabel, Counter>,
+    /// Pin health: seconds from a loss being detected to its repair.
+    pub pin_repair_seconds: Histogram,
+    /// Pin health: nodes that did not answer in the last round.
+    pub pin_nodes_unreachable: Gauge,
     /// When these counts started.
     pub since: i64,
 }
@@ -193,6 +213,12 @@ impl Metrics {
             connections_closed: Family::default(),
             releases: Gauge::default(),
             releases_unloaded: Gauge::default(),
+            pin_under_replicated: Family::default(),
+            pin_repairs: Family::default(),
+            pin_repair_seconds: Histogram::new(
+                [1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 4.0 * 3600.0, 24.0 * 3600.0].into_iter(),
+            ),
+            pin_nodes_unreachable: Gauge::default(),
             verification: Gauge::default(),
             reloads: Family::default(),
             usage_commits: Family::default(),
@@ -290,6 +316,26 @@ impl Metrics {
             "releases_unloaded",
             "Configured or registered releases that could not be loaded (retried in the background)",
             m.releases_unloaded.clone(),
+        );
+        registry.register(
+            "pin_under_replicated_blobs",
+            "Blobs of a release pinned on fewer healthy nodes than its replication target (pin health)",
+            m.pin_under_replicated.clone(),
+        );
+        registry.register(
+            "pin_repairs",
+            "Pin repairs by result: a lost blob read from a node that still has it, verified, and pinned again",
+            m.pin_repairs.clone(),
+        );
+        registry.register(
+            "pin_repair_seconds",
+            "Seconds from a lost pin being detected to its repair",
+            m.pin_repair_seconds.clone(),
+        );
+        registry.register(
+            "pin_nodes_unreachable",
+            "Nodes that did not answer the last pin-health round",
+            m.pin_nodes_unreachable.clone(),
         );
         registry.register(
             "verification_enabled",

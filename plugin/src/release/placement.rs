@@ -28,6 +28,10 @@ pub struct BlobPlacement {
     pub cid: String,
     pub size: u64,
     pub kind: BlobKind,
+    /// The nodes (API base URLs) that `publish` placed and pinned it on, in
+    /// the order given. Empty in placements written before replication.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,6 +1,8 @@
-//! `publish`: adds a packed release to a BTFS node and records where each
-//! blob went in `placement.json`, saved after every add so a rerun after an
-//! interruption adds only what is missing (or what the node lost).
+//! `publish`: adds a packed release to BTFS nodes, each blob (files, chunk
+//! tables, the manifest) pinned on at least the release's replication target
+//! of them, and records where each blob went in `placement.json` (its CID and
+//! the nodes holding it), saved after every add so a rerun after an
+//! interruption adds only what is missing (or what a node lost).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -24,14 +26,31 @@ pub enum PublishError {
         "{path}: sent bytes hash to {sent}, manifest says {expected}; the release directory is damaged (run `shardgate verify`)"
     )]
     Mismatch { path: String, sent: Blake3, expected: Blake3 },
+    #[error("replication target {target} needs at least {target} nodes; {given} given")]
+    TooFewNodes { target: usize, given: usize },
+    #[error("{path}: pinned on {got} of the {target} nodes the replication target asks for; {why}")]
+    UnderReplicated { path: String, got: usize, target: usize, why: String },
+    #[error(
+        "{path}: node {node} gave CID {got}, but the release placed it as {expected} (do the nodes add with different settings?)"
+    )]
+    CidMismatch { path: String, node: String, got: String, expected: String },
+}
+
+/// A node's name in `placement.json`: its API base URL.
+pub fn node_id(node: &NodeClient) -> String {
+    node.config().url.trim_end_matches('/').to_string()
 }
 
 #[derive(Debug)]
 pub struct PublishOutcome {
     pub placement: Placement,
+    /// Blob copies added (a blob added to two nodes counts twice).
     pub added: usize,
+    /// Blob copies found already pinned.
     pub already_present: usize,
     pub bytes_added: u64,
+    /// The replication target applied.
+    pub target: usize,
 }
 
 struct Blob {
@@ -42,10 +61,13 @@ struct Blob {
     kind: BlobKind,
 }
 
-/// Publishes the release in `dir` to the node.
+/// Publishes the release in `dir` to `nodes`: every blob pinned on at least
+/// `target` of them (the release's `replication_target` when `None`, else 1),
+/// tried in the order given; a node that fails is passed over.
 pub async fn publish(
     dir: &ReleaseDir,
-    node: &NodeClient,
+    nodes: &[NodeClient],
+    target: Option<usize>,
     progress: &dyn Progress,
 ) -> Result<PublishOutcome, PublishError> {
     let manifest_path = dir.manifest();
@@ -54,6 +76,10 @@ pub async fn publish(
     let signed = SignedManifest::parse(&bytes)
         .map_err(|e| PublishError::Manifest(format!("{}: {e}", manifest_path.display())))?;
     let m = &signed.manifest;
+    let target = target.or(m.envelope.replication_target.map(|t| t as usize)).unwrap_or(1).max(1);
+    if target > nodes.len() {
+        return Err(PublishError::TooFewNodes { target, given: nodes.len() });
+    }
 
     // Every distinct blob once: files, tables, then the manifest itself.
     let mut blobs: BTreeMap<Blake3, Blob> = BTreeMap::new();
@@ -92,43 +118,106 @@ pub async fn publish(
         },
         Err(_) => fresh(&signed),
     };
+    let save = |placement: &Placement| {
+        write_synced(&placement_path, &placement.to_bytes()).map_err(|e| PublishError::Io {
+            path: placement_path.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })
+    };
 
-    let total: u64 = blobs.values().map(|b| b.size).sum::<u64>() + manifest_blob.size;
+    let total: u64 = (blobs.values().map(|b| b.size).sum::<u64>() + manifest_blob.size) * target as u64;
     progress.begin("publish", total);
     let (mut added, mut already_present, mut bytes_added) = (0, 0, 0u64);
     for blob in blobs.values().chain(std::iter::once(&manifest_blob)) {
-        if let Some(p) = placement.blobs.get(&blob.hash)
-            && node.is_pinned(&p.cid).await?
+        let mut holders: Vec<String> = Vec::new();
+        let mut failures: Vec<String> = Vec::new();
+        for node in nodes {
+            if holders.len() == target {
+                break;
+            }
+            let id = node_id(node);
+            let known = placement.blobs.get(&blob.hash).map(|p| p.cid.clone());
+            if let Some(cid) = &known {
+                match node.is_pinned(cid).await {
+                    Ok(true) => {
+                        already_present += 1;
+                        holders.push(id);
+                        progress.advance(blob.size);
+                        continue;
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        failures.push(e.to_string());
+                        continue;
+                    }
+                }
+            }
+            let (cid, sent) = match node.add_file(&blob.path, &blob.name, &|n| progress.advance(n)).await {
+                Ok(x) => x,
+                Err(e @ NodeError::Io { .. }) => return Err(e.into()),
+                Err(e) => {
+                    failures.push(e.to_string());
+                    continue;
+                }
+            };
+            let sent = Blake3::from(sent);
+            if sent != blob.hash {
+                return Err(PublishError::Mismatch {
+                    path: blob.path.display().to_string(),
+                    sent,
+                    expected: blob.hash,
+                });
+            }
+            if let Some(expected) = known
+                && expected != cid
+            {
+                return Err(PublishError::CidMismatch {
+                    path: blob.path.display().to_string(),
+                    node: id,
+                    got: cid,
+                    expected,
+                });
+            }
+            added += 1;
+            bytes_added += blob.size;
+            holders.push(id);
+            if blob.kind == BlobKind::Manifest {
+                placement.manifest_cid = Some(cid.clone());
+            }
+            let entry = placement.blobs.entry(blob.hash).or_insert_with(|| BlobPlacement {
+                cid: cid.clone(),
+                size: blob.size,
+                kind: blob.kind,
+                nodes: Vec::new(),
+            });
+            let last = holders.last().cloned().unwrap_or_default();
+            if !entry.nodes.contains(&last) {
+                entry.nodes.push(last);
+            }
+            save(&placement)?;
+        }
+        if holders.len() < target {
+            return Err(PublishError::UnderReplicated {
+                path: blob.path.display().to_string(),
+                got: holders.len(),
+                target,
+                why: if failures.is_empty() { "no other node was given".into() } else { failures.join("; ") },
+            });
+        }
+        // Record exactly the nodes found holding it this run, in node order.
+        if let Some(entry) = placement.blobs.get_mut(&blob.hash)
+            && entry.nodes != holders
         {
-            already_present += 1;
-            progress.advance(blob.size);
-            continue;
+            entry.nodes = holders;
+            save(&placement)?;
         }
-        let (cid, sent) = node.add_file(&blob.path, &blob.name, &|n| progress.advance(n)).await?;
-        let sent = Blake3::from(sent);
-        if sent != blob.hash {
-            return Err(PublishError::Mismatch { path: blob.path.display().to_string(), sent, expected: blob.hash });
-        }
-        added += 1;
-        bytes_added += blob.size;
-        if blob.kind == BlobKind::Manifest {
-            placement.manifest_cid = Some(cid.clone());
-        }
-        placement.blobs.insert(blob.hash, BlobPlacement { cid, size: blob.size, kind: blob.kind });
-        write_synced(&placement_path, &placement.to_bytes()).map_err(|e| PublishError::Io {
-            path: placement_path.clone(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
     }
     if placement.manifest_cid.is_none() {
         placement.manifest_cid = placement.cid_of(&signed.id).map(str::to_string);
-        write_synced(&placement_path, &placement.to_bytes()).map_err(|e| PublishError::Io {
-            path: placement_path.clone(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
+        save(&placement)?;
     }
     progress.end();
-    Ok(PublishOutcome { placement, added, already_present, bytes_added })
+    Ok(PublishOutcome { placement, added, already_present, bytes_added, target })
 }
 
 fn fresh(signed: &SignedManifest) -> Placement {

@@ -12,13 +12,19 @@ use crate::progress::Bar;
 pub struct Args {
     /// Release directory (from `shardgate pack`).
     release: PathBuf,
-    /// The node's API base URL, such as http://127.0.0.1:5001.
+    /// A node's API base URL, such as http://127.0.0.1:5001 (repeat for several, in order of preference).
+    #[arg(long = "node", required_unless_present = "nodes")]
+    node: Vec<String>,
+    /// Nodes from a publisher config: a TOML file with `[[nodes]]` tables (`url`, `api_prefix`, `token`).
     #[arg(long)]
-    node: String,
-    /// API path prefix: /api/v1 for BTFS, /api/v0 for IPFS nodes.
+    nodes: Option<PathBuf>,
+    /// Pin every blob on this many nodes (default: the release's `replication_target`, else 1).
+    #[arg(long)]
+    replicas: Option<usize>,
+    /// API path prefix of the --node nodes: /api/v1 for BTFS, /api/v0 for IPFS nodes.
     #[arg(long, default_value = DEFAULT_API_PREFIX)]
     api_prefix: String,
-    /// Node API token (BTFS token auth), sent as ?token=.
+    /// API token of the --node nodes (BTFS token auth), sent as ?token=.
     #[arg(long, env = "SHARDGATE_NODE_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// The parent release directory: run the drift gate before publishing (as
@@ -45,8 +51,23 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
-    let node =
-        NodeClient::new(NodeConfig { url: a.node, api_prefix: a.api_prefix, token: a.token }, Duration::from_secs(10))?;
+    use anyhow::Context;
+    let mut configs: Vec<NodeConfig> = a
+        .node
+        .iter()
+        .map(|url| NodeConfig { url: url.clone(), api_prefix: a.api_prefix.clone(), token: a.token.clone() })
+        .collect();
+    if let Some(path) = &a.nodes {
+        let text = std::fs::read_to_string(path).with_context(|| format!("--nodes {}", path.display()))?;
+        let file = shardgate::btfs::NodesFile::parse(&text)
+            .map_err(|e| super::ConfigError(format!("--nodes {}: {e}", path.display())))?;
+        configs.extend(file.nodes);
+    }
+    if configs.is_empty() {
+        anyhow::bail!(super::ConfigError("no node to publish to: give --node URL or --nodes FILE".into()));
+    }
+    let nodes =
+        configs.into_iter().map(|c| NodeClient::new(c, Duration::from_secs(10))).collect::<Result<Vec<_>, _>>()?;
     let dir = ReleaseDir::from_arg(&a.release);
     if let Some(parent) = &a.parent {
         drift_gate(&dir, parent, a.meta.as_deref())?;
@@ -60,11 +81,13 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         policy.check(&signed.manifest)?;
     }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let outcome = rt.block_on(publish(&dir, &node, &Bar::new()))?;
+    let outcome = rt.block_on(publish(&dir, &nodes, a.replicas, &Bar::new()))?;
     eprintln!(
-        "published {}@{}: {} blobs added ({} bytes), {} already on the node; wrote {}",
+        "published {}@{} on {} of {} node(s) per blob: {} copies added ({} bytes), {} already pinned; wrote {}",
         outcome.placement.name,
         outcome.placement.version,
+        outcome.target,
+        nodes.len(),
         outcome.added,
         outcome.bytes_added,
         outcome.already_present,

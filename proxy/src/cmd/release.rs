@@ -82,6 +82,12 @@ enum Action {
         #[command(flatten)]
         admin: Admin,
     },
+    /// Pin health of NAME@VERSION: for each node, what it holds and when it was last checked; repairs made.
+    Status {
+        release: String,
+        #[command(flatten)]
+        admin: Admin,
+    },
     /// The gateway's releases, tags and states, as JSON lines.
     List {
         name: Option<String>,
@@ -203,6 +209,41 @@ async fn run_admin(action: Action) -> anyhow::Result<ExitCode> {
                 last.chunks_done, last.chunks_total, last.bytes_done
             );
             Ok(if last.chunks_done == last.chunks_total { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Action::Status { release, admin } => {
+            let (name, version) = split_release(&release)?;
+            let req = proto::ReleaseStatusRequest { name, version };
+            let r =
+                client(&admin).await?.release_status(authed(req, &admin.token)?).await.map_err(status)?.into_inner();
+            let nodes: Vec<_> = r
+                .nodes
+                .iter()
+                .map(|n| {
+                    serde_json::json!({
+                        "node": n.node, "expected": n.expected, "holds": n.holds, "lost": n.lost,
+                        "reachable": n.reachable, "checked_at": n.checked_at, "error": n.error, "spare": n.spare,
+                    })
+                })
+                .collect();
+            let repairs: Vec<_> = r
+                .repairs
+                .iter()
+                .map(|x| {
+                    serde_json::json!({
+                        "at": x.at, "node": x.node, "blob": x.blob, "source": x.source, "ok": x.ok,
+                        "why": x.why, "seconds": x.seconds,
+                        "within_objective": x.ok && x.seconds <= r.repair_objective_seconds,
+                    })
+                })
+                .collect();
+            let v = serde_json::json!({
+                "release": format!("{}@{}", r.name, r.version), "checked": r.checked,
+                "replication_target": r.replication_target, "blobs": r.blobs,
+                "under_replicated": r.under_replicated, "checked_at": r.checked_at,
+                "repair_objective_seconds": r.repair_objective_seconds, "nodes": nodes, "repairs": repairs,
+            });
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(ExitCode::SUCCESS)
         }
         Action::List { name, admin } => {
             let req = proto::ListReleasesRequest { name };
