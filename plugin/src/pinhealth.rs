@@ -252,12 +252,19 @@ impl Gateway {
             }
         }
         for url in lost {
-            let since = self
+            let (since, first) = self
                 .pin_health()
-                .with(|s| *s.lost_since.entry((url.clone(), hash)).or_insert_with(Instant::now))
-                .unwrap_or_else(Instant::now);
+                .with(|s| match s.lost_since.get(&(url.clone(), hash)) {
+                    Some(t) => (*t, false),
+                    None => {
+                        let now = Instant::now();
+                        s.lost_since.insert((url.clone(), hash), now);
+                        (now, true)
+                    }
+                })
+                .unwrap_or_else(|| (Instant::now(), true));
             let outcome = self.repair(nodes, timeout, &healthy, &url, hash, blob).await;
-            let done = self.record_repair(key, release_id, &url, hash, since, outcome.clone(), health).await;
+            let done = self.record_repair(key, release_id, &url, hash, since, first, outcome, health).await;
             if done {
                 healthy.push(url.clone());
                 if let Some(e) = health.nodes.get_mut(&url) {
@@ -274,13 +281,28 @@ impl Gateway {
                 .filter(|(u, _)| !holders.contains(u) && !unreachable.contains_key(*u))
                 .map(|(u, c)| (u.clone(), c.clone()))
                 .collect();
-            for (url, _) in spares {
+            for (url, spare) in spares {
                 if healthy.len() >= target {
                     break;
                 }
-                let since = Instant::now();
-                let outcome = self.repair(nodes, timeout, &healthy, &url, hash, blob).await;
-                if self.record_repair(key, release_id, &url, hash, since, outcome, health).await {
+                // A spare that does not answer is skipped (no attempt is recorded); one
+                // that already pins the blob (a copy from an earlier run) counts as is.
+                let copied = match tokio::time::timeout(timeout, spare.is_pinned(&blob.cid)).await {
+                    Ok(Ok(true)) => true,
+                    Ok(Ok(false)) => {
+                        let outcome = self.repair(nodes, timeout, &healthy, &url, hash, blob).await;
+                        self.record_repair(key, release_id, &url, hash, Instant::now(), true, outcome, health).await
+                    }
+                    Ok(Err(e)) => {
+                        unreachable.insert(url.clone(), e.to_string());
+                        false
+                    }
+                    Err(_) => {
+                        unreachable.insert(url.clone(), format!("pin/ls did not answer within {timeout:?}"));
+                        false
+                    }
+                };
+                if copied {
                     self.pin_health().with(|s| s.extra.entry(hash).or_default().push(url.clone()));
                     let e = health.nodes.entry(url.clone()).or_default();
                     e.expected += 1;
@@ -330,7 +352,9 @@ impl Gateway {
         }
     }
 
-    /// Counts, times, audits and reports one repair; whether it succeeded.
+    /// Counts, times and reports one repair, and writes it to the audit
+    /// trail (a failure only on the first attempt for a loss, so a repair
+    /// that keeps failing does not flood the trail); whether it succeeded.
     #[allow(clippy::too_many_arguments)]
     async fn record_repair(
         &self,
@@ -339,6 +363,7 @@ impl Gateway {
         node: &str,
         hash: Blake3,
         since: Instant,
+        first: bool,
         outcome: Result<String, String>,
         health: &mut ReleaseHealth,
     ) -> bool {
@@ -368,7 +393,9 @@ impl Gateway {
             Some(s) => event.with("source", s.clone()),
             None => event.with("why", why.clone()),
         };
-        if let Err(e) = self.audit(event).await {
+        if (ok || first)
+            && let Err(e) = self.audit(event).await
+        {
             tracing::error!(error = %e, "pin health: the audit trail did not take a repair");
         }
         if ok {

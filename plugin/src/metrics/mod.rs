@@ -215,9 +215,7 @@ impl Metrics {
             releases_unloaded: Gauge::default(),
             pin_under_replicated: Family::default(),
             pin_repairs: Family::default(),
-            pin_repair_seconds: Histogram::new(
-                [1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 4.0 * 3600.0, 24.0 * 3600.0].into_iter(),
-            ),
+            pin_repair_seconds: Histogram::new([1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 4.0 * 3600.0, 24.0 * 3600.0]),
             pin_nodes_unreachable: Gauge::default(),
             verification: Gauge::default(),
             reloads: Family::default(),

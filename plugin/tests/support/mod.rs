@@ -127,7 +127,9 @@ impl Release {
         };
         let mut add = |h: Blake3, path: PathBuf, kind: BlobKind, placement: &mut Placement| {
             let b = std::fs::read(path).unwrap();
-            placement.blobs.insert(h, BlobPlacement { cid: cid_for(&h), size: b.len() as u64, kind });
+            placement
+                .blobs
+                .insert(h, BlobPlacement { cid: cid_for(&h), size: b.len() as u64, kind, nodes: Vec::new() });
             blobs.push((cid_for(&h), Bytes::from(b)));
         };
         for f in &signed.manifest.files {
