@@ -87,7 +87,36 @@ struct State {
     lost_since: HashMap<(String, Blake3), Instant>,
 }
 
+/// Totals over every release, for the dashboard.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Totals {
+    pub releases: u64,
+    pub under_replicated: u64,
+    pub repairs_ok: u64,
+    pub repairs_failed: u64,
+    pub slowest_repair_s: Option<f64>,
+}
+
 impl PinHealth {
+    /// Totals of the last rounds.
+    pub fn summary(&self) -> Totals {
+        let mut t = Totals::default();
+        let Ok(s) = self.inner.lock() else { return t };
+        for h in s.releases.values() {
+            t.releases += 1;
+            t.under_replicated += h.under_replicated as u64;
+            for r in &h.repairs {
+                if r.ok {
+                    t.repairs_ok += 1;
+                    t.slowest_repair_s = Some(t.slowest_repair_s.map_or(r.seconds, |w: f64| w.max(r.seconds)));
+                } else {
+                    t.repairs_failed += 1;
+                }
+            }
+        }
+        t
+    }
+
     /// The last round's view of `name@version`, if it has been checked.
     pub fn release(&self, key: &str) -> Option<ReleaseHealth> {
         self.inner.lock().ok()?.releases.get(key).cloned()

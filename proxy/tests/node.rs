@@ -63,7 +63,7 @@ fn release_round_trips_through_the_dev_node() {
     let o = run(&publish, t.path());
     assert!(o.status.success());
     let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(stderr.contains("0 blobs added"), "{stderr}");
+    assert!(stderr.contains("0 copies added"), "{stderr}");
     // After an interruption (placement lost one entry), only that one is added.
     let mut p = placement.clone();
     let first = p["blobs"].as_object().unwrap().keys().next().unwrap().clone();
@@ -71,7 +71,7 @@ fn release_round_trips_through_the_dev_node() {
     std::fs::write(t.path().join("out/placement.json"), serde_json::to_vec_pretty(&p).unwrap()).unwrap();
     let o = run(&publish, t.path());
     let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(stderr.contains("1 blobs added"), "{stderr}");
+    assert!(stderr.contains("1 copies added"), "{stderr}");
 }
 
 #[test]

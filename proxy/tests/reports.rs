@@ -79,7 +79,8 @@ fn setup(d: &Path) -> Tokens {
          [[tenants]]\nid = \"team-b\"\nkeys = [\"{}\"]\ndatasets = [\"corpus\"]\n\
          [usage]\nledger = \"state/usage.redb\"\ncommit_interval = \"1s\"\npricing = \"pricing.toml\"\n\
          [grpc]\nlisten = \"127.0.0.1:0\"\nbilling_tokens = [\"{}\"]\nadmin_tokens = [\"{}\"]\n\
-         [registry]\npath = \"state/registry.redb\"\n[reports]\nfinance_tokens = [\"{}\"]\nmanifest_p99_objective = \"250ms\"\nfile_ttfb_p99_objective = \"1s\"\n",
+         [registry]\npath = \"state/registry.redb\"\n[reports]\nfinance_tokens = [\"{}\"]\nmanifest_p99_objective = \"250ms\"\nfile_ttfb_p99_objective = \"1s\"\n\
+         [pin_health]\nenabled = true\ninterval = \"1h\"\nrepair_objective = \"2h\"\n[[pin_health.nodes]]\nurl = \"http://127.0.0.1:9\"\n",
         hashed(&t.team_a),
         hashed(&t.team_b),
         hashed(&t.billing),
@@ -207,6 +208,7 @@ fn expected_text(field: &str, raw: &str) -> String {
         return match last {
             "hit_ratio" => "n/a".into(),
             "p99_ms" => "no requests yet".into(),
+            "slowest_repair_s" => "none yet".into(),
             _ => panic!("{field} is empty"),
         };
     }
@@ -216,6 +218,8 @@ fn expected_text(field: &str, raw: &str) -> String {
         "fiat" | "fiat_buffered" => fmt_fiat(d()),
         "hit_ratio" => format!("{}%", fixed(d() * Decimal::from(100), 1, 1)),
         "p99_ms" | "objective_ms" => format!("{} ms", fixed(d(), 1, 1)),
+        "slowest_repair_s" | "repair_objective_s" => format!("{} s", fixed(d(), 1, 1)),
+        "under_replicated_blobs" | "repairs_ok" | "repairs_failed" => fixed(d(), 0, 0),
         "state" => raw.replace('_', " "),
         "requests" | "files" | "samples" | "live_releases" | "checksum_failures" => fixed(d(), 0, 0),
         l if l == "bytes" || l.ends_with("_bytes") => fmt_bytes(raw.parse().unwrap()),
@@ -526,6 +530,10 @@ fn dashboard_and_chargeback_show_the_recorded_usage() {
         "slo.manifest.p99_ms",
         "slo.file_ttfb.p99_ms",
         "slo.checksum_failures",
+        "slo.pin_health.under_replicated_blobs",
+        "slo.pin_health.repairs_ok",
+        "slo.pin_health.slowest_repair_s",
+        "slo.pin_health.repair_objective_s",
     ] {
         assert!(seen.contains(must), "the page does not show {must}; it shows {seen:?}");
     }

@@ -123,9 +123,27 @@ impl Gateway {
         }
         let store = self.store().clone();
         let (n, v) = (name.clone(), ver.clone());
-        let audit = Event::new(&actor(), "register")
+        // What the publisher did before registering is recorded with it: the
+        // sign-offs the release carries and where it was published.
+        let approvals: Vec<serde_json::Value> = release
+            .signed
+            .manifest
+            .approvals
+            .iter()
+            .map(|a| serde_json::json!({"role": a.role, "public_key": a.public_key, "at": a.at.to_string()}))
+            .collect();
+        let mut audit = Event::new(&actor(), "register")
             .release(&name, &ver, Some(id.to_hex()))
-            .with("signer", release.signed.signer.to_string());
+            .with("signer", release.signed.signer.to_string())
+            .with("approvals", approvals);
+        if let Some(p) = &release.placement {
+            let mut nodes: Vec<&str> = p.blobs.values().flat_map(|b| b.nodes.iter().map(String::as_str)).collect();
+            nodes.sort_unstable();
+            nodes.dedup();
+            audit = audit
+                .with("manifest_cid", p.manifest_cid.clone().unwrap_or_default())
+                .with("published_on", nodes.into_iter().map(str::to_string).collect::<Vec<_>>());
+        }
         blocking(move || store.put_release(&n, &v, &manifest, placement.as_deref(), audit)).await?;
         let mut next = (*current).clone();
         if current.release(&name, &ver).is_none() {

@@ -148,6 +148,25 @@ pub struct SloPanel {
     pub file_ttfb: Objective,
     /// Chunks that failed verification since `since` (never served).
     pub checksum_failures: u64,
+    /// Pin health and the repair-time objective; `null` when `[pin_health]` is off.
+    pub pin_health: Option<PinPanel>,
+}
+
+/// The pin-health figures of the SLO panel (from the task's last rounds).
+#[derive(Debug, Clone, Serialize)]
+pub struct PinPanel {
+    /// Releases checked.
+    pub releases: u64,
+    pub under_replicated_blobs: u64,
+    pub nodes_unreachable: u64,
+    /// Repairs among the most recent ones kept per release (up to 100 each).
+    pub repairs_ok: u64,
+    pub repairs_failed: u64,
+    /// The slowest successful repair, detection to repair; none before any.
+    pub slowest_repair_s: Option<f64>,
+    pub repair_objective_s: f64,
+    /// Whether every repair met the objective; none before any.
+    pub met: Option<bool>,
 }
 
 /// What a summary is made from.
@@ -367,6 +386,21 @@ pub async fn for_gateway(gw: &Arc<Gateway>, days: u32) -> Result<Summary, Ledger
         manifest: objective(&m.manifest_latency, cfg.reports.manifest_p99_objective),
         file_ttfb: objective(&m.file_first_byte, cfg.reports.file_ttfb_p99_objective),
         checksum_failures: m.checksum_failures.get(),
+        pin_health: cfg.pin_health.enabled.then(|| {
+            let objective = cfg.pin_health.repair_objective.as_secs_f64();
+            let p = gw.pin_health().summary();
+            let slowest = p.slowest_repair_s.map(|s| (s * 10.0).round() / 10.0);
+            PinPanel {
+                releases: p.releases,
+                under_replicated_blobs: p.under_replicated,
+                nodes_unreachable: m.pin_nodes_unreachable.get().max(0) as u64,
+                repairs_ok: p.repairs_ok,
+                repairs_failed: p.repairs_failed,
+                slowest_repair_s: slowest,
+                repair_objective_s: objective,
+                met: p.slowest_repair_s.map(|s| s <= objective),
+            }
+        }),
     };
     let catalog = gw.registry().snapshot();
     let pricing = gw.pricing();

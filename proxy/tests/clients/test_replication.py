@@ -160,20 +160,25 @@ def metric(base: str, name: str) -> float:
     return sum(float(m.group(1)) for m in re.finditer(rf"^shardgate_{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
 
 
-def packed(shardgate_bin, tmp_path, name: str) -> tuple:
+def packed(shardgate_bin, tmp_path, name: str, *extra: str) -> tuple:
     run(shardgate_bin, "keygen", "--out", "key", cwd=tmp_path)
     src = tmp_path / "src"
     src.mkdir()
     (src / "big.bin").write_bytes(os.urandom(900_000))
     (src / "small.txt").write_text("hello\n")
-    rel = _pack(shardgate_bin, tmp_path, "src", name)
+    rel = _pack(shardgate_bin, tmp_path, "src", name, *extra)
     return rel, tmp_path / "key.pub"
 
 
 def test_publish_places_every_blob_on_the_replication_target(nodes, shardgate_bin, tmp_path):
     a, b, _ = nodes
-    rel, _ = packed(shardgate_bin, tmp_path, "replicated")
-    publish(shardgate_bin, rel.dir, a.api, b.api, replicas=2)
+    # The target comes from the signed envelope: `replication_target = 2`.
+    (tmp_path / "meta.toml").write_text("replication_target = 2\n")
+    rel, _ = packed(shardgate_bin, tmp_path, "replicated", "--meta", str(tmp_path / "meta.toml"))
+    assert rel.manifest["envelope"]["replication_target"] == 2
+    out = subprocess.run([shardgate_bin, "publish", str(rel.dir), "--api-prefix", PREFIX, "--node", a.api,
+                          "--node", b.api], capture_output=True, text=True, timeout=CMD_TIMEOUT_S)
+    assert out.returncode == 0 and "on 2 of 2 node(s) per blob" in out.stderr, out.stderr
     placement = json.loads((rel.dir / "placement.json").read_text())
     assert len(placement["blobs"]) == 4  # two files, one chunk table, the manifest
     for h, blob in placement["blobs"].items():
@@ -214,6 +219,10 @@ def test_a_lost_pin_is_repaired_and_a_spare_takes_a_gone_nodes_copies(nodes, sha
             assert fixed["within_objective"] and time.monotonic() - t0 < WAIT_S
             assert b.pinned(cid)
             assert metric(base, "pin_repairs_total") >= 1 and metric(base, "pin_repair_seconds_count") >= 1
+            # The dashboard's SLO panel: the repair, against the objective (admin tokens read reports).
+            req = urllib.request.Request(f"{base}/v1/reports/summary", headers={"Authorization": f"Bearer {token}"})
+            panel = json.loads(urllib.request.urlopen(req, timeout=10).read())["slo"]["pin_health"]
+            assert panel["repairs_ok"] >= 1 and panel["met"] is True and panel["repair_objective_s"] == 3600, panel
 
             # A goes away: under-replicated, still served from B.
             a.stop()

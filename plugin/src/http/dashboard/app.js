@@ -37,6 +37,7 @@
     pct: (r) => (r === null || r === undefined ? "n/a" : num(r * 100, 1, 1) + "%"),
     count: (n) => num(n, 0, 0),
     ms: (v) => (v === null || v === undefined ? "no requests yet" : num(v, 1, 1) + " ms"),
+    secs: (v) => (v === null || v === undefined ? "none yet" : num(v, 1, 1) + " s"),
     axisBtt: (v) => num(v, 0, 2) + " BTT",
   };
 
@@ -255,6 +256,25 @@
     cd.appendChild(document.createTextNode(" thrown away in the period"));
     cf.appendChild(cd);
     slo.appendChild(cf);
+    const ph = s.slo.pin_health;
+    if (ph) {
+      const bad = ph.under_replicated_blobs > 0 || ph.met === false;
+      const pc = el("div", { class: "card " + (bad ? "bad" : "good") });
+      pc.appendChild(el("h2", {}, "Pin health"));
+      pc.appendChild(fig(el("p", { class: "big" }), "slo.pin_health.under_replicated_blobs", ph.under_replicated_blobs, fmt.count(ph.under_replicated_blobs)));
+      const pd = el("p", { class: "small" });
+      pd.appendChild(document.createTextNode("blobs under-replicated; repairs "));
+      pd.appendChild(fig(el("span"), "slo.pin_health.repairs_ok", ph.repairs_ok, fmt.count(ph.repairs_ok)));
+      pd.appendChild(document.createTextNode(" ok, "));
+      pd.appendChild(fig(el("span"), "slo.pin_health.repairs_failed", ph.repairs_failed, fmt.count(ph.repairs_failed)));
+      pd.appendChild(document.createTextNode(" failed; slowest "));
+      pd.appendChild(fig(el("span"), "slo.pin_health.slowest_repair_s", ph.slowest_repair_s, fmt.secs(ph.slowest_repair_s)));
+      pd.appendChild(document.createTextNode(", objective "));
+      pd.appendChild(fig(el("span"), "slo.pin_health.repair_objective_s", ph.repair_objective_s, fmt.secs(ph.repair_objective_s)));
+      pd.appendChild(document.createTextNode(ph.met === null ? "" : ph.met ? ": met" : ": missed"));
+      pc.appendChild(pd);
+      slo.appendChild(pc);
+    }
     const since = new Date(s.slo.since * 1000).toISOString().replace(".000Z", "Z");
     slo.appendChild(el("p", { class: "small wide" }, `Latency and checksum counts since the gateway started (${since}).`));
 
