@@ -153,8 +153,16 @@ impl Engine {
         self.s3
     }
 
-    /// Drains and stops: HTTP, then gRPC, then the final usage commit.
+    /// Drains and stops: unready at once (`/readyz` 503) while still serving
+    /// for `server.drain_delay`, then HTTP drains, then gRPC, then the final
+    /// usage commit.
     pub async fn stop(mut self) {
+        self.gw.begin_draining();
+        let delay = self.gw.config().server.drain_delay;
+        if !delay.is_zero() {
+            tracing::info!(?delay, "draining: unready, still serving until the balancer stops sending");
+            tokio::time::sleep(delay).await;
+        }
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }

@@ -542,3 +542,53 @@ async fn a_table_proven_for_one_root_is_not_reused_for_another() {
     let got = client().get(r.url(&g.base, "c.bin")).send().await.unwrap();
     assert_eq!(got.bytes().await.unwrap(), c, "c.bin's root was poisoned in the hot tier");
 }
+
+/// Behind a load balancer: on stop, `/readyz` is 503 `draining` at once
+/// while files are still served for `server.drain_delay`; only then does the
+/// listener stop. An ejected origin is named on `/readyz`.
+#[tokio::test]
+async fn stopping_goes_unready_at_once_and_serves_through_the_drain_delay() {
+    let r = Release::pack("drain", &[("a.bin", bytes_of(300_000, 8))], CHUNK);
+    let good = MockOrigin::start(r.blobs.clone()).await;
+    let sick = MockOrigin::start(r.blobs.clone()).await;
+    sick.set_fault(None, Some(Fault::Status(500)));
+    let mut cfg = config_for(&r, &[&sick, &good]);
+    cfg.server.drain_delay = Duration::from_millis(1500);
+    let engine = Engine::start(cfg).await.unwrap();
+    let base = format!("http://{}", engine.addr());
+    let t0 = Instant::now();
+    loop {
+        if client().get(format!("{base}/readyz")).send().await.unwrap().status() == 200 {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "never ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The failing first origin is ejected after two failures and named.
+    for _ in 0..3 {
+        let resp = client().get(r.url(&base, "a.bin")).send().await.unwrap();
+        assert_eq!(resp.bytes().await.unwrap(), r.files["a.bin"]);
+        g_purge(&engine, &r).await;
+    }
+    let text = client().get(format!("{base}/readyz")).send().await.unwrap().text().await.unwrap();
+    assert!(text.contains("warning: origin mock0 is ejected"), "{text}");
+
+    let stopping = tokio::spawn(engine.stop());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let ready = client().get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    assert!(ready.text().await.unwrap().contains("not ready: draining"));
+    // Still serving while the balancer takes it out of rotation.
+    let resp = client().get(r.url(&base, "a.bin")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.bytes().await.unwrap(), r.files["a.bin"]);
+    stopping.await.unwrap();
+    assert!(t0.elapsed() >= Duration::from_millis(1500));
+    assert!(client().get(format!("{base}/readyz")).send().await.is_err(), "still accepting after the drain");
+}
+
+/// Drops the file from the hot tier so the next read goes to the origins again.
+async fn g_purge(engine: &Engine, r: &Release) {
+    let h = r.signed.manifest.file("a.bin").unwrap().blake3;
+    engine.gateway().fetcher().purge_file(h).unwrap();
+}

@@ -17,7 +17,7 @@ pub const DEFAULT_API_PREFIX: &str = "/api/v1";
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
-    #[error("node {url}: {source}")]
+    #[error("node {url}: {}", redact(&source.to_string()))]
     Http { url: String, source: reqwest::Error },
     #[error("node {url} answered {status}: {body}")]
     Status { url: String, status: u16, body: String },
@@ -27,6 +27,21 @@ pub enum NodeError {
     Io { path: String, source: std::io::Error },
     #[error("node {url}: {what} was cut short: got {got} of {want} bytes")]
     Short { url: String, what: String, got: u64, want: u64 },
+}
+
+/// An error's text with any `token=` query value removed: it reaches logs and the audit trail.
+fn redact(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("token=") {
+        out.push_str(&rest[..i + "token=".len()]);
+        out.push_str("REDACTED");
+        rest = &rest[i + "token=".len()..];
+        let end = rest.find(|c: char| c == '&' || c == ')' || c.is_whitespace()).unwrap_or(rest.len());
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 impl NodeError {
@@ -276,5 +291,16 @@ impl NodeClient {
             });
         }
         Ok(body)
+    }
+}
+
+#[cfg(test)]
+mod redact_tests {
+    #[test]
+    fn tokens_are_redacted() {
+        assert_eq!(
+            super::redact("error for url (http://a/api/v1/cat?arg=x&token=SECRET)"),
+            "error for url (http://a/api/v1/cat?arg=x&token=REDACTED)"
+        );
     }
 }

@@ -366,6 +366,12 @@ pub struct ServerConfig {
     /// On SIGTERM, in-flight responses get this long to finish.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// On SIGTERM, `/readyz` answers 503 `draining` at once, and the gateway
+    /// keeps accepting for this long before it stops and drains, so a load
+    /// balancer's health check takes it out of rotation first (set it to the
+    /// balancer's check interval times its fall count).
+    #[serde(with = "humantime_serde", default)]
+    pub drain_delay: Duration,
     /// Most ranges honoured in one multi-range request.
     pub max_ranges: usize,
 }
@@ -381,6 +387,7 @@ impl Default for ServerConfig {
             idle_timeout: Duration::from_secs(60),
             write_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(30),
+            drain_delay: Duration::ZERO,
             max_ranges: 64,
         }
     }
@@ -672,6 +679,7 @@ impl Config {
         duration("server.idle_timeout", s.idle_timeout, ms(100), 24 * hour)?;
         duration("server.write_timeout", s.write_timeout, ms(100), hour)?;
         duration("server.shutdown_grace", s.shutdown_grace, Duration::ZERO, hour)?;
+        duration("server.drain_delay", s.drain_delay, Duration::ZERO, 10 * 60 * Duration::from_secs(1))?;
         duration("s3.max_skew", self.s3.max_skew, Duration::from_secs(1), 24 * hour)?;
         let p = &self.pin_health;
         duration("pin_health.interval", p.interval, Duration::from_secs(1), 7 * 24 * hour)?;

@@ -92,6 +92,8 @@ pub struct Gateway {
     metrics: Arc<Metrics>,
     origin_ok: AtomicBool,
     loaded: AtomicBool,
+    /// Set on SIGTERM (before draining): `/readyz` answers 503 from then on.
+    draining: AtomicBool,
     /// Configured or registered releases that could not be loaded, and why;
     /// retried in the background until they load.
     unloaded: ArcSwap<Vec<registry::Unloaded>>,
@@ -257,6 +259,7 @@ impl Gateway {
             metrics,
             origin_ok: AtomicBool::new(false),
             loaded: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             unloaded: ArcSwap::from_pointee(Vec::new()),
             meter,
             ledger,
@@ -593,8 +596,20 @@ impl Gateway {
     /// refused for good (an untrusted or invalid manifest) is a warning
     /// ([`Gateway::readiness_warnings`]), or one bad manifest would take
     /// every replica out of a balancer's rotation.
+    /// Marks the gateway as shutting down: unready at once, still serving.
+    pub fn begin_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
     pub fn not_ready_reasons(&self) -> Vec<String> {
         let mut why = Vec::new();
+        if self.is_draining() {
+            why.push("draining: shutting down, finishing the responses in flight".to_string());
+        }
         if !self.loaded.load(Ordering::Acquire) {
             why.push("releases are still loading".to_string());
         }
@@ -620,6 +635,14 @@ impl Gateway {
                 catalog.key_state(&r.signed.id).map(|k| &**k)
             {
                 w.push(format!("not decryptable: {why}"));
+            }
+        }
+        for o in self.fetcher.origins().iter() {
+            let label = crate::metrics::OriginLabel { origin: o.name().to_string() };
+            match self.metrics.origin_state.get_or_create(&label).get() {
+                1 => w.push(format!("origin {} is ejected (failing; tried after the others)", o.name())),
+                2 => w.push(format!("origin {} is being probed after an ejection", o.name())),
+                _ => {}
             }
         }
         if !self.config().fetch.verify {
