@@ -369,6 +369,24 @@ async fn prewarm_loads_a_release_into_the_hot_tier_with_progress() {
     assert_eq!(admin(f.grpc).await.prewarm(authed(bad, ADMIN)).await.unwrap_err().code(), tonic::Code::NotFound);
 }
 
+/// A new gateway on the same config, once the old engine has let go of the
+/// registry file (when its last task ends).
+async fn restart(cfg: &shardgate::config::Config) -> Served {
+    let t0 = std::time::Instant::now();
+    loop {
+        match shardgate::gateway::Gateway::start(cfg.clone()).await {
+            Ok(gw) => {
+                drop(gw);
+                return Served::start(cfg.clone()).await;
+            }
+            Err(e) => {
+                assert!(t0.elapsed() < Duration::from_secs(10), "{e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn the_registry_survives_a_restart() {
     let f = fixture().await;
@@ -388,19 +406,7 @@ async fn the_registry_survives_a_restart() {
     drop(_stop);
     // The same config, a new gateway: registered release, tag and state are back.
     // (The old engine lets go of the registry file once its last task ends.)
-    let t0 = std::time::Instant::now();
-    let g = loop {
-        match shardgate::gateway::Gateway::start(cfg.clone()).await {
-            Ok(gw) => {
-                drop(gw);
-                break Served::start(cfg.clone()).await;
-            }
-            Err(e) => {
-                assert!(t0.elapsed() < Duration::from_secs(10), "{e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    };
+    let g = restart(&cfg).await;
     let r = client().get(format!("{}/v1/datasets/lc-data/stable/files/a.bin", g.base)).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-location"], "/v1/datasets/lc-data/2.0.0/files/a.bin");
@@ -539,19 +545,7 @@ async fn the_audit_trail_records_every_change_and_an_edit_is_found() {
     g.gw.shutdown().await;
     g.shutdown().await;
     drop(_stop);
-    let t0 = std::time::Instant::now();
-    let g = loop {
-        match shardgate::gateway::Gateway::start(cfg.clone()).await {
-            Ok(gw) => {
-                drop(gw);
-                break Served::start(cfg.clone()).await;
-            }
-            Err(e) => {
-                assert!(t0.elapsed() < Duration::from_secs(10), "{e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    };
+    let g = restart(&cfg).await;
     g.gw.set_tag("lc-data", "stable", "2.0.0").await.unwrap();
     let all = g.gw.audit_entries(None, 100).await.unwrap();
     assert_eq!(all.len(), 6);
