@@ -300,6 +300,8 @@ async fn parallel_downloads_cannot_overrun_the_monthly_quota_by_more_than_a_chun
     let mut outcomes = Vec::new();
     for t in tasks {
         let (status, got, cut) = t.await.unwrap();
+        // Each download gets a status: 200 (perhaps cut between chunks) or 429.
+        assert!(status == 200 || status == 429, "{status}");
         if status == 200 {
             received += got;
         }

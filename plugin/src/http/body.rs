@@ -250,7 +250,6 @@ fn stream(state: ChunkedState) -> impl Stream<Item = Result<Frame<Bytes>, BodyEr
                 // gap before the next range of a multipart request.
                 let range_end = st.covering(r.clone()).end.min(st.end_chunk);
                 // A primed chunk is already as the representation holds it.
-                // A primed chunk is already as the representation holds it.
                 let got = match st.primed.take() {
                     Some((i, b, s)) if i == index => Ok((b, s)),
                     _ => view(&st.fetcher, &st.file, st.plain.as_deref(), index, range_end).await,

@@ -13,7 +13,7 @@ use http::{Method, Request, Response, StatusCode};
 
 use super::body::{self, Body, Piece};
 use super::range::{self, MultipartPlan, RangeRequest};
-use super::service::{error, not_opened};
+use super::service::{denied, error, not_opened};
 use crate::door::{self, OpenFile};
 use crate::fetch::Source;
 use crate::gateway::Gateway;
@@ -518,6 +518,12 @@ pub(crate) async fn serve_file<B>(
     if let Err(e) = liveness.check() {
         gw.metrics().aborted.get_or_create(&crate::metrics::ReasonLabel { reason: "taken_down" }).inc();
         return not_opened(&e);
+    }
+    // Parallel responses may have spent the monthly quota while the first
+    // chunk was fetched: refuse now, while a status can still be sent. Once
+    // the headers are out, the body stops between chunks instead.
+    if let Err(d) = gw.check_quota(&tenant) {
+        return denied(&d);
     }
     let quota = tenant.monthly_quota;
     let shaper = tenant.shapes_bandwidth().then_some(tenant);

@@ -211,7 +211,7 @@ fn readyz(gw: &Gateway) -> Response<Body> {
 }
 
 /// The answer to a request refused before any origin work.
-fn denied(d: &Denied) -> Response<Body> {
+pub(super) fn denied(d: &Denied) -> Response<Body> {
     match d {
         Denied::Unauthenticated(_) => {
             let mut r = error(StatusCode::UNAUTHORIZED, d);

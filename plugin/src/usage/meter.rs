@@ -250,8 +250,17 @@ impl ResponseMeter {
 
     /// Whether the tenant's quota is spent, counting every open response's
     /// bytes: the body stops before its next frame.
+    ///
+    /// Never before the first frame: hyper writes the response head together
+    /// with the first body frame, so a body that fails at once would reach
+    /// the client as a dropped connection with no status. The handler checks
+    /// the quota just before it answers; the first frame then always goes,
+    /// which keeps the overrun within one frame per response.
     pub fn quota_spent(&self) -> bool {
         let Some((quota, in_flight)) = &self.quota else { return false };
+        if self.sent == [0; 2] {
+            return false;
+        }
         let (used, _) = self.meter.month_bytes(&self.tenant);
         used.saturating_add(in_flight.load(Ordering::Acquire)) >= *quota
     }
