@@ -137,16 +137,30 @@ pub struct Break {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verified {
     pub entries: u64,
+    /// The sequence number of the first entry (0 for a whole log), None when empty.
+    pub first: Option<u64>,
     /// The hash of the last entry (the chain's head), GENESIS when empty.
     pub head: String,
 }
 
+/// Where an export must start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// At the genesis: entry 0, chained from [`GENESIS`]. A log whose first
+    /// entries were cut off does not verify.
+    Genesis,
+    /// Anywhere (`audit export --after N`): the first entry's `prev` is taken
+    /// as given, so only the rest of the chain is proven.
+    Tail,
+}
+
 /// Checks an exported log: every line an entry, sequence numbers from the
 /// first one on without a gap, each `prev` the hash before it and each
-/// `hash` what the entry hashes to. An export may start after the genesis
-/// (`audit export --after N`): its first `prev` is then taken as given.
-pub fn verify(reader: impl BufRead) -> Result<Verified, Break> {
+/// `hash` what the entry hashes to; with [`Start::Genesis`], the first entry
+/// must be entry 0, chained from the genesis.
+pub fn verify(reader: impl BufRead, start: Start) -> Result<Verified, Break> {
     let mut prev: Option<(u64, String)> = None;
+    let mut first = None;
     let mut entries = 0;
     for (i, line) in reader.lines().enumerate() {
         let line_no = i as u64 + 1;
@@ -160,9 +174,19 @@ pub fn verify(reader: impl BufRead) -> Result<Verified, Break> {
             None if e.seq == 0 && e.prev != GENESIS => {
                 return Err(brk(Some(e.seq), "the first entry does not start from the genesis".into()));
             }
-            None => {}
+            None if e.seq != 0 && start == Start::Genesis => {
+                return Err(brk(
+                    Some(e.seq),
+                    format!(
+                        "the log starts at entry {}, not at the genesis: entries before it are missing \
+                         (verify an `export --after` file with --tail)",
+                        e.seq
+                    ),
+                ));
+            }
+            None => first = Some(e.seq),
             Some((seq, hash)) => {
-                if e.seq != seq + 1 {
+                if seq.checked_add(1) != Some(e.seq) {
                     return Err(brk(
                         Some(e.seq),
                         format!("entry {} follows entry {seq}: entries are missing or out of order", e.seq),
@@ -180,7 +204,7 @@ pub fn verify(reader: impl BufRead) -> Result<Verified, Break> {
         prev = Some((e.seq, e.hash));
         entries += 1;
     }
-    Ok(Verified { entries, head: prev.map(|(_, h)| h).unwrap_or_else(|| GENESIS.to_string()) })
+    Ok(Verified { entries, first, head: prev.map(|(_, h)| h).unwrap_or_else(|| GENESIS.to_string()) })
 }
 
 #[cfg(test)]
@@ -211,36 +235,53 @@ mod tests {
     #[test]
     fn an_untouched_log_verifies_and_an_edit_breaks_it_there() {
         let entries = log(5);
-        let v = verify(&export(&entries)[..]).unwrap();
-        assert_eq!((v.entries, v.head.as_str()), (5, entries[4].hash.as_str()));
+        let v = verify(&export(&entries)[..], Start::Genesis).unwrap();
+        assert_eq!((v.entries, v.first, v.head.as_str()), (5, Some(0), entries[4].hash.as_str()));
 
         let mut edited = entries.clone();
         edited[2].actor = "someone-else".into();
-        let b = verify(&export(&edited)[..]).unwrap_err();
+        let b = verify(&export(&edited)[..], Start::Genesis).unwrap_err();
         assert_eq!((b.line, b.seq), (3, Some(2)), "{b}");
         assert!(b.why.contains("changed"), "{b}");
 
         // Re-hashing the edited entry moves the break to the next one.
         edited[2].hash = edited[2].computed_hash();
-        let b = verify(&export(&edited)[..]).unwrap_err();
+        let b = verify(&export(&edited)[..], Start::Genesis).unwrap_err();
         assert_eq!((b.line, b.seq), (4, Some(3)), "{b}");
 
         let mut dropped = entries.clone();
         dropped.remove(1);
-        let b = verify(&export(&dropped)[..]).unwrap_err();
+        let b = verify(&export(&dropped)[..], Start::Genesis).unwrap_err();
         assert_eq!(b.seq, Some(2), "{b}");
         assert!(b.why.contains("missing or out of order"), "{b}");
 
         let text = String::from_utf8(export(&entries)).unwrap().replacen("\"tag\":\"stable\"", "\"tag\":\"latest\"", 1);
-        let b = verify(text.as_bytes()).unwrap_err();
+        let b = verify(text.as_bytes(), Start::Genesis).unwrap_err();
         assert_eq!(b.seq, Some(0), "{b}");
     }
 
     #[test]
-    fn a_tail_export_verifies_from_where_it_starts() {
+    fn a_tail_export_verifies_from_where_it_starts_only_when_asked() {
         let entries = log(6);
-        assert_eq!(verify(&export(&entries[3..])[..]).unwrap().entries, 3);
-        assert_eq!(verify(&b""[..]).unwrap().head, GENESIS);
-        assert!(verify(&b"{\"seq\":0}\n"[..]).unwrap_err().why.contains("not an audit entry"));
+        let v = verify(&export(&entries[3..])[..], Start::Tail).unwrap();
+        assert_eq!((v.entries, v.first), (3, Some(3)));
+        // Without --tail, a log whose head was cut off is refused, naming where it starts.
+        let b = verify(&export(&entries[3..])[..], Start::Genesis).unwrap_err();
+        assert_eq!((b.line, b.seq), (1, Some(3)), "{b}");
+        assert!(b.why.contains("not at the genesis"), "{b}");
+        assert_eq!(verify(&b""[..], Start::Genesis).unwrap().head, GENESIS);
+        assert!(verify(&b"{\"seq\":0}\n"[..], Start::Genesis).unwrap_err().why.contains("not an audit entry"));
+    }
+
+    #[test]
+    fn a_sequence_number_at_the_end_of_the_range_is_a_break_not_an_overflow() {
+        let mut entries = log(2);
+        entries[0].seq = u64::MAX;
+        entries[0].hash = entries[0].computed_hash();
+        entries[1].prev = entries[0].hash.clone();
+        entries[1].hash = entries[1].computed_hash();
+        let b = verify(&export(&entries)[..], Start::Tail).unwrap_err();
+        assert_eq!(b.line, 2, "{b}");
+        assert!(b.why.contains("missing or out of order"), "{b}");
     }
 }

@@ -533,11 +533,11 @@ async fn the_audit_trail_records_every_change_and_an_edit_is_found() {
     assert_eq!(entries[1].detail["tag"], "stable");
 
     let export: String = lines.iter().map(|l| format!("{l}\n")).collect();
-    let v = shardgate::audit::verify(export.as_bytes()).unwrap();
+    let v = shardgate::audit::verify(export.as_bytes(), shardgate::audit::Start::Genesis).unwrap();
     assert_eq!(v.entries, 5);
     // The takedown's reason, edited in the export: the chain breaks at that entry.
     let edited = export.replace("court order", "routine cleanup");
-    let b = shardgate::audit::verify(edited.as_bytes()).unwrap_err();
+    let b = shardgate::audit::verify(edited.as_bytes(), shardgate::audit::Start::Genesis).unwrap_err();
     assert_eq!((b.line, b.seq), (4, Some(3)), "{b}");
 
     // The trail is kept across a restart, and goes on from where it was.
@@ -550,5 +550,12 @@ async fn the_audit_trail_records_every_change_and_an_edit_is_found() {
     let all = g.gw.audit_entries(None, 100).await.unwrap();
     assert_eq!(all.len(), 6);
     assert_eq!(all[5].prev, entries[4].hash);
+    // A second takedown is its own entry, with the reason it replaced.
+    g.gw.takedown("lc-data", "1.0.0", "a second order").await.unwrap();
+    let last = g.gw.audit_entries(Some(5), 10).await.unwrap();
+    assert_eq!(last.len(), 1, "{last:?}");
+    assert_eq!(last[0].event, "takedown");
+    assert_eq!(last[0].detail["reason"], "a second order");
+    assert_eq!(last[0].detail["previous_reason"], "court order");
     drop(registry);
 }

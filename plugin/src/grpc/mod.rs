@@ -67,8 +67,10 @@ impl tonic::service::Interceptor for TokenAuth {
         match self.tokens.check(presented.as_deref()) {
             Ok(()) => {
                 let mut req = req;
-                let token = presented.as_deref().and_then(|v| v.strip_prefix(b"Bearer ")).unwrap_or_default();
-                req.extensions_mut().insert(Actor(crate::audit::token_actor(&String::from_utf8_lossy(token))));
+                // The same parse the check used (the scheme is case-insensitive).
+                let text = presented.as_deref().and_then(|v| std::str::from_utf8(v).ok()).unwrap_or_default();
+                let token = crate::tenant::bearer(text).unwrap_or_default();
+                req.extensions_mut().insert(Actor(crate::audit::token_actor(token)));
                 Ok(req)
             }
             Err(TokenRefusal::Missing) => {
@@ -152,4 +154,27 @@ fn tls_acceptor(t: &GrpcTlsConfig) -> Result<tokio_rustls::TlsAcceptor, GrpcErro
     let mut config = (**acceptor.config()).clone();
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic::service::Interceptor;
+
+    use super::*;
+
+    #[test]
+    fn the_actor_is_named_by_the_token_whatever_the_scheme_case() {
+        let token = "sgk_admin-token-for-the-test";
+        let hash = format!("blake3:{}", hex::encode(crate::tenant::hash_key(token)));
+        let mut auth = TokenAuth::new("grpc.admin_tokens", &[hash], "admin token").unwrap();
+        for scheme in ["Bearer", "bearer", "BEARER"] {
+            let mut req = Request::new(());
+            req.metadata_mut().insert("authorization", format!("{scheme} {token}").parse().unwrap());
+            let req = auth.call(req).unwrap();
+            assert_eq!(req.extensions().get::<Actor>().unwrap().0, crate::audit::token_actor(token), "{scheme}");
+        }
+        let mut req = Request::new(());
+        req.metadata_mut().insert("authorization", "Bearer sgk_other".parse().unwrap());
+        assert_eq!(auth.call(req).unwrap_err().code(), tonic::Code::Unauthenticated);
+    }
 }

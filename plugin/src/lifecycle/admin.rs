@@ -299,11 +299,18 @@ impl Gateway {
                 .release(name, version, id(name, version))
                 .with("tag", tag.clone())
                 .with("previous", previous.clone().unwrap_or_default()),
-            Change::State { name, version, state } => {
+            Change::State { name, version, state, event } => {
                 let was = current.state(name, version);
-                let ev = match (&state.taken_down, &was.taken_down, &state.deprecated) {
-                    (Some(t), None, _) => Event::new(&who, "takedown").with("reason", t.reason.clone()),
-                    (_, _, Some(d)) => Event::new(&who, "deprecate")
+                let ev = match (event, &state.taken_down, &state.deprecated) {
+                    (StateEvent::Takedown, Some(t), _) => {
+                        let ev = Event::new(&who, "takedown").with("reason", t.reason.clone());
+                        // A second takedown replaces the reason: the entry keeps the one it replaced.
+                        match &was.taken_down {
+                            Some(before) => ev.with("previous_reason", before.reason.clone()),
+                            None => ev,
+                        }
+                    }
+                    (StateEvent::Deprecate, _, Some(d)) => Event::new(&who, "deprecate")
                         .with("reason", d.reason.clone())
                         .with("successor", d.successor.as_ref().map(ToString::to_string).unwrap_or_default())
                         .with("sunset", d.sunset.unwrap_or(0)),
@@ -315,7 +322,7 @@ impl Gateway {
         let lifecycle = blocking(move || {
             match &c {
                 Change::Tag { name, tag, version, .. } => store.set_tag(name, tag, version, audit)?,
-                Change::State { name, version, state } => store.set_state(name, version, state, audit)?,
+                Change::State { name, version, state, .. } => store.set_state(name, version, state, audit)?,
             }
             store.lifecycle()
         })
@@ -370,7 +377,7 @@ impl Gateway {
             let mut state = c.state(name, &v);
             state.deprecated =
                 Some(Deprecation { successor: successor.clone(), sunset, reason: reason.to_string(), at: unix_now() });
-            Ok(Change::State { name: name.into(), version: v.clone(), state })
+            Ok(Change::State { name: name.into(), version: v.clone(), state, event: StateEvent::Deprecate })
         })
         .await?;
         tracing::info!(release = %format!("{name}@{v}"), "release deprecated");
@@ -389,7 +396,7 @@ impl Gateway {
                 self.served(c, name, &v)?;
                 let mut state = c.state(name, &v);
                 state.taken_down = Some(Takedown { reason: reason.to_string(), at: unix_now() });
-                Ok(Change::State { name: name.into(), version: v.clone(), state })
+                Ok(Change::State { name: name.into(), version: v.clone(), state, event: StateEvent::Takedown })
             })
             .await?;
         let mut purged = 0;
@@ -414,5 +421,12 @@ impl Gateway {
 #[derive(Debug, Clone)]
 enum Change {
     Tag { name: String, tag: String, version: semver::Version, previous: Option<String> },
-    State { name: String, version: semver::Version, state: ReleaseState },
+    State { name: String, version: semver::Version, state: ReleaseState, event: StateEvent },
+}
+
+/// Which admin call changed a release's state, for its audit entry.
+#[derive(Debug, Clone, Copy)]
+enum StateEvent {
+    Deprecate,
+    Takedown,
 }

@@ -270,7 +270,6 @@ pub fn parse_key_hash(s: &str) -> Result<[u8; 32], String> {
     Ok(out)
 }
 
-/// The stored form of an API key.
 /// The credentials of an `Authorization: Bearer <token>` value (the scheme
 /// is case-insensitive); `None` for any other scheme.
 pub fn bearer(authorization: &str) -> Option<&str> {
@@ -278,6 +277,7 @@ pub fn bearer(authorization: &str) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
+/// The stored form of an API key.
 pub fn hash_key(key: &str) -> [u8; 32] {
     *blake3::hash(key.as_bytes()).as_bytes()
 }

@@ -33,6 +33,11 @@ enum Action {
     Verify {
         /// The JSON lines file `audit export` wrote.
         file: PathBuf,
+        /// The file is a tail (`export --after N`): it may start after the
+        /// genesis, and only its own chain is checked. Without it, a log that
+        /// does not start at entry 0 is refused.
+        #[arg(long)]
+        tail: bool,
     },
 }
 
@@ -41,11 +46,16 @@ const PAGE: u32 = 1000;
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     match a.action {
-        Action::Verify { file } => {
+        Action::Verify { file, tail } => {
             let f = std::fs::File::open(&file).with_context(|| format!("{}", file.display()))?;
-            match shardgate::audit::verify(std::io::BufReader::new(f)) {
+            let start = if tail { shardgate::audit::Start::Tail } else { shardgate::audit::Start::Genesis };
+            match shardgate::audit::verify(std::io::BufReader::new(f), start) {
                 Ok(v) => {
-                    println!("OK {}: {} entries, chain head {}", file.display(), v.entries, v.head);
+                    let range = match v.first {
+                        Some(first) => format!("entries {first} to {}", first + v.entries - 1),
+                        None => "no entries".to_string(),
+                    };
+                    println!("OK {}: {} entries ({range}), chain head {}", file.display(), v.entries, v.head);
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(b) => {

@@ -42,3 +42,10 @@ def test_audit_export_and_verify(releases, shardgate_bin, tmp_path):
     bad = sg(shardgate_bin, "audit", "verify", str(edited))
     assert bad.returncode == 1, bad.stdout
     assert "line 2 (entry 1)" in bad.stdout and "changed" in bad.stdout, bad.stdout
+    # A log whose first entry was cut off is refused unless it is verified as a tail.
+    tail = tmp_path / "tail.jsonl"
+    tail.write_text("\n".join(out.read_text().splitlines()[1:]) + "\n")
+    cut = sg(shardgate_bin, "audit", "verify", str(tail))
+    assert cut.returncode == 1 and "line 1 (entry 1)" in cut.stdout and "not at the genesis" in cut.stdout, cut.stdout
+    as_tail = sg(shardgate_bin, "audit", "verify", "--tail", str(tail))
+    assert as_tail.returncode == 0 and "2 entries (entries 1 to 2)" in as_tail.stdout, as_tail.stdout
