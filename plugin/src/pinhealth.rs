@@ -21,10 +21,11 @@ use futures_util::StreamExt;
 
 use crate::audit::Event;
 use crate::btfs::{NodeClient, NodeConfig, NodeError};
+use crate::fetch::FileSpec;
 use crate::gateway::Gateway;
 use crate::metrics::{ReleaseLabel, ResultLabel};
-use crate::release::manifest::Blake3;
-use crate::release::placement::BlobPlacement;
+use crate::release::manifest::{Blake3, FileEntry};
+use crate::release::placement::{BlobPlacement, Placement};
 use crate::usage::unix_now;
 
 /// What the last round saw of one node, for one release.
@@ -43,6 +44,11 @@ pub struct NodeHealth {
     pub error: Option<String>,
     /// A spare that took copies for this release.
     pub spare: bool,
+    /// The last block sample: which chunk of which file was read back and
+    /// verified, and what came of it.
+    pub sample: Option<String>,
+    /// Whether that sample found damaged or unreadable bytes (not repaired).
+    pub sample_failed: bool,
 }
 
 /// A repair, as reported by `release status`.
@@ -83,8 +89,10 @@ struct State {
     releases: BTreeMap<String, ReleaseHealth>,
     /// Copies placed on spares: blob -> nodes, beyond the placement's.
     extra: HashMap<Blake3, Vec<String>>,
-    /// When each (node, blob) loss was first seen.
-    lost_since: HashMap<(String, Blake3), Instant>,
+    /// When each (node, blob) loss was first seen, and the round that last saw it.
+    lost_since: HashMap<(String, Blake3), (Instant, u64)>,
+    /// Rounds done.
+    round: u64,
 }
 
 /// Totals over every release, for the dashboard.
@@ -140,7 +148,9 @@ impl Nodes {
     fn new(nodes: &[NodeConfig], spares: &[NodeConfig], timeout: Duration) -> Result<Self, NodeError> {
         let mut by_url = BTreeMap::new();
         for (c, spare) in nodes.iter().map(|c| (c, false)).chain(spares.iter().map(|c| (c, true))) {
-            by_url.insert(url_of(c), (NodeClient::new(c.clone(), timeout)?, spare));
+            // An add is bounded by its progress (no byte taken for `timeout`), not by a total time.
+            let client = NodeClient::new(c.clone(), timeout)?.with_stall(timeout);
+            by_url.entry(url_of(c)).or_insert((client, spare));
         }
         Ok(Self { by_url })
     }
@@ -184,6 +194,7 @@ impl Gateway {
     async fn pin_round(&self, nodes: &Nodes, timeout: Duration) {
         let catalog = self.registry().snapshot();
         let mut unreachable: BTreeMap<String, String> = BTreeMap::new();
+        let mut checked = std::collections::BTreeSet::new();
         for (name, versions) in catalog.names() {
             for (version, release) in versions {
                 if catalog.state(name, version).taken_down.is_some() {
@@ -191,11 +202,13 @@ impl Gateway {
                 }
                 let Some(placement) = &release.placement else { continue };
                 let key = format!("{name}@{version}");
+                checked.insert(key.clone());
                 let manifest = &release.signed.manifest;
                 let placed = placement.blobs.values().map(|b| b.nodes.len()).max().unwrap_or(0);
                 let target = manifest.envelope.replication_target.map(|t| t as usize).unwrap_or(placed).max(1);
                 let repairs = self.pin_health().release(&key).map(|h| h.repairs).unwrap_or_default();
                 let mut health = ReleaseHealth { target, blobs: placement.blobs.len(), repairs, ..Default::default() };
+                let mut healthy_on: BTreeMap<Blake3, Vec<String>> = BTreeMap::new();
                 for (hash, blob) in &placement.blobs {
                     let healthy = self
                         .check_blob(
@@ -210,10 +223,18 @@ impl Gateway {
                             &mut unreachable,
                         )
                         .await;
-                    if healthy < target {
-                        health.under_replicated += 1;
+                    healthy_on.insert(*hash, healthy);
+                }
+                // A copy that is pinned but cannot give back verified bytes is not healthy.
+                let sample = Sample { key: &key, release_id: release.signed.id, files: &manifest.files, placement };
+                for (node, hash) in
+                    self.sample_blocks(nodes, timeout, &sample, &healthy_on, &mut health, &mut unreachable).await
+                {
+                    if let Some(h) = healthy_on.get_mut(&hash) {
+                        h.retain(|n| n != &node);
                     }
                 }
+                health.under_replicated = healthy_on.values().filter(|h| h.len() < target).count();
                 health.checked_at = unix_now();
                 let label = ReleaseLabel { release: key.clone() };
                 self.metrics().pin_under_replicated.get_or_create(&label).set(health.under_replicated as i64);
@@ -224,11 +245,28 @@ impl Gateway {
                 self.pin_health().with(|s| s.releases.insert(key.clone(), health));
             }
         }
+        // A release taken down (or dropped) since the last round is no longer reported.
+        let gone = self
+            .pin_health()
+            .with(|s| {
+                let gone: Vec<String> = s.releases.keys().filter(|k| !checked.contains(*k)).cloned().collect();
+                s.releases.retain(|k, _| checked.contains(k));
+                // A loss not seen this round (repaired by other means, its node
+                // not checked, its release gone) no longer runs a repair clock.
+                let round = s.round;
+                s.lost_since.retain(|_, (_, seen)| *seen == round);
+                s.round += 1;
+                gone
+            })
+            .unwrap_or_default();
+        for release in gone {
+            self.metrics().pin_under_replicated.remove(&ReleaseLabel { release });
+        }
         self.metrics().pin_nodes_unreachable.set(unreachable.len() as i64);
     }
 
     /// Checks one blob on every node that should hold it, repairs what was
-    /// lost, tops up on spares; returns the healthy copies after.
+    /// lost, tops up on spares; returns the nodes with a healthy copy after.
     #[allow(clippy::too_many_arguments)]
     async fn check_blob(
         &self,
@@ -241,10 +279,15 @@ impl Gateway {
         target: usize,
         health: &mut ReleaseHealth,
         unreachable: &mut BTreeMap<String, String>,
-    ) -> usize {
+    ) -> Vec<String> {
         let extra = self.pin_health().with(|s| s.extra.get(&hash).cloned().unwrap_or_default()).unwrap_or_default();
-        let mut holders: Vec<String> = blob.nodes.clone();
-        holders.extend(extra.into_iter().filter(|u| !blob.nodes.contains(u)));
+        // Placement URLs as node ids (no trailing slash), each once.
+        let mut holders: Vec<String> = Vec::new();
+        for url in blob.nodes.iter().map(|u| u.trim_end_matches('/').to_string()).chain(extra) {
+            if !holders.contains(&url) {
+                holders.push(url);
+            }
+        }
         let (mut healthy, mut lost) = (Vec::new(), Vec::new());
         for url in &holders {
             let entry = health.nodes.entry(url.clone()).or_default();
@@ -264,6 +307,8 @@ impl Gateway {
                     entry.reachable = true;
                     entry.holds += 1;
                     healthy.push(url.clone());
+                    // Pinned again by other means (an operator's re-pin): the loss is over.
+                    self.pin_health().with(|s| s.lost_since.remove(&(url.clone(), hash)));
                 }
                 Ok(Ok(false)) => {
                     entry.reachable = true;
@@ -281,19 +326,9 @@ impl Gateway {
             }
         }
         for url in lost {
-            let (since, first) = self
-                .pin_health()
-                .with(|s| match s.lost_since.get(&(url.clone(), hash)) {
-                    Some(t) => (*t, false),
-                    None => {
-                        let now = Instant::now();
-                        s.lost_since.insert((url.clone(), hash), now);
-                        (now, true)
-                    }
-                })
-                .unwrap_or_else(|| (Instant::now(), true));
-            let outcome = self.repair(nodes, timeout, &healthy, &url, hash, blob).await;
-            let done = self.record_repair(key, release_id, &url, hash, since, first, outcome, health).await;
+            let (since, first) = self.loss_seen(&url, hash);
+            let outcome = self.repair(nodes, timeout, &healthy, &url, hash, blob, unreachable).await;
+            let done = self.record_repair(key, release_id, &url, hash, since, first, outcome, "lost", health).await;
             if done {
                 healthy.push(url.clone());
                 if let Some(e) = health.nodes.get_mut(&url) {
@@ -303,8 +338,9 @@ impl Gateway {
                 e.lost += 1;
             }
         }
-        // Too few healthy copies (a node gone): copies on spares, while there are any.
-        if healthy.len() < target {
+        // Too few healthy copies (a node gone): copies on spares, while there
+        // are any, and while some node has a copy to take them from.
+        if healthy.len() < target && !healthy.is_empty() {
             let spares: Vec<(String, NodeClient)> = nodes
                 .spares()
                 .filter(|(u, _)| !holders.contains(u) && !unreachable.contains_key(*u))
@@ -319,8 +355,9 @@ impl Gateway {
                 let copied = match tokio::time::timeout(timeout, spare.is_pinned(&blob.cid)).await {
                     Ok(Ok(true)) => true,
                     Ok(Ok(false)) => {
-                        let outcome = self.repair(nodes, timeout, &healthy, &url, hash, blob).await;
-                        self.record_repair(key, release_id, &url, hash, Instant::now(), true, outcome, health).await
+                        let (since, first) = self.loss_seen(&url, hash);
+                        let outcome = self.repair(nodes, timeout, &healthy, &url, hash, blob, unreachable).await;
+                        self.record_repair(key, release_id, &url, hash, since, first, outcome, "spare", health).await
                     }
                     Ok(Err(e)) => {
                         unreachable.insert(url.clone(), e.to_string());
@@ -343,10 +380,146 @@ impl Gateway {
                 }
             }
         }
-        healthy.len()
+        healthy
     }
 
-    /// Reads the blob from the first healthy node whose bytes verify and pins it on `to`.
+    /// Reads back one random chunk of one random file from each node that
+    /// pins any, and verifies it: a pin says nothing of whether the node's
+    /// blocks are still there and intact. A node whose sample fails is
+    /// repaired (the blob re-added from a verified source, which restores
+    /// missing blocks) and sampled again; returns the (node, blob) copies
+    /// that still fail.
+    async fn sample_blocks(
+        &self,
+        nodes: &Nodes,
+        timeout: Duration,
+        r: &Sample<'_>,
+        healthy_on: &BTreeMap<Blake3, Vec<String>>,
+        health: &mut ReleaseHealth,
+        unreachable: &mut BTreeMap<String, String>,
+    ) -> Vec<(String, Blake3)> {
+        let mut failed = Vec::new();
+        let urls: Vec<String> = health.nodes.keys().cloned().collect();
+        for url in urls {
+            let Some(node) = nodes.get(&url) else { continue };
+            if unreachable.contains_key(&url) {
+                continue;
+            }
+            let held: Vec<&FileEntry> = r
+                .files
+                .iter()
+                .filter(|f| f.size > 0 && healthy_on.get(&f.blake3).is_some_and(|h| h.contains(&url)))
+                .collect();
+            let Some(file) = pick(&held) else { continue };
+            let Some(blob) = r.placement.blobs.get(&file.blake3) else { continue };
+            let Ok(layout) = file.layout() else { continue };
+            let index = random() % layout.chunk_count().max(1);
+            let spec = FileSpec {
+                blake3: file.blake3,
+                layout,
+                table: file.chunk_table,
+                cid: Some(blob.cid.clone()),
+                table_cid: file.chunk_table.and_then(|t| r.placement.blobs.get(&t).map(|b| b.cid.clone())),
+                release: None,
+                purge_mark: self.fetcher().purge_mark(),
+            };
+            let what = format!("{} chunk {index} of {}", file.path, layout.chunk_count());
+            let verdict = match self.sample_chunk(node, &spec, index, timeout).await {
+                Verdict::Unreachable(why) => {
+                    unreachable.insert(url.clone(), why);
+                    continue;
+                }
+                Verdict::Unknown(why) => {
+                    if let Some(e) = health.nodes.get_mut(&url) {
+                        e.sample = Some(format!("{what}: not verified: {why}"));
+                    }
+                    continue;
+                }
+                v => v,
+            };
+            self.metrics()
+                .pin_samples
+                .get_or_create(&ResultLabel { result: if verdict == Verdict::Good { "ok" } else { "failed" } })
+                .inc();
+            let Verdict::Bad(why) = verdict else {
+                if let Some(e) = health.nodes.get_mut(&url) {
+                    e.sample = Some(format!("{what}: verified"));
+                }
+                continue;
+            };
+            tracing::warn!(release = r.key, node = %url, sample = %what, why, "pin health: a block sample failed");
+            let (since, first) = self.loss_seen(&url, file.blake3);
+            let sources: Vec<String> =
+                healthy_on.get(&file.blake3).into_iter().flatten().filter(|n| **n != url).cloned().collect();
+            let mut outcome = self.repair(nodes, timeout, &sources, &url, file.blake3, blob, unreachable).await;
+            if let Ok(src) = &outcome {
+                // Re-adding restores missing blocks, not a damaged one the node keeps: check again.
+                outcome = match self.sample_chunk(node, &spec, index, timeout).await {
+                    Verdict::Good => Ok(src.clone()),
+                    Verdict::Bad(again) | Verdict::Unknown(again) | Verdict::Unreachable(again) => Err(format!(
+                        "re-added from {src}, but {url} still fails the sample ({again}): its block store \
+                         holds a damaged block, which has to be removed there"
+                    )),
+                };
+            }
+            let outcome = outcome.map_err(|e| format!("{what}: {why}; {e}"));
+            let repaired = self
+                .record_repair(r.key, r.release_id, &url, file.blake3, since, first, outcome, "sample", health)
+                .await;
+            if let Some(e) = health.nodes.get_mut(&url) {
+                e.sample = Some(format!("{what}: {why}{}", if repaired { "; repaired" } else { "" }));
+                e.sample_failed = !repaired;
+            }
+            if !repaired {
+                failed.push((url, file.blake3));
+            }
+        }
+        failed
+    }
+
+    /// Reads chunk `index` of `spec` from `node` and verifies it.
+    async fn sample_chunk(&self, node: &NodeClient, spec: &FileSpec, index: u64, timeout: Duration) -> Verdict {
+        let Some(cid) = spec.cid.as_deref() else { return Verdict::Unknown("no CID placed".into()) };
+        let range = spec.layout.chunk_range(index);
+        let read = tokio::time::timeout(timeout * 2, node.cat_all(cid, range.start, range.end - range.start, timeout));
+        let data = match read.await {
+            Ok(Ok(d)) => d,
+            Ok(Err(e @ NodeError::Http { .. })) => return Verdict::Unreachable(e.to_string()),
+            Ok(Err(e)) => return Verdict::Bad(format!("unreadable: {e}")),
+            Err(_) => return Verdict::Bad(format!("unreadable: no answer within {:?}", timeout * 2)),
+        };
+        match self.fetcher().verify_chunk(spec, index, &data).await {
+            Ok(true) => Verdict::Good,
+            Ok(false) => Verdict::Bad("damaged: the bytes do not match the chunk table".into()),
+            Err(e) => Verdict::Unknown(format!("the chunk table could not be had: {e}")),
+        }
+    }
+
+    /// When the loss of `hash` on `node` was first seen (now, if this is the
+    /// first time), and whether it is the first time.
+    fn loss_seen(&self, node: &str, hash: Blake3) -> (Instant, bool) {
+        self.pin_health()
+            .with(|s| {
+                let round = s.round;
+                match s.lost_since.get_mut(&(node.to_string(), hash)) {
+                    Some((t, seen)) => {
+                        *seen = round;
+                        (*t, false)
+                    }
+                    None => {
+                        let now = Instant::now();
+                        s.lost_since.insert((node.to_string(), hash), (now, round));
+                        (now, true)
+                    }
+                }
+            })
+            .unwrap_or_else(|| (Instant::now(), true))
+    }
+
+    /// Reads the blob from the first healthy node whose bytes verify and pins
+    /// it on `to`. A target that fails the add for a reason that is not the
+    /// blob's (unreachable, 5xx, stalled) is marked unreachable for the round.
+    #[allow(clippy::too_many_arguments)]
     async fn repair(
         &self,
         nodes: &Nodes,
@@ -355,6 +528,7 @@ impl Gateway {
         to: &str,
         hash: Blake3,
         blob: &BlobPlacement,
+        unreachable: &mut BTreeMap<String, String>,
     ) -> Result<String, String> {
         let Some(target) = nodes.get(to) else { return Err(format!("{to} is not a configured node")) };
         let mut why = Vec::new();
@@ -362,13 +536,15 @@ impl Gateway {
             let Some(node) = nodes.get(src) else { continue };
             match fetch_verified(node, &blob.cid, blob.size, hash, timeout).await {
                 Ok(file) => {
-                    let added =
-                        tokio::time::timeout(timeout, target.add_file(file.path(), &hash.to_hex(), &|_| {})).await;
-                    return match added {
-                        Ok(Ok((cid, _))) if cid == blob.cid => Ok(src.clone()),
-                        Ok(Ok((cid, _))) => Err(format!("{to} added it as {cid}, not {}", blob.cid)),
-                        Ok(Err(e)) => Err(format!("adding to {to}: {e}")),
-                        Err(_) => Err(format!("adding to {to} took longer than {timeout:?}")),
+                    return match target.add_file(file.path(), &hash.to_hex(), &|_| {}).await {
+                        Ok((cid, _)) if cid == blob.cid => Ok(src.clone()),
+                        Ok((cid, _)) => Err(format!("{to} added it as {cid}, not {}", blob.cid)),
+                        Err(e) => {
+                            if e.retryable() {
+                                unreachable.insert(to.to_string(), e.to_string());
+                            }
+                            Err(format!("adding to {to}: {e}"))
+                        }
                     };
                 }
                 Err(e) => why.push(format!("{src}: {e}")),
@@ -394,6 +570,7 @@ impl Gateway {
         since: Instant,
         first: bool,
         outcome: Result<String, String>,
+        cause: &'static str,
         health: &mut ReleaseHealth,
     ) -> bool {
         let seconds = since.elapsed().as_secs_f64();
@@ -414,6 +591,7 @@ impl Gateway {
             .with("node", node)
             .with("blob", hash.to_hex())
             .with("ok", ok)
+            .with("cause", cause)
             .with("seconds", (seconds * 1000.0).round() / 1000.0)
             .with("within_objective", seconds <= objective);
         event.release = Some(format!("{name}@{version}"));
@@ -443,6 +621,37 @@ impl Gateway {
         });
         ok
     }
+}
+
+/// What a block sample needs of a release.
+struct Sample<'a> {
+    key: &'a str,
+    release_id: Blake3,
+    files: &'a [FileEntry],
+    placement: &'a Placement,
+}
+
+/// What reading back one chunk found.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    Good,
+    /// Damaged, short or unreadable while the node answers.
+    Bad(String),
+    /// The node did not answer at all.
+    Unreachable(String),
+    /// Nothing could be concluded (the chunk table was not to be had).
+    Unknown(String),
+}
+
+fn random() -> u64 {
+    let mut b = [0u8; 8];
+    // A failed draw samples chunk 0 of the first file: still a sample.
+    let _ = getrandom::fill(&mut b);
+    u64::from_le_bytes(b)
+}
+
+fn pick<'a, T>(items: &[&'a T]) -> Option<&'a T> {
+    if items.is_empty() { None } else { Some(items[(random() % items.len() as u64) as usize]) }
 }
 
 /// The whole blob from `node`, into a temporary file, checked against `hash`.

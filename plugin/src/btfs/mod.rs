@@ -27,6 +27,8 @@ pub enum NodeError {
     Io { path: String, source: std::io::Error },
     #[error("node {url}: {what} was cut short: got {got} of {want} bytes")]
     Short { url: String, what: String, got: u64, want: u64 },
+    #[error("node {url}: {what} made no progress for {stalled:?} ({sent} of {len} bytes sent)")]
+    Stalled { url: String, what: String, stalled: Duration, sent: u64, len: u64 },
 }
 
 /// An error's text with any `token=` query value removed: it reaches logs and the audit trail.
@@ -48,7 +50,7 @@ impl NodeError {
     /// Whether trying again (or another node) may succeed.
     pub fn retryable(&self) -> bool {
         match self {
-            NodeError::Http { .. } | NodeError::Short { .. } => true,
+            NodeError::Http { .. } | NodeError::Short { .. } | NodeError::Stalled { .. } => true,
             NodeError::Status { status, .. } => *status >= 500,
             _ => false,
         }
@@ -98,7 +100,13 @@ fn default_prefix() -> String {
 pub struct NodeClient {
     config: NodeConfig,
     http: reqwest::Client,
+    /// How long an add may go without progress (no byte taken, and no
+    /// answer once all were sent) before it is given up.
+    stall: Duration,
 }
+
+/// The default [`NodeClient::with_stall`].
+pub const DEFAULT_STALL: Duration = Duration::from_secs(60);
 
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -122,7 +130,15 @@ impl NodeClient {
             .no_proxy()
             .build()
             .map_err(|source| NodeError::Http { url: config.url.clone(), source })?;
-        Ok(Self { config, http })
+        Ok(Self { config, http, stall: DEFAULT_STALL })
+    }
+
+    /// Gives up an add that makes no progress for `stall`. An add is bounded
+    /// by its progress, not by a total time, so a large blob on a slow link
+    /// is not cut while a dead node is still found out.
+    pub fn with_stall(mut self, stall: Duration) -> Self {
+        self.stall = stall;
+        self
     }
 
     pub fn config(&self) -> &NodeConfig {
@@ -210,10 +226,25 @@ impl NodeClient {
         )?;
         let request = self.http.post(url).multipart(form).send();
         tokio::pin!(request);
+        let deadline = tokio::time::sleep(self.stall);
+        tokio::pin!(deadline);
+        let mut sent = 0u64;
+        let stalled = |sent| NodeError::Stalled {
+            url: self.shown("add"),
+            what: format!("add of {name}"),
+            stalled: self.stall,
+            sent,
+            len,
+        };
         let resp = loop {
             tokio::select! {
                 r = &mut request => break r,
-                Some(n) = rx.recv() => on_bytes(n),
+                Some(n) = rx.recv() => {
+                    sent += n;
+                    on_bytes(n);
+                    deadline.as_mut().reset(tokio::time::Instant::now() + self.stall);
+                }
+                () = &mut deadline => return Err(stalled(sent)),
             }
         };
         while let Ok(n) = rx.try_recv() {
@@ -221,7 +252,10 @@ impl NodeClient {
         }
         let resp = resp.map_err(|source| NodeError::Http { url: self.shown("add"), source })?;
         let resp = self.check("add", resp).await?;
-        let body = resp.text().await.map_err(|source| NodeError::Http { url: self.shown("add"), source })?;
+        let body = match tokio::time::timeout(self.stall, resp.text()).await {
+            Ok(b) => b.map_err(|source| NodeError::Http { url: self.shown("add"), source })?,
+            Err(_) => return Err(stalled(len)),
+        };
         let cid = body
             .lines()
             .filter_map(|l| serde_json::from_str::<AddLine>(l).ok())

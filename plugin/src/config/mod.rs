@@ -691,8 +691,10 @@ impl Config {
             } else {
                 format!("pin_health.spares[{}].url", i - p.nodes.len())
             };
-            if !(n.url.starts_with("http://") || n.url.starts_with("https://")) {
-                return Err(invalid(&key, format!("{:?} is not an http(s) URL", n.url)));
+            check_url(&n.url).map_err(|w| invalid(&key, w))?;
+            let id = n.url.trim_end_matches('/');
+            if p.nodes.iter().chain(&p.spares).take(i).any(|m| m.url.trim_end_matches('/') == id) {
+                return Err(invalid(&key, format!("{:?} is listed twice (nodes and spares are one set)", n.url)));
             }
         }
         if p.enabled && p.nodes.is_empty() {

@@ -42,6 +42,11 @@ fn errors_name_the_key() {
         ("[trust]\nkeys = [\"ed25519:AAAA\"]", "trust.keys[0]"),
         ("[server]\nmax_connections = 0", "server.max_connections"),
         ("[server]\nheader_read_timeout = \"soon\"", "server.header_read_timeout"),
+        ("[[pin_health.nodes]]\nurl = \"http://\"", "pin_health.nodes[0].url"),
+        (
+            "[[pin_health.nodes]]\nurl = \"http://127.0.0.1:5001\"\n[[pin_health.spares]]\nurl = \"http://127.0.0.1:5001/\"",
+            "pin_health.spares[0].url",
+        ),
     ];
     for (text, key) in cases {
         let err = Config::from_toml(text).unwrap_err().to_string();

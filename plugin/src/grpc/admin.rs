@@ -278,6 +278,8 @@ impl AdminService for AdminApi {
                     checked_at: n.checked_at,
                     error: n.error.unwrap_or_default(),
                     spare: n.spare,
+                    sample: n.sample.unwrap_or_default(),
+                    sample_failed: n.sample_failed,
                 })
                 .collect();
             out.repairs = h

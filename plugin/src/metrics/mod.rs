@@ -168,6 +168,8 @@ pub struct Metrics {
     pub pin_under_replicated: Family<ReleaseLabel, Gauge>,
     /// Pin health: repairs (a lost blob verified and pinned again, or placed on a spare).
     pub pin_repairs: Family<ResultLabel, Counter>,
+    /// Pin health: block samples (one chunk read back from a node and verified) by result.
+    pub pin_samples: Family<ResultLabel, Counter>,
     /// Pin health: seconds from a loss being detected to its repair.
     pub pin_repair_seconds: Histogram,
     /// Pin health: nodes that did not answer in the last round.
@@ -215,6 +217,7 @@ impl Metrics {
             releases_unloaded: Gauge::default(),
             pin_under_replicated: Family::default(),
             pin_repairs: Family::default(),
+            pin_samples: Family::default(),
             pin_repair_seconds: Histogram::new([1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 4.0 * 3600.0, 24.0 * 3600.0]),
             pin_nodes_unreachable: Gauge::default(),
             verification: Gauge::default(),
@@ -324,6 +327,11 @@ impl Metrics {
             "pin_repairs",
             "Pin repairs by result: a lost blob read from a node that still has it, verified, and pinned again",
             m.pin_repairs.clone(),
+        );
+        registry.register(
+            "pin_samples",
+            "Pin-health block samples by result: one random chunk read back from a node and verified",
+            m.pin_samples.clone(),
         );
         registry.register(
             "pin_repair_seconds",

@@ -51,6 +51,8 @@ pub struct PublishOutcome {
     pub bytes_added: u64,
     /// The replication target applied.
     pub target: usize,
+    /// The distinct nodes given.
+    pub nodes: usize,
 }
 
 struct Blob {
@@ -77,6 +79,9 @@ pub async fn publish(
         .map_err(|e| PublishError::Manifest(format!("{}: {e}", manifest_path.display())))?;
     let m = &signed.manifest;
     let target = target.or(m.envelope.replication_target.map(|t| t as usize)).unwrap_or(1).max(1);
+    // A node given twice (perhaps once with a trailing slash) is one node.
+    let mut seen = std::collections::BTreeSet::new();
+    let nodes: Vec<&NodeClient> = nodes.iter().filter(|n| seen.insert(node_id(n))).collect();
     if target > nodes.len() {
         return Err(PublishError::TooFewNodes { target, given: nodes.len() });
     }
@@ -130,8 +135,10 @@ pub async fn publish(
     let (mut added, mut already_present, mut bytes_added) = (0, 0, 0u64);
     for blob in blobs.values().chain(std::iter::once(&manifest_blob)) {
         let mut holders: Vec<String> = Vec::new();
+        // Nodes seen not to pin it, whose add then failed: no longer holders.
+        let mut lost: Vec<String> = Vec::new();
         let mut failures: Vec<String> = Vec::new();
-        for node in nodes {
+        for node in nodes.iter().copied() {
             if holders.len() == target {
                 break;
             }
@@ -156,6 +163,9 @@ pub async fn publish(
                 Ok(x) => x,
                 Err(e @ NodeError::Io { .. }) => return Err(e.into()),
                 Err(e) => {
+                    if known.is_some() {
+                        lost.push(id);
+                    }
                     failures.push(e.to_string());
                     continue;
                 }
@@ -204,12 +214,16 @@ pub async fn publish(
                 why: if failures.is_empty() { "no other node was given".into() } else { failures.join("; ") },
             });
         }
-        // Record exactly the nodes found holding it this run, in node order.
-        if let Some(entry) = placement.blobs.get_mut(&blob.hash)
-            && entry.nodes != holders
-        {
-            entry.nodes = holders;
-            save(&placement)?;
+        // The nodes found holding it this run, in node order, then those an
+        // earlier run placed it on that this run did not see lose it (not
+        // asked once the target was met, unreachable, or not given this time).
+        if let Some(entry) = placement.blobs.get_mut(&blob.hash) {
+            let kept = entry.nodes.iter().filter(|n| !holders.contains(n) && !lost.contains(n)).cloned();
+            let nodes: Vec<String> = holders.iter().cloned().chain(kept).collect();
+            if entry.nodes != nodes {
+                entry.nodes = nodes;
+                save(&placement)?;
+            }
         }
     }
     if placement.manifest_cid.is_none() {
@@ -217,7 +231,7 @@ pub async fn publish(
         save(&placement)?;
     }
     progress.end();
-    Ok(PublishOutcome { placement, added, already_present, bytes_added, target })
+    Ok(PublishOutcome { placement, added, already_present, bytes_added, target, nodes: nodes.len() })
 }
 
 fn fresh(signed: &SignedManifest) -> Placement {

@@ -87,7 +87,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         outcome.placement.name,
         outcome.placement.version,
         outcome.target,
-        nodes.len(),
+        outcome.nodes,
         outcome.added,
         outcome.bytes_added,
         outcome.already_present,

@@ -222,6 +222,7 @@ async fn run_admin(action: Action) -> anyhow::Result<ExitCode> {
                     serde_json::json!({
                         "node": n.node, "expected": n.expected, "holds": n.holds, "lost": n.lost,
                         "reachable": n.reachable, "checked_at": n.checked_at, "error": n.error, "spare": n.spare,
+                        "sample": n.sample, "sample_failed": n.sample_failed,
                     })
                 })
                 .collect();

@@ -160,6 +160,12 @@ def metric(base: str, name: str) -> float:
     return sum(float(m.group(1)) for m in re.finditer(rf"^shardgate_{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
 
 
+def failed_samples(base: str) -> float:
+    text = urllib.request.urlopen(f"{base}/metrics", timeout=10).read().decode()
+    m = re.search(r'^shardgate_pin_samples_total\{result="failed"\} (\S+)$', text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
 def packed(shardgate_bin, tmp_path, name: str, *extra: str) -> tuple:
     run(shardgate_bin, "keygen", "--out", "key", cwd=tmp_path)
     src = tmp_path / "src"
@@ -186,6 +192,12 @@ def test_publish_places_every_blob_on_the_replication_target(nodes, shardgate_bi
         assert a.pinned(blob["cid"]) and b.pinned(blob["cid"]), h
     again = publish(shardgate_bin, rel.dir, a.api, b.api, replicas=2)
     assert "0 copies added" in again and "8 already pinned" in again, again
+    # A rerun with a lower target, naming A twice (once with a trailing slash): A is one node,
+    # and B, not asked once A met the target, stays in the placement as a holder.
+    lower = publish(shardgate_bin, rel.dir, a.api + "/", a.api, b.api, replicas=1)
+    assert "on 1 of 2 node(s)" in lower and "0 copies added" in lower, lower
+    placement = json.loads((rel.dir / "placement.json").read_text())
+    assert all(blob["nodes"] == [a.api, b.api] for blob in placement["blobs"].values()), placement
     # More copies than nodes is refused, naming both numbers.
     out = subprocess.run([shardgate_bin, "publish", str(rel.dir), "--api-prefix", PREFIX, "--replicas", "3",
                           "--node", a.api, "--node", b.api], capture_output=True, text=True, timeout=CMD_TIMEOUT_S)
@@ -208,6 +220,9 @@ def test_a_lost_pin_is_repaired_and_a_spare_takes_a_gone_nodes_copies(nodes, sha
                                                                                  "repaired@1.0.0"))["checked"] and s)
             assert first["under_replicated"] == 0 and first["replication_target"] == 2, first
             assert {n["node"]: n["holds"] for n in first["nodes"] if not n["spare"]} == {a.api: 4, b.api: 4}
+            # Each node's block sample read a chunk back and verified it.
+            assert all(n["sample"].endswith("verified") and not n["sample_failed"]
+                       for n in first["nodes"] if not n["spare"]), first
 
             # B loses the big file: found within a round, repaired from A, verified.
             t0 = time.monotonic()
@@ -272,7 +287,14 @@ def test_a_node_serving_damaged_bytes_is_never_a_repair_source(shardgate_bin, tm
         token, token_hash = new_key(shardgate_bin, "release", "token", cwd=tmp_path)
         config = gateway_config(tmp_path, key_pub, rel.dir, [y.api], [flip.url, y.api], [], token_hash)
         y.lose(cid)
-        with serve_listeners(shardgate_bin, config, usage_api=True) as (_, api, _):
+        with serve_listeners(shardgate_bin, config, usage_api=True) as (base, api, _):
+            # X still pins every blob, but the block sample (one chunk read back and verified
+            # against the chunk table) finds its bytes damaged: its copies are not healthy.
+            sampled = wait_for("a failed block sample on X", lambda: next(
+                (n for n in status(shardgate_bin, api, token, "damaged@1.0.0")["nodes"]
+                 if n["node"] == flip.url and n["sample_failed"]), None))
+            assert "damaged" in sampled["sample"] and sampled["holds"] == 4, sampled
+            assert failed_samples(base) >= 1
             failed = wait_for("a failed repair", lambda: next(
                 (r for r in status(shardgate_bin, api, token, "damaged@1.0.0")["repairs"]
                  if r["node"] == y.api and not r["ok"]), None))
@@ -287,6 +309,12 @@ def test_a_node_serving_damaged_bytes_is_never_a_repair_source(shardgate_bin, tm
                  if r["node"] == y.api and r["ok"]), None))
             assert fixed["source"] == flip.url
             assert y.pinned(cid)
+            # X's samples verify again.
+            wait_for("a good block sample on X", lambda: next(
+                (n for n in status(shardgate_bin, api, token, "damaged@1.0.0")["nodes"]
+                 if n["node"] == flip.url and "verified" in n["sample"] and not n["sample_failed"]), None))
+            assert wait_for("no blob under-replicated", lambda: status(
+                shardgate_bin, api, token, "damaged@1.0.0")["under_replicated"] == 0)
     finally:
         flip.close()
         x.stop()
