@@ -338,3 +338,38 @@ mod redact_tests {
         );
     }
 }
+
+#[cfg(test)]
+mod stall_tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    /// A node that takes the connection and then neither reads nor answers:
+    /// the add is given up after the stall time, not left hanging.
+    #[tokio::test]
+    async fn an_add_that_makes_no_progress_is_given_up() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let held = tokio::spawn(async move {
+            let mut conns = Vec::new();
+            loop {
+                let (c, _) = listener.accept().await.unwrap();
+                conns.push(c);
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blob");
+        // Larger than the socket buffers, so the upload itself stalls.
+        std::fs::write(&path, vec![7u8; 32 << 20]).unwrap();
+        let config = NodeConfig { url: format!("http://{addr}"), api_prefix: "/api/v0".into(), token: None };
+        let node = NodeClient::new(config, Duration::from_secs(5)).unwrap().with_stall(Duration::from_millis(400));
+        let started = Instant::now();
+        let err = node.add_file(&path, "blob", &|_| {}).await.unwrap_err();
+        assert!(matches!(err, NodeError::Stalled { .. }), "{err}");
+        assert!(err.retryable());
+        assert!(err.to_string().contains("made no progress"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
+        held.abort();
+    }
+}
