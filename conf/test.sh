@@ -33,6 +33,8 @@ command -v wrk >/dev/null || need+=(wrk)
 # The dashboard test renders /dashboard in headless Chromium.
 command -v chromium >/dev/null || need+=(chromium)
 [ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
+# A fleet: three gateways behind HAProxy with conf/fleet/haproxy.cfg (test_fleet.py).
+command -v haproxy >/dev/null || need+=(haproxy)
 # Sensitive datasets: the age CLI unwraps and makes key envelopes; SoftHSM2 is
 # the PKCS#11 token the key-wrapping tests run against.
 command -v age >/dev/null || need+=(age)

@@ -89,10 +89,43 @@ struct State {
     releases: BTreeMap<String, ReleaseHealth>,
     /// Copies placed on spares: blob -> nodes, beyond the placement's.
     extra: HashMap<Blake3, Vec<String>>,
-    /// When each (node, blob) loss was first seen, and the round that last saw it.
-    lost_since: HashMap<(String, Blake3), (Instant, u64)>,
+    /// Each (node, blob) loss: when first seen, the round that last saw it,
+    /// and what it is.
+    lost_since: HashMap<(String, Blake3), Loss>,
     /// Rounds done.
     round: u64,
+}
+
+/// A loss being repaired.
+#[derive(Debug, Clone, Copy)]
+struct Loss {
+    since: Instant,
+    seen: u64,
+    cause: Cause,
+    /// A re-add was made and the node still failed its sample (a damaged
+    /// block it keeps): re-adding again would not help.
+    readd_failed: bool,
+}
+
+/// Why a node's copy is not healthy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cause {
+    /// Not pinned.
+    Lost,
+    /// Pinned, but its sampled bytes do not verify.
+    Sample,
+    /// A spare that is to take a copy.
+    Spare,
+}
+
+impl Cause {
+    fn label(self) -> &'static str {
+        match self {
+            Cause::Lost => "lost",
+            Cause::Sample => "sample",
+            Cause::Spare => "spare",
+        }
+    }
 }
 
 /// Totals over every release, for the dashboard.
@@ -211,17 +244,7 @@ impl Gateway {
                 let mut healthy_on: BTreeMap<Blake3, Vec<String>> = BTreeMap::new();
                 for (hash, blob) in &placement.blobs {
                     let healthy = self
-                        .check_blob(
-                            nodes,
-                            timeout,
-                            &key,
-                            release.signed.id,
-                            *hash,
-                            blob,
-                            target,
-                            &mut health,
-                            &mut unreachable,
-                        )
+                        .check_blob(nodes, timeout, &key, release.signed.id, *hash, blob, &mut health, &mut unreachable)
                         .await;
                     healthy_on.insert(*hash, healthy);
                 }
@@ -232,6 +255,15 @@ impl Gateway {
                 {
                     if let Some(h) = healthy_on.get_mut(&hash) {
                         h.retain(|n| n != &node);
+                    }
+                }
+                // Too few healthy copies (a node gone, or its bytes damaged): copies on spares.
+                for (hash, blob) in &placement.blobs {
+                    if let Some(healthy) = healthy_on.get_mut(hash)
+                        && healthy.len() < target
+                    {
+                        let to = (key.as_str(), release.signed.id, *hash, blob, target);
+                        self.top_up(nodes, timeout, to, healthy, &mut health, &mut unreachable).await;
                     }
                 }
                 health.under_replicated = healthy_on.values().filter(|h| h.len() < target).count();
@@ -253,8 +285,12 @@ impl Gateway {
                 s.releases.retain(|k, _| checked.contains(k));
                 // A loss not seen this round (repaired by other means, its node
                 // not checked, its release gone) no longer runs a repair clock.
+                // A node that did not answer this round keeps its losses' clocks.
                 let round = s.round;
-                s.lost_since.retain(|_, (_, seen)| *seen == round);
+                // A copy found damaged after a re-add stays so until a sample of it verifies.
+                s.lost_since.retain(|(node, _), l| {
+                    l.seen == round || unreachable.contains_key(node) || (l.cause == Cause::Sample && l.readd_failed)
+                });
                 s.round += 1;
                 gone
             })
@@ -265,8 +301,8 @@ impl Gateway {
         self.metrics().pin_nodes_unreachable.set(unreachable.len() as i64);
     }
 
-    /// Checks one blob on every node that should hold it, repairs what was
-    /// lost, tops up on spares; returns the nodes with a healthy copy after.
+    /// Checks one blob on every node that should hold it and repairs what was
+    /// lost; returns the nodes with a pinned copy after.
     #[allow(clippy::too_many_arguments)]
     async fn check_blob(
         &self,
@@ -276,7 +312,6 @@ impl Gateway {
         release_id: Blake3,
         hash: Blake3,
         blob: &BlobPlacement,
-        target: usize,
         health: &mut ReleaseHealth,
         unreachable: &mut BTreeMap<String, String>,
     ) -> Vec<String> {
@@ -308,7 +343,11 @@ impl Gateway {
                     entry.holds += 1;
                     healthy.push(url.clone());
                     // Pinned again by other means (an operator's re-pin): the loss is over.
-                    self.pin_health().with(|s| s.lost_since.remove(&(url.clone(), hash)));
+                    self.pin_health().with(|s| {
+                        if s.lost_since.get(&(url.clone(), hash)).is_some_and(|l| l.cause == Cause::Lost) {
+                            s.lost_since.remove(&(url.clone(), hash));
+                        }
+                    });
                 }
                 Ok(Ok(false)) => {
                     entry.reachable = true;
@@ -326,9 +365,9 @@ impl Gateway {
             }
         }
         for url in lost {
-            let (since, first) = self.loss_seen(&url, hash);
+            let (loss, first) = self.loss_seen(&url, hash, Cause::Lost);
             let outcome = self.repair(nodes, timeout, &healthy, &url, hash, blob, unreachable).await;
-            let done = self.record_repair(key, release_id, &url, hash, since, first, outcome, "lost", health).await;
+            let done = self.record_repair(key, release_id, &url, hash, loss, first, outcome, health).await;
             if done {
                 healthy.push(url.clone());
                 if let Some(e) = health.nodes.get_mut(&url) {
@@ -338,49 +377,64 @@ impl Gateway {
                 e.lost += 1;
             }
         }
-        // Too few healthy copies (a node gone): copies on spares, while there
-        // are any, and while some node has a copy to take them from.
-        if healthy.len() < target && !healthy.is_empty() {
-            let spares: Vec<(String, NodeClient)> = nodes
-                .spares()
-                .filter(|(u, _)| !holders.contains(u) && !unreachable.contains_key(*u))
-                .map(|(u, c)| (u.clone(), c.clone()))
-                .collect();
-            for (url, spare) in spares {
-                if healthy.len() >= target {
-                    break;
+        healthy
+    }
+
+    /// Copies `hash` onto spares while it has fewer healthy copies than the
+    /// target, and while some node has a healthy copy to take it from.
+    async fn top_up(
+        &self,
+        nodes: &Nodes,
+        timeout: Duration,
+        (key, release_id, hash, blob, target): (&str, Blake3, Blake3, &BlobPlacement, usize),
+        healthy: &mut Vec<String>,
+        health: &mut ReleaseHealth,
+        unreachable: &mut BTreeMap<String, String>,
+    ) {
+        if healthy.is_empty() {
+            return;
+        }
+        let extra = self.pin_health().with(|s| s.extra.get(&hash).cloned().unwrap_or_default()).unwrap_or_default();
+        let holders: Vec<String> =
+            blob.nodes.iter().map(|u| u.trim_end_matches('/').to_string()).chain(extra).collect();
+        let spares: Vec<(String, NodeClient)> = nodes
+            .spares()
+            .filter(|(u, _)| !holders.contains(u) && !unreachable.contains_key(*u))
+            .map(|(u, c)| (u.clone(), c.clone()))
+            .collect();
+        for (url, spare) in spares {
+            if healthy.len() >= target {
+                break;
+            }
+            // A spare that does not answer is skipped (no attempt is recorded); one
+            // that already pins the blob (a copy from an earlier run) counts as is.
+            let copied = match tokio::time::timeout(timeout, spare.is_pinned(&blob.cid)).await {
+                Ok(Ok(true)) => true,
+                Ok(Ok(false)) => {
+                    let (loss, first) = self.loss_seen(&url, hash, Cause::Spare);
+                    let outcome = self.repair(nodes, timeout, healthy, &url, hash, blob, unreachable).await;
+                    self.record_repair(key, release_id, &url, hash, loss, first, outcome, health).await
                 }
-                // A spare that does not answer is skipped (no attempt is recorded); one
-                // that already pins the blob (a copy from an earlier run) counts as is.
-                let copied = match tokio::time::timeout(timeout, spare.is_pinned(&blob.cid)).await {
-                    Ok(Ok(true)) => true,
-                    Ok(Ok(false)) => {
-                        let (since, first) = self.loss_seen(&url, hash);
-                        let outcome = self.repair(nodes, timeout, &healthy, &url, hash, blob, unreachable).await;
-                        self.record_repair(key, release_id, &url, hash, since, first, outcome, "spare", health).await
-                    }
-                    Ok(Err(e)) => {
-                        unreachable.insert(url.clone(), e.to_string());
-                        false
-                    }
-                    Err(_) => {
-                        unreachable.insert(url.clone(), format!("pin/ls did not answer within {timeout:?}"));
-                        false
-                    }
-                };
-                if copied {
-                    self.pin_health().with(|s| s.extra.entry(hash).or_default().push(url.clone()));
-                    let e = health.nodes.entry(url.clone()).or_default();
-                    e.expected += 1;
-                    e.holds += 1;
-                    e.reachable = true;
-                    e.spare = true;
-                    e.checked_at = unix_now();
-                    healthy.push(url);
+                Ok(Err(e)) => {
+                    unreachable.insert(url.clone(), e.to_string());
+                    false
                 }
+                Err(_) => {
+                    unreachable.insert(url.clone(), format!("pin/ls did not answer within {timeout:?}"));
+                    false
+                }
+            };
+            if copied {
+                self.pin_health().with(|s| s.extra.entry(hash).or_default().push(url.clone()));
+                let e = health.nodes.entry(url.clone()).or_default();
+                e.expected += 1;
+                e.holds += 1;
+                e.reachable = true;
+                e.spare = true;
+                e.checked_at = unix_now();
+                healthy.push(url);
             }
         }
-        healthy
     }
 
     /// Reads back one random chunk of one random file from each node that
@@ -445,10 +499,26 @@ impl Gateway {
                 if let Some(e) = health.nodes.get_mut(&url) {
                     e.sample = Some(format!("{what}: verified"));
                 }
+                self.pin_health().with(|s| {
+                    if s.lost_since.get(&(url.clone(), file.blake3)).is_some_and(|l| l.cause == Cause::Sample) {
+                        s.lost_since.remove(&(url.clone(), file.blake3));
+                    }
+                });
                 continue;
             };
             tracing::warn!(release = r.key, node = %url, sample = %what, why, "pin health: a block sample failed");
-            let (since, first) = self.loss_seen(&url, file.blake3);
+            let (loss, first) = self.loss_seen(&url, file.blake3, Cause::Sample);
+            if loss.readd_failed {
+                // Re-added once already and still damaged: not re-added every round.
+                if let Some(e) = health.nodes.get_mut(&url) {
+                    e.sample = Some(format!(
+                        "{what}: {why}; still damaged after a re-add: remove the damaged block on the node"
+                    ));
+                    e.sample_failed = true;
+                }
+                failed.push((url, file.blake3));
+                continue;
+            }
             let sources: Vec<String> =
                 healthy_on.get(&file.blake3).into_iter().flatten().filter(|n| **n != url).cloned().collect();
             let mut outcome = self.repair(nodes, timeout, &sources, &url, file.blake3, blob, unreachable).await;
@@ -456,16 +526,25 @@ impl Gateway {
                 // Re-adding restores missing blocks, not a damaged one the node keeps: check again.
                 outcome = match self.sample_chunk(node, &spec, index, timeout).await {
                     Verdict::Good => Ok(src.clone()),
-                    Verdict::Bad(again) | Verdict::Unknown(again) | Verdict::Unreachable(again) => Err(format!(
-                        "re-added from {src}, but {url} still fails the sample ({again}): its block store \
-                         holds a damaged block, which has to be removed there"
-                    )),
+                    Verdict::Bad(again) => {
+                        self.pin_health().with(|s| {
+                            if let Some(l) = s.lost_since.get_mut(&(url.clone(), file.blake3)) {
+                                l.readd_failed = true;
+                            }
+                        });
+                        Err(format!(
+                            "re-added from {src}, but {url} still fails the sample ({again}): its block store \
+                             holds a damaged block, which has to be removed there"
+                        ))
+                    }
+                    Verdict::Unknown(again) | Verdict::Unreachable(again) => {
+                        Err(format!("re-added from {src}, but the re-check could not be made: {again}"))
+                    }
                 };
             }
             let outcome = outcome.map_err(|e| format!("{what}: {why}; {e}"));
-            let repaired = self
-                .record_repair(r.key, r.release_id, &url, file.blake3, since, first, outcome, "sample", health)
-                .await;
+            let repaired =
+                self.record_repair(r.key, r.release_id, &url, file.blake3, loss, first, outcome, health).await;
             if let Some(e) = health.nodes.get_mut(&url) {
                 e.sample = Some(format!("{what}: {why}{}", if repaired { "; repaired" } else { "" }));
                 e.sample_failed = !repaired;
@@ -481,12 +560,20 @@ impl Gateway {
     async fn sample_chunk(&self, node: &NodeClient, spec: &FileSpec, index: u64, timeout: Duration) -> Verdict {
         let Some(cid) = spec.cid.as_deref() else { return Verdict::Unknown("no CID placed".into()) };
         let range = spec.layout.chunk_range(index);
-        let read = tokio::time::timeout(timeout * 2, node.cat_all(cid, range.start, range.end - range.start, timeout));
-        let data = match read.await {
-            Ok(Ok(d)) => d,
+        let want = range.end - range.start;
+        // Not answering at all is the node's absence; answering and then
+        // failing (an error status, a body cut short) is the copy's fault.
+        let resp = match tokio::time::timeout(timeout, node.cat(cid, range.start, want, timeout)).await {
+            Ok(Ok(r)) => r,
             Ok(Err(e @ NodeError::Http { .. })) => return Verdict::Unreachable(e.to_string()),
             Ok(Err(e)) => return Verdict::Bad(format!("unreadable: {e}")),
-            Err(_) => return Verdict::Bad(format!("unreadable: no answer within {:?}", timeout * 2)),
+            Err(_) => return Verdict::Bad(format!("unreadable: no answer within {timeout:?}")),
+        };
+        let data = match tokio::time::timeout(timeout, resp.bytes()).await {
+            Ok(Ok(d)) if d.len() as u64 == want => d,
+            Ok(Ok(d)) => return Verdict::Bad(format!("cut short: {} of {want} bytes", d.len())),
+            Ok(Err(e)) => return Verdict::Bad(format!("cut short: {e}")),
+            Err(_) => return Verdict::Bad(format!("stalled: the chunk did not arrive within {timeout:?}")),
         };
         match self.fetcher().verify_chunk(spec, index, &data).await {
             Ok(true) => Verdict::Good,
@@ -495,25 +582,27 @@ impl Gateway {
         }
     }
 
-    /// When the loss of `hash` on `node` was first seen (now, if this is the
-    /// first time), and whether it is the first time.
-    fn loss_seen(&self, node: &str, hash: Blake3) -> (Instant, bool) {
+    /// The loss of `hash` on `node`: when first seen (now, if this is the
+    /// first time; a loss of another cause starts over), and whether it is
+    /// the first time.
+    fn loss_seen(&self, node: &str, hash: Blake3, cause: Cause) -> (Loss, bool) {
+        let fresh = |seen| Loss { since: Instant::now(), seen, cause, readd_failed: false };
         self.pin_health()
             .with(|s| {
                 let round = s.round;
                 match s.lost_since.get_mut(&(node.to_string(), hash)) {
-                    Some((t, seen)) => {
-                        *seen = round;
-                        (*t, false)
+                    Some(l) if l.cause == cause => {
+                        l.seen = round;
+                        (*l, false)
                     }
-                    None => {
-                        let now = Instant::now();
-                        s.lost_since.insert((node.to_string(), hash), (now, round));
-                        (now, true)
+                    _ => {
+                        let l = fresh(round);
+                        s.lost_since.insert((node.to_string(), hash), l);
+                        (l, true)
                     }
                 }
             })
-            .unwrap_or_else(|| (Instant::now(), true))
+            .unwrap_or_else(|| (fresh(0), true))
     }
 
     /// Reads the blob from the first healthy node whose bytes verify and pins
@@ -567,13 +656,13 @@ impl Gateway {
         release_id: Blake3,
         node: &str,
         hash: Blake3,
-        since: Instant,
+        loss: Loss,
         first: bool,
         outcome: Result<String, String>,
-        cause: &'static str,
         health: &mut ReleaseHealth,
     ) -> bool {
-        let seconds = since.elapsed().as_secs_f64();
+        let seconds = loss.since.elapsed().as_secs_f64();
+        let cause = loss.cause.label();
         let ok = outcome.is_ok();
         let result = if ok { "ok" } else { "failed" };
         self.metrics().pin_repairs.get_or_create(&ResultLabel { result }).inc();

@@ -233,6 +233,8 @@ fn stream(state: ChunkedState) -> impl Stream<Item = Result<Frame<Bytes>, BodyEr
             Piece::Range(r) => {
                 if let Some(e) = st.gone() {
                     // Taken down, its key revoked, or the reader's clearance withdrawn: not one more byte leaves.
+                    // Even before the first frame (the handler checked just before answering): then the
+                    // client sees the connection dropped with no status, never a byte it may not have.
                     return Some((Err(e), None));
                 }
                 if st.meter.as_ref().is_some_and(|(m, _)| m.quota_spent()) {

@@ -52,7 +52,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             match shardgate::audit::verify(std::io::BufReader::new(f), start) {
                 Ok(v) => {
                     let range = match v.first {
-                        Some(first) => format!("entries {first} to {}", first + v.entries - 1),
+                        Some(first) => format!("entries {first} to {}", first + (v.entries - 1)),
                         None => "no entries".to_string(),
                     };
                     println!("OK {}: {} entries ({range}), chain head {}", file.display(), v.entries, v.head);

@@ -7,7 +7,7 @@ use shardgate::usage::proto::usage_service_client::UsageServiceClient;
 use shardgate::usage::proto::{self, usage_record};
 
 use super::ConfigError;
-use super::grpc_client::{self, Endpoint, authed, status};
+use super::grpc_client::{self, authed, status};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -17,9 +17,15 @@ pub struct Args {
 
 #[derive(Debug, clap::Args)]
 struct Api {
-    #[command(flatten)]
-    endpoint: Endpoint,
-    /// Billing token.
+    /// A gateway's gRPC address, e.g. http://127.0.0.1:9090 (https:// for TLS).
+    /// Repeat for a fleet: records are merged by id with a cursor per gateway,
+    /// and a gateway reached twice is counted once.
+    #[arg(long = "api", alias = "gateway", required = true)]
+    urls: Vec<String>,
+    /// PEM CA certificate that signed the listeners' TLS certificates.
+    #[arg(long)]
+    ca: Option<std::path::PathBuf>,
+    /// Billing token (the same on every gateway).
     #[arg(long, env = "SHARDGATE_BILLING_TOKEN", hide_env_values = true)]
     token: String,
 }
@@ -83,8 +89,55 @@ enum Format {
     Json,
 }
 
-async fn connect(api: &Api) -> anyhow::Result<UsageServiceClient<tonic::transport::Channel>> {
-    Ok(UsageServiceClient::new(grpc_client::connect(&api.endpoint.url, api.endpoint.ca.as_deref()).await?))
+async fn connect(api: &Api, url: &str) -> anyhow::Result<UsageServiceClient<tonic::transport::Channel>> {
+    Ok(UsageServiceClient::new(grpc_client::connect(url, api.ca.as_deref()).await?))
+}
+
+/// Every closed record of every gateway (after `after` on a single one),
+/// each once: records are merged by their deterministic id, following each
+/// gateway's own cursor. Also returns, per gateway URL, the instances it
+/// answered for and its records.
+async fn merged_records(
+    api: &Api,
+    after: &str,
+    tenant: Option<&str>,
+) -> anyhow::Result<(Vec<proto::UsageRecord>, Vec<(String, Vec<String>, usize)>)> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    let mut members = Vec::new();
+    for url in &api.urls {
+        let mut c = connect(api, url).await?;
+        let mut cursor = after.to_string();
+        let mut instances: Vec<String> = Vec::new();
+        let mut count = 0;
+        loop {
+            let req = proto::ListUsageRequest {
+                after_cursor: cursor.clone(),
+                limit: 1000,
+                tenant: tenant.map(str::to_string),
+            };
+            let page = c
+                .list_usage(authed(req, &api.token)?)
+                .await
+                .map_err(|e| anyhow::anyhow!("{url}: {}", status(e)))?
+                .into_inner();
+            for r in page.records.iter() {
+                if !instances.contains(&r.gateway_instance) {
+                    instances.push(r.gateway_instance.clone());
+                }
+                count += 1;
+                if seen.insert(r.id.clone()) {
+                    out.push(r.clone());
+                }
+            }
+            if page.records.is_empty() || page.next_cursor == page.last_cursor {
+                break;
+            }
+            cursor = page.next_cursor;
+        }
+        members.push((url.clone(), instances, count));
+    }
+    Ok((out, members))
 }
 
 fn source(s: i32) -> &'static str {
@@ -165,7 +218,17 @@ fn token(finance: bool) -> anyhow::Result<ExitCode> {
 }
 
 async fn list(api: Api, after: String, tenant: Option<String>) -> anyhow::Result<ExitCode> {
-    let mut c = connect(&api).await?;
+    if api.urls.len() > 1 {
+        if !after.is_empty() {
+            return Err(ConfigError("--after is one gateway's cursor: give a single --api with it".into()).into());
+        }
+        let (records, _) = merged_records(&api, "", tenant.as_deref()).await?;
+        for r in &records {
+            println!("{}", record_json(r));
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut c = connect(&api, &api.urls[0]).await?;
     let mut cursor = after;
     loop {
         let req = proto::ListUsageRequest { after_cursor: cursor.clone(), limit: 1000, tenant: tenant.clone() };
@@ -181,8 +244,16 @@ async fn list(api: Api, after: String, tenant: Option<String>) -> anyhow::Result
 }
 
 async fn totals(api: Api, req: proto::GetTotalsRequest) -> anyhow::Result<ExitCode> {
-    let mut c = connect(&api).await?;
-    let t = c.get_totals(authed(req, &api.token)?).await.map_err(status)?.into_inner();
+    if req.tenant.is_empty() {
+        return Err(ConfigError("--tenant must not be empty".into()).into());
+    }
+    let (t, members) = if api.urls.len() == 1 {
+        let mut c = connect(&api, &api.urls[0]).await?;
+        (c.get_totals(authed(req, &api.token)?).await.map_err(status)?.into_inner(), None)
+    } else {
+        let (records, members) = merged_records(&api, "", Some(&req.tenant)).await?;
+        (fleet_totals(&records, &req), Some(members))
+    };
     let by: serde_json::Map<String, serde_json::Value> = t
         .by_source
         .iter()
@@ -192,12 +263,45 @@ async fn totals(api: Api, req: proto::GetTotalsRequest) -> anyhow::Result<ExitCo
             (source(s.source).to_string(), v)
         })
         .collect();
-    let out = serde_json::json!({
+    let mut out = serde_json::json!({
         "tenant": t.tenant, "bytes": t.bytes, "requests": t.requests,
         "aborted_requests": t.aborted_requests, "by_source": by,
     });
+    if let Some(members) = members {
+        out["gateways"] = members
+            .iter()
+            .map(|(url, instances, records)| serde_json::json!({ "api": url, "instances": instances, "records": records }))
+            .collect();
+    }
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(ExitCode::SUCCESS)
+}
+
+/// A tenant's totals from merged records, as one gateway's `GetTotals` sums
+/// its own: tenant records of windows starting in [from, to).
+fn fleet_totals(records: &[proto::UsageRecord], req: &proto::GetTotalsRequest) -> proto::GetTotalsResponse {
+    let to = if req.to == 0 { i64::MAX } else { req.to };
+    let mut by: std::collections::BTreeMap<i32, proto::SourceTotals> = Default::default();
+    let mut out = proto::GetTotalsResponse { tenant: req.tenant.clone(), ..Default::default() };
+    for r in records {
+        let Some(usage_record::Counters::TenantUsage(u)) = &r.counters else { continue };
+        if u.tenant != req.tenant
+            || req.dataset.as_ref().is_some_and(|d| d != &u.dataset)
+            || r.window_start < req.from
+            || r.window_start >= to
+        {
+            continue;
+        }
+        out.bytes += u.bytes;
+        out.requests += u.requests;
+        out.aborted_requests += u.aborted_requests;
+        let s = by.entry(u.source).or_insert_with(|| proto::SourceTotals { source: u.source, ..Default::default() });
+        s.bytes += u.bytes;
+        s.requests += u.requests;
+        s.aborted_requests += u.aborted_requests;
+    }
+    out.by_source = by.into_values().collect();
+    out
 }
 
 /// A time for --from/--to: a UTC date, an RFC 3339 timestamp, or Unix seconds.
@@ -223,6 +327,97 @@ fn money_json(m: &Option<proto::Money>) -> serde_json::Value {
         Some(m) => serde_json::json!({ "btt": m.btt, "fiat": m.fiat, "fiat_buffered": m.fiat_buffered }),
         None => serde_json::Value::Null,
     }
+}
+
+/// One chargeback over a fleet: lines summed by tenant, dataset and version,
+/// spend by release. A gateway instance answering at two URLs is counted
+/// once; gateways that price differently are refused (export them apart).
+fn merge_chargebacks(
+    parts: Vec<(String, proto::GetChargebackResponse)>,
+) -> anyhow::Result<proto::GetChargebackResponse> {
+    use rust_decimal::Decimal;
+    use std::collections::BTreeMap;
+    let mut parts = parts.into_iter();
+    let Some((first_url, mut out)) = parts.next() else { anyhow::bail!("no gateway given") };
+    let mut instances = vec![(first_url.clone(), out.gateway_instance.clone())];
+    let rest: Vec<_> = parts.collect();
+    if rest.is_empty() {
+        return Ok(out);
+    }
+    let pricing = |p: &Option<proto::Pricing>| p.as_ref().map(|p| format!("{p:?}"));
+    let mut lines: BTreeMap<(String, String, String), proto::ChargebackLine> = BTreeMap::new();
+    let mut spends: BTreeMap<(String, String), proto::ReleaseSpend> = BTreeMap::new();
+    let dec = |m: &Option<proto::Money>| -> anyhow::Result<[Decimal; 3]> {
+        let Some(m) = m else { return Ok([Decimal::ZERO; 3]) };
+        let p = |s: &str| s.parse::<Decimal>().map_err(|e| anyhow::anyhow!("amount {s:?}: {e}"));
+        Ok([p(&m.btt)?, p(&m.fiat)?, p(&m.fiat_buffered)?])
+    };
+    let add = |into: &mut Option<proto::Money>, m: &Option<proto::Money>| -> anyhow::Result<()> {
+        if m.is_none() {
+            return Ok(());
+        }
+        let [a, b, c] = dec(into)?;
+        let [x, y, z] = dec(m)?;
+        *into = Some(proto::Money {
+            btt: (a + x).to_string(),
+            fiat: (b + y).to_string(),
+            fiat_buffered: (c + z).to_string(),
+        });
+        Ok(())
+    };
+    let mut take = |r: &proto::GetChargebackResponse| -> anyhow::Result<()> {
+        for l in &r.lines {
+            let e = lines.entry((l.tenant.clone(), l.dataset.clone(), l.version.clone())).or_insert_with(|| {
+                proto::ChargebackLine {
+                    tenant: l.tenant.clone(),
+                    dataset: l.dataset.clone(),
+                    version: l.version.clone(),
+                    ..Default::default()
+                }
+            });
+            e.hot_bytes += l.hot_bytes;
+            e.origin_bytes += l.origin_bytes;
+            e.bytes += l.bytes;
+            e.requests += l.requests;
+            e.aborted_requests += l.aborted_requests;
+            add(&mut e.charge, &l.charge)?;
+        }
+        for s in &r.releases {
+            let e = spends.entry((s.dataset.clone(), s.version.clone())).or_insert_with(|| proto::ReleaseSpend {
+                dataset: s.dataset.clone(),
+                version: s.version.clone(),
+                ..Default::default()
+            });
+            e.origin_egress_bytes += s.origin_egress_bytes;
+            e.integrity_failed_bytes += s.integrity_failed_bytes;
+            e.integrity_aborted_requests += s.integrity_aborted_requests;
+            add(&mut e.spend, &s.spend)?;
+        }
+        Ok(())
+    };
+    take(&out)?;
+    let (mut total_charge, mut total_spend) = (out.total_charge.clone(), out.total_spend.clone());
+    for (url, r) in rest {
+        if let Some((other, _)) = instances.iter().find(|(_, i)| *i == r.gateway_instance) {
+            eprintln!("{url} is the same gateway as {other} (instance {}): counted once", r.gateway_instance);
+            continue;
+        }
+        if pricing(&r.pricing) != pricing(&out.pricing) {
+            anyhow::bail!(ConfigError(format!(
+                "{url} prices usage differently from {first_url}: export the gateways one at a time"
+            )));
+        }
+        take(&r)?;
+        add(&mut total_charge, &r.total_charge)?;
+        add(&mut total_spend, &r.total_spend)?;
+        instances.push((url, r.gateway_instance.clone()));
+    }
+    out.gateway_instance = instances.iter().map(|(_, i)| i.as_str()).collect::<Vec<_>>().join("+");
+    out.lines = lines.into_values().collect();
+    out.releases = spends.into_values().collect();
+    out.total_charge = total_charge;
+    out.total_spend = total_spend;
+    Ok(out)
 }
 
 const CSV_HEADER: [&str; 19] = [
@@ -255,12 +450,17 @@ async fn export(
     output: Option<std::path::PathBuf>,
 ) -> anyhow::Result<ExitCode> {
     use anyhow::Context;
-    let mut c = connect(&api).await?;
-    let r = c
-        .get_chargeback(authed(proto::GetChargebackRequest { from, to }, &api.token)?)
-        .await
-        .map_err(status)?
-        .into_inner();
+    let mut parts = Vec::new();
+    for url in &api.urls {
+        let mut c = connect(&api, url).await?;
+        let r = c
+            .get_chargeback(authed(proto::GetChargebackRequest { from, to }, &api.token)?)
+            .await
+            .map_err(|e| anyhow::anyhow!("{url}: {}", status(e)))?
+            .into_inner();
+        parts.push((url.clone(), r));
+    }
+    let r = merge_chargebacks(parts)?;
     let currency = r.pricing.as_ref().map(|p| p.currency.clone()).unwrap_or_default();
     let mut out: Box<dyn std::io::Write> = match &output {
         Some(p) => Box::new(std::io::BufWriter::new(

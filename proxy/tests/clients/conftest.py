@@ -20,6 +20,9 @@ MIB = 1024 * 1024
 START_TIMEOUT_S = 30
 STOP_TIMEOUT_S = 20
 CMD_TIMEOUT_S = 120
+REPO_ROOT = Path(__file__).resolve().parents[3]
+# The `shardgate serve` processes running now, by base URL (a test may stop one itself).
+SERVING: dict = {}
 
 
 @pytest.fixture(scope="session")
@@ -93,7 +96,7 @@ class Release:
 @dataclass
 class Gateway:
     """A running `shardgate serve` with both test releases."""
-    kind: str  # "dir" or "btfs-api"
+    kind: str  # "dir", "btfs-api" or "fleet" (three dir gateways behind HAProxy)
     base: str  # http://127.0.0.1:PORT
     data: Release  # plain files: binaries, JSONL, parquet
     wds: Release  # webdataset shards
@@ -251,10 +254,13 @@ def serve_listeners(bin_path: str, config: Path, usage_api: bool = False, s3_api
             fail(f"{base}/readyz did not answer 200 within {START_TIMEOUT_S}s")
         time.sleep(0.1)
 
+    SERVING[base] = proc
     try:
         yield base, usage, s3
     finally:
-        proc.send_signal(signal.SIGTERM)
+        SERVING.pop(base, None)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
         try:
             code = proc.wait(timeout=STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
@@ -306,10 +312,73 @@ def node_gateway(releases, shardgate_bin: str, tmp_path_factory):
         yield Gateway(kind="btfs-api", base=base, data=releases["data"], wds=releases["wds"], placements=placements)
 
 
-@pytest.fixture(scope="session", params=["dir", "btfs-api"])
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def haproxy(members: list, log: Path):
+    """HAProxy with the shipped conf/fleet/haproxy.cfg in front of three gateways (base URLs);
+    yields the balancer's base URL once it answers /readyz."""
+    import requests
+
+    if not shutil.which("haproxy"):
+        pytest.fail("haproxy is not installed (conf/test.sh installs the Debian package)")
+    assert len(members) == 3, "conf/fleet/haproxy.cfg lists three members"
+    port = free_port()
+    env = {**os.environ, "SHARDGATE_LB_BIND": f"127.0.0.1:{port}"}
+    for i, m in enumerate(members, 1):
+        env[f"SHARDGATE_MEMBER{i}"] = m.removeprefix("http://")
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(["haproxy", "-db", "-f", str(REPO_ROOT / "conf/fleet/haproxy.cfg")], env=env,
+                                stdout=out, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            try:
+                if requests.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"haproxy did not come up:\n{log.read_text()[-3000:]}")
+            time.sleep(0.1)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=STOP_TIMEOUT_S)
+
+
+@pytest.fixture(scope="session")
+def fleet_gateway(releases, shardgate_bin: str):
+    """Both releases on three gateways (dir origins, a hot tier each) behind HAProxy with the
+    shipped configuration: consistent hashing on the path, health checks on /readyz."""
+    data, wds = releases["data"], releases["wds"]
+    with contextlib.ExitStack() as stack:
+        bases = []
+        for i in range(3):
+            config = _config(releases["root"] / f"fleet-{i}.toml", releases["key_pub"],
+                             [data.dir / "manifest.json", wds.dir / "manifest.json"],
+                             [{"kind": "dir", "path": data.dir}, {"kind": "dir", "path": wds.dir}])
+            bases.append(stack.enter_context(serve(shardgate_bin, config)))
+        lb = stack.enter_context(haproxy(bases, releases["root"] / "fleet-haproxy.log"))
+        yield Gateway(kind="fleet", base=lb, data=data, wds=wds)
+
+
+@pytest.fixture(scope="session", params=["dir", "btfs-api", "fleet"])
 def gateway(request) -> Gateway:
-    """The same releases behind a dir origin, then behind the real dev node."""
-    name = {"dir": "dir_gateway", "btfs-api": "node_gateway"}[request.param]
+    """The same releases behind a dir origin, behind the real dev node, and on a fleet of three
+    gateways behind HAProxy."""
+    name = {"dir": "dir_gateway", "btfs-api": "node_gateway", "fleet": "fleet_gateway"}[request.param]
     return request.getfixturevalue(name)
 
 

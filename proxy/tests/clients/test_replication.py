@@ -295,6 +295,15 @@ def test_a_node_serving_damaged_bytes_is_never_a_repair_source(shardgate_bin, tm
                  if n["node"] == flip.url and n["sample_failed"]), None))
             assert "damaged" in sampled["sample"] and sampled["holds"] == 4, sampled
             assert failed_samples(base) >= 1
+            # A re-add cannot mend a damaged block the node keeps: it is tried once per file,
+            # not every round (the task runs every second).
+            time.sleep(5)
+            tries = [r for r in status(shardgate_bin, api, token, "damaged@1.0.0")["repairs"]
+                     if r["node"] == flip.url]
+            readds = [r for r in tries if "re-added" in r["why"]]
+            assert tries and not any(r["ok"] for r in tries), tries
+            assert len(readds) <= 2, [r["why"] for r in tries]
+            assert failed_samples(base) >= 4
             failed = wait_for("a failed repair", lambda: next(
                 (r for r in status(shardgate_bin, api, token, "damaged@1.0.0")["repairs"]
                  if r["node"] == y.api and not r["ok"]), None))

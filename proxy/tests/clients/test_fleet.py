@@ -1,0 +1,111 @@
+"""A fleet: three gateways behind HAProxy with the shipped conf/fleet/haproxy.cfg.
+
+A member is stopped (SIGTERM) in the middle of 200 whole-file reads through the
+balancer: its /readyz goes unready at once, HAProxy takes it out, the reads it
+was serving finish, and no read is lost or wrong. The members are then started
+again on their ledgers, and the usage merged from all three by
+`shardgate usage totals/export` with one --api per member equals, to the byte,
+what the clients received."""
+import concurrent.futures
+import contextlib
+import json
+import os
+import random
+import signal
+import subprocess
+import threading
+
+import requests
+
+from conftest import CMD_TIMEOUT_S, SERVING, haproxy, serve_listeners
+from test_usage import new_key
+
+READS = 200
+STOP_AT = 60  # the read after which one member is stopped
+
+
+def member_config(root, i, releases, key_hash, token_hash):
+    data = releases["data"]
+    lines = ['[server]', 'listen = "127.0.0.1:0"', 'drain_delay = "3s"',
+             '[trust]', f'keys = ["{releases["key_pub"]}"]',
+             '[[releases]]', f'manifest = "{data.dir / "manifest.json"}"',
+             '[[origins]]', 'kind = "dir"', f'path = "{data.dir}"',
+             '[hot_tier]', 'capacity = "64MiB"',
+             '[[tenants]]', 'id = "trainer"', f'keys = ["{key_hash}"]', f'datasets = ["{data.name}"]',
+             '[usage]', f'ledger = "usage-{i}/usage.redb"', 'commit_interval = "1s"',
+             '[grpc]', 'listen = "127.0.0.1:0"', f'billing_tokens = ["{token_hash}"]']
+    path = root / f"fleet-member-{i}.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def sg(bin_path, *args, token):
+    out = subprocess.run([bin_path, *args], capture_output=True, text=True, timeout=CMD_TIMEOUT_S,
+                         env={**os.environ, "SHARDGATE_BILLING_TOKEN": token})
+    assert out.returncode == 0, out.stderr
+    return out
+
+
+def test_a_member_stopped_mid_run_loses_no_read_and_usage_merges_to_the_byte(releases, shardgate_bin, tmp_path):
+    data = releases["data"]
+    key, key_hash = new_key(shardgate_bin, "tenant", "key", "--tenant", "trainer", cwd=tmp_path)
+    token, token_hash = new_key(shardgate_bin, "usage", "token", cwd=tmp_path)
+    configs = [member_config(tmp_path, i, releases, key_hash, token_hash) for i in range(3)]
+    paths = [p for p in data.sources if data.sources[p]]
+    rng = random.Random(23)
+    plan = [rng.choice(paths) for _ in range(READS)]
+
+    received = 0
+    outcomes = []
+    lock = threading.Lock()
+    done = {"n": 0}
+    with contextlib.ExitStack() as stack:
+        members = [stack.enter_context(serve_listeners(shardgate_bin, c, usage_api=True)) for c in configs]
+        bases = [m[0] for m in members]
+        lb = stack.enter_context(haproxy(bases, tmp_path / "haproxy.log"))
+        stopped = bases[1]
+        session = requests.Session()
+        session.headers["Authorization"] = f"Bearer {key}"
+
+        def read(path):
+            r = session.get(f"{lb}/v1/datasets/{data.name}/{data.version}/files/{path}", timeout=60)
+            body = r.content
+            with lock:
+                done["n"] += 1
+                if done["n"] == STOP_AT:
+                    SERVING[stopped].send_signal(signal.SIGTERM)
+            return path, r.status_code, body
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=6) as pool:
+            for path, status, body in pool.map(read, plan):
+                outcomes.append((path, status, len(body)))
+                assert status == 200, (path, status, body[:200])
+                assert body == data.sources[path], f"{path}: {len(body)} bytes, wrong or cut"
+                received += len(body)
+        assert len(outcomes) == READS
+        # The stopped member exited (0 is checked when the stack closes), while the run went on.
+        assert SERVING[stopped].wait(timeout=30) == 0
+        # Its /readyz had gone unready: HAProxy saw it down.
+        log = (tmp_path / "haproxy.log").read_text()
+        assert "g2 is DOWN" in log or "Server gateways/g2 is DOWN" in log, log[-2000:]
+
+    # Every member flushed its ledger on SIGTERM. Start them again and read the books.
+    with contextlib.ExitStack() as stack:
+        apis = [f"http://{stack.enter_context(serve_listeners(shardgate_bin, c, usage_api=True))[1]}"
+                for c in configs]
+        args = [a for api in apis for a in ("--api", api)]
+        totals = json.loads(sg(shardgate_bin, "usage", "totals", "--tenant", "trainer", *args, token=token).stdout)
+        assert totals["bytes"] == received, (totals, received)
+        assert totals["requests"] == READS, totals
+        assert len(totals["gateways"]) == 3 and all(g["records"] > 0 for g in totals["gateways"]), totals
+        # A member given twice is counted once.
+        twice = json.loads(sg(shardgate_bin, "usage", "totals", "--tenant", "trainer", *args, "--api", apis[0],
+                              token=token).stdout)
+        assert twice["bytes"] == received, twice
+        # The fleet's chargeback: one line per release, the members' bytes summed.
+        out = sg(shardgate_bin, "usage", "export", "--format", "json", "--from", "0", *args, "--api", apis[2],
+                 token=token)
+        export = json.loads(out.stdout)
+        assert sum(line["bytes"] for line in export["lines"] if line["tenant"] == "trainer") == received, export
+        assert len(export["gateway_instance"].split("+")) == 3, export["gateway_instance"]
+        assert "counted once" in out.stderr, out.stderr
