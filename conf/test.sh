@@ -35,6 +35,8 @@ command -v chromium >/dev/null || need+=(chromium)
 [ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
 # A fleet: three gateways behind HAProxy with conf/fleet/haproxy.cfg (test_fleet.py).
 command -v haproxy >/dev/null || need+=(haproxy)
+# promtool (Debian's prometheus package) checks and unit-tests conf/fleet's Prometheus files.
+command -v promtool >/dev/null || need+=(prometheus)
 # Sensitive datasets: the age CLI unwraps and makes key envelopes; SoftHSM2 is
 # the PKCS#11 token the key-wrapping tests run against.
 command -v age >/dev/null || need+=(age)

@@ -32,8 +32,16 @@ pub async fn handle<B>(gw: Arc<Gateway>, req: Request<B>) -> Result<Response<Bod
     let (route, resp) = route(&gw, &req, started).await;
     let ok = matches!(resp.status().as_u16(), 200 | 206 | 304);
     match route {
-        "manifest" if ok => gw.metrics().manifest_latency.observe(started.elapsed()),
-        "file" | "s3_object" if ok => gw.metrics().file_first_byte.observe(started.elapsed()),
+        "manifest" if ok => {
+            let d = started.elapsed();
+            gw.metrics().manifest_latency.observe(d);
+            gw.metrics().manifest_seconds.observe(d.as_secs_f64());
+        }
+        "file" | "s3_object" if ok => {
+            let d = started.elapsed();
+            gw.metrics().file_first_byte.observe(d);
+            gw.metrics().file_first_byte_seconds.observe(d.as_secs_f64());
+        }
         _ => {}
     }
     gw.metrics().requests.get_or_create(&RequestLabel { route, status: resp.status().as_u16() }).inc();
@@ -86,6 +94,13 @@ async fn route<B>(gw: &Arc<Gateway>, req: &Request<B>, started: Instant) -> (&'s
             gw.metrics().plain_tier_bytes.set(gw.fetcher().plain_bytes());
             if let Some(d) = gw.fetcher().disk() {
                 gw.metrics().disk_bytes.set(d.bytes());
+            }
+            for (tenant, bytes) in gw.meter().tenant_totals() {
+                let c = gw
+                    .metrics()
+                    .tenant_bytes
+                    .get_or_create(&crate::metrics::TenantLabel { tenant: tenant.to_string() });
+                c.inner().store(bytes, std::sync::atomic::Ordering::Relaxed);
             }
             text(StatusCode::OK, gw.metrics().render(), "text/plain; version=0.0.4; charset=utf-8")
         }

@@ -38,6 +38,8 @@ struct State {
     month: (i64, i64),
     /// Bytes billed to each tenant in `month`, as far as this gateway knows.
     month_bytes: HashMap<Arc<str>, u64, foldhash::fast::RandomState>,
+    /// Bytes billed to each tenant since start (for the per-tenant metric).
+    served: HashMap<Arc<str>, u64, foldhash::fast::RandomState>,
 }
 
 pub struct Meter {
@@ -69,6 +71,7 @@ impl Meter {
                 floor: i64::MIN,
                 month: month_bounds(now),
                 month_bytes: HashMap::default(),
+                served: HashMap::default(),
             }),
             clock,
             in_flight: Mutex::default(),
@@ -147,6 +150,12 @@ impl Meter {
             }
         }
         *st.month_bytes.entry(tenant.clone()).or_default() += hot + origin;
+        *st.served.entry(tenant.clone()).or_default() += hot + origin;
+    }
+
+    /// Bytes billed to each tenant since this gateway started.
+    pub fn tenant_totals(&self) -> Vec<(Arc<str>, u64)> {
+        self.lock().served.iter().map(|(t, b)| (t.clone(), *b)).collect()
     }
 
     fn dataset_cost(&self, release: &ReleaseTag, f: impl FnOnce(&mut Counters)) {

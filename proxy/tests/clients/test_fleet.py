@@ -11,13 +11,16 @@ import contextlib
 import json
 import os
 import random
+import re
+import shutil
 import signal
 import subprocess
 import threading
 
+import pytest
 import requests
 
-from conftest import CMD_TIMEOUT_S, SERVING, haproxy, serve_listeners
+from conftest import CMD_TIMEOUT_S, REPO_ROOT, SERVING, haproxy, serve_listeners
 from test_usage import new_key
 
 READS = 200
@@ -37,6 +40,12 @@ def member_config(root, i, releases, key_hash, token_hash):
     path = root / f"fleet-member-{i}.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def file_requests(base):
+    text = requests.get(f"{base}/metrics", timeout=10).text
+    return sum(float(v) for v in re.findall(r'^shardgate_http_requests_total\{[^}]*route="file"[^}]*\} (\S+)$',
+                                             text, re.M))
 
 
 def sg(bin_path, *args, token):
@@ -63,7 +72,7 @@ def test_a_member_stopped_mid_run_loses_no_read_and_usage_merges_to_the_byte(rel
         members = [stack.enter_context(serve_listeners(shardgate_bin, c, usage_api=True)) for c in configs]
         bases = [m[0] for m in members]
         lb = stack.enter_context(haproxy(bases, tmp_path / "haproxy.log"))
-        stopped = bases[1]
+        stopped = {}
         session = requests.Session()
         session.headers["Authorization"] = f"Bearer {key}"
 
@@ -73,7 +82,10 @@ def test_a_member_stopped_mid_run_loses_no_read_and_usage_merges_to_the_byte(rel
             with lock:
                 done["n"] += 1
                 if done["n"] == STOP_AT:
-                    SERVING[stopped].send_signal(signal.SIGTERM)
+                    # The member serving the most files so far (the balancer hashes paths).
+                    busiest = max(bases, key=file_requests)
+                    stopped["base"] = busiest
+                    SERVING[busiest].send_signal(signal.SIGTERM)
             return path, r.status_code, body
 
         with concurrent.futures.ThreadPoolExecutor(max_workers=6) as pool:
@@ -83,11 +95,19 @@ def test_a_member_stopped_mid_run_loses_no_read_and_usage_merges_to_the_byte(rel
                 assert body == data.sources[path], f"{path}: {len(body)} bytes, wrong or cut"
                 received += len(body)
         assert len(outcomes) == READS
-        # The stopped member exited (0 is checked when the stack closes), while the run went on.
-        assert SERVING[stopped].wait(timeout=30) == 0
+        # Every series the shipped recording rules read is one the members export.
+        exposed = requests.get(f"{bases[0]}/metrics", timeout=10).text
+        names = set(re.findall(r"^(shardgate_[a-z_]+?)(?:_bucket|_count|_sum)?[{ ]", exposed, re.M))
+        rules = (REPO_ROOT / "conf/fleet/shardgate.rules.yml").read_text()
+        # Series read by the expressions (recorded names, level:metric:ops, are not exported).
+        used = {re.sub(r"_bucket$", "", u) for u in re.findall(r"(?<![:\w])shardgate_\w+", rules)}
+        assert used <= names, f"the rules read series no member exports: {sorted(used - names)}"
+        # The stopped member exited cleanly while the run went on.
+        assert SERVING[stopped["base"]].wait(timeout=30) == 0
         # Its /readyz had gone unready: HAProxy saw it down.
+        name = f"g{bases.index(stopped['base']) + 1}"
         log = (tmp_path / "haproxy.log").read_text()
-        assert "g2 is DOWN" in log or "Server gateways/g2 is DOWN" in log, log[-2000:]
+        assert f"Server gateways/{name} is DOWN" in log, log[-2000:]
 
     # Every member flushed its ledger on SIGTERM. Start them again and read the books.
     with contextlib.ExitStack() as stack:
@@ -97,7 +117,9 @@ def test_a_member_stopped_mid_run_loses_no_read_and_usage_merges_to_the_byte(rel
         totals = json.loads(sg(shardgate_bin, "usage", "totals", "--tenant", "trainer", *args, token=token).stdout)
         assert totals["bytes"] == received, (totals, received)
         assert totals["requests"] == READS, totals
-        assert len(totals["gateways"]) == 3 and all(g["records"] > 0 for g in totals["gateways"]), totals
+        assert len(totals["gateways"]) == 3, totals
+        # The stopped member served reads before it stopped, and they are in the books.
+        assert totals["gateways"][bases.index(stopped["base"])]["records"] > 0, totals
         # A member given twice is counted once.
         twice = json.loads(sg(shardgate_bin, "usage", "totals", "--tenant", "trainer", *args, "--api", apis[0],
                               token=token).stdout)
@@ -109,3 +131,20 @@ def test_a_member_stopped_mid_run_loses_no_read_and_usage_merges_to_the_byte(rel
         assert sum(line["bytes"] for line in export["lines"] if line["tenant"] == "trainer") == received, export
         assert len(export["gateway_instance"].split("+")) == 3, export["gateway_instance"]
         assert "counted once" in out.stderr, out.stderr
+
+
+def promtool(*args):
+    if not shutil.which("promtool"):
+        pytest.fail("promtool is not installed (conf/test.sh installs Debian's prometheus package)")
+    out = subprocess.run(["promtool", *args], cwd=REPO_ROOT / "conf/fleet", capture_output=True, text=True,
+                         timeout=CMD_TIMEOUT_S)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout
+
+
+def test_the_shipped_prometheus_configuration_and_rules_check_and_compute_fleet_figures():
+    assert "SUCCESS" in promtool("check", "config", "prometheus.yml")
+    assert "SUCCESS" in promtool("check", "rules", "shardgate.rules.yml")
+    # The rules' arithmetic on synthetic members: fleet hit ratio, bytes by tenant,
+    # p99 from summed buckets, ejected origins, and the member-down alert.
+    assert "SUCCESS" in promtool("test", "rules", "shardgate.rules.test.yml")
