@@ -33,6 +33,9 @@ pub struct Credentials<'a> {
     /// A tenant id proven by a request signature its protocol adapter checked
     /// (S3 SigV4, with the secret of an access key the tenant holds).
     pub signed_by: Option<&'a str>,
+    /// The client's address (the peer, or what a trusted proxy forwarded),
+    /// when the protocol has one: counted per tenant, and named in refusals.
+    pub client: Option<std::net::IpAddr>,
 }
 
 /// What a request reads, for authorization.
@@ -50,6 +53,17 @@ pub enum Target<'a> {
 /// monthly quota is not spent (counting bytes of responses still in
 /// flight), and takes one request from its rate.
 pub fn admit(gw: &Gateway, creds: Credentials<'_>, target: Target<'_>) -> Result<Arc<Tenant>, Denied> {
+    let client = creds.client;
+    let admitted = admit_inner(gw, creds, target);
+    match (&admitted, client) {
+        (Ok(t), Some(ip)) => gw.clients().seen(&t.id, ip),
+        (Err(d), Some(ip)) => tracing::debug!(client = %ip, refused = %d, "request refused at the door"),
+        _ => {}
+    }
+    admitted
+}
+
+fn admit_inner(gw: &Gateway, creds: Credentials<'_>, target: Target<'_>) -> Result<Arc<Tenant>, Denied> {
     let tenants = gw.tenants();
     let tenant = match creds.signed_by {
         Some(id) => tenants

@@ -592,3 +592,35 @@ async fn g_purge(engine: &Engine, r: &Release) {
     let h = r.signed.manifest.file("a.bin").unwrap().blake3;
     engine.gateway().fetcher().purge_file(h).unwrap();
 }
+
+/// Behind a balancer: `X-Forwarded-For` names the client only when the peer
+/// is a trusted proxy; from anyone else the header is ignored.
+#[tokio::test]
+async fn forwarded_client_addresses_are_believed_only_from_trusted_proxies() {
+    let r = Release::pack("fwd", &[("a.bin", bytes_of(1000, 3))], CHUNK);
+    let origin = MockOrigin::start(r.blobs.clone()).await;
+    for (trusted, expect) in [(vec!["127.0.0.0/8"], "203.0.113.7"), (vec![], "127.0.0.1")] {
+        let mut cfg = config_for(&r, &[&origin]);
+        cfg.server.trusted_proxies = trusted.iter().map(|s| s.parse().unwrap()).collect();
+        let engine = Engine::start(cfg).await.unwrap();
+        let base = format!("http://{}", engine.addr());
+        // The client wrote 198.51.100.1 itself; the proxy appended the address it saw.
+        let resp = client()
+            .get(r.url(&base, "a.bin"))
+            .header("x-forwarded-for", "198.51.100.1, 203.0.113.7")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.bytes().await.unwrap(), r.files["a.bin"]);
+        let seen: Vec<String> = engine
+            .gateway()
+            .clients()
+            .recent()
+            .into_iter()
+            .flat_map(|(_, ips)| ips.into_iter().map(|ip| ip.to_string()))
+            .collect();
+        assert_eq!(seen, vec![expect.to_string()], "trusted {trusted:?}");
+        engine.stop().await;
+    }
+}

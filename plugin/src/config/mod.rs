@@ -374,6 +374,43 @@ pub struct ServerConfig {
     pub drain_delay: Duration,
     /// Most ranges honoured in one multi-range request.
     pub max_ranges: usize,
+    /// Peers whose `X-Forwarded-For` is believed (a load balancer's
+    /// addresses, as CIDR blocks or single addresses). A request from one of
+    /// them is logged and counted under the client address it forwarded;
+    /// the header is ignored from any other peer.
+    #[serde(default)]
+    pub trusted_proxies: Vec<TrustedNet>,
+}
+
+/// A `server.trusted_proxies` entry: a CIDR block (`10.0.0.0/8`) or one
+/// address (`10.0.0.7`, meaning `/32` or `/128`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrustedNet(pub ipnet::IpNet);
+
+impl std::str::FromStr for TrustedNet {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if let Ok(n) = s.parse::<ipnet::IpNet>() {
+            return Ok(Self(n.trunc()));
+        }
+        s.parse::<std::net::IpAddr>()
+            .map(|a| Self(ipnet::IpNet::from(a)))
+            .map_err(|_| format!("{s:?} is not an address or a CIDR block (10.0.0.0/8)"))
+    }
+}
+
+impl Serialize for TrustedNet {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for TrustedNet {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 impl Default for ServerConfig {
@@ -389,6 +426,7 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(30),
             drain_delay: Duration::ZERO,
             max_ranges: 64,
+            trusted_proxies: Vec::new(),
         }
     }
 }

@@ -111,6 +111,7 @@ pub struct Gateway {
     s3_keys: ArcSwap<crate::s3::keys::S3Keys>,
     /// What the pin-health task last saw (`release status`).
     pin_health: crate::pinhealth::PinHealth,
+    clients: crate::tenant::clients::ClientTally,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -269,6 +270,7 @@ impl Gateway {
             security: ArcSwap::from_pointee(security),
             s3_keys: ArcSwap::from_pointee(s3_keys),
             pin_health: Default::default(),
+            clients: Default::default(),
         });
         gw.spawn_committer(cfg.usage.commit_interval, cfg.usage.retention);
         gw.load_releases(&cfg).await?;
@@ -566,6 +568,10 @@ impl Gateway {
     }
 
     /// The pin-health task's view of each release.
+    pub fn clients(&self) -> &crate::tenant::clients::ClientTally {
+        &self.clients
+    }
+
     pub fn pin_health(&self) -> &crate::pinhealth::PinHealth {
         &self.pin_health
     }

@@ -7,6 +7,7 @@
 pub mod body;
 mod discovery;
 pub(crate) mod file;
+pub mod forwarded;
 pub mod range;
 mod reports;
 pub mod route;

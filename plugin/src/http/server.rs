@@ -107,9 +107,11 @@ pub async fn serve(
         // rustls verified the chain against client_ca; only then are the names trusted.
         let names = a.client_cert.as_deref().map(crate::tenant::cert::names).unwrap_or_default();
         let peer = PeerNames(Arc::new(names));
+        let addr = crate::http::service::Peer(a.peer);
         let gw = gw.clone();
         service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(peer.clone());
+            req.extensions_mut().insert(addr);
             if s3_root {
                 req.extensions_mut().insert(crate::s3::S3Listener);
             }

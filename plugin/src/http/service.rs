@@ -26,10 +26,29 @@ use crate::tenant::Denied;
 #[derive(Debug, Clone, Default)]
 pub struct PeerNames(pub Arc<Vec<String>>);
 
+/// The connection's peer address.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub std::net::SocketAddr);
+
+/// The request's client address: the peer, or what a trusted proxy forwarded.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub std::net::IpAddr);
+
 /// Serves one request. Never fails: every problem is an HTTP answer.
-pub async fn handle<B>(gw: Arc<Gateway>, req: Request<B>) -> Result<Response<Body>, Infallible> {
+pub async fn handle<B>(gw: Arc<Gateway>, mut req: Request<B>) -> Result<Response<Body>, Infallible> {
+    use tracing::Instrument;
     let started = Instant::now();
-    let (route, resp) = route(&gw, &req, started).await;
+    let client = req
+        .extensions()
+        .get::<Peer>()
+        .map(|p| super::forwarded::client(p.0.ip(), req.headers(), &gw.config().server.trusted_proxies));
+    if let Some(c) = client {
+        req.extensions_mut().insert(ClientAddr(c));
+    }
+    // Every event logged while the request is served names its client.
+    let span = tracing::debug_span!("request", client = client.map(tracing::field::display), path = %req.uri().path());
+    let (route, resp) = route(&gw, &req, started).instrument(span.clone()).await;
+    span.in_scope(|| tracing::debug!(route, status = resp.status().as_u16(), "answered"));
     let ok = matches!(resp.status().as_u16(), 200 | 206 | 304);
     match route {
         "manifest" if ok => {
@@ -95,6 +114,11 @@ async fn route<B>(gw: &Arc<Gateway>, req: &Request<B>, started: Instant) -> (&'s
             if let Some(d) = gw.fetcher().disk() {
                 gw.metrics().disk_bytes.set(d.bytes());
             }
+            gw.metrics().tenant_clients.clear();
+            for (tenant, n) in gw.clients().last_minute() {
+                let label = crate::metrics::TenantLabel { tenant: tenant.to_string() };
+                gw.metrics().tenant_clients.get_or_create(&label).set(n as i64);
+            }
             for (tenant, bytes) in gw.meter().tenant_totals() {
                 let c = gw
                     .metrics()
@@ -121,6 +145,7 @@ async fn route<B>(gw: &Arc<Gateway>, req: &Request<B>, started: Instant) -> (&'s
                 authorization: req.headers().get(header::AUTHORIZATION).map(HeaderValue::as_bytes),
                 cert_names,
                 signed_by: None,
+                client: req.extensions().get::<ClientAddr>().map(|c| c.0),
             };
             let target = match &route {
                 Route::Dataset { name }

@@ -190,6 +190,8 @@ pub struct Metrics {
     pub file_first_byte_seconds: Histogram,
     /// Body bytes billed per tenant since start (set from the meter at each scrape).
     pub tenant_bytes: Family<TenantLabel, Counter>,
+    /// Distinct client addresses per tenant in the last full minute (set at each scrape).
+    pub tenant_clients: Family<TenantLabel, Gauge>,
     /// Pin health: nodes that did not answer in the last round.
     pub pin_nodes_unreachable: Gauge,
     /// When these counts started.
@@ -240,6 +242,7 @@ impl Metrics {
             manifest_seconds: Histogram::new(RESPONSE_BUCKETS),
             file_first_byte_seconds: Histogram::new(RESPONSE_BUCKETS),
             tenant_bytes: Family::default(),
+            tenant_clients: Family::default(),
             pin_nodes_unreachable: Gauge::default(),
             verification: Gauge::default(),
             reloads: Family::default(),
@@ -368,6 +371,11 @@ impl Metrics {
             "tenant_bytes",
             "Body bytes billed to each tenant since the gateway started (closed responses; usage metering on)",
             m.tenant_bytes.clone(),
+        );
+        registry.register(
+            "tenant_clients",
+            "Distinct client addresses admitted per tenant in the last full minute (forwarded ones from server.trusted_proxies)",
+            m.tenant_clients.clone(),
         );
         registry.register(
             "pin_repair_seconds",

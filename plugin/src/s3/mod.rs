@@ -264,6 +264,7 @@ async fn serve<B>(gw: &Arc<Gateway>, req: &Request<B>, started: Instant) -> (&'s
         },
         cert_names,
         signed_by: signed_by.as_deref(),
+        client: req.extensions().get::<crate::http::service::ClientAddr>().map(|c| c.0),
     };
     match (addr.bucket, addr.key) {
         (None, _) => ("s3", admit(gw, creds, door::Target::Any).map(|t| list_buckets(gw, &t))),

@@ -6,6 +6,7 @@
 //! limits costs the origins nothing. Owns no I/O.
 
 pub mod cert;
+pub mod clients;
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
