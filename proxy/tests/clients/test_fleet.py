@@ -16,11 +16,13 @@ import shutil
 import signal
 import subprocess
 import threading
+import time
 
 import pytest
 import requests
 
-from conftest import CMD_TIMEOUT_S, REPO_ROOT, SERVING, haproxy, serve_listeners
+from conftest import CMD_TIMEOUT_S, REPO_ROOT, SERVING, START_TIMEOUT_S, _config, free_port, haproxy, serve, \
+    serve_listeners
 from test_usage import new_key
 
 READS = 200
@@ -148,3 +150,89 @@ def test_the_shipped_prometheus_configuration_and_rules_check_and_compute_fleet_
     # The rules' arithmetic on synthetic members: fleet hit ratio, bytes by tenant,
     # p99 from summed buckets, ejected origins, and the member-down alert.
     assert "SUCCESS" in promtool("test", "rules", "shardgate.rules.test.yml")
+
+
+@contextlib.contextmanager
+def nginx_lb(members, root):
+    """nginx with the shipped conf/fleet/nginx-shardgate.conf, the members on its server lines."""
+    if not shutil.which("nginx"):
+        pytest.fail("nginx is not installed (conf/test.sh installs nginx-light)")
+    root.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    text = (REPO_ROOT / "conf/fleet/nginx-shardgate.conf").read_text()
+    servers = iter(members)
+    text, n = re.subn(r"server 10\.0\.0\.1\d:8080", lambda _: f"server {next(servers).removeprefix('http://')}", text)
+    assert n == 3, "conf/fleet/nginx-shardgate.conf lists three members"
+    text = text.replace("listen 8080;", f"listen 127.0.0.1:{port};")
+    (root / "shardgate.conf").write_text(text)
+    (root / "nginx.conf").write_text(f"""
+worker_processes 1;
+pid {root}/nginx.pid;
+error_log {root}/error.log;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  client_body_temp_path {root}; proxy_temp_path {root}; fastcgi_temp_path {root};
+  uwsgi_temp_path {root}; scgi_temp_path {root};
+  include {root}/shardgate.conf;
+}}
+""")
+    proc = subprocess.Popen(["nginx", "-p", str(root), "-c", str(root / "nginx.conf"), "-g", "daemon off;"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            try:
+                if requests.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"nginx did not come up: {(root / 'error.log').read_text()[-2000:]}")
+            time.sleep(0.1)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def origin_bytes(base):
+    text = requests.get(f"{base}/metrics", timeout=10).text
+    return sum(int(float(v)) for v in re.findall(r"^shardgate_origin_fetched_bytes_total(?:\{[^}]*\})? (\S+)$",
+                                                 text, re.M))
+
+
+@pytest.mark.parametrize("balancer", ["haproxy", "nginx"])
+def test_consistent_hashing_fetches_each_file_from_the_origin_once_fleet_wide(releases, shardgate_bin, tmp_path,
+                                                                              balancer):
+    data = releases["data"]
+    paths = sorted(p for p in data.sources if data.sources[p])
+
+    def config(name):
+        return _config(tmp_path / f"{name}.toml", releases["key_pub"], [data.dir / "manifest.json"],
+                       [{"kind": "dir", "path": data.dir}])
+
+    def read_all(base, times):
+        for _ in range(times):
+            for p in paths:
+                r = requests.get(f"{base}/v1/datasets/{data.name}/{data.version}/files/{p}", timeout=60)
+                assert r.status_code == 200 and r.content == data.sources[p], (p, r.status_code)
+
+    # One gateway reading every file once: what the origin must serve for the dataset.
+    with serve(shardgate_bin, config("single")) as single:
+        read_all(single, 1)
+        once = origin_bytes(single)
+    assert once >= sum(len(data.sources[p]) for p in paths)
+    with contextlib.ExitStack() as stack:
+        bases = [stack.enter_context(serve(shardgate_bin, config(f"member-{i}"))) for i in range(3)]
+        if balancer == "haproxy":
+            lb = stack.enter_context(haproxy(bases, tmp_path / "haproxy.log"))
+        else:
+            lb = stack.enter_context(nginx_lb(bases, tmp_path / "nginx"))
+        read_all(lb, 3)
+        fleet = [origin_bytes(b) for b in bases]
+    # Each file lives on one member: three passes through the balancer cost the
+    # origin what one pass cost a single gateway (round robin would pay up to 3x).
+    assert sum(fleet) == once, (fleet, once)
+    assert sum(1 for b in fleet if b) >= 2, f"the balancer sent every file to one member: {fleet}"
