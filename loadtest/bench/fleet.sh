@@ -12,6 +12,8 @@
 #
 #   bash loadtest/bench/fleet.sh           full run (about 3 minutes plus build)
 #   QUICK=1 bash loadtest/bench/fleet.sh   smoke: small dataset, 2 s steps
+#   BUDGET_PERCENT=60 ...                  a total cache budget of 60% of the dataset (default 120%)
+#   BALANCE_FACTOR=150 ...                 consistent hashing with HAProxy's bounded load (hash-balance-factor)
 # shellcheck source=loadtest/bench/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -19,7 +21,9 @@ dur="${BENCH_SECONDS:-20}"; [ -n "$quick" ] && dur=2
 files_n=30; [ -n "$quick" ] && files_n=9
 file_mib=4; [ -n "$quick" ] && file_mib=1
 dataset_mib=$((files_n * file_mib))
-budget_mib=$((dataset_mib * 6 / 10))
+# 120% of the dataset: enough for all of it on one gateway, or spread over three by the hash.
+budget_mib=$((dataset_mib * 12 / 10))
+[ -n "${BUDGET_PERCENT:-}" ] && budget_mib=$((dataset_mib * BUDGET_PERCENT / 100))
 member_mib=$((budget_mib / 3))
 
 need haproxy:haproxy curl:curl
@@ -62,10 +66,13 @@ per_dataset() { python3 -c "import sys; print(f'{int(sys.argv[1])/(int(sys.argv[
 haproxy_up() {  # dir, port, balance (consistent|roundrobin), members...
   local dir=$1 port=$2 balance=$3; shift 3
   mkdir -p "$dir"
-  if [ "$balance" = consistent ]; then
+  if [ "$balance" = consistent ] && [ -n "${BALANCE_FACTOR:-}" ]; then
+    sed -e "s/^\( *\)hash-type consistent\$/&\n\1hash-balance-factor $BALANCE_FACTOR/" conf/fleet/haproxy.cfg > "$dir/haproxy.cfg"
+    grep -q hash-balance-factor "$dir/haproxy.cfg" || { echo "could not add hash-balance-factor" >&2; exit 1; }
+  elif [ "$balance" = consistent ]; then
     cp conf/fleet/haproxy.cfg "$dir/haproxy.cfg"
   else
-    sed -e 's/^\( *\)balance uri path-only$/\1balance roundrobin/' -e '/hash-type consistent/d' -e '/hash-balance-factor/d' \
+    sed -e 's/^\( *\)balance uri path-only$/\1balance roundrobin/' -e '/hash-type consistent/d' \
       conf/fleet/haproxy.cfg > "$dir/haproxy.cfg"
     grep -q 'balance roundrobin' "$dir/haproxy.cfg" || { echo "could not make the round-robin variant" >&2; exit 1; }
   fi

@@ -18,6 +18,9 @@
 #   python_client.sh  verified `shardgate://` reads (the Python client) vs
 #                plain fsspec HTTP through the same gateway: sequential MB/s,
 #                random 1 MiB range latency
+#   fleet.sh     three gateways behind HAProxy, consistent hashing vs round
+#                robin, vs one gateway, one cache budget (Zipf): hit ratio,
+#                upstream bytes, throughput
 #
 #   bash loadtest/bench/suite.sh             full run (about 20 minutes plus the release build)
 #   QUICK=1 bash loadtest/bench/suite.sh     smoke of every part (seconds per step; not a measurement)
@@ -26,7 +29,7 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 started=$(date +%s)
-for part in gateway metering caching encrypted s3 python_client; do
+for part in gateway metering caching encrypted s3 python_client fleet; do
   printf '\n######## %s\n' "$part" >&2
   bash "$here/$part.sh"
 done
@@ -38,7 +41,7 @@ begin, end = "<!-- suite:begin -->", "<!-- suite:end -->"
 text = doc.read_text()
 if begin not in text or end not in text:
     sys.exit(f"{doc}: no {begin} ... {end} section to regenerate")
-body = "\n\n".join((results / f"{p}.md").read_text().strip() for p in ("gateway", "metering", "caching", "encrypted", "s3", "python_client"))
+body = "\n\n".join((results / f"{p}.md").read_text().strip() for p in ("gateway", "metering", "caching", "encrypted", "s3", "python_client", "fleet"))
 head, rest = text.split(begin, 1)
 _, tail = rest.split(end, 1)
 doc.write_text(f"{head}{begin}\n{body}\n{end}{tail}")
