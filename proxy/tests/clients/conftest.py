@@ -206,11 +206,24 @@ def serve_with_usage(bin_path: str, config: Path, usage_api: bool = False):
         yield base, usage
 
 
+def wait_ready(base: str, proc, deadline: float) -> bool:
+    """Polls `base`/readyz until it answers 200 (True), or `proc` exits or `deadline` passes (False)."""
+    import requests
+
+    while True:
+        try:
+            if requests.get(f"{base}/readyz", timeout=2).status_code == 200:
+                return True
+        except requests.RequestException:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+
+
 @contextlib.contextmanager
 def serve_listeners(bin_path: str, config: Path, usage_api: bool = False, s3_api: bool = False):
     """Like `serve`, yielding (base URL, usage API host:port or None, S3 listener URL or None)."""
-    import requests
-
     log = config.with_suffix(".stderr.log")
     with open(log, "wb") as err:
         proc = subprocess.Popen([bin_path, "serve", "--config", str(config)], cwd=config.parent,
@@ -244,15 +257,8 @@ def serve_listeners(bin_path: str, config: Path, usage_api: bool = False, s3_api
     usage = printed(r"usage API listening on https?://(127\.0\.0\.1:\d+)", "usage API address") if usage_api else None
     s3 = printed(r"S3 API listening on (http://127\.0\.0\.1:\d+)", "S3 listener address") if s3_api else None
 
-    while True:
-        try:
-            if requests.get(f"{base}/readyz", timeout=2).status_code == 200:
-                break
-        except requests.RequestException:
-            pass
-        if time.monotonic() > deadline:
-            fail(f"{base}/readyz did not answer 200 within {START_TIMEOUT_S}s")
-        time.sleep(0.1)
+    if not wait_ready(base, proc, deadline):
+        fail(f"{base}/readyz did not answer 200 within {START_TIMEOUT_S}s")
 
     SERVING[base] = proc
     try:
@@ -324,8 +330,6 @@ def free_port() -> int:
 def haproxy(members: list, log: Path):
     """HAProxy with the shipped conf/fleet/haproxy.cfg in front of three gateways (base URLs);
     yields the balancer's base URL once it answers /readyz."""
-    import requests
-
     if not shutil.which("haproxy"):
         pytest.fail("haproxy is not installed (conf/test.sh installs the Debian package)")
     assert len(members) == 3, "conf/fleet/haproxy.cfg lists three members"
@@ -338,16 +342,8 @@ def haproxy(members: list, log: Path):
                                 stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            try:
-                if requests.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"haproxy did not come up:\n{log.read_text()[-3000:]}")
-            time.sleep(0.1)
+        if not wait_ready(base, proc, time.monotonic() + START_TIMEOUT_S):
+            pytest.fail(f"haproxy did not come up:\n{log.read_text()[-3000:]}")
         yield base
     finally:
         proc.terminate()

@@ -22,7 +22,7 @@ import pytest
 import requests
 
 from conftest import CMD_TIMEOUT_S, REPO_ROOT, SERVING, START_TIMEOUT_S, _config, free_port, haproxy, serve, \
-    serve_listeners
+    serve_listeners, wait_ready
 from test_usage import new_key
 
 READS = 200
@@ -181,16 +181,8 @@ http {{
                             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            try:
-                if requests.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"nginx did not come up: {(root / 'error.log').read_text()[-2000:]}")
-            time.sleep(0.1)
+        if not wait_ready(base, proc, time.monotonic() + START_TIMEOUT_S):
+            pytest.fail(f"nginx did not come up: {(root / 'error.log').read_text()[-2000:]}")
         yield base
     finally:
         proc.terminate()
