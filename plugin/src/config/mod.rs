@@ -214,6 +214,16 @@ pub struct ReportsConfig {
     /// Objective for the p99 time to a file response head (first verified chunk in hand).
     #[serde(with = "humantime_serde")]
     pub file_ttfb_p99_objective: Duration,
+    /// The other members of a fleet (base URLs, such as `http://10.0.0.2:8080`):
+    /// the summary and the dashboard fetch their summaries and merge them. A
+    /// member may list itself; it is recognised by its instance id.
+    pub peers: Vec<String>,
+    /// A file holding a finance token every peer accepts (its hash in their
+    /// `reports.finance_tokens`). Readable by its owner only. Required with `peers`.
+    pub peer_token_file: Option<PathBuf>,
+    /// How long one peer's summary may take before it is marked unreachable.
+    #[serde(with = "humantime_serde")]
+    pub peer_timeout: Duration,
 }
 
 impl Default for ReportsConfig {
@@ -222,6 +232,9 @@ impl Default for ReportsConfig {
             finance_tokens: Vec::new(),
             manifest_p99_objective: Duration::from_millis(50),
             file_ttfb_p99_objective: Duration::from_millis(500),
+            peers: Vec::new(),
+            peer_token_file: None,
+            peer_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -849,6 +862,21 @@ impl Config {
             if d.is_zero() || d > Duration::from_secs(600) {
                 return Err(invalid(key, "must be between 1ms and 10m"));
             }
+        }
+        duration("reports.peer_timeout", self.reports.peer_timeout, ms(100), Duration::from_secs(600))?;
+        for (i, url) in self.reports.peers.iter().enumerate() {
+            let key = format!("reports.peers[{i}]");
+            check_url(url).map_err(|w| invalid(&key, w))?;
+            let id = url.trim_end_matches('/');
+            if self.reports.peers.iter().take(i).any(|u| u.trim_end_matches('/') == id) {
+                return Err(invalid(&key, format!("{url:?} is listed twice")));
+            }
+        }
+        if !self.reports.peers.is_empty() && self.reports.peer_token_file.is_none() {
+            return Err(invalid(
+                "reports.peer_token_file",
+                "reports.peers is set, so a finance token for the peers is needed (a file holding it)",
+            ));
         }
         for (i, r) in self.releases.iter().enumerate() {
             if r.manifest.is_empty() {

@@ -87,6 +87,8 @@ pub struct Gateway {
     tenants: ArcSwap<Tenants>,
     /// Tokens that may read the finance summary: finance and admin tokens.
     report_tokens: ArcSwap<crate::tenant::TokenSet>,
+    /// `reports.peers` and their token, read at start and on reload.
+    peers: ArcSwapOption<crate::reports::fleet::Peers>,
     registry: Registry,
     fetcher: Arc<Fetcher>,
     metrics: Arc<Metrics>,
@@ -142,6 +144,12 @@ fn build_tenants(cfg: &Config) -> Result<Tenants, GatewayError> {
 }
 
 /// The S3 access keys file, if configured; every key must name a configured tenant.
+fn load_peers(cfg: &Config) -> Result<Option<Arc<crate::reports::fleet::Peers>>, GatewayError> {
+    crate::reports::fleet::Peers::from_config(&cfg.reports).map(|p| p.map(Arc::new)).map_err(|e| {
+        GatewayError::Config(ConfigError::Invalid { key: "reports.peer_token_file".into(), why: e.to_string() })
+    })
+}
+
 fn load_s3_keys(cfg: &Config) -> Result<crate::s3::keys::S3Keys, GatewayError> {
     let Some(path) = &cfg.s3.credentials else { return Ok(Default::default()) };
     crate::s3::keys::S3Keys::load(path, |t| cfg.tenants.iter().any(|c| c.id == t))
@@ -250,11 +258,13 @@ impl Gateway {
         let pricing = load_pricing(&cfg).await?;
         let security = load_security(&cfg)?;
         let s3_keys = load_s3_keys(&cfg)?;
+        let peers = load_peers(&cfg)?;
         let gw = Arc::new(Self {
             config: ArcSwap::from_pointee(cfg.clone()),
             pricing: ArcSwapOption::new(pricing),
             tenants: ArcSwap::from_pointee(tenants),
             report_tokens: ArcSwap::from_pointee(report_tokens(&cfg)?),
+            peers: ArcSwapOption::new(peers),
             registry: Registry::default(),
             fetcher,
             metrics,
@@ -426,6 +436,7 @@ impl Gateway {
             let tokens = report_tokens(&cfg)?;
             let security = load_security(&cfg)?;
             let s3_keys = load_s3_keys(&cfg)?;
+            let peers = load_peers(&cfg)?;
             // Under the admin lock throughout, so the background retry never
             // loads releases from a config this reload has replaced.
             let _admin = self.admin.lock().await;
@@ -439,6 +450,7 @@ impl Gateway {
             self.tenants.store(Arc::new(tenants));
             self.report_tokens.store(Arc::new(tokens));
             self.s3_keys.store(Arc::new(s3_keys));
+            self.peers.store(peers);
             self.config.store(Arc::new(cfg));
             Ok(())
         }
@@ -717,6 +729,11 @@ impl Gateway {
     }
 
     /// Finance and admin tokens, for `/v1/reports/summary`.
+    /// The fleet's other members (`reports.peers`), if any.
+    pub fn peers(&self) -> Option<Arc<crate::reports::fleet::Peers>> {
+        self.peers.load_full()
+    }
+
     pub fn report_tokens(&self) -> Arc<crate::tenant::TokenSet> {
         self.report_tokens.load_full()
     }

@@ -70,6 +70,23 @@ fn days(query: Option<&str>) -> Result<u32, String> {
     Ok(days)
 }
 
+/// `scope` from the query: `fleet` (the default: with `reports.peers`, the
+/// peers' summaries merged in) or `member` (this gateway alone, which is
+/// what peers ask each other for).
+fn fleet_scope(query: Option<&str>) -> Result<bool, String> {
+    let mut fleet = true;
+    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        if k == "scope" {
+            fleet = match &*v {
+                "fleet" => true,
+                "member" => false,
+                _ => return Err(format!("scope={v:?} must be fleet or member")),
+            };
+        }
+    }
+    Ok(fleet)
+}
+
 /// `GET /v1/reports/summary?days=N`.
 pub async fn summary<B>(gw: &Arc<Gateway>, req: &Request<B>) -> Response<Body> {
     if req.method() != Method::GET {
@@ -80,11 +97,22 @@ pub async fn summary<B>(gw: &Arc<Gateway>, req: &Request<B>) -> Response<Body> {
     if let Err(why) = authorized(gw, req) {
         return unauthorized(why);
     }
-    let days = match days(req.uri().query()) {
-        Ok(d) => d,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    let (days, fleet) = match (days(req.uri().query()), fleet_scope(req.uri().query())) {
+        (Ok(d), Ok(f)) => (d, f),
+        (Err(e), _) | (_, Err(e)) => return error(StatusCode::BAD_REQUEST, e),
     };
-    match summary::for_gateway(gw, days).await {
+    let peers = gw.peers().filter(|_| fleet);
+    let (local, theirs) = tokio::join!(summary::for_gateway(gw, days), async {
+        match &peers {
+            Some(p) => Some(p.fetch_all(days).await),
+            None => None,
+        }
+    });
+    let merged = local.map(|s| match theirs {
+        Some(theirs) => crate::reports::fleet::merge(s, theirs),
+        None => s,
+    });
+    match merged {
         Ok(s) => match serde_json::to_value(&s) {
             Ok(v) => {
                 let mut r = json(StatusCode::OK, &v);
@@ -108,5 +136,14 @@ mod tests {
             let e = super::days(Some(bad)).unwrap_err();
             assert!(e.contains("days="), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn scope_is_checked() {
+        assert_eq!(super::fleet_scope(None), Ok(true));
+        assert_eq!(super::fleet_scope(Some("days=3&scope=member")), Ok(false));
+        assert_eq!(super::fleet_scope(Some("scope=fleet")), Ok(true));
+        let e = super::fleet_scope(Some("scope=all")).unwrap_err();
+        assert!(e.contains("scope=\"all\""), "{e}");
     }
 }

@@ -161,7 +161,7 @@ pub struct Pricing {
 /// An amount in BTT, in fiat at the rate, and in fiat with the risk buffer.
 /// Arithmetic saturates at `Decimal::MAX` (about 7.9e28) instead of
 /// panicking; the price bounds keep any real figure far below it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Money {
     pub btt: Decimal,
     pub fiat: Decimal,

@@ -8,6 +8,7 @@
 //! ([`Money::rounded`], half to even) and totals are sums of the rounded
 //! lines, so a spreadsheet adding up the lines gets the total exactly.
 
+pub mod fleet;
 pub mod summary;
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use rust_decimal::Decimal;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::gateway::Gateway;
 use crate::pricing::{Money, Pricing, ReleaseSize};
@@ -21,7 +21,7 @@ use crate::usage::{RecordKey, Source, unix_now};
 /// Longest period a summary covers.
 pub const MAX_DAYS: u32 = 366;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Summary {
     pub generated_at: String,
     pub days: u32,
@@ -37,9 +37,13 @@ pub struct Summary {
     pub btt: Option<BttPanel>,
     pub trend: Vec<TrendDay>,
     pub slo: SloPanel,
+    /// With `reports.peers`: the members whose figures the totals above add
+    /// up (see [`super::fleet`]). Absent for one gateway's own summary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<super::fleet::Fleet>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PricingInfo {
     pub currency: String,
     pub fiat_rate: Decimal,
@@ -51,12 +55,12 @@ pub struct PricingInfo {
     pub min_contract_days: u32,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReleaseRow {
     pub name: String,
     pub version: String,
     /// `active`, `deprecated` or `taken_down`.
-    pub state: &'static str,
+    pub state: String,
     pub tags: Vec<String>,
     pub release_id: String,
     pub files: usize,
@@ -67,7 +71,7 @@ pub struct ReleaseRow {
     pub committed: Option<Money>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Stored {
     /// Releases not taken down.
     pub live_releases: usize,
@@ -77,7 +81,7 @@ pub struct Stored {
     pub replicated_bytes: Option<u64>,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Served {
     pub hot_bytes: u64,
     pub origin_bytes: u64,
@@ -91,7 +95,7 @@ pub struct Served {
     pub integrity_aborted_requests: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TenantRow {
     pub tenant: String,
     pub hot_bytes: u64,
@@ -103,7 +107,7 @@ pub struct TenantRow {
     pub charge: Option<Money>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BttPanel {
     /// Storage contracts of live releases: one minimum contract each.
     pub committed: Money,
@@ -118,7 +122,7 @@ pub struct BttPanel {
     pub billed: Money,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrendDay {
     /// `YYYY-MM-DD`, UTC.
     pub day: String,
@@ -131,7 +135,7 @@ pub struct TrendDay {
     pub retrieval_btt: Option<Decimal>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Objective {
     /// Upper bound of the p99 bucket (buckets are 10% wide); none before any request.
     pub p99_ms: Option<f64>,
@@ -140,7 +144,7 @@ pub struct Objective {
     pub met: Option<bool>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SloPanel {
     /// Unix seconds the latency and checksum counts start from (gateway start).
     pub since: i64,
@@ -153,7 +157,7 @@ pub struct SloPanel {
 }
 
 /// The pin-health figures of the SLO panel (from the task's last rounds).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PinPanel {
     /// Releases checked.
     pub releases: u64,
@@ -190,7 +194,7 @@ pub fn window(now: i64, days: u32) -> (i64, i64) {
 
 /// Hot share of bytes, to three places: exactly what a percentage with one
 /// decimal shows.
-fn ratio(hot: u64, total: u64) -> Option<f64> {
+pub(super) fn ratio(hot: u64, total: u64) -> Option<f64> {
     (total > 0).then(|| ((hot as f64 / total as f64) * 1_000.0).round() / 1_000.0)
 }
 
@@ -226,7 +230,7 @@ pub fn build(i: Inputs<'_>) -> Summary {
             releases.push(ReleaseRow {
                 name: name.clone(),
                 version: v.to_string(),
-                state: state.label(),
+                state: state.label().to_string(),
                 tags: i.catalog.lifecycle().tags_of(name, v),
                 release_id: r.signed.id.to_hex(),
                 files: r.signed.manifest.files.len(),
@@ -362,6 +366,7 @@ pub fn build(i: Inputs<'_>) -> Summary {
         btt,
         trend,
         slo: i.slo,
+        fleet: None,
     }
 }
 

@@ -78,3 +78,148 @@ fn a_summary_covers_whole_utc_days_ending_today() {
     assert_eq!(to - from, 30 * DAY_SECS);
     assert_eq!(window(now, 0), window(now, 1), "at least one day");
 }
+
+mod fleet {
+    use super::*;
+    use crate::reports::fleet::{MemberStatus, PeerError, merge};
+    use crate::reports::summary::{Inputs, Objective, SloPanel, Summary, build};
+
+    const NOW: i64 = 1_795_514_400;
+
+    fn objective(p99_ms: Option<f64>, samples: u64) -> Objective {
+        Objective { p99_ms, objective_ms: 50.0, samples, met: p99_ms.map(|p| p <= 50.0) }
+    }
+
+    /// A member's summary of today, with `records` falling in today's window.
+    fn member(instance: &str, records: Vec<Closed>, pricing: Option<&crate::pricing::Pricing>, p99: f64) -> Summary {
+        let (from, _) = window(NOW, 1);
+        let daily: Vec<Closed> = records
+            .into_iter()
+            .map(|mut r| {
+                match &mut r.key {
+                    RecordKey::TenantUsage { window, .. } | RecordKey::DatasetCost { window, .. } => *window = from,
+                }
+                r
+            })
+            .collect();
+        let s = build(Inputs {
+            now: NOW,
+            days: 1,
+            instance,
+            catalog: &crate::registry::Catalog::default(),
+            daily: &daily,
+            pricing,
+            slo: SloPanel {
+                since: NOW - 100,
+                manifest: objective(Some(p99), 10),
+                file_ttfb: objective(None, 0),
+                checksum_failures: 1,
+                pin_health: None,
+            },
+        });
+        // Through JSON, as a peer's summary arrives.
+        serde_json::from_value(serde_json::to_value(&s).unwrap()).unwrap()
+    }
+
+    fn pricing() -> crate::pricing::Pricing {
+        crate::pricing::Pricing::parse(include_str!("../../../conf/pricing.toml")).unwrap()
+    }
+
+    #[test]
+    fn usage_adds_up_across_members_and_money_is_the_sum_of_their_lines() {
+        let p = pricing();
+        let a = member("gw-a", vec![usage("t1", "1.0.0", Source::Hot, 3 << 20), cost("1.0.0", 1 << 20)], Some(&p), 4.0);
+        let b = member(
+            "gw-b",
+            vec![usage("t1", "1.0.0", Source::Origin, 1 << 20), usage("t2", "1.0.0", Source::Hot, 333_333)],
+            Some(&p),
+            9.5,
+        );
+        let c = member("gw-c", vec![usage("t2", "1.0.0", Source::Origin, 7)], Some(&p), 1.0);
+        let member_charges: Vec<Decimal> =
+            [&a, &b, &c].iter().flat_map(|s| s.tenants.iter().map(|t| t.charge.unwrap().btt)).collect();
+        let f = merge(
+            a,
+            vec![
+                ("http://b".into(), Ok(b)),
+                ("http://c".into(), Ok(c)),
+                ("http://self".into(), Ok(member("gw-a", vec![], Some(&p), 1.0))),
+            ],
+        );
+        let fleet = f.fleet.as_ref().unwrap();
+        assert!(fleet.complete);
+        assert!(fleet.warnings.is_empty(), "{:?}", fleet.warnings);
+        // This gateway, listed among its peers, is recognised and counted once.
+        assert_eq!(fleet.members.len(), 3);
+        assert_eq!(fleet.members[0].url.as_deref(), Some("http://self"));
+        assert_eq!(f.served.bytes, (3 << 20) + (1 << 20) + 333_333 + 7);
+        assert_eq!(f.served.hot_bytes, (3 << 20) + 333_333);
+        assert_eq!(f.served.origin_egress_bytes, 1 << 20);
+        let t1 = f.tenants.iter().find(|t| t.tenant == "t1").unwrap();
+        assert_eq!((t1.bytes, t1.hot_bytes, t1.requests), (4 << 20, 3 << 20, 2));
+        assert_eq!(t1.hit_ratio, Some(0.75));
+        let total: Decimal = member_charges.iter().sum();
+        assert_eq!(f.tenants.iter().map(|t| t.charge.unwrap().btt).sum::<Decimal>(), total);
+        assert_eq!(f.btt.as_ref().unwrap().billed.btt, total);
+        let trend: u64 = f.trend.iter().map(|d| d.hot_bytes + d.origin_bytes).sum();
+        assert_eq!(trend, f.served.bytes);
+        // The worst member's p99, and every member's samples.
+        assert_eq!(f.slo.manifest.p99_ms, Some(9.5));
+        assert_eq!(f.slo.manifest.samples, 30);
+        assert_eq!(f.slo.checksum_failures, 3);
+    }
+
+    #[test]
+    fn a_member_not_reached_is_listed_with_why_and_left_out() {
+        let a = member("gw-a", vec![usage("t1", "1.0.0", Source::Hot, 100)], None, 1.0);
+        let b = member("gw-b", vec![usage("t1", "1.0.0", Source::Hot, 20)], None, 1.0);
+        let b_again = member("gw-b", vec![usage("t1", "1.0.0", Source::Hot, 20)], None, 1.0);
+        let f = merge(
+            a,
+            vec![
+                ("http://b".into(), Ok(b)),
+                ("http://down".into(), Err(PeerError::Unreachable("connection refused".into()))),
+                ("http://b2".into(), Ok(b_again)),
+                ("http://locked".into(), Err(PeerError::Refused { status: 401, message: "token".into() })),
+            ],
+        );
+        let fleet = f.fleet.as_ref().unwrap();
+        assert!(!fleet.complete);
+        let status: Vec<MemberStatus> = fleet.members.iter().map(|m| m.status).collect();
+        assert_eq!(
+            status,
+            [
+                MemberStatus::Ok,
+                MemberStatus::Ok,
+                MemberStatus::Unreachable,
+                MemberStatus::Duplicate,
+                MemberStatus::Refused
+            ]
+        );
+        assert!(fleet.members[2].error.as_deref().unwrap().contains("connection refused"));
+        assert!(fleet.members[3].error.as_deref().unwrap().contains("http://b"));
+        assert_eq!(f.served.bytes, 120, "the duplicate is counted once");
+        assert!(f.btt.is_none() && f.tenants.iter().all(|t| t.charge.is_none()), "no pricing, no money");
+    }
+
+    #[test]
+    fn a_member_that_prices_differently_leaves_the_money_out() {
+        let p = pricing();
+        let mut q = pricing();
+        q.retrieval_ubtt_per_mib += Decimal::ONE;
+        let a = member("gw-a", vec![usage("t1", "1.0.0", Source::Hot, 1 << 20)], Some(&p), 1.0);
+        let b = member("gw-b", vec![usage("t1", "1.0.0", Source::Hot, 1 << 20)], Some(&q), 1.0);
+        let f = merge(a, vec![("http://b".into(), Ok(b))]);
+        let fleet = f.fleet.as_ref().unwrap();
+        assert!(fleet.complete);
+        assert!(
+            fleet.warnings.iter().any(|w| w.contains("http://b (gw-b) prices usage differently")),
+            "{:?}",
+            fleet.warnings
+        );
+        assert_eq!(f.served.bytes, 2 << 20);
+        assert!(f.btt.is_none());
+        assert!(f.tenants.iter().all(|t| t.charge.is_none()));
+        assert!(f.trend.iter().all(|d| d.retrieval_btt.is_none()));
+    }
+}

@@ -5,9 +5,14 @@ balancer: its /readyz goes unready at once, HAProxy takes it out, the reads it
 was serving finish, and no read is lost or wrong. The members are then started
 again on their ledgers, and the usage merged from all three by
 `shardgate usage totals/export` with one --api per member equals, to the byte,
-what the clients received."""
+what the clients received. Each member lists all three as `reports.peers`, so
+the finance summary and the dashboard (in headless Chromium) of any member show
+the fleet's total and each member; a member that is down is marked, and left
+out of the totals, never silently dropped."""
 import concurrent.futures
 import contextlib
+import decimal
+import html.parser
 import json
 import os
 import random
@@ -29,16 +34,19 @@ READS = 200
 STOP_AT = 60  # the read after which one member is stopped
 
 
-def member_config(root, i, releases, key_hash, token_hash):
+def member_config(root, i, releases, key_hash, token_hash, port, peers, finance_hash, peer_token):
     data = releases["data"]
-    lines = ['[server]', 'listen = "127.0.0.1:0"', 'drain_delay = "3s"',
+    lines = ['[server]', f'listen = "127.0.0.1:{port}"', 'drain_delay = "3s"',
              '[trust]', f'keys = ["{releases["key_pub"]}"]',
              '[[releases]]', f'manifest = "{data.dir / "manifest.json"}"',
              '[[origins]]', 'kind = "dir"', f'path = "{data.dir}"',
              '[hot_tier]', 'capacity = "64MiB"',
              '[[tenants]]', 'id = "trainer"', f'keys = ["{key_hash}"]', f'datasets = ["{data.name}"]',
              '[usage]', f'ledger = "usage-{i}/usage.redb"', 'commit_interval = "1s"',
-             '[grpc]', 'listen = "127.0.0.1:0"', f'billing_tokens = ["{token_hash}"]']
+             f'pricing = "{REPO_ROOT / "conf/pricing.toml"}"',
+             '[grpc]', 'listen = "127.0.0.1:0"', f'billing_tokens = ["{token_hash}"]',
+             '[reports]', f'finance_tokens = ["{finance_hash}"]', f'peer_token_file = "{peer_token}"',
+             'peer_timeout = "3s"', 'peers = [' + ", ".join(f'"{p}"' for p in peers) + ']']
     path = root / f"fleet-member-{i}.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -61,7 +69,14 @@ def test_a_member_stopped_mid_run_loses_no_read_and_usage_merges_to_the_byte(rel
     data = releases["data"]
     key, key_hash = new_key(shardgate_bin, "tenant", "key", "--tenant", "trainer", cwd=tmp_path)
     token, token_hash = new_key(shardgate_bin, "usage", "token", cwd=tmp_path)
-    configs = [member_config(tmp_path, i, releases, key_hash, token_hash) for i in range(3)]
+    finance, finance_hash = new_key(shardgate_bin, "usage", "token", "--finance", cwd=tmp_path)
+    peer_token = tmp_path / "finance.token"
+    peer_token.write_text(finance + "\n")
+    peer_token.chmod(0o600)
+    ports = [free_port() for _ in range(3)]
+    peers = [f"http://127.0.0.1:{p}" for p in ports]
+    configs = [member_config(tmp_path, i, releases, key_hash, token_hash, ports[i], peers, finance_hash, peer_token)
+               for i in range(3)]
     paths = [p for p in data.sources if data.sources[p]]
     rng = random.Random(23)
     plan = [rng.choice(paths) for _ in range(READS)]
@@ -113,8 +128,9 @@ def test_a_member_stopped_mid_run_loses_no_read_and_usage_merges_to_the_byte(rel
 
     # Every member flushed its ledger on SIGTERM. Start them again and read the books.
     with contextlib.ExitStack() as stack:
-        apis = [f"http://{stack.enter_context(serve_listeners(shardgate_bin, c, usage_api=True))[1]}"
-                for c in configs]
+        started = [stack.enter_context(serve_listeners(shardgate_bin, c, usage_api=True)) for c in configs]
+        assert [m[0] for m in started] == peers
+        apis = [f"http://{m[1]}" for m in started]
         args = [a for api in apis for a in ("--api", api)]
         totals = json.loads(sg(shardgate_bin, "usage", "totals", "--tenant", "trainer", *args, token=token).stdout)
         assert totals["bytes"] == received, (totals, received)
@@ -133,6 +149,126 @@ def test_a_member_stopped_mid_run_loses_no_read_and_usage_merges_to_the_byte(rel
         assert sum(line["bytes"] for line in export["lines"] if line["tenant"] == "trainer") == received, export
         assert len(export["gateway_instance"].split("+")) == 3, export["gateway_instance"]
         assert "counted once" in out.stderr, out.stderr
+
+        # The finance summary of any member covers the fleet: the same bytes as the books.
+        own = [summary(p, finance, scope="member") for p in peers]
+        assert sum(s["served"]["bytes"] for s in own) == received
+        fleet = summary(peers[1], finance)
+        check_fleet(fleet, own, counted=[0, 1, 2], first=1)
+        assert fleet["served"]["bytes"] == received, fleet["served"]
+        assert sum(t["bytes"] for t in fleet["tenants"] if t["tenant"] == "trainer") == received
+        assert sum(d["hot_bytes"] + d["origin_bytes"] for d in fleet["trend"]) == received
+        assert requests.get(f"{peers[0]}/v1/reports/summary?scope=everything", timeout=10,
+                            headers={"Authorization": f"Bearer {finance}"}).status_code == 400
+        # The page shows the fleet total and every member, in a real browser.
+        dom, figs, body = dashboard(peers[1], finance, tmp_path / "chrome-1")
+        assert body.get("data-fleet-complete") == "true" and body.get("data-members") == "3", body
+        assert figs["served.bytes"][0] == str(received), figs.get("served.bytes")
+        for i, s in enumerate([own[1], own[0], own[2]]):  # this gateway first, then the peers in order
+            assert figs[f"fleet.members.{i}.status"][0] == "ok"
+            assert figs[f"fleet.members.{i}.served.bytes"][0] == str(s["served"]["bytes"]), i
+        assert 'id="fleet-alert"' in dom and 'role="alert" hidden' in dom, "an alert shows with every member counted"
+
+        # One member goes down: the others mark it, with why, and leave it out of the totals.
+        down = started[2][0]
+        SERVING[down].send_signal(signal.SIGTERM)
+        assert SERVING[down].wait(timeout=30) == 0
+        fleet = summary(peers[0], finance)
+        check_fleet(fleet, own, counted=[0, 1], first=0)
+        gone = fleet["fleet"]["members"][2]
+        assert gone["status"] == "unreachable" and gone["url"] == peers[2], gone
+        assert "no answer" in gone["error"], gone
+        assert fleet["served"]["bytes"] == received - own[2]["served"]["bytes"]
+        dom, figs, body = dashboard(peers[0], finance, tmp_path / "chrome-0")
+        assert body.get("data-fleet-complete") == "false" and body.get("data-counted") == "2", body
+        assert figs["fleet.members.2.status"][0] == "unreachable"
+        assert figs["fleet.members.2.status"][1] == "unreachable"
+        assert figs["fleet.members.2.error"][1].startswith("Not counted: no answer"), figs["fleet.members.2.error"]
+        alert = re.search(r'(<div id="fleet-alert"[^>]*>)(.*?)</div>', dom, re.S)
+        assert alert and "hidden" not in alert.group(1), "the page does not warn of the missing member"
+        assert f"leave out 1 of 3 members: {peers[2]}" in alert.group(2), alert.group(2)
+        assert figs["served.bytes"][0] == str(received - own[2]["served"]["bytes"])
+        shot = dashboard(peers[0], finance, tmp_path / "chrome-shot", screenshot=tmp_path / "fleet-dashboard.png")
+        assert shot.startswith(b"\x89PNG") and len(shot) > 20_000, len(shot)
+
+
+def summary(base, token, scope=None):
+    q = "days=30" + (f"&scope={scope}" if scope else "")
+    r = requests.get(f"{base}/v1/reports/summary?{q}", headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def check_fleet(fleet, own, counted, first):
+    """`fleet` (asked of member `first`) counts exactly the members `counted` of `own` (their own summaries)."""
+    members = fleet["fleet"]["members"]
+    assert len(members) == 3, members
+    assert members[0]["url"] is not None, "the member that listed itself among its peers is named by its URL"
+    order = [first] + [i for i in range(3) if i != first]
+    for m, i in zip(members, order):
+        if i in counted:
+            assert m["status"] == "ok", m
+            assert m["instance"] == own[i]["gateway_instance"], (m, i)
+            assert m["served"]["bytes"] == own[i]["served"]["bytes"], (m, i)
+    assert fleet["fleet"]["complete"] == (len(counted) == 3)
+    assert fleet["served"]["bytes"] == sum(own[i]["served"]["bytes"] for i in counted)
+    assert fleet["served"]["requests"] == sum(own[i]["served"]["requests"] for i in counted)
+    assert fleet["fleet"]["warnings"] == [], fleet["fleet"]["warnings"]
+    # Money is the sum of the members' rounded figures, so their rows add up to the total exactly.
+    billed = sum(decimal.Decimal(own[i]["btt"]["billed"]["btt"]) for i in counted)
+    assert decimal.Decimal(fleet["btt"]["billed"]["btt"]) == billed > 0, (fleet["btt"], billed)
+    assert sum(decimal.Decimal(t["charge"]["btt"]) for t in fleet["tenants"]) == billed
+    spent = sum(decimal.Decimal(own[i]["btt"]["retrieval_spent"]["btt"]) for i in counted)
+    assert decimal.Decimal(fleet["btt"]["retrieval_spent"]["btt"]) == spent
+    # Storage is paid once for the fleet: the catalog is not summed.
+    assert fleet["btt"]["committed"] == own[0]["btt"]["committed"]
+    assert fleet["stored"] == own[0]["stored"]
+
+
+class _Figures(html.parser.HTMLParser):
+    """Every element with data-field: field -> (data-raw, text); and the body's attributes."""
+
+    def __init__(self):
+        super().__init__()
+        self.figs, self.body, self._open = {}, {}, []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "body":
+            self.body = a
+        if "data-field" in a:
+            self._open.append([a["data-field"], a.get("data-raw", ""), ""])
+
+    def handle_data(self, data):
+        for f in self._open:
+            f[2] += data
+
+    def handle_endtag(self, tag):
+        if self._open and tag in ("td", "span", "p"):
+            field, raw, text = self._open.pop()
+            self.figs[field] = (raw, text)
+
+
+def dashboard(base, token, profile, screenshot=None):
+    """The dashboard of `base`, rendered by headless Chromium: (DOM, figures, body attributes), or
+    with `screenshot`, the PNG saved there (for people)."""
+    chrome = next((c for c in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if os.path.exists(c)), None)
+    if chrome is None:
+        pytest.fail("chromium is not installed (conf/test.sh installs Debian's chromium)")
+    out = subprocess.run([chrome, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                          "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                          "--disable-sync", f"--user-data-dir={profile}", "--virtual-time-budget=20000",
+                          *(["--window-size=1280,1800", f"--screenshot={screenshot}"] if screenshot else ["--dump-dom"]),
+                          f"{base}/dashboard#token={token}&days=30"],
+                         capture_output=True, text=True, timeout=CMD_TIMEOUT_S)
+    assert out.returncode == 0, out.stderr[-2000:]
+    if screenshot:
+        return screenshot.read_bytes()
+    dom = out.stdout
+    p = _Figures()
+    p.feed(dom)
+    assert p.body.get("data-state") == "ready", dom[-3000:]
+    return dom, p.figs, p.body
 
 
 def promtool(*args):

@@ -110,9 +110,68 @@
   }
 
   // ---- rendering --------------------------------------------------------
+  // The members of a fleet (reports.peers): each one's figures, and any
+  // member the totals leave out, marked with why.
+  function renderFleet(s) {
+    const f = s.fleet;
+    $("fleet").hidden = !f;
+    const alert = $("fleet-alert");
+    alert.textContent = "";
+    alert.hidden = true;
+    if (!f) {
+      $("scope").textContent = "gateway";
+      delete document.body.dataset.fleetComplete;
+      return;
+    }
+    const counted = f.members.filter((m) => m.status === "ok").length;
+    $("scope").textContent = `a fleet of ${f.members.length} gateways, merged by`;
+    document.body.dataset.fleetComplete = String(f.complete);
+    const missing = f.members.filter((m) => m.status !== "ok" && m.status !== "duplicate");
+    const notes = [];
+    if (missing.length) {
+      notes.push(`The totals below leave out ${missing.length} of ${f.members.length} members: ` +
+        missing.map((m) => `${m.url} (${m.status.replace("_", " ")}: ${m.error})`).join("; ") + ".");
+    }
+    for (const w of f.warnings) notes.push(w);
+    if (notes.length) {
+      for (const n of notes) alert.appendChild(el("p", {}, n));
+      alert.hidden = false;
+    }
+    const tb = $("members").tBodies[0];
+    tb.textContent = "";
+    f.members.forEach((m, i) => {
+      const r = el("tr", { class: m.status, "data-member": String(i), "data-status": m.status });
+      const k = (x) => `fleet.members.${i}.${x}`;
+      r.appendChild(el("th", { scope: "row" }, m.instance || "unknown"));
+      r.appendChild(el("td", {}, m.url || "this gateway"));
+      const st = el("td");
+      st.appendChild(fig(el("span", { class: "badge " + m.status }), k("status"), m.status, m.status === "ok" ? "counted" : m.status));
+      r.appendChild(st);
+      if (m.served) {
+        cell(r, k("served.bytes"), m.served.bytes, fmt.bytes(m.served.bytes), "n");
+        cell(r, k("served.hit_ratio"), m.served.hit_ratio, fmt.pct(m.served.hit_ratio), "n");
+        cell(r, k("served.origin_egress_bytes"), m.served.origin_egress_bytes, fmt.bytes(m.served.origin_egress_bytes), "n");
+        cell(r, k("served.requests"), m.served.requests, fmt.count(m.served.requests), "n");
+        if (m.billed) cell(r, k("billed.btt"), m.billed.btt, fmt.btt(m.billed.btt), "n");
+        else r.appendChild(el("td", {}, "n/a"));
+        cell(r, k("manifest_p99_ms"), m.manifest_p99_ms, fmt.ms(m.manifest_p99_ms), "n");
+        cell(r, k("file_ttfb_p99_ms"), m.file_ttfb_p99_ms, fmt.ms(m.file_ttfb_p99_ms), "n");
+        cell(r, k("checksum_failures"), m.checksum_failures, fmt.count(m.checksum_failures), "n");
+      } else {
+        const why = el("td", { colspan: "8", class: "why" });
+        fig(why, k("error"), m.error, "Not counted: " + m.error);
+        r.appendChild(why);
+      }
+      tb.appendChild(r);
+    });
+    document.body.dataset.members = String(f.members.length);
+    document.body.dataset.counted = String(counted);
+  }
+
   function render(s) {
     currency = s.pricing ? s.pricing.currency : null;
     $("instance").textContent = s.gateway_instance;
+    renderFleet(s);
     const p = s.pricing;
     $("meta").textContent =
       `Last ${s.days} days (UTC days from ${s.trend[0].day}), generated ${s.generated_at}. ` +
@@ -276,7 +335,9 @@
       slo.appendChild(pc);
     }
     const since = new Date(s.slo.since * 1000).toISOString().replace(".000Z", "Z");
-    slo.appendChild(el("p", { class: "small wide" }, `Latency and checksum counts since the gateway started (${since}).`));
+    slo.appendChild(el("p", { class: "small wide" }, s.fleet
+      ? `Latency and checksum counts since the members started (the earliest at ${since}); latency is the worst member's.`
+      : `Latency and checksum counts since the gateway started (${since}).`));
 
     for (const btn of document.querySelectorAll("#period button")) {
       btn.setAttribute("aria-pressed", String(Number(btn.dataset.days) === s.days));
