@@ -2,6 +2,8 @@
 //! routes, `/v1/blobs`, the C ABI, pre-warm) admits its caller and opens its
 //! file here, so a rule added once holds everywhere.
 //!
+//! - [`admit_operator`]: an admin token, for operator work over a data
+//!   protocol (pre-warm through a balancer).
 //! - [`admit`]: identify the caller, authorize the dataset, check the
 //!   monthly quota (bytes in flight included) and take one request from the
 //!   rate. Nothing here costs an origin anything.
@@ -61,6 +63,23 @@ pub fn admit(gw: &Gateway, creds: Credentials<'_>, target: Target<'_>) -> Result
         _ => {}
     }
     admitted
+}
+
+/// Admits an operator (an admin token, `grpc.admin_tokens`) for operator
+/// work over a data protocol: pre-warm sent through a balancer. A tenant's
+/// key is never an operator's token.
+pub fn admit_operator(gw: &Gateway, creds: Credentials<'_>) -> Result<(), Denied> {
+    use crate::tenant::TokenRefusal;
+    let refused = match gw.admin_tokens().check(creds.authorization) {
+        Ok(()) => return Ok(()),
+        Err(TokenRefusal::Missing) => "an admin token is required (Authorization: Bearer <token>)",
+        Err(TokenRefusal::Malformed) => "Authorization must be `Bearer <token>`",
+        Err(TokenRefusal::Unknown) => "the admin token is not valid (grpc.admin_tokens)",
+    };
+    if let Some(ip) = creds.client {
+        tracing::debug!(client = %ip, refused, "operator request refused at the door");
+    }
+    Err(Denied::Unauthenticated(refused))
 }
 
 fn admit_inner(gw: &Gateway, creds: Credentials<'_>, target: Target<'_>) -> Result<Arc<Tenant>, Denied> {

@@ -22,6 +22,7 @@ pub mod origin;
 mod pagecache;
 pub mod pinhealth;
 pub mod policy;
+pub mod prewarm;
 pub mod pricing;
 pub mod progress;
 pub mod registry;

@@ -87,6 +87,8 @@ pub struct Gateway {
     tenants: ArcSwap<Tenants>,
     /// Tokens that may read the finance summary: finance and admin tokens.
     report_tokens: ArcSwap<crate::tenant::TokenSet>,
+    /// Admin tokens, for operator work over HTTP (pre-warm through a balancer).
+    admin_tokens: ArcSwap<crate::tenant::TokenSet>,
     /// `reports.peers` and their token, read at start and on reload.
     peers: ArcSwapOption<crate::reports::fleet::Peers>,
     registry: Registry,
@@ -137,6 +139,12 @@ fn report_tokens(cfg: &Config) -> Result<crate::tenant::TokenSet, GatewayError> 
         ("grpc.admin_tokens", admin),
     ])
     .map_err(|(key, why)| GatewayError::Config(ConfigError::Invalid { key, why }))
+}
+
+fn admin_tokens(cfg: &Config) -> Result<crate::tenant::TokenSet, GatewayError> {
+    let admin = cfg.grpc.as_ref().map(|g| g.admin_tokens.as_slice()).unwrap_or(&[]);
+    crate::tenant::TokenSet::parse([("grpc.admin_tokens", admin)])
+        .map_err(|(key, why)| GatewayError::Config(ConfigError::Invalid { key, why }))
 }
 
 fn build_tenants(cfg: &Config) -> Result<Tenants, GatewayError> {
@@ -264,6 +272,7 @@ impl Gateway {
             pricing: ArcSwapOption::new(pricing),
             tenants: ArcSwap::from_pointee(tenants),
             report_tokens: ArcSwap::from_pointee(report_tokens(&cfg)?),
+            admin_tokens: ArcSwap::from_pointee(admin_tokens(&cfg)?),
             peers: ArcSwapOption::new(peers),
             registry: Registry::default(),
             fetcher,
@@ -434,6 +443,7 @@ impl Gateway {
             let origins = origin::build(&cfg.origins, &cfg.fetch)?;
             let pricing = load_pricing(&cfg).await?;
             let tokens = report_tokens(&cfg)?;
+            let admins = admin_tokens(&cfg)?;
             let security = load_security(&cfg)?;
             let s3_keys = load_s3_keys(&cfg)?;
             let peers = load_peers(&cfg)?;
@@ -449,6 +459,7 @@ impl Gateway {
             }
             self.tenants.store(Arc::new(tenants));
             self.report_tokens.store(Arc::new(tokens));
+            self.admin_tokens.store(Arc::new(admins));
             self.s3_keys.store(Arc::new(s3_keys));
             self.peers.store(peers);
             self.config.store(Arc::new(cfg));
@@ -732,6 +743,11 @@ impl Gateway {
     /// The fleet's other members (`reports.peers`), if any.
     pub fn peers(&self) -> Option<Arc<crate::reports::fleet::Peers>> {
         self.peers.load_full()
+    }
+
+    /// The admin tokens (`grpc.admin_tokens`), as of the last reload.
+    pub fn admin_tokens(&self) -> Arc<crate::tenant::TokenSet> {
+        self.admin_tokens.load_full()
     }
 
     pub fn report_tokens(&self) -> Arc<crate::tenant::TokenSet> {

@@ -17,10 +17,6 @@ use crate::lifecycle::proto::admin_service_server::AdminService;
 use crate::lifecycle::proto::{self};
 use crate::registry::{self, Catalog};
 
-/// Pre-warms one release at a time, so pre-warming never takes more than
-/// one span's worth of origin and CPU from foreground traffic.
-static PREWARM: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
-
 #[derive(Debug, Clone)]
 pub struct AdminApi {
     gw: Arc<Gateway>,
@@ -184,47 +180,20 @@ impl AdminService for AdminApi {
         })?;
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let gw = self.gw.clone();
-        let mut stop = self.stop.clone();
-        tokio::spawn(async move {
-            let _one_at_a_time = PREWARM.acquire().await;
-            let bytes_total: u64 = opened.iter().map(|o| o.file.entry().size).sum();
-            let mut p = proto::PrewarmProgress { bytes_total, ..Default::default() };
-            p.chunks_total = opened.iter().map(|o| o.spec.layout.chunk_count()).sum();
-            let span = gw.config().fetch.span.0;
-            for mut open in opened {
-                let spec = open.spec.clone();
-                p.file = open.file.entry().path.clone();
-                let per_span = (span / spec.layout.chunk_size()).max(1);
-                let count = spec.layout.chunk_count();
-                for i in 0..count {
-                    if *stop.borrow_and_update() {
-                        return;
-                    }
-                    if i % per_span == 0 && open.liveness.check().is_err() {
-                        let _ = tx
-                            .send(Err(Status::failed_precondition("the release was taken down during the pre-warm")))
-                            .await;
-                        return;
-                    }
-                    let end = (i - i % per_span + per_span).min(count);
-                    match gw.fetcher().chunk(&spec, i, end).await {
-                        Ok((b, _)) => p.bytes_done += b.len() as u64,
-                        Err(e) => {
-                            let _ = tx.send(Err(Status::unavailable(format!("{}: {e}", p.file)))).await;
-                            return;
-                        }
-                    }
-                    p.chunks_done += 1;
-                    // Low priority: give way to foreground requests between chunks.
-                    tokio::task::yield_now().await;
-                    let step = (i + 1) % per_span == 0 || i + 1 == count;
-                    if step && tx.send(Ok(p.clone())).await.is_err() {
-                        return;
-                    }
-                }
-            }
+        let stop = self.stop.clone();
+        tokio::spawn(async move { crate::prewarm::warm(&gw, opened, move || *stop.borrow(), tx).await });
+        let rx = tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), |m| match m {
+            Ok(p) => Ok(proto::PrewarmProgress {
+                file: p.file,
+                chunks_done: p.chunks_done,
+                chunks_total: p.chunks_total,
+                bytes_done: p.bytes_done,
+                bytes_total: p.bytes_total,
+            }),
+            Err(e @ crate::prewarm::PrewarmError::TakenDown) => Err(Status::failed_precondition(e.to_string())),
+            Err(e) => Err(Status::unavailable(e.to_string())),
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(rx)))
     }
 
     async fn export_audit(

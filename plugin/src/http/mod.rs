@@ -8,6 +8,7 @@ pub mod body;
 mod discovery;
 pub(crate) mod file;
 pub mod forwarded;
+mod prewarm;
 pub mod range;
 mod reports;
 pub mod route;

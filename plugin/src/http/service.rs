@@ -132,6 +132,14 @@ async fn route<B>(gw: &Arc<Gateway>, req: &Request<B>, started: Instant) -> (&'s
         Route::Dashboard { asset } if method == Method::GET || method == Method::HEAD => super::reports::asset(asset)
             .unwrap_or_else(|| error(StatusCode::NOT_FOUND, format!("the dashboard has no {asset:?}"))),
         Route::ReportSummary => super::reports::summary(gw, req).await,
+        // Operators' pre-warm, on the file's own path so a balancer hashing
+        // paths sends it to the member that serves the file.
+        Route::File { name, version, path } if method == Method::POST => {
+            return ("prewarm", super::prewarm::file(gw, req, name, version, path).await);
+        }
+        Route::Manifest { name, version } if method == Method::POST => {
+            return ("prewarm", super::prewarm::plan(gw, req, name, version));
+        }
         _ if method != Method::GET && method != Method::HEAD => {
             let mut r = error(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not allowed here"));
             r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));

@@ -9,6 +9,7 @@ mod inspect;
 mod keygen;
 mod keys;
 mod pack;
+mod prewarm_via;
 mod publish;
 mod release;
 mod serve;

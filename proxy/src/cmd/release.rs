@@ -79,8 +79,22 @@ enum Action {
         /// Only these files (repeatable).
         #[arg(long = "file")]
         files: Vec<String>,
-        #[command(flatten)]
-        admin: Admin,
+        /// The gateway's gRPC address (one gateway warms the release).
+        #[arg(long = "api", alias = "admin", alias = "gateway", required_unless_present = "via")]
+        api: Option<String>,
+        /// PEM CA certificate that signed the gRPC listener's TLS certificate.
+        #[arg(long, requires = "api")]
+        ca: Option<PathBuf>,
+        /// A fleet's balancer (its HTTP URL): each file is warmed on the member the
+        /// balancer sends that file to, and the report says which member warmed what.
+        #[arg(long, conflicts_with = "api")]
+        via: Option<String>,
+        /// Files warmed at once through --via (each member warms one at a time).
+        #[arg(long, default_value_t = 4, requires = "via", value_parser = clap::value_parser!(u16).range(1..=64))]
+        jobs: u16,
+        /// Admin token.
+        #[arg(long, env = "SHARDGATE_ADMIN_TOKEN", hide_env_values = true)]
+        token: String,
     },
     /// Pin health of NAME@VERSION: for each node, what it holds and when it was last checked; repairs made.
     Status {
@@ -184,7 +198,11 @@ async fn run_admin(action: Action) -> anyhow::Result<ExitCode> {
             eprintln!("took down {release}; {} files dropped from the hot tier", r.purged_files);
             Ok(ExitCode::SUCCESS)
         }
-        Action::Prewarm { release, files, admin } => {
+        Action::Prewarm { release, files, via: Some(via), jobs, token, .. } => {
+            super::prewarm_via::run(&release, files, &via, usize::from(jobs), &token).await
+        }
+        Action::Prewarm { release, files, api, ca, token, .. } => {
+            let admin = Admin { endpoint: Endpoint { url: api.context("--api or --via is required")?, ca }, token };
             let (name, version) = split_release(&release)?;
             let req = proto::PrewarmRequest { name, version, files };
             let mut s = client(&admin).await?.prewarm(authed(req, &admin.token)?).await.map_err(status)?.into_inner();

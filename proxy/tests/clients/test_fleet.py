@@ -364,3 +364,72 @@ def test_consistent_hashing_fetches_each_file_from_the_origin_once_fleet_wide(re
     # origin what one pass cost a single gateway (round robin would pay up to 3x).
     assert sum(fleet) == once, (fleet, once)
     assert sum(1 for b in fleet if b) >= 2, f"the balancer sent every file to one member: {fleet}"
+
+
+def test_prewarm_via_the_balancer_warms_each_file_on_the_member_that_serves_it(releases, shardgate_bin, tmp_path):
+    data = releases["data"]
+    paths = sorted(p for p in data.sources if data.sources[p])
+    admin, admin_hash = new_key(shardgate_bin, "release", "token", cwd=tmp_path)
+    extra = ('[grpc]', 'listen = "127.0.0.1:0"', f'admin_tokens = ["{admin_hash}"]')
+    release = f"{data.name}@{data.version}"
+
+    def prewarm(lb, *args, token=admin):
+        return subprocess.run([shardgate_bin, "release", "prewarm", release, "--via", lb, *args], capture_output=True,
+                              text=True, timeout=CMD_TIMEOUT_S, env={**os.environ, "SHARDGATE_ADMIN_TOKEN": token})
+
+    with contextlib.ExitStack() as stack:
+        bases = [stack.enter_context(serve(shardgate_bin, _config(
+            tmp_path / f"member-{i}.toml", releases["key_pub"], [data.dir / "manifest.json"],
+            [{"kind": "dir", "path": data.dir}], extra))) for i in range(3)]
+        lb = stack.enter_context(haproxy(bases, tmp_path / "haproxy.log"))
+        # Each member's instance id, from the plan it answers an operator with.
+        instance = {}
+        for b in bases:
+            r = requests.post(f"{b}/v1/datasets/{data.name}/{data.version}/manifest", timeout=10,
+                              headers={"Authorization": f"Bearer {admin}"})
+            assert r.status_code == 200, r.text
+            instance[r.json()["instance"]] = b
+        assert len(instance) == 3
+
+        out = prewarm(lb)
+        assert out.returncode == 0, out.stderr
+        report = json.loads(out.stdout)
+        assert report["failed"] == [] and report["version"] == data.version, report
+        warmed = {f: m["instance"] for m in report["members"] for f in m["files"]}
+        assert sorted(warmed) == sorted(data.sources), "every file warmed once"
+        assert len(report["members"]) >= 2, f"the balancer sent every file to one member: {report}"
+        for m in report["members"]:
+            # All cold on a fresh fleet, but an empty file's one chunk, which needs no origin.
+            empty = sum(1 for f in m["files"] if not data.sources[f])
+            assert m["chunks_fetched"] == m["chunks"] - empty > 0, m
+            # The member that says it warmed the files fetched them from the origin.
+            fetched = origin_bytes(instance[m["instance"]])
+            assert fetched >= sum(len(data.sources[f]) for f in m["files"]), (m, fetched)
+        assert f"on {len(report['members'])} members" in out.stderr, out.stderr
+        for m in report["members"]:
+            assert m["instance"] in out.stderr
+
+        # Every read through the balancer is now served hot, by the member that warmed it.
+        before = [origin_bytes(b) for b in bases]
+        for p in paths:
+            r = requests.get(f"{lb}/v1/datasets/{data.name}/{data.version}/files/{p}", timeout=60)
+            assert r.status_code == 200 and r.content == data.sources[p], p
+            assert r.headers.get("x-shardgate-cache") == "hit", (p, r.headers.get("x-shardgate-cache"))
+            direct = requests.head(f"{instance[warmed[p]]}/v1/datasets/{data.name}/{data.version}/files/{p}",
+                                   timeout=10)
+            assert direct.status_code == 200, p
+        assert [origin_bytes(b) for b in bases] == before, "a read after the pre-warm went to the origin"
+
+        # Again: nothing left to fetch, and the same members.
+        again = json.loads(prewarm(lb, "--file", paths[0]).stdout)
+        assert again["members"][0]["files"] == [paths[0]] and again["members"][0]["chunks_fetched"] == 0, again
+        assert again["members"][0]["instance"] == warmed[paths[0]]
+
+        # Refusals name the problem: a tenant's key is not an admin token; a file not in the release.
+        bad = prewarm(lb, token="not-an-admin-token")
+        assert bad.returncode != 0 and "401" in bad.stderr and "admin token" in bad.stderr, bad.stderr
+        missing = prewarm(lb, "--file", "no/such.bin")
+        assert missing.returncode != 0 and '"no/such.bin"' in missing.stderr, missing.stderr
+        # Reads are not operators' work: a GET still goes to the tenant door, a POST needs the admin token.
+        r = requests.post(f"{lb}/v1/datasets/{data.name}/{data.version}/files/{paths[0]}", timeout=10)
+        assert r.status_code == 401, r.text
