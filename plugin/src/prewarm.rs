@@ -42,22 +42,38 @@ pub enum PrewarmError {
     Fetch { file: String, why: String },
 }
 
-/// Warms `opened` in order, sending progress to `tx` after every span; the
-/// last message is the final progress or the error. Waits for its turn
-/// first, sending nothing. Stops when `stop()` says so, and when nobody is
-/// listening any more.
+/// Longest a pre-warm holds its turn waiting for a reader to take progress.
+const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Sends `m`; false when nobody is listening or nobody read it in time.
+async fn send(tx: &mpsc::Sender<Result<Progress, PrewarmError>>, m: Result<Progress, PrewarmError>) -> bool {
+    matches!(tokio::time::timeout(SEND_TIMEOUT, tx.send(m)).await, Ok(Ok(())))
+}
+
+/// Warms `opened` in order, sending progress to `tx` when its turn comes
+/// and after every span; the last message is the final progress or the
+/// error. Waits for its turn first, sending nothing, and gives it up when
+/// nobody is listening any more. Stops when `stop()` says so, when nobody
+/// listens, and when progress is not read within [`SEND_TIMEOUT`] (so a
+/// stalled reader cannot hold every other pre-warm back).
 pub async fn warm(
     gw: &Gateway,
     opened: Vec<OpenFile>,
     stop: impl Fn() -> bool,
     tx: mpsc::Sender<Result<Progress, PrewarmError>>,
 ) {
-    let _turn = ONE_AT_A_TIME.acquire().await;
+    let _turn = tokio::select! {
+        turn = ONE_AT_A_TIME.acquire() => turn,
+        () = tx.closed() => return,
+    };
     let mut p = Progress {
         bytes_total: opened.iter().map(|o| o.file.entry().size).sum(),
         chunks_total: opened.iter().map(|o| o.spec.layout.chunk_count()).sum(),
         ..Progress::default()
     };
+    if !send(&tx, Ok(p.clone())).await {
+        return;
+    }
     let span = gw.config().fetch.span.0;
     for mut open in opened {
         let spec = open.spec.clone();
@@ -67,19 +83,22 @@ pub async fn warm(
         if open.file.entry().size == 0 {
             // Nothing to fetch: an empty file is served without its origin.
             p.chunks_done += count;
-            if tx.send(Ok(p.clone())).await.is_err() {
+            if !send(&tx, Ok(p.clone())).await {
                 return;
             }
             continue;
         }
         let mut cold = crate::fetch::ColdSet::default();
         for i in 0..count {
+            if tx.is_closed() {
+                return;
+            }
             if stop() {
-                let _ = tx.send(Err(PrewarmError::Stopped)).await;
+                send(&tx, Err(PrewarmError::Stopped)).await;
                 return;
             }
             if i % per_span == 0 && open.liveness.check().is_err() {
-                let _ = tx.send(Err(PrewarmError::TakenDown)).await;
+                send(&tx, Err(PrewarmError::TakenDown)).await;
                 return;
             }
             let end = (i - i % per_span + per_span).min(count);
@@ -95,7 +114,7 @@ pub async fn warm(
                     }
                 }
                 Err(e) => {
-                    let _ = tx.send(Err(PrewarmError::Fetch { file: p.file.clone(), why: e.to_string() })).await;
+                    send(&tx, Err(PrewarmError::Fetch { file: p.file.clone(), why: e.to_string() })).await;
                     return;
                 }
             }
@@ -103,7 +122,7 @@ pub async fn warm(
             // Low priority: give way to foreground requests between chunks.
             tokio::task::yield_now().await;
             let step = (i + 1) % per_span == 0 || i + 1 == count;
-            if step && tx.send(Ok(p.clone())).await.is_err() {
+            if step && !send(&tx, Ok(p.clone())).await {
                 return;
             }
         }

@@ -867,6 +867,15 @@ impl Config {
         for (i, url) in self.reports.peers.iter().enumerate() {
             let key = format!("reports.peers[{i}]");
             check_url(url).map_err(|w| invalid(&key, w))?;
+            let u = reqwest::Url::parse(url).map_err(|e| invalid(&key, e.to_string()))?;
+            if !u.username().is_empty() || u.password().is_some() || u.query().is_some() || u.fragment().is_some() {
+                return Err(invalid(
+                    &key,
+                    format!(
+                        "{url:?} must be a base URL with no user, password, query or fragment (it is shown on the dashboard)"
+                    ),
+                ));
+            }
             let id = url.trim_end_matches('/');
             if self.reports.peers.iter().take(i).any(|u| u.trim_end_matches('/') == id) {
                 return Err(invalid(&key, format!("{url:?} is listed twice")));

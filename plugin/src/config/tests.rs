@@ -47,6 +47,11 @@ fn errors_name_the_key() {
             "[[pin_health.nodes]]\nurl = \"http://127.0.0.1:5001\"\n[[pin_health.spares]]\nurl = \"http://127.0.0.1:5001/\"",
             "pin_health.spares[0].url",
         ),
+        ("[reports]\npeers = [\"http://a:8080\"]", "reports.peer_token_file"),
+        ("[reports]\npeers = [\"http://u:secret@a:8080\"]\npeer_token_file = \"t\"", "reports.peers[0]"),
+        ("[reports]\npeers = [\"http://a:8080/?x=1\"]\npeer_token_file = \"t\"", "reports.peers[0]"),
+        ("[reports]\npeers = [\"http://a:8080\", \"http://a:8080/\"]\npeer_token_file = \"t\"", "reports.peers[1]"),
+        ("[reports]\npeers = [\"ftp://a\"]\npeer_token_file = \"t\"", "reports.peers[0]"),
     ];
     for (text, key) in cases {
         let err = Config::from_toml(text).unwrap_err().to_string();

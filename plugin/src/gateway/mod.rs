@@ -151,13 +151,14 @@ fn build_tenants(cfg: &Config) -> Result<Tenants, GatewayError> {
     Ok(Tenants::build(&cfg.tenants, &cfg.access)?)
 }
 
-/// The S3 access keys file, if configured; every key must name a configured tenant.
+/// `reports.peers`, with the token read from `reports.peer_token_file`.
 fn load_peers(cfg: &Config) -> Result<Option<Arc<crate::reports::fleet::Peers>>, GatewayError> {
     crate::reports::fleet::Peers::from_config(&cfg.reports).map(|p| p.map(Arc::new)).map_err(|e| {
         GatewayError::Config(ConfigError::Invalid { key: "reports.peer_token_file".into(), why: e.to_string() })
     })
 }
 
+/// The S3 access keys file, if configured; every key must name a configured tenant.
 fn load_s3_keys(cfg: &Config) -> Result<crate::s3::keys::S3Keys, GatewayError> {
     let Some(path) = &cfg.s3.credentials else { return Ok(Default::default()) };
     crate::s3::keys::S3Keys::load(path, |t| cfg.tenants.iter().any(|c| c.id == t))
@@ -739,7 +740,6 @@ impl Gateway {
         self.config.load_full()
     }
 
-    /// Finance and admin tokens, for `/v1/reports/summary`.
     /// The fleet's other members (`reports.peers`), if any.
     pub fn peers(&self) -> Option<Arc<crate::reports::fleet::Peers>> {
         self.peers.load_full()
@@ -750,6 +750,7 @@ impl Gateway {
         self.admin_tokens.load_full()
     }
 
+    /// Finance and admin tokens, for `/v1/reports/summary`.
     pub fn report_tokens(&self) -> Arc<crate::tenant::TokenSet> {
         self.report_tokens.load_full()
     }

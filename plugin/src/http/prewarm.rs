@@ -4,8 +4,8 @@
 //! - `POST /v1/datasets/{name}/{version}/files/{path}`: pre-warms that file
 //!   on this gateway.
 //!
-//! A file's pre-warm is sent on the file's own path It is the file's own path, so a
-//! balancer that hashes paths sends it to the member that serves the file;
+//! A file's pre-warm is sent on the file's own path, so a balancer that
+//! hashes paths sends it to the member that serves the file's reads;
 //! `shardgate release prewarm --via LB` sends one per file.
 //!
 //! The answer streams one JSON object per line (`application/x-ndjson`):
@@ -45,6 +45,10 @@ struct Line<'a> {
     done: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
+    /// Why it stopped, for callers: `stopped` (this gateway is shutting
+    /// down: the file may go to another member), `taken_down`, `fetch`, `ended`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
     #[serde(flatten)]
     progress: &'a Progress,
 }
@@ -59,6 +63,8 @@ struct State {
     gw: Arc<Gateway>,
     rx: mpsc::Receiver<Result<Progress, PrewarmError>>,
     last: Progress,
+    /// Whether the pre-warm has had its turn (its first message came).
+    started: bool,
     finished: bool,
 }
 
@@ -112,7 +118,7 @@ pub async fn file<B>(gw: &Arc<Gateway>, req: &Request<B>, name: &str, version: &
         let stop = warm_gw.clone();
         crate::prewarm::warm(&warm_gw, opened, move || stop.is_draining(), tx).await
     });
-    let state = State { gw: gw.clone(), rx, last, finished: false };
+    let state = State { gw: gw.clone(), rx, last, started: false, finished: false };
     let lines = futures_util::stream::unfold(state, |mut st| async move {
         if st.finished {
             return None;
@@ -120,23 +126,37 @@ pub async fn file<B>(gw: &Arc<Gateway>, req: &Request<B>, name: &str, version: &
         let instance = st.gw.ledger().instance().to_string();
         let out = match tokio::time::timeout(HEARTBEAT, st.rx.recv()).await {
             Err(_) => {
-                let waiting = st.last.chunks_done == 0;
-                line(&Line { instance: &instance, waiting, done: false, error: None, progress: &st.last })
+                let waiting = !st.started;
+                line(&Line { instance: &instance, waiting, done: false, error: None, reason: None, progress: &st.last })
             }
             Ok(Some(Ok(p))) => {
+                st.started = true;
                 st.last = p;
-                line(&Line { instance: &instance, waiting: false, done: false, error: None, progress: &st.last })
+                line(&Line {
+                    instance: &instance,
+                    waiting: false,
+                    done: false,
+                    error: None,
+                    reason: None,
+                    progress: &st.last,
+                })
             }
             Ok(Some(Err(e))) => {
                 st.finished = true;
+                let reason = Some(match e {
+                    PrewarmError::Stopped => "stopped",
+                    PrewarmError::TakenDown => "taken_down",
+                    PrewarmError::Fetch { .. } => "fetch",
+                });
                 let error = Some(e.to_string());
-                line(&Line { instance: &instance, waiting: false, done: false, error, progress: &st.last })
+                line(&Line { instance: &instance, waiting: false, done: false, error, reason, progress: &st.last })
             }
             Ok(None) => {
                 st.finished = true;
                 let done = st.last.chunks_done == st.last.chunks_total;
                 let error = (!done).then(|| "the pre-warm ended early".to_string());
-                line(&Line { instance: &instance, waiting: false, done, error, progress: &st.last })
+                let reason = (!done).then_some("ended");
+                line(&Line { instance: &instance, waiting: false, done, error, reason, progress: &st.last })
             }
         };
         Some((Ok::<_, BodyError>(Frame::data(out)), st))

@@ -173,7 +173,7 @@ impl Peers {
             if !status.is_success() {
                 let message = serde_json::from_slice::<serde_json::Value>(&body)
                     .ok()
-                    .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+                    .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(|e| e.chars().take(200).collect()))
                     .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned());
                 return Err(PeerError::Refused { status: status.as_u16(), message });
             }
@@ -286,15 +286,20 @@ fn short(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
 }
 
+/// Adds a peer's count; a peer's figure is input, so it saturates rather than wraps.
+fn add(into: &mut u64, n: u64) {
+    *into = into.saturating_add(n);
+}
+
 fn add_served(into: &mut Served, s: &Served) {
-    into.hot_bytes += s.hot_bytes;
-    into.origin_bytes += s.origin_bytes;
-    into.bytes += s.bytes;
-    into.requests += s.requests;
-    into.aborted_requests += s.aborted_requests;
-    into.origin_egress_bytes += s.origin_egress_bytes;
-    into.integrity_failed_bytes += s.integrity_failed_bytes;
-    into.integrity_aborted_requests += s.integrity_aborted_requests;
+    add(&mut into.hot_bytes, s.hot_bytes);
+    add(&mut into.origin_bytes, s.origin_bytes);
+    add(&mut into.bytes, s.bytes);
+    add(&mut into.requests, s.requests);
+    add(&mut into.aborted_requests, s.aborted_requests);
+    add(&mut into.origin_egress_bytes, s.origin_egress_bytes);
+    add(&mut into.integrity_failed_bytes, s.integrity_failed_bytes);
+    add(&mut into.integrity_aborted_requests, s.integrity_aborted_requests);
 }
 
 fn add_money(into: Option<Money>, m: Option<Money>) -> Option<Money> {
@@ -311,7 +316,7 @@ fn worst(objectives: &[&Objective], objective_ms: f64) -> Objective {
     Objective {
         p99_ms,
         objective_ms,
-        samples: objectives.iter().map(|o| o.samples).sum(),
+        samples: objectives.iter().fold(0u64, |a, o| a.saturating_add(o.samples)),
         met: p99_ms.map(|p| p <= objective_ms),
     }
 }
@@ -319,7 +324,9 @@ fn worst(objectives: &[&Objective], objective_ms: f64) -> Objective {
 /// This gateway's summary `local`, with its peers' answers added in.
 pub fn merge(local: Summary, peers: Vec<(String, Result<Summary, PeerError>)>) -> Summary {
     let mut members = vec![member_of(None, &local)];
-    let mut seen: BTreeMap<String, usize> = BTreeMap::from([(local.gateway_instance.clone(), 0)]);
+    // Instance id -> (member index, boot id).
+    let mut seen: BTreeMap<String, (usize, String)> =
+        BTreeMap::from([(local.gateway_instance.clone(), (0, local.boot.clone()))]);
     let mut warnings = Vec::new();
     let mut counted: Vec<Summary> = Vec::new();
     let mut money = true;
@@ -342,22 +349,32 @@ pub fn merge(local: Summary, peers: Vec<(String, Result<Summary, PeerError>)>) -
                 continue;
             }
         };
-        if let Some(&first) = seen.get(&s.gateway_instance) {
-            if first == 0 && members[0].url.is_none() {
+        if let Some((first, boot)) = seen.get(&s.gateway_instance).cloned() {
+            // This very process (the same boot id), not another with a copied `usage.instance_id`.
+            if first == 0 && members[0].url.is_none() && s.boot == local.boot {
                 // This gateway, listed among the peers: the same config on every member.
                 members[0].url = Some(url);
                 continue;
             }
             let mut m = member_of(Some(url), &s);
-            m.status = MemberStatus::Duplicate;
             let earlier = members[first].url.clone().unwrap_or_else(|| "this gateway".into());
-            m.error = Some(format!("the same gateway ({}) as {earlier}: counted once", s.gateway_instance));
+            if s.boot == boot {
+                m.status = MemberStatus::Duplicate;
+                m.error = Some(format!("the same gateway ({}) as {earlier}: counted once", s.gateway_instance));
+            } else {
+                // Another process with the same id: a copied `usage.instance_id`. Not counted, and said so.
+                m.status = MemberStatus::Invalid;
+                m.error = Some(format!(
+                    "another gateway with the same instance id ({}) as {earlier}: give each member its own usage.instance_id",
+                    s.gateway_instance
+                ));
+            }
             m.served = None;
             m.billed = None;
             members.push(m);
             continue;
         }
-        seen.insert(s.gateway_instance.clone(), members.len());
+        seen.insert(s.gateway_instance.clone(), (members.len(), s.boot.clone()));
         if s.pricing != local.pricing {
             money = false;
             warnings.push(format!(
@@ -406,10 +423,10 @@ pub fn merge(local: Summary, peers: Vec<(String, Result<Summary, PeerError>)>) -
                 hit_ratio: None,
                 charge: None,
             });
-            row.hot_bytes += t.hot_bytes;
-            row.origin_bytes += t.origin_bytes;
-            row.bytes += t.bytes;
-            row.requests += t.requests;
+            add(&mut row.hot_bytes, t.hot_bytes);
+            add(&mut row.origin_bytes, t.origin_bytes);
+            add(&mut row.bytes, t.bytes);
+            add(&mut row.requests, t.requests);
             row.charge = if money { add_money(row.charge, t.charge) } else { None };
         }
         for d in &s.trend {
@@ -422,10 +439,10 @@ pub fn merge(local: Summary, peers: Vec<(String, Result<Summary, PeerError>)>) -
                 requests: 0,
                 retrieval_btt: None,
             });
-            day.hot_bytes += d.hot_bytes;
-            day.origin_bytes += d.origin_bytes;
-            day.origin_egress_bytes += d.origin_egress_bytes;
-            day.requests += d.requests;
+            add(&mut day.hot_bytes, d.hot_bytes);
+            add(&mut day.origin_bytes, d.origin_bytes);
+            add(&mut day.origin_egress_bytes, d.origin_egress_bytes);
+            add(&mut day.requests, d.requests);
             day.retrieval_btt = match (money, day.retrieval_btt, d.retrieval_btt) {
                 (false, ..) => None,
                 (true, Some(a), Some(b)) => Some(a.saturating_add(b)),
@@ -457,7 +474,7 @@ pub fn merge(local: Summary, peers: Vec<(String, Result<Summary, PeerError>)>) -
     let files: Vec<&Objective> = all.iter().map(|s| &s.slo.file_ttfb).collect();
     slo.manifest = worst(&manifests, local.slo.manifest.objective_ms);
     slo.file_ttfb = worst(&files, local.slo.file_ttfb.objective_ms);
-    slo.checksum_failures = all.iter().map(|s| s.slo.checksum_failures).sum();
+    slo.checksum_failures = all.iter().fold(0u64, |a, s| a.saturating_add(s.slo.checksum_failures));
     slo.since = all.iter().map(|s| s.slo.since).min().unwrap_or(slo.since);
     if slo.pin_health.is_none() {
         slo.pin_health = counted.iter().find_map(|s| s.slo.pin_health.clone());

@@ -29,6 +29,10 @@ pub struct Summary {
     pub from: i64,
     pub to: i64,
     pub gateway_instance: String,
+    /// Random per process: tells this gateway from another given the same
+    /// `usage.instance_id` (a copied config), so a fleet never drops one.
+    #[serde(default)]
+    pub boot: String,
     pub pricing: Option<PricingInfo>,
     pub releases: Vec<ReleaseRow>,
     pub stored: Stored,
@@ -204,6 +208,20 @@ fn date_of(t: i64) -> String {
         .unwrap_or_default()
 }
 
+/// This process's boot id: 16 random hex digits, made once.
+pub fn boot_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        let mut b = [0u8; 8];
+        // Without randomness, the start time and pid still tell processes apart.
+        if getrandom::fill(&mut b).is_err() {
+            let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            b = (t.as_nanos() as u64 ^ u64::from(std::process::id())).to_le_bytes();
+        }
+        hex::encode(b)
+    })
+}
+
 pub fn build(i: Inputs<'_>) -> Summary {
     let (from, to) = window(i.now, i.days);
     let p = i.pricing;
@@ -358,6 +376,7 @@ pub fn build(i: Inputs<'_>) -> Summary {
         from,
         to,
         gateway_instance: i.instance.to_string(),
+        boot: boot_id().to_string(),
         pricing,
         releases,
         stored,

@@ -197,9 +197,23 @@ mod fleet {
             ]
         );
         assert!(fleet.members[2].error.as_deref().unwrap().contains("connection refused"));
-        assert!(fleet.members[3].error.as_deref().unwrap().contains("http://b"));
+        assert!(fleet.members[3].error.as_deref().unwrap().contains("as http://b:"));
         assert_eq!(f.served.bytes, 120, "the duplicate is counted once");
         assert!(f.btt.is_none() && f.tenants.iter().all(|t| t.charge.is_none()), "no pricing, no money");
+    }
+
+    #[test]
+    fn another_gateway_with_a_copied_instance_id_is_not_taken_for_this_one() {
+        let a = member("gw-a", vec![usage("t1", "1.0.0", Source::Hot, 100)], None, 1.0);
+        let mut copy = member("gw-a", vec![usage("t1", "1.0.0", Source::Hot, 7)], None, 1.0);
+        copy.boot = "another-process".into();
+        let f = merge(a, vec![("http://copy".into(), Ok(copy))]);
+        let fleet = f.fleet.as_ref().unwrap();
+        assert_eq!(fleet.members.len(), 2, "listed, not dropped");
+        assert_eq!(fleet.members[1].status, MemberStatus::Invalid);
+        assert!(fleet.members[1].error.as_deref().unwrap().contains("usage.instance_id"));
+        assert!(!fleet.complete);
+        assert_eq!(f.served.bytes, 100);
     }
 
     #[test]

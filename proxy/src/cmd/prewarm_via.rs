@@ -49,6 +49,7 @@ struct Line {
     chunks_fetched: u64,
     done: bool,
     error: Option<String>,
+    reason: Option<String>,
 }
 
 /// What one member warmed.
@@ -134,11 +135,19 @@ pub async fn run(release: &str, only: Vec<String>, via: &str, jobs: usize, token
     );
     let bar = Mutex::new(bar);
     let version = plan.version.clone();
+    // Warmed on the path loaders read: a tag's path hashes to its own member,
+    // so `NAME@latest` warms the members that `/NAME/latest/...` reads reach.
+    let segment = segment.as_str();
     let outcomes: Vec<(PlanFile, Result<Warmed, String>)> = futures_util::stream::iter(files)
         .map(|f| {
-            let (http, bar, name, version) = (&http, &bar, &name, &version);
+            let (http, bar, name) = (&http, &bar, &name);
             async move {
-                let url = format!("{base}/v1/datasets/{name}/{version}/files/{}", encode_path(&f.path));
+                let url = format!(
+                    "{base}/v1/datasets/{}/{}/files/{}",
+                    encode_path(name),
+                    encode_path(segment),
+                    encode_path(&f.path)
+                );
                 let mut tries = 0;
                 let got = loop {
                     tries += 1;
@@ -205,7 +214,7 @@ async fn warm_one(
                 set(&mut shown, line.bytes_done);
                 if let Some(why) = line.error {
                     // Stopped because the member is shutting down: the file moves to another.
-                    let retry = why.contains("shutting down");
+                    let retry = matches!(line.reason.as_deref(), Some("stopped" | "ended"));
                     return Err(failed(format!("{} ({}): {why}", line.instance, url), retry));
                 }
                 if line.done {

@@ -415,17 +415,20 @@ def test_prewarm_via_the_balancer_warms_each_file_on_the_member_that_serves_it(r
             r = requests.get(f"{lb}/v1/datasets/{data.name}/{data.version}/files/{p}", timeout=60)
             assert r.status_code == 200 and r.content == data.sources[p], p
             assert r.headers.get("x-shardgate-cache") == "hit", (p, r.headers.get("x-shardgate-cache"))
-            direct = requests.head(f"{instance[warmed[p]]}/v1/datasets/{data.name}/{data.version}/files/{p}",
-                                   timeout=10)
-            assert direct.status_code == 200, p
+            # The member the report names holds it hot.
+            direct = requests.get(f"{instance[warmed[p]]}/v1/datasets/{data.name}/{data.version}/files/{p}",
+                                  timeout=60)
+            assert direct.status_code == 200 and direct.headers.get("x-shardgate-cache") == "hit", p
         assert [origin_bytes(b) for b in bases] == before, "a read after the pre-warm went to the origin"
 
         # Again: nothing left to fetch, and the same members.
-        again = json.loads(prewarm(lb, "--file", paths[0]).stdout)
+        out = prewarm(lb, "--file", paths[0])
+        assert out.returncode == 0, out.stderr
+        again = json.loads(out.stdout)
         assert again["members"][0]["files"] == [paths[0]] and again["members"][0]["chunks_fetched"] == 0, again
         assert again["members"][0]["instance"] == warmed[paths[0]]
 
-        # Refusals name the problem: a tenant's key is not an admin token; a file not in the release.
+        # Refusals name the problem: a token that is not an admin token; a file not in the release.
         bad = prewarm(lb, token="not-an-admin-token")
         assert bad.returncode != 0 and "401" in bad.stderr and "admin token" in bad.stderr, bad.stderr
         missing = prewarm(lb, "--file", "no/such.bin")
