@@ -414,15 +414,7 @@ pub fn merge(local: Summary, peers: Vec<(String, Result<Summary, PeerError>)>) -
     for s in &all {
         add_served(&mut served, &s.served);
         for t in &s.tenants {
-            let row = tenants.entry(t.tenant.clone()).or_insert_with(|| TenantRow {
-                tenant: t.tenant.clone(),
-                hot_bytes: 0,
-                origin_bytes: 0,
-                bytes: 0,
-                requests: 0,
-                hit_ratio: None,
-                charge: None,
-            });
+            let row = tenants.entry(t.tenant.clone()).or_insert_with(|| TenantRow::empty(&t.tenant));
             add(&mut row.hot_bytes, t.hot_bytes);
             add(&mut row.origin_bytes, t.origin_bytes);
             add(&mut row.bytes, t.bytes);

@@ -111,6 +111,21 @@ pub struct TenantRow {
     pub charge: Option<Money>,
 }
 
+impl TenantRow {
+    /// A row with nothing counted yet.
+    pub fn empty(tenant: &str) -> Self {
+        Self {
+            tenant: tenant.to_string(),
+            hot_bytes: 0,
+            origin_bytes: 0,
+            bytes: 0,
+            requests: 0,
+            hit_ratio: None,
+            charge: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BttPanel {
     /// Storage contracts of live releases: one minimum contract each.
@@ -289,15 +304,7 @@ pub fn build(i: Inputs<'_>) -> Summary {
         let t = trend.get_mut(&w);
         match &rec.key {
             RecordKey::TenantUsage { tenant, source, .. } => {
-                let row = tenants.entry(tenant).or_insert_with(|| TenantRow {
-                    tenant: tenant.to_string(),
-                    hot_bytes: 0,
-                    origin_bytes: 0,
-                    bytes: 0,
-                    requests: 0,
-                    hit_ratio: None,
-                    charge: None,
-                });
+                let row = tenants.entry(tenant).or_insert_with(|| TenantRow::empty(tenant));
                 row.bytes += c.bytes;
                 row.requests += c.requests;
                 served.bytes += c.bytes;
